@@ -1,0 +1,60 @@
+"""What a tool actor tells its parent about its life.
+
+Tool actors never keep counters of their own for the outside world: they
+report every change as an event, and whoever supervises them (the
+supervisor actor in a runtime, a list in a test) derives metrics, health and
+status from that one stream. Events are small frozen values so they can cross
+threads freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class Parent(Protocol):
+    """Anything an actor can report to: a pykka ActorRef, or a test's recorder."""
+
+    def tell(self, message: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class CallAdmitted:
+    tool: str
+    call_id: str
+    queued: bool
+
+
+@dataclass(frozen=True)
+class CallStarted:
+    tool: str
+    call_id: str
+
+
+@dataclass(frozen=True)
+class CallFinished:
+    """`outcome` is "ok" or an ErrorType value; `ran` says whether a process was started."""
+
+    tool: str
+    call_id: str
+    outcome: str
+    duration_sec: float
+    ran: bool
+
+
+@dataclass(frozen=True)
+class BreakerChanged:
+    tool: str
+    old: str
+    new: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ActorCrashed:
+    """The actor died. Its running calls were answered; its queued ones were not."""
+
+    tool: str
+    incarnation: int
+    reason: str

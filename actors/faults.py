@@ -1,0 +1,86 @@
+"""What an injected fault does to a call, as seen from inside the tool actor.
+
+Which calls get a fault is decided elsewhere (the supervisor's fault plan,
+which the actor only consults through a `FaultSource`); this module holds the
+effects, because only the actor can crash or hang its own thread and only
+its runner can bend a run. Each effect is the real thing, not a simulation
+of its symptoms: a crash raises inside the actor, a hang blocks its mailbox,
+a flood is a local process writing far more than the caps allow.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from actors.runner import ProcessRun, RunRequest
+
+
+class FaultKind(StrEnum):
+    CRASH = "crash"
+    HANG = "hang"
+    FAIL = "fail"
+    DELAY = "delay"
+    TIMEOUT = "timeout"
+    FLOOD = "flood"
+
+
+class InjectedCrash(RuntimeError):
+    """Raised on the actor's thread by a `crash` fault."""
+
+
+FLOOD_SCRIPT = (
+    "import sys\n"
+    "n = int(sys.argv[1]); chunk = b'X' * 65535 + b'\\n'\n"
+    "w = sys.stdout.buffer\n"
+    "while n > 0:\n"
+    "    w.write(chunk[:n]); n -= len(chunk)\n"
+)
+
+
+@dataclass
+class Fault:
+    kind: FaultKind
+    delay_sec: float = 1.0
+    flood_bytes: int = 200 << 20
+    exit_code: int = 1
+    # Set when the runtime stops or the hung incarnation is replaced.
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def describe(self) -> str:
+        return f"fault {self.kind.value}"
+
+    def hang(self, retired: threading.Event) -> None:
+        """Block the actor's thread until the fault is cleared or the actor is retired, then die.
+
+        A released hang never resumes work: its calls were answered by whoever
+        noticed the hang, and its successor may already be serving.
+        """
+        while not (self.released.is_set() or retired.is_set()):
+            retired.wait(0.2)
+        raise InjectedCrash("hung actor released")
+
+    def shape(self, request: RunRequest) -> RunRequest:
+        if self.kind is FaultKind.FLOOD:
+            argv = (sys.executable, "-c", FLOOD_SCRIPT, str(self.flood_bytes))
+            return replace(request, argv=argv)
+        if self.kind is FaultKind.TIMEOUT:
+            # A process that outlives any deadline, so the real timeout path ends it.
+            argv = (sys.executable, "-c", "import time\nwhile True: time.sleep(60)")
+            return replace(request, argv=argv, timeout_sec=min(request.timeout_sec, self.delay_sec))
+        return request
+
+    def before_run(self, run: ProcessRun) -> None:
+        if self.kind is FaultKind.DELAY:
+            self.released.wait(self.delay_sec)
+
+
+FaultSource = Callable[[str, str], Fault | None]
+"""(tool, call_id) -> the fault to apply to this call, if any."""
+
+
+def no_faults(tool: str, call_id: str) -> Fault | None:
+    return None

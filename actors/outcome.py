@@ -1,0 +1,79 @@
+"""Turning a finished process into the answer for its call.
+
+Pure: from the prepared call, the tool spec and what the runner saw, decide
+the envelope and whether the run counts for or against the tool's breaker.
+Parsing happens here, on the runner's thread, so a 1 MiB nmap document never
+occupies the actor's mailbox.
+"""
+
+from __future__ import annotations
+
+import signal
+from enum import Enum
+from typing import Any
+
+from actors.prepare import PreparedCall
+from actors.results import CallOutcome, ErrorType
+from actors.runner import RunResult
+
+STDERR_TAIL_CHARS = 4000
+
+
+class Verdict(Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"  # counts against the breaker
+    NEUTRAL = "neutral"  # says nothing about the tool's health
+
+
+def outcome_from_run(spec: Any, call_id: str, prepared: PreparedCall, run: RunResult) -> tuple[CallOutcome, Verdict]:
+    fields: dict[str, Any] = dict(
+        target=prepared.target,
+        resolved_targets=list(prepared.resolved_targets),
+        argv=list(prepared.argv),
+        returncode=run.returncode,
+        duration_sec=round(run.duration_sec, 6),
+        timed_out=run.timed_out,
+        stdout_truncated=run.stdout_truncated,
+        stderr_truncated=run.stderr_truncated,
+        stderr=run.stderr.decode("utf-8", "replace")[-STDERR_TAIL_CHARS:],
+    )
+    tool = prepared.tool
+    if run.spawn_error is not None:
+        return (
+            CallOutcome.failure(tool, call_id, ErrorType.EXECUTION, f"could not start {prepared.argv[0]}: {run.spawn_error}", **fields),
+            Verdict.FAILURE,
+        )
+    result, parse_error = _parse(spec, run)
+    fields["result"] = result
+    if run.cancelled:
+        return CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, "the call was cancelled", **fields), Verdict.NEUTRAL
+    if run.timed_out:
+        message = f"{tool} did not finish within {prepared.timeout_sec:g}s and was stopped; partial results are included"
+        return CallOutcome.failure(tool, call_id, ErrorType.TIMEOUT, message, **fields), Verdict.FAILURE
+    if run.signal is not None:
+        name = _signal_name(run.signal)
+        return CallOutcome.failure(tool, call_id, ErrorType.EXECUTION, f"{tool} was killed by {name}", **fields), Verdict.FAILURE
+    if run.returncode != 0:
+        message = f"{tool} exited with status {run.returncode}"
+        tail = fields["stderr"].strip().splitlines()[-1:] if fields["stderr"].strip() else []
+        if tail:
+            message += f": {tail[0][:300]}"
+        return CallOutcome.failure(tool, call_id, ErrorType.EXECUTION, message, **fields), Verdict.FAILURE
+    if parse_error is not None and not run.stdout_truncated:
+        message = f"{tool} output could not be read: {parse_error}"
+        return CallOutcome.failure(tool, call_id, ErrorType.EXECUTION, message, **fields), Verdict.FAILURE
+    return CallOutcome(tool=tool, call_id=call_id, ok=True, **fields), Verdict.SUCCESS
+
+
+def _parse(spec: Any, run: RunResult) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        return spec.parse(run.stdout, truncated=run.stdout_truncated or run.timed_out or run.cancelled), None
+    except Exception as exc:  # a parser must never take the answer down with it
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

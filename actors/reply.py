@@ -1,0 +1,100 @@
+"""Where an actor's answer meets its caller, exactly once.
+
+Actors run on their own threads; callers live on an asyncio loop or on a
+plain thread. A `Reply` hides which: the actor calls `resolve()` from any
+thread and the caller's waiting primitive completes on the caller's side
+(`loop.call_soon_threadsafe` for asyncio, so the loop is never blocked and
+never touched from a foreign thread). A second `resolve()` is ignored and
+reported as `False`, which is what lets restarts, timeouts and shutdown race
+to answer a call without ever answering it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Reply(Generic[T]):
+    """A one-shot, thread-safe answer slot."""
+
+    __slots__ = ("_lock", "_done", "_value", "_callbacks")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = False
+        self._value: T | None = None
+        self._callbacks: list[Callable[[T], None]] = []
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def resolve(self, value: T) -> bool:
+        """Deliver `value`; returns False if the call was already answered."""
+        with self._lock:
+            if self._done:
+                return False
+            self._done = True
+            self._value = value
+            callbacks, self._callbacks = self._callbacks, []
+        self._deliver(value)
+        for callback in callbacks:
+            callback(value)
+        return True
+
+    def on_resolved(self, callback: Callable[[T], None]) -> None:
+        """Run `callback(value)` on the resolving thread once answered (here and now if it already is)."""
+        with self._lock:
+            if not self._done:
+                self._callbacks.append(callback)
+                return
+            value = self._value
+        callback(value)  # type: ignore[arg-type]
+
+    def _deliver(self, value: T) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ThreadReply(Reply[T]):
+    """For callers on ordinary threads: wait on `.future`."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.future: Future[T] = Future()
+
+    def _deliver(self, value: T) -> None:
+        self.future.set_result(value)
+
+    def wait(self, timeout: float | None = None) -> T:
+        return self.future.result(timeout)
+
+
+class AsyncReply(Reply[T]):
+    """For callers on an asyncio loop: `await reply.future`."""
+
+    __slots__ = ("loop", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__()
+        self.loop = loop or asyncio.get_running_loop()
+        self.future: asyncio.Future[T] = self.loop.create_future()
+
+    def _deliver(self, value: T) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_set_if_pending, self.future, value)
+        except RuntimeError:
+            # The caller's loop is closed: nobody is left to read the answer.
+            pass
+
+
+def _set_if_pending(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)

@@ -1,0 +1,144 @@
+"""What a tool call needs to know from configuration, as validated models.
+
+These are the leaves of labrecon's configuration; `supervisor.config`
+assembles them with the file and environment sources. Each tool has its own
+settings class so that a partial `[tools.masscan]` table keeps masscan's own
+defaults (concurrency 1, a rate cap) instead of a generic tool's. Unknown keys
+are refused, so a typo in a config file is an error that names the key rather
+than a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+PACKAGED_WORDLISTS = Path(__file__).resolve().parent / "wordlists"
+
+# nmap script names and categories that only observe. Anything that attacks,
+# brute-forces, reaches third parties or broadcasts is never allowed, even if
+# configured (see FORBIDDEN_SCRIPT_CATEGORIES).
+DEFAULT_ALLOWED_SCRIPTS = (
+    "default",
+    "safe",
+    "discovery",
+    "version",
+    "banner",
+    "http-title",
+    "http-headers",
+    "http-methods",
+    "ssl-cert",
+    "ssl-enum-ciphers",
+    "ssh-hostkey",
+    "smb-os-discovery",
+    "dns-service-discovery",
+)
+FORBIDDEN_SCRIPT_CATEGORIES = frozenset(
+    {"external", "intrusive", "exploit", "dos", "brute", "malware", "broadcast", "fuzzer", "vuln", "all"}
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicySettings(Strict):
+    """Which targets exist at all, as far as labrecon is concerned."""
+
+    allowed_networks: tuple[IPNetwork, ...] = (
+        ipaddress.IPv4Network("10.0.0.0/8"),
+        ipaddress.IPv4Network("172.16.0.0/12"),
+        ipaddress.IPv4Network("192.168.0.0/16"),
+    )
+    allowed_domains: tuple[str, ...] = ("lab.internal",)
+    max_hosts: int = Field(default=256, ge=1, le=65536)
+    # Static name → address map, consulted before DNS (and instead of it in tests).
+    hosts: dict[str, IPAddress] = Field(default_factory=dict)
+    # Whether names missing from `hosts` may be looked up in DNS at all.
+    dns: bool = True
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _strict_networks(cls, value: object) -> object:
+        if isinstance(value, (list, tuple)):
+            return tuple(ipaddress.ip_network(v, strict=True) if isinstance(v, str) else v for v in value)
+        return value
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _normalise_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for domain in value:
+            d = domain.strip().strip(".").lower()
+            if not d or " " in d:
+                raise ValueError(f"invalid domain suffix {domain!r}")
+            out.append(d)
+        return tuple(out)
+
+    @field_validator("hosts")
+    @classmethod
+    def _normalise_hosts(cls, value: dict[str, IPAddress]) -> dict[str, IPAddress]:
+        return {name.strip().rstrip(".").lower(): addr for name, addr in value.items()}
+
+
+class BreakerSettings(Strict):
+    failure_threshold: int = Field(default=5, ge=1)
+    open_sec: float = Field(default=30.0, gt=0)
+    backoff_multiplier: float = Field(default=2.0, ge=1.0)
+    max_open_sec: float = Field(default=300.0, gt=0)
+    jitter: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+class ToolSettings(Strict):
+    """Limits shared by every tool."""
+
+    binary: str
+    enabled: bool = True
+    concurrency: int = Field(default=2, ge=1, le=64)
+    max_queue: int = Field(default=16, ge=0, le=10_000)
+    timeout_sec: float = Field(default=300.0, gt=0)
+    max_timeout_sec: float = Field(default=3600.0, gt=0)
+    stdout_cap_bytes: int = Field(default=1 << 20, ge=1024)
+    stderr_cap_bytes: int = Field(default=256 << 10, ge=1024)
+    kill_grace_sec: float = Field(default=2.0, ge=0)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    # How the supervisor treats this tool's actor when it dies (OTP restart types).
+    restart: Literal["permanent", "transient", "temporary"] = "permanent"
+
+    @model_validator(mode="after")
+    def _timeouts_ordered(self) -> ToolSettings:
+        if self.timeout_sec > self.max_timeout_sec:
+            raise ValueError("timeout_sec must not exceed max_timeout_sec")
+        return self
+
+
+class NmapSettings(ToolSettings):
+    binary: str = "nmap"
+    allowed_scripts: tuple[str, ...] = DEFAULT_ALLOWED_SCRIPTS
+    max_ports: int = Field(default=65535, ge=1, le=65535)
+
+    @field_validator("allowed_scripts")
+    @classmethod
+    def _no_forbidden_categories(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = sorted(set(value) & FORBIDDEN_SCRIPT_CATEGORIES)
+        if bad:
+            raise ValueError(f"script categories {bad} can never be allowed")
+        return value
+
+
+class MasscanSettings(ToolSettings):
+    binary: str = "masscan"
+    concurrency: int = Field(default=1, ge=1, le=64)
+    max_rate: int = Field(default=1000, ge=1, le=1_000_000)
+
+
+class GobusterSettings(ToolSettings):
+    binary: str = "gobuster"
+    max_threads: int = Field(default=10, ge=1, le=200)
+    wordlist_dir: Path = PACKAGED_WORDLISTS

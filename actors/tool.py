@@ -1,0 +1,412 @@
+"""The ToolActor: one per tool, and the only place a tool's state changes.
+
+Its mailbox serialises every decision about the tool — admit, queue, refuse,
+start, finish, cancel — so the concurrency limit and the circuit breaker need
+no locks: they are plain fields read and written by one thread. Processes run
+on a small pool of runner threads; a runner reports back with a `Finished`
+message and the actor answers the caller only after its own books are
+straight, so anyone who sees an answer also sees the slot it freed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from actors.api import ProgressSink
+from actors.breaker import BreakerState, CircuitBreaker, Transition
+from actors.events import ActorCrashed, BreakerChanged, CallAdmitted, CallFinished, CallStarted, Parent
+from actors.faults import Fault, FaultKind, FaultSource, InjectedCrash, no_faults
+from actors.outcome import Verdict, outcome_from_run
+from actors.prepare import PreparedCall
+from actors.reply import Reply
+from actors.results import CallOutcome, ErrorType
+from actors.runner import ProcessRun, RunRequest, RunResult
+from actors.settings import ToolSettings
+
+
+@dataclass
+class Call:
+    """An admitted request: what to run and where its answer goes."""
+
+    call_id: str
+    prepared: PreparedCall
+    reply: Reply[CallOutcome]
+    progress: ProgressSink | None = None
+    admitted_at: float = field(default_factory=time.monotonic)
+    # Written by the owning actor, read by the supervisor when that actor dies or hangs.
+    started: bool = False
+    run: ProcessRun | None = None
+    cancel_requested: bool = False
+
+    def answer(self, outcome: CallOutcome) -> bool:
+        return self.reply.resolve(outcome)
+
+    def fail(self, error_type: ErrorType, message: str, *, retry_after_sec: float | None = None) -> bool:
+        outcome = CallOutcome.failure(
+            self.prepared.tool,
+            self.call_id,
+            error_type,
+            message,
+            retry_after_sec=retry_after_sec,
+            target=self.prepared.target,
+            resolved_targets=list(self.prepared.resolved_targets),
+        )
+        return self.answer(outcome)
+
+
+# --- messages -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submit:
+    call: Call
+
+
+@dataclass(frozen=True)
+class Finished:
+    call_id: str
+    outcome: CallOutcome
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class Cancel:
+    call_id: str
+
+
+@dataclass(frozen=True)
+class ForceBreaker:
+    state: BreakerState
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Admit nothing new; `reply` resolves once no call is running or queued."""
+
+    reply: Reply[None]
+
+
+@dataclass(frozen=True)
+class Ping:
+    reply: Reply[float]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    reply: Reply[ToolSnapshot]
+
+
+@dataclass(frozen=True)
+class ToolSnapshot:
+    tool: str
+    incarnation: int
+    in_flight: int
+    queued: int
+    breaker_state: str
+    consecutive_failures: int
+    retry_after_sec: float | None
+    draining: bool
+
+
+@dataclass
+class _Running:
+    call: Call
+    run: ProcessRun | None
+    started_at: float
+
+
+class ToolActor(pykka.ThreadingActor):
+    # A hung incarnation is abandoned, not joined: it must not keep the process alive.
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        spec: Any,
+        settings: ToolSettings,
+        *,
+        parent: Parent | None = None,
+        incarnation: int = 1,
+        breaker: CircuitBreaker | None = None,
+        faults: FaultSource = no_faults,
+        retired: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.name: str = spec.name
+        self.settings = settings
+        self.parent = parent
+        self.incarnation = incarnation
+        self.breaker = breaker or CircuitBreaker(settings.breaker, clock=clock)
+        self.faults = faults
+        # Set by the supervisor when this incarnation is replaced; from then on it touches nothing.
+        self.retired = retired or threading.Event()
+        self.clock = clock
+        self.running: dict[str, _Running] = {}
+        self.queue: OrderedDict[str, Call] = OrderedDict()
+        self.draining: list[Reply[None]] = []
+        self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix=f"{self.name}-run")
+
+    # --- pykka hooks ------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if self.retired.is_set():
+            return None  # superseded: its calls now belong to the next incarnation
+        match message:
+            case Submit(call):
+                self._admit(call)
+            case Finished(call_id, outcome, verdict):
+                self._finish(call_id, outcome, verdict)
+            case Cancel(call_id):
+                self._cancel(call_id)
+            case Ping(reply):
+                reply.resolve(self.clock())
+            case Snapshot(reply):
+                reply.resolve(self._snapshot())
+            case ForceBreaker(state):
+                self._report(self.breaker.force(state, "operator"))
+            case Drain(reply):
+                self.draining.append(reply)
+                self._maybe_drained()
+            case _:
+                raise TypeError(f"{self.name} actor got an unknown message {message!r}")
+
+    def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
+        """Die cleanly: kill what runs and answer it; the queue is the supervisor's to re-home.
+
+        Queued calls are not answered here: they never started, so the next
+        incarnation can serve them (the supervisor keeps every call it routed
+        until it is answered, including any still sitting in this mailbox).
+        """
+        reason = f"{getattr(exception_type, '__name__', exception_type)}: {exception_value}"
+        for running in self._take_running():
+            running.call.fail(
+                ErrorType.ACTOR_RESTARTED, f"{self.name} crashed while the call ran ({reason})", retry_after_sec=0.0
+            )
+        if self.parent is None:
+            for call in self._take_queued():
+                call.fail(ErrorType.ACTOR_RESTARTED, f"{self.name} crashed before the call started ({reason})")
+        self._tell_parent(ActorCrashed(self.name, self.incarnation, reason))
+        self._close()
+
+    def on_stop(self) -> None:
+        """Stopped by the runtime: whatever is still here is cancelled, and said so."""
+        for running in self._take_running():
+            self._refuse(running.call, ErrorType.CANCELLED, f"{self.name} stopped while the call ran")
+        for call in self._take_queued():
+            self._refuse(call, ErrorType.CANCELLED, f"{self.name} stopped before the call started")
+        self._close()
+
+    def _take_running(self) -> list[_Running]:
+        taken = list(self.running.values())
+        self.running.clear()
+        for running in taken:
+            if running.run is not None:
+                running.run.cancel()
+        return taken
+
+    def _take_queued(self) -> list[Call]:
+        taken = list(self.queue.values())
+        self.queue.clear()
+        return taken
+
+    def _close(self) -> None:
+        for reply in self.draining:
+            reply.resolve(None)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- admission --------------------------------------------------------------
+
+    def _admit(self, call: Call) -> None:
+        if call.reply.done:
+            return  # answered while it waited in the mailbox (cancelled, or swept after a crash)
+        if call.cancel_requested:
+            self._refuse(call, ErrorType.CANCELLED, "the call was cancelled before it started")
+            return
+        if self.draining:
+            self._refuse(call, ErrorType.RESOURCE_EXHAUSTED, f"{self.name} is draining and admits no new calls")
+            return
+        admission = self.breaker.allow()
+        self._report(admission.transition)
+        if not admission.allowed:
+            retry = round(admission.retry_after_sec or 0.0, 3)
+            message = f"{self.name} is failing repeatedly; its circuit is open for another {retry:g}s"
+            self._refuse(call, ErrorType.CIRCUIT_OPEN, message, retry_after_sec=retry)
+            return
+        if len(self.running) < self.settings.concurrency:
+            self._tell_parent(CallAdmitted(self.name, call.call_id, queued=False))
+            self._start(call)
+        elif len(self.queue) < self.settings.max_queue:
+            self.queue[call.call_id] = call
+            self._tell_parent(CallAdmitted(self.name, call.call_id, queued=True))
+        else:
+            if admission.trial:
+                self.breaker.record_neutral()
+            message = f"{self.name} is running {len(self.running)} calls with {len(self.queue)} queued, its limit"
+            self._refuse(call, ErrorType.RESOURCE_EXHAUSTED, message, retry_after_sec=self._retry_hint())
+
+    def _refuse(self, call: Call, error_type: ErrorType, message: str, *, retry_after_sec: float | None = None) -> None:
+        """Answer a call that will not run; reported first, so an answer implies the books are done."""
+        self._report_finished(call, error_type.value, ran=False)
+        call.fail(error_type, message, retry_after_sec=retry_after_sec)
+
+    def _retry_hint(self) -> float:
+        """A rough wait for a free slot: the age of the oldest running call, at least a second."""
+        now = self.clock()
+        oldest = min((r.started_at for r in self.running.values()), default=now)
+        return round(max(1.0, now - oldest), 3)
+
+    # --- running ----------------------------------------------------------------
+
+    def _start(self, call: Call) -> None:
+        call.started = True
+        fault = self.faults(self.name, call.call_id)
+        if fault is not None and fault.kind is FaultKind.CRASH:
+            # Crash while handling the call: it counts as running, so it gets actor_restarted.
+            self.running[call.call_id] = _Running(call, None, self.clock())
+            raise InjectedCrash(f"injected crash while handling call {call.call_id}")
+        if fault is not None and fault.kind is FaultKind.HANG:
+            self.running[call.call_id] = _Running(call, None, self.clock())
+            fault.hang(self.retired)
+        request = RunRequest(
+            argv=call.prepared.argv,
+            timeout_sec=call.prepared.timeout_sec,
+            stdout_cap=self.settings.stdout_cap_bytes,
+            stderr_cap=self.settings.stderr_cap_bytes,
+            kill_grace_sec=self.settings.kill_grace_sec,
+        )
+        if fault is not None:
+            request = fault.shape(request)
+        run = ProcessRun(request, on_line=self._progress_reader(call))
+        call.run = run
+        self.running[call.call_id] = _Running(call, run, self.clock())
+        self._tell_parent(CallStarted(self.name, call.call_id))
+        if fault is not None and fault.kind is FaultKind.FAIL:
+            self._pool.submit(self._fail_without_running, call, fault)
+        else:
+            self._pool.submit(self._execute, call, run, fault)
+
+    def _progress_reader(self, call: Call) -> Callable[[str], None] | None:
+        sink = call.progress
+        if sink is None:
+            return None
+        progress_of = self.spec.progress
+
+        def on_line(line: str) -> None:
+            percent = progress_of(line)
+            if percent is not None:
+                sink(percent, 100.0, None)
+
+        return on_line
+
+    def _execute(self, call: Call, run: ProcessRun, fault: Fault | None) -> None:
+        """Runner thread: run the process, build the answer, hand it back to the actor."""
+        try:
+            if fault is not None:
+                fault.before_run(run)
+            result = run.run()
+            outcome, verdict = outcome_from_run(self.spec, call.call_id, call.prepared, result)
+        except Exception:
+            outcome = CallOutcome.failure(
+                self.name, call.call_id, ErrorType.INTERNAL, "the runner failed: " + traceback.format_exc(limit=3)
+            )
+            verdict = Verdict.NEUTRAL
+        self._send_home(Finished(call.call_id, outcome, verdict), call, outcome)
+
+    def _fail_without_running(self, call: Call, fault: Fault) -> None:
+        result = RunResult(
+            returncode=fault.exit_code,
+            signal=None,
+            stdout=b"",
+            stderr=f"injected failure ({fault.describe()})\n".encode(),
+            stdout_truncated=False,
+            stderr_truncated=False,
+            timed_out=False,
+            cancelled=False,
+            duration_sec=0.0,
+            spawn_error=None,
+            pid=None,
+        )
+        outcome, verdict = outcome_from_run(self.spec, call.call_id, call.prepared, result)
+        self._send_home(Finished(call.call_id, outcome, verdict), call, outcome)
+
+    def _send_home(self, message: Finished, call: Call, outcome: CallOutcome) -> None:
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            # The actor died under us; its on_failure already answered the call,
+            # and if it did not (a race with stop), this answer is the only one.
+            call.answer(outcome)
+
+    def _finish(self, call_id: str, outcome: CallOutcome, verdict: Verdict) -> None:
+        running = self.running.pop(call_id, None)
+        if running is None:
+            return  # answered already (cancelled while queued, or abandoned)
+        if verdict is Verdict.SUCCESS:
+            self._report(self.breaker.record_success())
+        elif verdict is Verdict.FAILURE:
+            self._report(self.breaker.record_failure())
+        else:
+            self.breaker.record_neutral()
+        self._report_finished(running.call, "ok" if outcome.ok else outcome.error_type.value, ran=True)
+        running.call.answer(outcome)
+        self._start_queued()
+        self._maybe_drained()
+
+    def _start_queued(self) -> None:
+        while self.queue and len(self.running) < self.settings.concurrency:
+            _, call = self.queue.popitem(last=False)
+            self._start(call)
+
+    def _cancel(self, call_id: str) -> None:
+        call = self.queue.pop(call_id, None)
+        if call is not None:
+            self._refuse(call, ErrorType.CANCELLED, "the call was cancelled before it started")
+            self._maybe_drained()
+            return
+        running = self.running.get(call_id)
+        if running is not None and running.run is not None:
+            running.run.cancel()  # the runner reports back with a cancelled result
+
+    def _maybe_drained(self) -> None:
+        if self.draining and not self.running and not self.queue:
+            for reply in self.draining:
+                reply.resolve(None)
+
+    # --- reporting --------------------------------------------------------------
+
+    def _snapshot(self) -> ToolSnapshot:
+        return ToolSnapshot(
+            tool=self.name,
+            incarnation=self.incarnation,
+            in_flight=len(self.running),
+            queued=len(self.queue),
+            breaker_state=self.breaker.state.value,
+            consecutive_failures=self.breaker.consecutive_failures,
+            retry_after_sec=self.breaker.retry_after(),
+            draining=bool(self.draining),
+        )
+
+    def _report(self, transition: Transition | None) -> None:
+        if transition is not None:
+            self._tell_parent(BreakerChanged(self.name, transition.old.value, transition.new.value, transition.reason))
+
+    def _report_finished(self, call: Call, outcome: str, *, ran: bool) -> None:
+        duration = self.clock() - call.admitted_at
+        self._tell_parent(CallFinished(self.name, call.call_id, outcome, duration, ran))
+
+    def _tell_parent(self, event: Any) -> None:
+        if self.parent is not None:
+            try:
+                self.parent.tell(event)
+            except pykka.ActorDeadError:
+                pass

@@ -1,0 +1,181 @@
+"""labrecon's configuration: defaults < TOML file < LABRECON_* environment.
+
+The file is named by `--config FILE` or `LABRECON_CONFIG`; environment
+variables override single keys with `__` between levels
+(`LABRECON_TOOLS__NMAP__BINARY=/opt/nmap/bin/nmap`). A config that does not
+validate is refused as a whole with one line per problem, each naming the
+key, because a daemon that starts with half its settings ignored is worse
+than one that does not start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from actors.settings import GobusterSettings, MasscanSettings, NmapSettings, PolicySettings, Strict, ToolSettings
+
+CONFIG_ENV = "LABRECON_CONFIG"
+
+_FILE_DATA: ContextVar[Mapping[str, Any]] = ContextVar("labrecon_config_file", default={})
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names every bad key."""
+
+
+class ToolsSettings(Strict):
+    nmap: NmapSettings = Field(default_factory=NmapSettings)
+    masscan: MasscanSettings = Field(default_factory=MasscanSettings)
+    gobuster: GobusterSettings = Field(default_factory=GobusterSettings)
+
+    def items(self) -> list[tuple[str, ToolSettings]]:
+        return [(name, getattr(self, name)) for name in type(self).model_fields]
+
+
+class SupervisionSettings(Strict):
+    """OTP-style supervision of the tool actors (see supervisor.restarts)."""
+
+    max_restarts: int = Field(default=5, ge=0)
+    restart_window_sec: float = Field(default=60.0, gt=0)
+    backoff_initial_sec: float = Field(default=0.1, ge=0)
+    backoff_max_sec: float = Field(default=10.0, ge=0)
+    backoff_reset_sec: float = Field(default=60.0, gt=0)
+    on_intensity_exceeded: Literal["fail", "escalate"] = "fail"
+    ping_interval_sec: float = Field(default=1.0, gt=0)
+    ping_deadline_sec: float = Field(default=5.0, gt=0)
+    stash_limit: int = Field(default=64, ge=0)
+
+
+class FaultSettings(Strict):
+    """One injected fault, as written in `[[faults]]` or sent to the API."""
+
+    tool: str
+    kind: Literal["crash", "hang", "fail", "delay", "timeout", "flood"]
+    count: int | None = Field(default=None, ge=1)
+    every: int | None = Field(default=None, ge=1)
+    probability: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    delay_sec: float = Field(default=1.0, ge=0)
+    flood_bytes: int = Field(default=200 << 20, ge=1)
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> FaultSettings:
+        given = [k for k in ("count", "every", "probability") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of count, every, probability (got {', '.join(given)})")
+        if self.seed is not None and self.probability is None:
+            raise ValueError("seed goes with probability")
+        return self
+
+
+class HealthSettings(Strict):
+    max_cpu_percent: float = Field(default=95.0, gt=0, le=100)
+    max_memory_percent: float = Field(default=90.0, gt=0, le=100)
+    max_disk_percent: float = Field(default=95.0, gt=0, le=100)
+    max_rss_mb: float = Field(default=1024.0, gt=0)
+    max_open_fds: int = Field(default=4096, ge=16)
+
+
+class LoggingSettings(Strict):
+    level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LABRECON_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    tools: ToolsSettings = Field(default_factory=ToolsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    supervisor: SupervisionSettings = Field(default_factory=SupervisionSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    faults: tuple[FaultSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _faults_name_tools(self) -> Settings:
+        known = set(type(self.tools).model_fields)
+        for index, fault in enumerate(self.faults):
+            if fault.tool not in known:
+                raise ValueError(f"faults[{index}].tool: unknown tool {fault.tool!r}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, dict(_FILE_DATA.get())))
+
+    def digest(self) -> str:
+        """A short fingerprint of the effective config, for status pages and audit lines."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings; `path` falls back to $LABRECON_CONFIG."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or None
+    data = read_toml(Path(path)) if path is not None else {}
+    token = _FILE_DATA.set(data)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    finally:
+        _FILE_DATA.reset(token)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+
+
+def _describe(exc: ValidationError, path: str | Path | None) -> str:
+    where = f"config file {path}" if path is not None else "configuration"
+    lines = [f"{where} is invalid:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        problem = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"  {key}: {problem}")
+    return "\n".join(lines)
+
+
+def settings_from(config: Settings | Mapping[str, Any] | str | Path | None) -> Settings:
+    """Accept what embedders naturally have: a Settings, a dict shaped like the TOML, or a path."""
+    if isinstance(config, Settings):
+        return config
+    if config is None or isinstance(config, (str, Path)):
+        return load_settings(config)
+    if isinstance(config, BaseModel):
+        raise ConfigError(f"expected Settings, got {type(config).__name__}")
+    token = _FILE_DATA.set(dict(config))
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, None)) from None
+    finally:
+        _FILE_DATA.reset(token)

@@ -1,0 +1,127 @@
+"""Health verdicts: is labrecon alive, is it ready, and if not, which check says why.
+
+`live` answers "should this process be restarted?" — true whenever the
+supervisor answers at all. `ready` answers "should traffic come here?" —
+true while at least one tool serves and the system is not out of memory or
+disk. Everything else (a tool failed, a breaker open, a binary missing, CPU
+high) makes the runtime `degraded`: still worth talking to, but an operator
+should look. Binary versions are probed once, in the background, so start-up
+never waits on three subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from typing import Any
+
+import psutil
+
+from actors.runner import ProcessRun, RunRequest
+from supervisor.status import CheckResult, HealthStatus, ToolStatus
+
+
+class BinaryProbe:
+    """Finds each tool's binary and asks its version, once, off the caller's thread."""
+
+    def __init__(self, binaries: dict[str, tuple[str, tuple[str, ...]]]) -> None:
+        self._binaries = binaries
+        self.results: dict[str, dict[str, Any]] = {
+            name: {"binary": binary, "found": False, "path": None, "version": None, "probed": False}
+            for name, (binary, _) in binaries.items()
+        }
+        self.done = threading.Event()
+        threading.Thread(target=self._probe_all, name="labrecon-binary-probe", daemon=True).start()
+
+    def _probe_all(self) -> None:
+        for name, (binary, version_argv) in self._binaries.items():
+            self.results[name] = probe_binary(binary, version_argv)
+        self.done.set()
+
+
+def probe_binary(binary: str, version_argv: tuple[str, ...]) -> dict[str, Any]:
+    path = binary if os.sep in binary else shutil.which(binary)
+    info: dict[str, Any] = {"binary": binary, "found": False, "path": path, "version": None, "probed": True}
+    if path is None or not os.path.isfile(path):
+        return info
+    info["found"] = True
+    info["executable"] = os.access(path, os.X_OK)
+    if not info["executable"]:
+        return info
+    result = ProcessRun(RunRequest(argv=(path, *version_argv), timeout_sec=5.0, kill_grace_sec=0.5)).run()
+    text = (result.stdout or result.stderr).decode("utf-8", "replace").strip()
+    info["version"] = text.splitlines()[0][:200] if text else None
+    return info
+
+
+class HealthChecker:
+    def __init__(self, settings: Any, specs: dict[str, Any]) -> None:
+        self.thresholds = settings.health
+        self.binaries = BinaryProbe(
+            {name: (getattr(settings.tools, name).binary, tuple(spec.version_argv)) for name, spec in specs.items()}
+        )
+        self._process = psutil.Process()
+        psutil.cpu_percent(interval=None)  # primes the counter so the first reading means something
+
+    def evaluate(self, tools: dict[str, ToolStatus]) -> HealthStatus:
+        t = self.thresholds
+        checks = [self._system(t), self._process_check(t)]
+        for name, info in self.binaries.results.items():
+            ok = bool(info.get("found") and info.get("executable", False)) or not info.get("probed")
+            detail = info.get("version") or ("probing" if not info.get("probed") else f"{info['binary']} not found or not executable")
+            checks.append(CheckResult(name=f"binary:{name}", ok=ok, critical=False, detail=detail, data=info))
+        for name, tool in tools.items():
+            ok = tool.state == "running"
+            detail = tool.state if ok else f"{tool.state}: {tool.failed_reason or tool.last_restart_reason or ''}".rstrip(": ")
+            checks.append(CheckResult(name=f"actor:{name}", ok=ok, critical=False, detail=detail))
+            breaker_ok = tool.breaker.state == "closed"
+            checks.append(
+                CheckResult(name=f"breaker:{name}", ok=breaker_ok, critical=False, detail=tool.breaker.state)
+            )
+        serving = any(tool.state == "running" for tool in tools.values())
+        checks.append(
+            CheckResult(name="tools", ok=serving, detail="at least one tool serving" if serving else "no tool is serving")
+        )
+        ready = all(c.ok for c in checks if c.critical)
+        status = "healthy" if all(c.ok for c in checks) else ("degraded" if ready else "unhealthy")
+        return HealthStatus(live=True, ready=ready, status=status, checks=checks)
+
+    def _system(self, t: Any) -> CheckResult:
+        cpu = psutil.cpu_percent(interval=None)
+        memory = psutil.virtual_memory().percent
+        disk = psutil.disk_usage(os.getcwd()).percent
+        problems = []
+        if cpu > t.max_cpu_percent:
+            problems.append(f"cpu {cpu:.0f}% > {t.max_cpu_percent:g}%")
+        if memory > t.max_memory_percent:
+            problems.append(f"memory {memory:.0f}% > {t.max_memory_percent:g}%")
+        if disk > t.max_disk_percent:
+            problems.append(f"disk {disk:.0f}% > {t.max_disk_percent:g}%")
+        # Memory or disk exhaustion means scans will fail: that one is not merely degraded.
+        critical = any(p.startswith(("memory", "disk")) for p in problems)
+        return CheckResult(
+            name="system",
+            ok=not problems,
+            critical=critical,
+            detail="; ".join(problems) or "ok",
+            data={"cpu_percent": cpu, "memory_percent": memory, "disk_percent": disk},
+        )
+
+    def _process_check(self, t: Any) -> CheckResult:
+        with self._process.oneshot():
+            rss_mb = self._process.memory_info().rss / (1 << 20)
+            threads = self._process.num_threads()
+            fds = self._process.num_fds() if hasattr(self._process, "num_fds") else 0
+        problems = []
+        if rss_mb > t.max_rss_mb:
+            problems.append(f"rss {rss_mb:.0f} MB > {t.max_rss_mb:g} MB")
+        if fds > t.max_open_fds:
+            problems.append(f"{fds} open files > {t.max_open_fds}")
+        return CheckResult(
+            name="process",
+            ok=not problems,
+            critical=False,
+            detail="; ".join(problems) or "ok",
+            data={"rss_mb": round(rss_mb, 1), "threads": threads, "open_fds": fds},
+        )

@@ -1,0 +1,260 @@
+"""The embedding API: one object that starts, serves and stops labrecon in-process.
+
+    from supervisor import Runtime
+    with Runtime.start("labrecon.toml") as runtime:
+        outcome = runtime.call("nmap", {"target": "10.0.0.5", "ports": "22,80"})
+
+Every transport (stdio, HTTP, the CLI) is built on this same object, so an
+embedding program gets exactly the behaviour an MCP client gets. Calls are
+validated here, on the caller's side, before anything reaches an actor:
+input that the policy refuses never touches a mailbox, a breaker or a
+process. What is accepted is handed to the tool's actor with a one-shot
+reply, and the caller waits on that reply in whatever way suits it — a
+blocking future from any thread, or an asyncio future that never blocks the
+loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from actors.api import ProgressSink, ToolInfo, UnknownTool
+from actors.policy import Resolver, TargetPolicy
+from actors.prepare import PreparedCall, prepare_call
+from actors.reply import AsyncReply, Reply, ThreadReply
+from actors.results import CallOutcome, ErrorType, InvalidCall
+from actors.tool import Call
+from actors.tools import TOOL_SPECS
+from supervisor.config import FaultSettings, Settings, settings_from
+from supervisor.status import Status
+from supervisor.supervisor import Supervisor
+
+
+class RuntimeStopped(RuntimeError):
+    """The runtime was used after `stop()`."""
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, resolver: Resolver | None = None) -> None:
+        self.settings = settings
+        self.policy = TargetPolicy(settings.policy, resolver=resolver)
+        self.specs = {
+            name: TOOL_SPECS[name] for name, tool_settings in settings.tools.items() if tool_settings.enabled
+        }
+        self.supervisor = Supervisor(settings, self.specs, on_escalate=self._escalate)
+        self._calls: dict[str, str] = {}  # call_id -> tool, for cancellation
+        self._calls_lock = threading.Lock()
+        self._stopped = False
+        # Set when a tool exceeded its restart intensity under on_intensity_exceeded = "escalate".
+        self.escalated = threading.Event()
+        self.escalation_reason: str | None = None
+
+    # --- life -------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        config: Settings | Mapping[str, Any] | str | Path | None = None,
+        *,
+        resolver: Resolver | None = None,
+    ) -> Runtime:
+        """Start from a Settings object, a dict shaped like the TOML file, or a path to one."""
+        return cls(settings_from(config), resolver=resolver)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Admit nothing new, let running calls finish within `grace` seconds, then end them."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.supervisor.shutdown(grace)
+
+    def _escalate(self, reason: str) -> None:
+        """Give up on the whole runtime, gracefully, so a process manager can restart it."""
+        self.escalation_reason = reason
+        self.stop()
+        self.escalated.set()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the tool surface -------------------------------------------------------
+
+    def list_tools(self) -> list[ToolInfo]:
+        return [
+            ToolInfo(
+                name=spec.name,
+                title=spec.title,
+                description=spec.description,
+                input_schema=spec.input_schema(),
+                output_schema=spec.output_schema(),
+                annotations=dict(spec.annotations),
+            )
+            for spec in self.specs.values()
+        ]
+
+    def call(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        timeout: float | None = None,
+        *,
+        call_id: str | None = None,
+    ) -> CallOutcome:
+        """Run a call and block until it is answered; usable from any thread but an event loop's.
+
+        `timeout` bounds the wait: when it passes, the call is cancelled and its
+        `cancelled` answer returned, so nothing is left running behind the caller.
+        """
+        reply: ThreadReply[CallOutcome] = ThreadReply()
+        call_id, early = self._submit(tool, arguments, reply, call_id=call_id, progress=None)
+        if early is not None:
+            return early
+        try:
+            return reply.wait(timeout)
+        except TimeoutError:
+            self.cancel(call_id)
+            return reply.wait()
+
+    async def acall(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        call_id: str | None = None,
+        progress: ProgressSink | None = None,
+    ) -> CallOutcome:
+        """Run a call from asyncio. Cancelling the awaiting task cancels the call (and kills its process)."""
+        loop = asyncio.get_running_loop()
+        reply: AsyncReply[CallOutcome] = AsyncReply(loop)
+        sink = _on_loop(loop, progress) if progress is not None else None
+        call_id, early = self._submit(tool, arguments, reply, call_id=call_id, progress=sink)
+        if early is not None:
+            return early
+        try:
+            return await reply.future
+        except asyncio.CancelledError:
+            self.cancel(call_id)
+            raise
+
+    def cancel(self, call_id: str) -> bool:
+        """Cancel a queued or running call; False if no such call is pending."""
+        with self._calls_lock:
+            tool = self._calls.get(call_id)
+        if tool is None:
+            return False
+        return self.supervisor.cancel(tool, call_id)
+
+    # --- operators ----------------------------------------------------------------
+
+    def status(self) -> Status:
+        return self.supervisor.status()
+
+    def metrics_text(self) -> str:
+        return self.supervisor.metrics_text().decode()
+
+    def inject(self, fault: FaultSettings | Mapping[str, Any] | None = None, **fields: Any) -> int:
+        """Add a fault rule (same fields as `[[faults]]`); returns its id for `clear_faults`."""
+        if fault is None:
+            fault = fields
+        if not isinstance(fault, FaultSettings):
+            try:
+                fault = FaultSettings.model_validate(fault)
+            except ValidationError as exc:
+                raise InvalidCall(_first_error(exc), field="fault") from None
+        if fault.tool not in self.specs:
+            raise UnknownTool(fault.tool, sorted(self.specs))
+        return self.supervisor.inject(fault)
+
+    def faults(self) -> list[dict[str, Any]]:
+        return self.supervisor.plan.list()
+
+    def clear_faults(self, rule_id: int | None = None, *, tool: str | None = None) -> int:
+        return self.supervisor.clear_faults(rule_id, tool)
+
+    def reset(self, tool: str) -> str:
+        """Bring a tool that exceeded its restart intensity back into service."""
+        return self._control("reset", tool)
+
+    def restart(self, tool: str) -> str:
+        return self._control("restart", tool)
+
+    def force_breaker(self, tool: str, state: str) -> str:
+        if state not in ("open", "closed"):
+            raise InvalidCall("breaker state must be 'open' or 'closed'", field="state")
+        return self._control(f"breaker_{state}", tool)
+
+    def _control(self, action: str, tool: str) -> str:
+        if tool not in self.specs:
+            raise UnknownTool(tool, sorted(self.specs))
+        return self.supervisor.control(action, tool)
+
+    # --- internals --------------------------------------------------------------
+
+    def _submit(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        reply: Reply[CallOutcome],
+        *,
+        call_id: str | None,
+        progress: ProgressSink | None,
+    ) -> tuple[str, CallOutcome | None]:
+        spec = self.specs.get(tool)
+        if spec is None:
+            raise UnknownTool(tool, sorted(self.specs))
+        call_id = call_id or uuid.uuid4().hex
+        if self._stopped:
+            return call_id, CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, "the runtime is stopping")
+        try:
+            prepared = self._prepare(tool, arguments)
+        except InvalidCall as exc:
+            self.supervisor.count_refused(tool)
+            return call_id, CallOutcome.failure(tool, call_id, ErrorType.VALIDATION, str(exc))
+        with self._calls_lock:
+            self._calls[call_id] = tool
+        call = Call(call_id=call_id, prepared=prepared, reply=reply, progress=progress)
+        reply.on_resolved(lambda _value: self._forget(call_id))
+        self.supervisor.submit(call)
+        return call_id, None
+
+    def _prepare(self, tool: str, arguments: Mapping[str, Any]) -> PreparedCall:
+        if not isinstance(arguments, Mapping):
+            raise InvalidCall("arguments must be an object", field="arguments")
+        return prepare_call(
+            self.specs[tool], arguments, settings=getattr(self.settings.tools, tool), policy=self.policy
+        )
+
+    def _forget(self, call_id: str) -> None:
+        with self._calls_lock:
+            self._calls.pop(call_id, None)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"]) or "fault"
+    return f"{where}: {error['msg']}"
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, progress: ProgressSink) -> ProgressSink:
+    """Progress comes from runner threads; deliver it on the caller's loop."""
+
+    def deliver(done: float, total: float | None, message: str | None) -> None:
+        try:
+            loop.call_soon_threadsafe(progress, done, total, message)
+        except RuntimeError:
+            pass  # the caller's loop is gone
+
+    return deliver
+
+
+__all__ = ["Runtime", "RuntimeStopped"]

@@ -1,0 +1,139 @@
+"""A tool's routing slot: which incarnation serves it, and every call in its hands.
+
+Callers route straight to the current tool actor, without a hop through the
+supervisor's mailbox, so the slot is the one structure both sides touch and
+it is guarded by its own lock. Every call handed to an incarnation stays in
+`pending` until it is answered. That record is what makes "no call is lost"
+true: when an incarnation crashes or hangs, whatever it held — running,
+queued, or still unread in its mailbox — is found here, answered or moved to
+the stash, and the stash is handed to the next incarnation in arrival order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pykka
+
+from actors.breaker import CircuitBreaker
+from actors.tool import Call, Submit
+from supervisor.restarts import RestartPolicy
+
+SlotState = Literal["running", "restarting", "failed", "stopped"]
+
+
+@dataclass
+class Swept:
+    """What a dead incarnation left behind, sorted by what must happen to each call."""
+
+    running: list[Call] = field(default_factory=list)  # started: answer actor_restarted
+    requeued: list[Call] = field(default_factory=list)  # never started: serve on the next incarnation
+    cancelled: list[Call] = field(default_factory=list)  # cancel was asked for: answer cancelled
+
+
+@dataclass
+class Refusal:
+    state: SlotState
+    reason: str | None
+
+
+class ToolSlot:
+    def __init__(self, name: str, spec: Any, settings: Any, policy: RestartPolicy, breaker: CircuitBreaker) -> None:
+        self.name = name
+        self.spec = spec
+        self.settings = settings
+        self.policy = policy
+        self.breaker = breaker  # outlives incarnations: a restart must not close an open circuit
+        self.lock = threading.RLock()
+        self.state: SlotState = "restarting"
+        self.ref: pykka.ActorRef[Any] | None = None
+        self.incarnation = 0
+        self.retired = threading.Event()
+        self.pending: dict[str, Call] = {}
+        self.stash: deque[Call] = deque()
+        self.restarts = 0
+        self.last_restart_reason: str | None = None
+        self.failed_reason: str | None = None
+        self.ping: Any = None
+        self.ping_sent_at = 0.0
+
+    def route(self, call: Call, stash_limit: int) -> Refusal | None:
+        """Hand `call` to the current incarnation or the stash; a Refusal says why neither."""
+        with self.lock:
+            if self.state == "running":
+                self._hand_over(call)
+                return None
+            if self.state == "restarting" and len(self.stash) < stash_limit:
+                self.stash.append(call)
+                return None
+            return Refusal(self.state, self.failed_reason)
+
+    def _hand_over(self, call: Call) -> None:
+        if call.call_id not in self.pending:
+            self.pending[call.call_id] = call
+            call.reply.on_resolved(lambda _value, call_id=call.call_id: self._forget(call_id))
+        try:
+            assert self.ref is not None
+            self.ref.tell(Submit(call))
+        except pykka.ActorDeadError:
+            pass  # it stays pending; the crash sweep moves it to the next incarnation
+
+    def _forget(self, call_id: str) -> None:
+        with self.lock:
+            self.pending.pop(call_id, None)
+
+    def install(self, ref: pykka.ActorRef[Any], incarnation: int, retired: threading.Event) -> None:
+        """A new incarnation serves from now on; the stash goes to it first, in order."""
+        with self.lock:
+            self.ref, self.incarnation, self.retired = ref, incarnation, retired
+            self.state = "running"
+            self.failed_reason = None
+            self.ping = None
+            waiting, self.stash = list(self.stash), deque()
+            for call in waiting:
+                self._hand_over(call)
+
+    def sweep(self) -> Swept:
+        """Retire the current incarnation and sort out everything it held."""
+        swept = Swept()
+        with self.lock:
+            self.retired.set()
+            self.state = "restarting"
+            held, self.pending = list(self.pending.values()), {}
+            for call in held:
+                if call.reply.done:
+                    continue
+                if call.cancel_requested:
+                    swept.cancelled.append(call)
+                elif call.started:
+                    swept.running.append(call)
+                else:
+                    swept.requeued.append(call)
+            # Calls that were already admitted go ahead of those that arrived during the restart.
+            self.stash.extendleft(reversed(swept.requeued))
+        return swept
+
+    def take_stash(self) -> list[Call]:
+        with self.lock:
+            taken, self.stash = list(self.stash), deque()
+            return taken
+
+    def cancel(self, call_id: str) -> Call | None:
+        """Cancel a call the slot holds; returns it if it was stashed (and so is the caller's to answer)."""
+        with self.lock:
+            for call in self.stash:
+                if call.call_id == call_id:
+                    self.stash.remove(call)
+                    return call
+            call = self.pending.get(call_id)
+            if call is not None:
+                call.cancel_requested = True
+            return None
+
+    def set_state(self, state: SlotState, reason: str | None = None) -> None:
+        with self.lock:
+            self.state = state
+            self.failed_reason = reason

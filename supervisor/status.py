@@ -1,0 +1,66 @@
+"""The status snapshot: what an operator sees at a glance, as one validated model.
+
+Served as JSON by `/status`, rendered as a table by `labrecon status`, and
+returned by `Runtime.status()`; all three are this model, so a field added
+here shows up everywhere and a client can validate what it reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+ToolState = Literal["running", "restarting", "failed", "stopped", "disabled"]
+
+
+class BreakerStatus(BaseModel):
+    state: Literal["closed", "open", "half_open"]
+    consecutive_failures: int = 0
+    retry_after_sec: float | None = None
+
+
+class ToolStatus(BaseModel):
+    name: str
+    state: ToolState
+    incarnation: int
+    restarts: int
+    last_restart_reason: str | None = None
+    failed_reason: str | None = None
+    breaker: BreakerStatus
+    in_flight: int
+    queued: int
+    stashed: int = 0
+    calls: dict[str, int] = Field(default_factory=dict)
+    p50_sec: float | None = None
+    p95_sec: float | None = None
+
+
+class RuntimeInfo(BaseModel):
+    version: str
+    pid: int
+    uptime_sec: float
+    config_digest: str
+
+
+class CheckResult(BaseModel):
+    name: str
+    ok: bool
+    critical: bool = True  # a failed critical check makes the runtime not ready
+    detail: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class HealthStatus(BaseModel):
+    live: bool
+    ready: bool
+    status: Literal["healthy", "degraded", "unhealthy"]
+    checks: list[CheckResult] = Field(default_factory=list)
+
+
+class Status(BaseModel):
+    runtime: RuntimeInfo
+    tools: dict[str, ToolStatus]
+    faults: list[dict[str, Any]] = Field(default_factory=list)
+    health: HealthStatus
+    sessions: dict[str, int] = Field(default_factory=dict)

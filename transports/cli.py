@@ -1,0 +1,143 @@
+"""The `labrecon` command: serve MCP, check the installation, talk to a running daemon."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from supervisor.config import ConfigError, Settings, load_settings
+from supervisor.version import VERSION
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_ESCALATED = 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"labrecon: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labrecon",
+        description="Lab-only nmap, masscan and gobuster for MCP clients.",
+    )
+    parser.add_argument("--version", action="version", version=f"labrecon {VERSION}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve MCP (stdio by default)")
+    _config_option(serve)
+    serve.add_argument("--transport", choices=["stdio"], default="stdio", help="how MCP clients connect")
+    serve.add_argument("--grace", type=float, default=10.0, help="seconds running calls get to finish on shutdown")
+    serve.set_defaults(handler=cmd_serve)
+
+    check = sub.add_parser("check", help="show which tools are found, their versions, the policy and limits")
+    _config_option(check)
+    check.add_argument("--json", action="store_true", help="print JSON instead of text")
+    check.set_defaults(handler=cmd_check)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", metavar="FILE", help="TOML config file (default: $LABRECON_CONFIG)")
+
+
+# --- serve -------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from supervisor.runtime import Runtime
+    from transports.logs import configure_logging
+    from transports.stdio import serve_stdio
+
+    settings = load_settings(args.config)
+    configure_logging(settings.logging.level)
+    runtime = Runtime.start(settings)
+    # SIGTERM ends the server like EOF on stdin does: stop reading, answer everything, exit.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        serve_stdio(runtime, grace=args.grace)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.stop(args.grace)
+    return EXIT_ESCALATED if runtime.escalated.is_set() else EXIT_OK
+
+
+# --- check -------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from actors.tools import TOOL_SPECS
+    from supervisor.health import probe_binary
+
+    settings = load_settings(args.config)
+    report = check_report(settings, {name: probe_binary(getattr(settings.tools, name).binary, tuple(spec.version_argv)) for name, spec in TOOL_SPECS.items()})
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_check(report))
+    usable = [t for t in report["tools"].values() if t["enabled"] and t["found"]]
+    return EXIT_OK if usable else 1
+
+
+def check_report(settings: Settings, probes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    tools = {}
+    for name, tool in settings.tools.items():
+        probe = probes.get(name, {})
+        limits = tool.model_dump(mode="json", exclude={"binary", "enabled", "breaker"})
+        tools[name] = {
+            "enabled": tool.enabled,
+            "binary": tool.binary,
+            "path": probe.get("path"),
+            "found": bool(probe.get("found") and probe.get("executable", False)),
+            "version": probe.get("version"),
+            "limits": limits,
+            "breaker": tool.breaker.model_dump(mode="json"),
+        }
+    policy = settings.policy.model_dump(mode="json")
+    return {"version": VERSION, "config_digest": settings.digest(), "policy": policy, "tools": tools}
+
+
+def render_check(report: dict[str, Any]) -> str:
+    policy = report["policy"]
+    lines = [f"labrecon {report['version']}  (config {report['config_digest']})", "", "Tools"]
+    for name, tool in report["tools"].items():
+        if not tool["enabled"]:
+            mark, where = "-", "disabled"
+        elif tool["found"]:
+            mark, where = "ok", f"{tool['path']}  {tool['version'] or ''}".rstrip()
+        else:
+            mark, where = "MISSING", f"{tool['binary']} not found or not executable"
+        limits = tool["limits"]
+        lines.append(f"  {name:<9} {mark:<8} {where}")
+        lines.append(
+            f"  {'':<9} {'':<8} concurrency {limits['concurrency']}, queue {limits['max_queue']}, "
+            f"timeout {limits['timeout_sec']:g}s (max {limits['max_timeout_sec']:g}s)"
+        )
+    lines += ["", "Policy"]
+    lines.append("  networks  " + ", ".join(policy["allowed_networks"]))
+    lines.append("  domains   " + ", ".join(policy["allowed_domains"]))
+    lines.append(f"  max hosts {policy['max_hosts']} per call; DNS {'on' if policy['dns'] else 'off'}")
+    if policy["hosts"]:
+        lines.append("  static    " + ", ".join(f"{k}={v}" for k, v in policy["hosts"].items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
