@@ -34,7 +34,6 @@ DEFAULT_ALLOWED_SCRIPTS = (
     "http-headers",
     "http-methods",
     "ssl-cert",
-    "ssl-enum-ciphers",
     "ssh-hostkey",
     "smb-os-discovery",
     "dns-service-discovery",

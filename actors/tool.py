@@ -181,18 +181,18 @@ class ToolActor(pykka.ThreadingActor):
                 raise TypeError(f"{self.name} actor got an unknown message {message!r}")
 
     def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
-        """Die cleanly: kill what runs and answer it; the queue is the supervisor's to re-home.
+        """Die cleanly: kill what runs, and leave the answers to whoever supervises.
 
-        Queued calls are not answered here: they never started, so the next
-        incarnation can serve them (the supervisor keeps every call it routed
-        until it is answered, including any still sitting in this mailbox).
+        A supervisor keeps every call it routed until it is answered, so it
+        answers the running ones (`actor_restarted`, counted in its books) and
+        hands the queued ones — and any still unread in this mailbox — to the
+        next incarnation. Without a supervisor, this actor answers them itself.
         """
         reason = f"{getattr(exception_type, '__name__', exception_type)}: {exception_value}"
-        for running in self._take_running():
-            running.call.fail(
-                ErrorType.ACTOR_RESTARTED, f"{self.name} crashed while the call ran ({reason})", retry_after_sec=0.0
-            )
+        running = self._take_running()
         if self.parent is None:
+            for entry in running:
+                entry.call.fail(ErrorType.ACTOR_RESTARTED, f"{self.name} crashed while the call ran ({reason})", retry_after_sec=0.0)
             for call in self._take_queued():
                 call.fail(ErrorType.ACTOR_RESTARTED, f"{self.name} crashed before the call started ({reason})")
         self._tell_parent(ActorCrashed(self.name, self.incarnation, reason))
