@@ -343,9 +343,10 @@ class ToolActor(pykka.ThreadingActor):
         try:
             self.actor_ref.tell(message)
         except pykka.ActorDeadError:
-            # The actor died under us; its on_failure already answered the call,
-            # and if it did not (a race with stop), this answer is the only one.
-            call.answer(outcome)
+            # The actor died while this ran. A supervisor answers the call (and counts
+            # it) when it sweeps the dead incarnation; without one, this is the answer.
+            if self.parent is None:
+                call.answer(outcome)
 
     def _finish(self, call_id: str, outcome: CallOutcome, verdict: Verdict) -> None:
         running = self.running.pop(call_id, None)

@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from actors.settings import GobusterSettings, MasscanSettings, NmapSettings, PolicySettings, Strict, ToolSettings
@@ -85,6 +85,25 @@ class HealthSettings(Strict):
     max_open_fds: int = Field(default=4096, ge=16)
 
 
+class HttpSettings(Strict):
+    """The HTTP daemon: MCP over legacy SSE and Streamable HTTP, plus the ops endpoints."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    # Serve the ops endpoints (alone) on this Unix socket too, e.g. beside a stdio server.
+    ops_socket: Path | None = None
+    # Origins a browser-borne request may come from; requests without Origin are allowed.
+    allowed_origins: tuple[str, ...] = ("http://localhost", "http://127.0.0.1")
+    max_sessions: int = Field(default=64, ge=1)
+    session_idle_sec: float = Field(default=600.0, gt=0)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+
+
+class AuthSettings(Strict):
+    # Required for MCP and control endpoints whenever the bind address is not loopback.
+    token: SecretStr | None = None
+
+
 class LoggingSettings(Strict):
     level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 
@@ -103,6 +122,8 @@ class Settings(BaseSettings):
     supervisor: SupervisionSettings = Field(default_factory=SupervisionSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     faults: tuple[FaultSettings, ...] = ()
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @model_validator(mode="after")
     def _faults_name_tools(self) -> Settings:

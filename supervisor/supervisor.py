@@ -175,7 +175,7 @@ class SupervisorActor(pykka.ThreadingActor):
         for call in swept.running:
             if call.run is not None:
                 call.run.cancel()
-            self._settle(call, ErrorType.ACTOR_RESTARTED, f"{slot.name} {kind}ed while the call ran; retry it")
+            self._settle(call, ErrorType.ACTOR_RESTARTED, f"{slot.name} {_PAST[kind]} while the call ran; retry it")
         for call in swept.cancelled:
             self._settle(call, ErrorType.CANCELLED, "the call was cancelled")
         self._gauge(slot.name)
@@ -343,6 +343,9 @@ def build_slots(settings: Settings, specs: dict[str, Any], clock: Callable[[], f
         breaker = CircuitBreaker(tool_settings.breaker, clock=clock)
         slots[name] = ToolSlot(name, spec, tool_settings, policy, breaker)
     return slots
+
+
+_PAST = {"crash": "crashed", "hang": "hung", "operator": "was restarted by an operator"}
 
 
 def _failed_message(tool: str, reason: str) -> str:
