@@ -1,0 +1,63 @@
+"""From an MCP `tools/call` to a fully checked command line, or a refusal.
+
+This is the single gate between untrusted arguments and a process: argument
+validation, the target policy, the option grammar and the time limit all run
+here, before anything is queued, and every refusal is an `InvalidCall` that
+names the offending field. The result is plain data the runner can execute
+without further judgement.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from actors.policy import TargetPolicy
+from actors.results import InvalidCall
+from actors.settings import ToolSettings
+from actors.tools.base import ToolSpec
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    tool: str
+    target: str  # as given
+    resolved_targets: tuple[str, ...]  # what the policy resolved it to; the tool's target first
+    argv: tuple[str, ...]  # binary first
+    timeout_sec: float
+
+
+def resolve_timeout(requested: float | None, settings: ToolSettings) -> float:
+    """The run's time limit: the configured default, or the request up to the cap."""
+    if requested is None:
+        return settings.timeout_sec
+    if not math.isfinite(requested) or requested <= 0:
+        raise InvalidCall("timeout_sec must be a positive number of seconds", field="timeout_sec")
+    if requested > settings.max_timeout_sec:
+        raise InvalidCall(
+            f"timeout_sec {requested:g} is above the maximum of {settings.max_timeout_sec:g} seconds",
+            field="timeout_sec",
+        )
+    return float(requested)
+
+
+def prepare_call(
+    spec: ToolSpec,
+    arguments: Mapping[str, Any],
+    *,
+    settings: ToolSettings,
+    policy: TargetPolicy,
+) -> PreparedCall:
+    args = spec.validate_arguments(arguments)
+    target = policy.check(args.target)
+    timeout = resolve_timeout(args.timeout_sec, settings)
+    argv = (settings.binary, *spec.build_argv(args, target, settings))
+    return PreparedCall(
+        tool=spec.name,
+        target=args.target,
+        resolved_targets=target.resolved,
+        argv=argv,
+        timeout_sec=timeout,
+    )

@@ -1,0 +1,383 @@
+"""One subprocess run: spawn, read both pipes, bound it in time and bytes, stop it, reap it.
+
+Scanners are long-running, chatty programs started with arguments that came
+from outside. A run therefore must never hang its caller, never let the tool's
+output grow the daemon's memory, never leave a process behind and never show
+the tool the daemon's own environment. Everything here serves those four
+promises:
+
+- no shell, ``stdin`` is ``/dev/null``, the environment is `MINIMAL_ENV` and
+  the working directory an empty private one, so the tool sees nothing of ours;
+- the tool leads its own session (``start_new_session``), so its process
+  group holds everything it forks, and the group is what gets signalled:
+  SIGTERM, ``kill_grace_sec``, then SIGKILL, on timeout or cancel;
+- stdout and stderr are read concurrently by one ``poll`` loop on the calling
+  thread (no reader threads to start per run), each kept up to its cap and
+  drained and discarded beyond it, so a flood costs CPU but not memory;
+- the leader is watched through a pidfd and reaped only after a final
+  SIGKILL sweep of its group: while the leader is an unreaped zombie its pid,
+  and so the group id, cannot be reused, which makes that sweep safe. Pipes
+  still open after the leader exited mean members of the group live on;
+  they get a short drain and are then terminated like a timed-out run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+__all__ = ["MINIMAL_ENV", "ProcessRun", "RunRequest", "RunResult"]
+
+_log = logging.getLogger(__name__)
+
+READ_CHUNK = 1 << 16
+# Longest line handed to `on_line`; the rest of a longer line is dropped.
+MAX_LINE_BYTES = 64 << 10
+# How long group members may keep the pipes open after the leader exited
+# before they are treated as leftovers and terminated.
+LEADER_EXIT_DRAIN_SEC = 0.2
+# After SIGKILL: how long to wait for the pipes to close and the leader to
+# exit. Only a process that left the group (its own setsid) can hold a pipe
+# that long; its pipe is then closed on it.
+AFTER_KILL_WAIT_SEC = 1.0
+# Without pidfds the leader's exit is noticed by polling at this interval.
+_EXIT_POLL_SEC = 0.02
+
+
+def _private_home() -> str:
+    """An empty directory only this user can enter, removed at exit.
+
+    Tools read per-user configuration and scripts from ``$HOME`` (``~/.nmap``);
+    pointing it at the daemon user's real home would let whatever lies there
+    shape a scan.
+    """
+    path = tempfile.mkdtemp(prefix="labrecon-home-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+MINIMAL_ENV: Mapping[str, str] = MappingProxyType(
+    {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": _private_home(),
+    }
+)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to run and within which bounds.
+
+    ``env`` adds to (or overrides) `MINIMAL_ENV`; it never brings back the
+    daemon's environment. ``cwd`` defaults to the private ``HOME``.
+    """
+
+    argv: Sequence[str]
+    timeout_sec: float
+    stdout_cap: int = 1 << 20
+    stderr_cap: int = 256 << 10
+    kill_grace_sec: float = 2.0
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.argv, (str, bytes)):
+            raise TypeError("argv is a sequence of arguments, not a command line")
+        object.__setattr__(self, "argv", tuple(self.argv))
+        if not self.argv:
+            raise ValueError("argv must name a program")
+        if not self.timeout_sec > 0:
+            raise ValueError("timeout_sec must be positive")
+        if self.stdout_cap < 0 or self.stderr_cap < 0:
+            raise ValueError("output caps must not be negative")
+        if self.kill_grace_sec < 0:
+            raise ValueError("kill_grace_sec must not be negative")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended.
+
+    ``returncode`` is the exit status when the leader exited by itself, and
+    None when a signal ended it (then ``signal`` names it) or it never ran
+    (then ``spawn_error`` says why, or ``cancelled`` is set).
+    """
+
+    returncode: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    cancelled: bool
+    duration_sec: float
+    spawn_error: str | None
+    pid: int | None
+
+
+class _Capture:
+    """One output pipe: the bytes kept under the cap, and the line being assembled."""
+
+    __slots__ = ("fd", "cap", "data", "truncated", "partial")
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self.fd = fd
+        self.cap = cap
+        self.data = bytearray()
+        self.truncated = False
+        self.partial = b""
+
+    def keep(self, chunk: bytes) -> None:
+        room = self.cap - len(self.data)
+        if len(chunk) <= room:
+            self.data += chunk
+            return
+        if room > 0:
+            self.data += chunk[:room]
+        self.truncated = True
+
+    def lines(self, chunk: bytes) -> list[bytes]:
+        """Complete lines in ``partial + chunk``; ``\\r`` ends a line too (progress meters use it)."""
+        parts = (self.partial + chunk).replace(b"\r", b"\n").split(b"\n")
+        self.partial = parts.pop()[:MAX_LINE_BYTES]
+        return [part[:MAX_LINE_BYTES] for part in parts if part]
+
+
+class ProcessRun:
+    """A single run of one argv; `run` once, `cancel` from any thread at any time.
+
+    ``on_line`` is called on the thread inside `run` with every stdout and
+    stderr line (split at ``\\n`` or ``\\r``, decoded leniently, empty lines
+    skipped, cut at `MAX_LINE_BYTES`), including lines beyond the output caps.
+    It should return quickly: while it runs, neither pipe is read.
+    """
+
+    def __init__(self, request: RunRequest, on_line: Callable[[str], None] | None = None) -> None:
+        self.request = request
+        self.pid: int | None = None
+        self._on_line = on_line
+        self._line_error_logged = False
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._started = False
+        self._wake_w: int | None = None
+
+    def cancel(self) -> None:
+        """Ask the run to stop; before `run` it prevents the spawn, after it it does nothing."""
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            if self._wake_w is not None:
+                os.write(self._wake_w, b"\0")
+
+    def run(self) -> RunResult:
+        request = self.request
+        started = time.monotonic()
+        with self._lock:
+            if self._started:
+                raise RuntimeError("a ProcessRun runs only once")
+            self._started = True
+            if self._cancelled:
+                return _not_run(started, cancelled=True)
+            wake_r, self._wake_w = os.pipe()
+        try:
+            env = dict(MINIMAL_ENV)
+            if request.env:
+                env.update(request.env)
+            try:
+                proc = subprocess.Popen(
+                    request.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    bufsize=0,
+                    close_fds=True,
+                    start_new_session=True,
+                    env=env,
+                    cwd=request.cwd or MINIMAL_ENV["HOME"],
+                )
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                return _not_run(started, spawn_error=str(exc) or type(exc).__name__)
+            self.pid = proc.pid
+            return self._supervise(proc, started, wake_r)
+        finally:
+            with self._lock:
+                os.close(self._wake_w)
+                self._wake_w = None
+            os.close(wake_r)
+
+    def _supervise(self, proc: subprocess.Popen[bytes], started: float, wake_r: int) -> RunResult:
+        request = self.request
+        assert proc.stdout is not None and proc.stderr is not None
+        out = _Capture(proc.stdout.fileno(), request.stdout_cap)
+        err = _Capture(proc.stderr.fileno(), request.stderr_cap)
+        streams = {out.fd: out, err.fd: err}
+        pidfd = _pidfd_open(proc.pid)
+        poller = select.poll()
+        for fd in [out.fd, err.fd, wake_r] + ([] if pidfd is None else [pidfd]):
+            poller.register(fd, select.POLLIN)
+
+        deadline = started + request.timeout_sec
+        leader_exited = False
+        stopping = False  # SIGTERM sent
+        timed_out = cancelled = False
+        drain_until = kill_at = give_up_at = None
+        try:
+            while streams or not leader_exited:
+                now = time.monotonic()
+                if stopping:
+                    wakeups = [t for t in (kill_at, give_up_at) if t is not None]
+                else:
+                    wakeups = [deadline if drain_until is None else drain_until]
+                if pidfd is None and not leader_exited:
+                    wakeups.append(now + _EXIT_POLL_SEC)
+                wait_ms = max(0, math.ceil((min(wakeups) - now) * 1000))
+                for fd, _ in poller.poll(wait_ms):
+                    capture = streams.get(fd)
+                    if capture is not None:
+                        if not self._read(capture):
+                            poller.unregister(fd)
+                            del streams[fd]
+                    elif fd == wake_r:
+                        os.read(wake_r, 64)
+                        poller.unregister(wake_r)
+                        cancelled = not stopping  # a run already being stopped ends as it would have
+                    elif fd == pidfd:
+                        poller.unregister(pidfd)
+                        leader_exited = True
+                if pidfd is None and not leader_exited:
+                    leader_exited = _exited(proc.pid)
+
+                now = time.monotonic()
+                if leader_exited and streams and drain_until is None:
+                    drain_until = now + LEADER_EXIT_DRAIN_SEC
+                if not stopping:
+                    timed_out = not cancelled and not leader_exited and now >= deadline
+                    if cancelled or timed_out or (drain_until is not None and now >= drain_until):
+                        kill_at = self._terminate(proc.pid)
+                        stopping = True
+                if kill_at is not None and now >= kill_at:
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    kill_at = None
+                    give_up_at = now + AFTER_KILL_WAIT_SEC
+                if give_up_at is not None and now >= give_up_at:
+                    break
+        finally:
+            # Whatever of the group is still alive dies with the run. The
+            # leader is not reaped yet, so its group id still means this group.
+            _signal_group(proc.pid, signal.SIGKILL)
+            for capture in streams.values():
+                self._deliver(capture.partial)
+            proc.stdout.close()
+            proc.stderr.close()
+            if pidfd is not None:
+                os.close(pidfd)
+            try:
+                proc.wait(timeout=AFTER_KILL_WAIT_SEC)
+            except subprocess.TimeoutExpired:
+                # Stuck in the kernel even after SIGKILL; subprocess reaps it
+                # later. Reported as killed.
+                _log.warning("process %d did not exit after SIGKILL", proc.pid)
+
+        code = proc.returncode
+        return RunResult(
+            returncode=code if code is not None and code >= 0 else None,
+            signal=-code if code is not None and code < 0 else (signal.SIGKILL if code is None else None),
+            stdout=bytes(out.data),
+            stderr=bytes(err.data),
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
+            timed_out=timed_out,
+            cancelled=cancelled,
+            duration_sec=time.monotonic() - started,
+            spawn_error=None,
+            pid=proc.pid,
+        )
+
+    def _read(self, capture: _Capture) -> bool:
+        """Read what the pipe has; False at end of file."""
+        chunk = os.read(capture.fd, READ_CHUNK)
+        if not chunk:
+            self._deliver(capture.partial)
+            capture.partial = b""
+            return False
+        capture.keep(chunk)
+        if self._on_line is not None:
+            for line in capture.lines(chunk):
+                self._deliver(line)
+        return True
+
+    def _deliver(self, line: bytes) -> None:
+        if not line or self._on_line is None:
+            return
+        try:
+            self._on_line(line.decode("utf-8", "replace"))
+        except Exception:
+            # Progress is a courtesy; a failing listener must not end the run.
+            if not self._line_error_logged:
+                self._line_error_logged = True
+                _log.exception("line callback failed; further failures of this run are not logged")
+
+    def _terminate(self, pgid: int) -> float:
+        """SIGTERM the group; returns when SIGKILL is due."""
+        _signal_group(pgid, signal.SIGTERM)
+        return time.monotonic() + self.request.kill_grace_sec
+
+
+def _not_run(started: float, *, cancelled: bool = False, spawn_error: str | None = None) -> RunResult:
+    return RunResult(
+        returncode=None,
+        signal=None,
+        stdout=b"",
+        stderr=b"",
+        stdout_truncated=False,
+        stderr_truncated=False,
+        timed_out=False,
+        cancelled=cancelled,
+        duration_sec=time.monotonic() - started,
+        spawn_error=spawn_error,
+        pid=None,
+    )
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        _log.warning("not permitted to signal process group %d", pgid)
+
+
+def _pidfd_open(pid: int) -> int | None:
+    """A descriptor that polls readable when ``pid`` exits, where the kernel offers one."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` has exited, without reaping it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True

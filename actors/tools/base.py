@@ -1,0 +1,163 @@
+"""What every tool is made of: typed MCP arguments, an argv builder, a parser.
+
+A `ToolSpec` is pure data plus three pure functions, so the tool actor can
+treat nmap, masscan and gobuster alike and each can be tested without a
+process. The MCP input schema is generated from the arguments model and the
+output schema from the result envelope with the tool's own result model
+plugged in, so what `tools/list` advertises is what calls really return.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from actors.api import ToolInfo
+from actors.policy import ResolvedTarget
+from actors.results import CallOutcome, InvalidCall
+
+MAX_EXTRA_ARGS = 2048
+
+# These tools only look: nothing is changed on the targets, repeating a scan is
+# harmless, and they reach outside this process (hence open world).
+READ_ONLY_ANNOTATIONS: Mapping[str, Any] = {
+    "readOnlyHint": True,
+    "destructiveHint": False,
+    "idempotentHint": True,
+    "openWorldHint": True,
+}
+
+
+class ToolArguments(BaseModel):
+    """Fields every tool takes. Unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str = Field(
+        min_length=1,
+        max_length=253,
+        description=(
+            "One target: an IPv4 address (10.0.0.5), a CIDR network (10.0.0.0/24) or a hostname in an "
+            "allowed lab domain. Only allowed lab networks are accepted; ranges, lists and wildcards are not."
+        ),
+    )
+    extra_args: str | None = Field(
+        default=None,
+        max_length=MAX_EXTRA_ARGS,
+        description=(
+            "Additional command-line options, checked against the tool's allowlist. Options only: the "
+            "target, output and file options are refused."
+        ),
+    )
+    timeout_sec: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Wall-clock limit for the run in seconds; defaults to and is capped by server configuration.",
+    )
+
+
+class ParsedResult(BaseModel):
+    """Base of every tool's parsed output."""
+
+    truncated: bool = Field(default=False, description="The output was cut short (byte cap, timeout or cancel).")
+    parse_error: str | None = Field(default=None, description="Why the output could not be fully parsed, if so.")
+
+
+def split_extra_args(extra: str | None) -> list[str]:
+    """Split `extra_args` like a POSIX shell would, without running one."""
+    if not extra:
+        return []
+    if "\x00" in extra:
+        raise InvalidCall("extra_args contains a NUL character", field="extra_args")
+    try:
+        return shlex.split(extra, comments=False, posix=True)
+    except ValueError as exc:
+        raise InvalidCall(f"extra_args could not be split into options: {exc}", field="extra_args") from None
+
+
+def validation_message(error: ValidationError) -> tuple[str, str | None]:
+    """A short message naming the offending fields, and the first field."""
+    parts, first = [], None
+    for item in error.errors(include_url=False):
+        loc = ".".join(str(p) for p in item["loc"]) or "arguments"
+        if first is None and item["loc"]:
+            first = str(item["loc"][0])
+        parts.append(f"{loc}: {item['msg']}")
+    return "; ".join(parts), first
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    title: str
+    description: str
+    arguments: type[ToolArguments]
+    result_model: type[ParsedResult]
+    version_argv: tuple[str, ...]
+    builder: Callable[[Any, ResolvedTarget, Any], list[str]]
+    parser: Callable[[bytes, bool], ParsedResult]
+    progress_parser: Callable[[str], float | None]
+    annotations: Mapping[str, Any] = field(default_factory=lambda: dict(READ_ONLY_ANNOTATIONS))
+
+    def validate_arguments(self, arguments: Any) -> ToolArguments:
+        if isinstance(arguments, self.arguments):
+            return arguments
+        if not isinstance(arguments, Mapping):
+            raise InvalidCall(f"{self.name} arguments must be a JSON object", field="arguments")
+        try:
+            return self.arguments.model_validate(dict(arguments))
+        except ValidationError as exc:
+            message, first = validation_message(exc)
+            raise InvalidCall(f"invalid {self.name} arguments: {message}", field=first) from None
+
+    def build_argv(self, args: Any, target: ResolvedTarget, settings: Any) -> list[str]:
+        """The argv after the binary: checked options, our output flags, the target once."""
+        return self.builder(self.validate_arguments(args), target, settings)
+
+    def parse(self, stdout: bytes, *, truncated: bool) -> dict[str, Any]:
+        """Parse tool output; never raises, a failure is reported in `parse_error`."""
+        try:
+            result = self.parser(stdout, truncated)
+        except Exception as exc:  # a parser bug must not lose the run's outcome
+            result = self.result_model(truncated=truncated, parse_error=f"{type(exc).__name__}: {exc}")
+        return result.model_dump(mode="json")
+
+    def progress(self, line: str) -> float | None:
+        try:
+            value = self.progress_parser(line)
+        except Exception:
+            return None
+        return None if value is None else max(0.0, min(100.0, value))
+
+    def input_schema(self) -> dict[str, Any]:
+        schema = self.arguments.model_json_schema()
+        schema["type"] = "object"
+        return schema
+
+    def output_schema(self) -> dict[str, Any]:
+        envelope = CallOutcome.model_json_schema(mode="serialization")
+        result = self.result_model.model_json_schema(mode="serialization")
+        defs = {**envelope.pop("$defs", {}), **result.pop("$defs", {})}
+        defs[self.result_model.__name__] = result
+        envelope["properties"]["result"] = {
+            "anyOf": [{"$ref": f"#/$defs/{self.result_model.__name__}"}, {"type": "null"}],
+            "default": None,
+        }
+        envelope["$defs"] = defs
+        envelope["type"] = "object"
+        return envelope
+
+    def info(self) -> ToolInfo:
+        return ToolInfo(
+            name=self.name,
+            title=self.title,
+            description=self.description,
+            input_schema=self.input_schema(),
+            output_schema=self.output_schema(),
+            annotations={"title": self.title, **self.annotations},
+        )

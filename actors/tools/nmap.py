@@ -1,0 +1,361 @@
+"""nmap as a tool: typed arguments, its option allowlist, its XML parser.
+
+nmap parses options with getopt_long_only, so `-script` means `--script`
+and `-p80` means `-p 80`; the grammar reads those forms, and the argv is
+rendered canonically. Timing stops at -T4: -T5 trades accuracy for speed
+and is hard on lab hosts. Script selection is rendered as one boolean
+expression ending in `and not (external or intrusive or ...)`, because
+nmap's own categories overlap: `safe` contains broadcast, external and even
+malware-category scripts, so allowing a category must not allow those.
+IPv6 (`-6`) is added from the target, never taken from the user.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Literal
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, iterparse
+from pydantic import BaseModel, Field
+
+from actors.flags import Duration, Grammar, Int, NameList, Option, ParsedOption, PortList, render
+from actors.policy import ResolvedTarget
+from actors.results import InvalidCall
+from actors.settings import FORBIDDEN_SCRIPT_CATEGORIES, NmapSettings
+from actors.tools.base import ParsedResult, ToolArguments, ToolSpec, split_extra_args
+
+NMAP_MAX_RATE = 10_000  # packets per second; --min-rate/--max-rate above this are refused
+DEFAULT_PORT_COUNT = 1000  # what nmap scans when no port option is given
+FAST_PORT_COUNT = 100  # -F
+SCAN_TYPES = {"connect": "-sT", "syn": "-sS", "version": "-sV", "ping": "-sn", "udp": "-sU"}
+OUTPUT_FLAGS = ("-oX", "-", "--stats-every", "2s")
+_EXCLUDED_SCRIPT_CATEGORIES = sorted(FORBIDDEN_SCRIPT_CATEGORIES - {"all"})
+
+FORBIDDEN = {
+    "-iL": "targets come only from the 'target' field",
+    "-iR": "random targets are never scanned",
+    "-i": "targets come only from the 'target' field",
+    "-o": "output files are not allowed; results are returned to you",
+    "--append-output": "output files are not allowed",
+    "--resume": "resuming from files is not allowed",
+    "--datadir": "custom data files are not allowed",
+    "--servicedb": "custom data files are not allowed",
+    "--versiondb": "custom data files are not allowed",
+    "--stylesheet": "the output format is fixed",
+    "--webxml": "the output format is fixed",
+    "--no-stylesheet": "the output format is fixed",
+    "--exclude": "narrow the 'target' instead",
+    "--excludefile": "narrow the 'target' instead",
+    "--script-args": "script arguments are not allowed",
+    "--script-args-file": "script arguments are not allowed",
+    "--script-help": "not a scan",
+    "--script-trace": "not allowed",
+    "--script-updatedb": "not allowed",
+    "--send-eth": "raw packet options are not allowed",
+    "--send-ip": "raw packet options are not allowed",
+    "--privileged": "privilege options are not allowed",
+    "--unprivileged": "privilege options are not allowed",
+    "-S": "source address spoofing is not allowed",
+    "-D": "decoy scans are not allowed",
+    "-e": "choosing the interface is not allowed",
+    "-g": "source port spoofing is not allowed",
+    "--source-port": "source port spoofing is not allowed",
+    "--spoof-mac": "MAC spoofing is not allowed",
+    "--proxies": "relaying through proxies is not allowed",
+    "--data": "custom payloads are not allowed",
+    "--data-string": "custom payloads are not allowed",
+    "--data-length": "custom payloads are not allowed",
+    "--ip-options": "custom IP options are not allowed",
+    "--ttl": "custom packet fields are not allowed",
+    "--badsum": "custom packet fields are not allowed",
+    "--mtu": "fragmentation is not allowed",
+    "-f": "fragmentation is not allowed",
+    "-b": "FTP bounce scans relay through third parties",
+    "-sI": "idle scans send traffic through a third-party zombie host",
+    "-A": "use scan_type='version', scripts=['default'] and -O instead",
+    "-6": "IPv6 is chosen automatically from the target",
+    "-R": "reverse DNS of every address is not allowed; use -n or the default",
+    "--dns-servers": "custom DNS servers are not allowed",
+    "--system-dns": "not allowed",
+    "-sL": "list scans are not supported",
+    "--iflist": "not a scan",
+    "--packet-trace": "debug output is not allowed",
+    "-d": "debug output is not allowed",
+    "-T5": "the fastest timing allowed is -T4",
+}
+
+
+class NmapArguments(ToolArguments):
+    ports: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Ports to scan, e.g. '22,80,443', '1-1024' or 'T:80,U:53'; '1-65535' for all ports.",
+    )
+    scan_type: Literal["connect", "syn", "version", "ping", "udp"] | None = Field(
+        default=None,
+        description=(
+            "connect (-sT, no privileges needed), syn (-sS), version (-sV, service/version detection), "
+            "ping (-sn, host discovery only, no port scan), udp (-sU)."
+        ),
+    )
+    top_ports: int | None = Field(default=None, ge=1, le=65535, description="Scan the N most common ports.")
+    timing: int | None = Field(default=None, ge=0, le=4, description="Timing template 0 (slowest) to 4 (fast).")
+    scripts: list[str] | None = Field(
+        default=None,
+        max_length=20,
+        description=(
+            "NSE script names or categories from the server's allowed set (e.g. default, safe, banner, "
+            "http-title). Scripts in the external, intrusive, exploit, dos, brute, malware, broadcast, "
+            "fuzzer and vuln categories never run."
+        ),
+    )
+
+
+class NmapScript(BaseModel):
+    id: str
+    output: str = ""
+
+
+class NmapPort(BaseModel):
+    port: int
+    protocol: str
+    state: str | None = None
+    reason: str | None = None
+    service: str | None = None
+    product: str | None = None
+    version: str | None = None
+    extrainfo: str | None = None
+    scripts: list[NmapScript] = Field(default_factory=list)
+
+
+class NmapHost(BaseModel):
+    address: str | None = None
+    mac: str | None = None
+    status: str | None = None
+    hostnames: list[str] = Field(default_factory=list)
+    ports: list[NmapPort] = Field(default_factory=list)
+    os_matches: list[str] = Field(default_factory=list)
+    scripts: list[NmapScript] = Field(default_factory=list)
+    partial: bool = Field(default=False, description="The output ended inside this host's record.")
+
+
+class NmapResult(ParsedResult):
+    hosts: list[NmapHost] = Field(default_factory=list)
+    complete: bool = Field(default=False, description="The XML document was complete.")
+    hosts_up: int | None = None
+    hosts_down: int | None = None
+    hosts_total: int | None = None
+    elapsed_sec: float | None = None
+    error: str | None = Field(default=None, description="nmap's own error message, if it reported one.")
+
+
+# ---------------------------------------------------------------- argv
+
+
+def grammar(settings: NmapSettings) -> Grammar:
+    scripts = NameList(
+        allowed=frozenset(s.lower() for s in settings.allowed_scripts),
+        forbidden=FORBIDDEN_SCRIPT_CATEGORIES,
+        description="script names or categories",
+    )
+    options = [
+        Option(("-p",), PortList(settings.max_ports, ("T", "U"))),
+        Option(("--top-ports",), Int(1, settings.max_ports, "a port count")),
+        Option(("-F",)),
+        *(Option((flag,)) for flag in SCAN_TYPES.values()),
+        Option(("-sC",)),
+        Option(("--script",), scripts, repeatable=True),
+        Option(("-T",), Int(0, 4, "a timing template"), joined=True),
+        Option(("-Pn",)),
+        Option(("-n",)),
+        Option(("-O",)),
+        Option(("--open",)),
+        Option(("--reason",)),
+        Option(("--version-intensity",), Int(0, 9)),
+        Option(("--version-light",)),
+        Option(("--version-all",)),
+        Option(("--max-retries",), Int(0, 10)),
+        Option(("--host-timeout",), Duration(settings.max_timeout_sec)),
+        Option(("--scan-delay",), Duration(60)),
+        Option(("--min-rate",), Int(1, NMAP_MAX_RATE, "packets per second")),
+        Option(("--max-rate",), Int(1, NMAP_MAX_RATE, "packets per second")),
+    ]
+    return Grammar(options, forbidden=FORBIDDEN, single_dash_long=True, tool="nmap")
+
+
+def _typed_tokens(args: NmapArguments) -> list[tuple[str, list[str]]]:
+    sources: list[tuple[str, list[str]]] = []
+    if args.ports is not None:
+        sources.append(("ports", ["-p", args.ports]))
+    if args.scan_type is not None:
+        sources.append(("scan_type", [SCAN_TYPES[args.scan_type]]))
+    if args.top_ports is not None:
+        sources.append(("top_ports", ["--top-ports", str(args.top_ports)]))
+    if args.timing is not None:
+        sources.append(("timing", ["-T", str(args.timing)]))
+    if args.scripts:
+        sources.append(("scripts", ["--script", ",".join(args.scripts)]))
+    sources.append(("extra_args", split_extra_args(args.extra_args)))
+    return sources
+
+
+def script_expression(names: list[str]) -> str:
+    """One nmap script expression that can never select a forbidden category."""
+    return f"({' or '.join(names)}) and not ({' or '.join(_EXCLUDED_SCRIPT_CATEGORIES)})"
+
+
+def _script_selection(parsed: list[ParsedOption], settings: NmapSettings) -> list[str]:
+    names: list[str] = []
+    for item in parsed:
+        if item.name == "-sC":
+            if "default" not in {s.lower() for s in settings.allowed_scripts}:
+                raise InvalidCall("-sC needs the 'default' script category, which is not allowed here", field=item.source)
+            selected = ["default"]
+        elif item.name == "--script":
+            selected = (item.value or "").split(",")
+        else:
+            continue
+        names.extend(n for n in selected if n not in names)
+    return names
+
+
+def _check_port_budget(parsed: list[ParsedOption], settings: NmapSettings) -> list[str]:
+    """Enforce `max_ports` also for -F and for nmap's implicit top 1000."""
+    names = {item.name for item in parsed}
+    if "-F" in names and FAST_PORT_COUNT > settings.max_ports:
+        raise InvalidCall(f"-F scans {FAST_PORT_COUNT} ports; the limit is {settings.max_ports}", field="extra_args")
+    chosen = names & {"-p", "--top-ports", "-F", "-sn"}
+    if not chosen and settings.max_ports < DEFAULT_PORT_COUNT:
+        return ["--top-ports", str(settings.max_ports)]
+    return []
+
+
+def build_argv(args: NmapArguments, target: ResolvedTarget, settings: NmapSettings) -> list[str]:
+    parsed = grammar(settings).parse_sources(_typed_tokens(args))
+    scripts = _script_selection(parsed, settings)
+    plain = [item for item in parsed if item.name not in ("-sC", "--script")]
+    argv = [*OUTPUT_FLAGS]
+    if target.version == 6:
+        argv.append("-6")
+    argv += render(plain)
+    argv += _check_port_budget(parsed, settings)
+    if scripts:
+        argv += ["--script", script_expression(scripts)]
+    argv.append(target.tool_target)
+    return argv
+
+
+# ---------------------------------------------------------------- output
+
+_TASKPROGRESS = re.compile(r'<taskprogress\b[^>]*\bpercent="([0-9]+(?:\.[0-9]+)?)"')
+_ABOUT_DONE = re.compile(r"About ([0-9]+(?:\.[0-9]+)?)% done")
+
+
+def progress(line: str) -> float | None:
+    match = _TASKPROGRESS.search(line) or _ABOUT_DONE.search(line)
+    return float(match[1]) if match else None
+
+
+def _scripts(parent) -> list[NmapScript]:  # type: ignore[no-untyped-def]
+    return [NmapScript(id=s.get("id", ""), output=s.get("output", "")) for s in parent.findall("script")]
+
+
+def _port(element) -> NmapPort | None:  # type: ignore[no-untyped-def]
+    try:
+        number = int(element.get("portid", ""))
+    except ValueError:
+        return None
+    state = element.find("state")
+    service = element.find("service")
+    return NmapPort(
+        port=number,
+        protocol=element.get("protocol", ""),
+        state=state.get("state") if state is not None else None,
+        reason=state.get("reason") if state is not None else None,
+        service=service.get("name") if service is not None else None,
+        product=service.get("product") if service is not None else None,
+        version=service.get("version") if service is not None else None,
+        extrainfo=service.get("extrainfo") if service is not None else None,
+        scripts=_scripts(element),
+    )
+
+
+def _host(element, *, partial: bool = False) -> NmapHost:  # type: ignore[no-untyped-def]
+    host = NmapHost(partial=partial)
+    for address in element.findall("address"):
+        kind = address.get("addrtype")
+        if kind == "mac":
+            host.mac = address.get("addr")
+        elif host.address is None:
+            host.address = address.get("addr")
+    status = element.find("status")
+    host.status = status.get("state") if status is not None else None
+    host.hostnames = [h.get("name", "") for h in element.iterfind("hostnames/hostname") if h.get("name")]
+    host.ports = [p for p in (_port(e) for e in element.iterfind("ports/port")) if p is not None]
+    host.os_matches = [m.get("name", "") for m in element.iterfind("os/osmatch") if m.get("name")]
+    host.scripts = [s for hs in element.findall("hostscript") for s in _scripts(hs)]
+    return host
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def parse(stdout: bytes, truncated: bool) -> NmapResult:
+    """Parse `-oX -` output, keeping every host completed before any cut."""
+    result = NmapResult(truncated=truncated)
+    if not stdout.strip():
+        result.parse_error = "nmap produced no XML output"
+        return result
+    current = None
+    try:
+        for event, element in iterparse(io.BytesIO(stdout), events=("start", "end"), forbid_dtd=False):
+            if event == "start":
+                if element.tag == "host" and current is None:
+                    current = element
+                continue
+            if element.tag == "host" and element is current:
+                result.hosts.append(_host(element))
+                current = None
+            elif element.tag == "finished":
+                elapsed = element.get("elapsed")
+                result.elapsed_sec = float(elapsed) if elapsed and re.fullmatch(r"[0-9.]+", elapsed) else None
+                if element.get("exit") == "error":
+                    result.error = element.get("errormsg") or "nmap reported an error"
+            elif element.tag == "hosts" and current is None:
+                result.hosts_up = _int(element.get("up"))
+                result.hosts_down = _int(element.get("down"))
+                result.hosts_total = _int(element.get("total"))
+            elif element.tag == "nmaprun":
+                result.complete = True
+    except (ParseError, DefusedXmlException) as exc:
+        result.parse_error = f"XML ended early or is malformed: {exc}"
+        if current is not None:
+            result.hosts.append(_host(current, partial=True))
+    if not result.complete:
+        result.truncated = True
+    return result
+
+
+NMAP = ToolSpec(
+    name="nmap",
+    title="Nmap port and service scan",
+    description=(
+        "Scan one lab host, hostname or small network with nmap and get open ports, services and versions "
+        "as structured data. Typical use: scan_type='connect' (no root needed) with ports='1-1024', or "
+        "scan_type='version' to identify services; scan_type='ping' only finds live hosts. Targets must be "
+        "inside the allowed lab networks/domains and networks are capped in size. extra_args accepts only "
+        "allowlisted options (-p, -sT/-sS/-sU/-sV/-sn/-sC, --top-ports, -F, -T0..-T4, -Pn, -n, -O, --open, "
+        "--reason, --version-intensity/--version-light/--version-all, --max-retries, --host-timeout, "
+        "--scan-delay, --min-rate/--max-rate, --script); output, input-file, spoofing and script-argument "
+        "options are refused."
+    ),
+    arguments=NmapArguments,
+    result_model=NmapResult,
+    version_argv=("--version",),
+    builder=build_argv,
+    parser=parse,
+    progress_parser=progress,
+)

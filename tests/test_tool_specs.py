@@ -1,0 +1,331 @@
+"""Tool specs through their public surface: schemas, argv building, prepare_call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from actors.api import ToolInfo
+from actors.policy import TargetPolicy
+from actors.prepare import PreparedCall, prepare_call, resolve_timeout
+from actors.results import CallOutcome, ErrorType, InvalidCall
+from actors.settings import (
+    PACKAGED_WORDLISTS,
+    GobusterSettings,
+    MasscanSettings,
+    NmapSettings,
+    PolicySettings,
+)
+from actors.tools import TOOL_SPECS
+from actors.tools.nmap import script_expression
+
+HOSTS = {"web.lab.internal": "10.0.0.7", "v6.lab.internal": "fd00:1::7"}
+POLICY = TargetPolicy(PolicySettings(hosts=HOSTS, dns=False, allowed_networks=["10.0.0.0/8", "fd00:1::/64"]))
+SETTINGS = {"nmap": NmapSettings(), "masscan": MasscanSettings(), "gobuster": GobusterSettings()}
+
+
+def prepare(tool: str, settings=None, policy: TargetPolicy = POLICY, **arguments) -> PreparedCall:
+    return prepare_call(TOOL_SPECS[tool], arguments, settings=settings or SETTINGS[tool], policy=policy)
+
+
+def argv(tool: str, settings=None, **arguments) -> list[str]:
+    return list(prepare(tool, settings, **arguments).argv)
+
+
+def refusal(tool: str, settings=None, **arguments) -> InvalidCall:
+    with pytest.raises(InvalidCall) as info:
+        prepare(tool, settings, **arguments)
+    return info.value
+
+
+# ---------------------------------------------------------------- schemas
+
+
+def test_the_three_tools_are_served():
+    assert sorted(TOOL_SPECS) == ["gobuster", "masscan", "nmap"]
+    assert all(spec.name == name for name, spec in TOOL_SPECS.items())
+
+
+@pytest.mark.parametrize("name", sorted(TOOL_SPECS))
+def test_input_schema_is_an_mcp_object_schema(name):
+    schema = TOOL_SPECS[name].input_schema()
+    Draft202012Validator.check_schema(schema)
+    assert schema["type"] == "object"
+    assert schema["additionalProperties"] is False
+    assert "target" in schema["required"]
+    assert schema["properties"]["extra_args"]["anyOf"][0]["maxLength"] == 2048
+    assert {"target", "extra_args", "timeout_sec"} <= set(schema["properties"])
+    validator = Draft202012Validator(schema)
+    assert not validator.is_valid({"extra_args": "-sV"})  # target missing
+    assert not validator.is_valid({"target": "10.0.0.1", "bogus": 1})
+
+
+def test_typed_fields_per_tool():
+    props = {name: set(spec.input_schema()["properties"]) for name, spec in TOOL_SPECS.items()}
+    assert {"ports", "scan_type", "top_ports", "timing", "scripts"} <= props["nmap"]
+    assert {"ports", "rate", "banners"} <= props["masscan"]
+    assert {"mode", "scheme", "port", "path", "wordlist", "extensions", "threads"} <= props["gobuster"]
+    assert TOOL_SPECS["masscan"].input_schema()["required"] == ["target", "ports"]
+    nmap = TOOL_SPECS["nmap"].input_schema()["properties"]
+    assert nmap["scan_type"]["anyOf"][0]["enum"] == ["connect", "syn", "version", "ping", "udp"]
+    assert nmap["timing"]["anyOf"][0]["maximum"] == 4
+
+
+SAMPLE_DIR = Path(__file__).parent / "samples"
+SAMPLES = {
+    "nmap": (SAMPLE_DIR / "nmap_full.xml").read_bytes(),
+    "masscan": (SAMPLE_DIR / "masscan_new.json").read_bytes(),
+    "gobuster": (SAMPLE_DIR / "gobuster_dir.txt").read_bytes(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOOL_SPECS))
+def test_output_schema_describes_real_outcomes(name):
+    spec = TOOL_SPECS[name]
+    schema = spec.output_schema()
+    Draft202012Validator.check_schema(schema)
+    assert schema["type"] == "object"
+    validator = Draft202012Validator(schema)
+    ok = CallOutcome(
+        tool=name,
+        call_id="c1",
+        ok=True,
+        target="10.0.0.5",
+        resolved_targets=["10.0.0.5"],
+        argv=["x"],
+        returncode=0,
+        result=spec.parse(SAMPLES[name], truncated=False),
+    )
+    cut = ok.model_copy(update={"result": spec.parse(SAMPLES[name][:200], truncated=True)})
+    failed = CallOutcome.failure(name, "c2", ErrorType.VALIDATION, "bad target")
+    for outcome in (ok, cut, failed):
+        errors = list(validator.iter_errors(outcome.model_dump(mode="json")))
+        assert errors == []
+    broken = ok.model_dump(mode="json")
+    broken["result"] = {"hosts": "nope", "findings": "nope"}
+    assert not validator.is_valid(broken)
+
+
+@pytest.mark.parametrize("name", sorted(TOOL_SPECS))
+def test_annotations_and_info(name):
+    spec = TOOL_SPECS[name]
+    assert spec.annotations == {
+        "readOnlyHint": True,
+        "destructiveHint": False,
+        "idempotentHint": True,
+        "openWorldHint": True,
+    }
+    info = spec.info()
+    assert isinstance(info, ToolInfo)
+    assert info.name == name and info.title == spec.title
+    assert info.input_schema == spec.input_schema()
+    assert len(spec.description) > 100
+    assert spec.version_argv == (("version",) if name == "gobuster" else ("--version",))
+
+
+# ---------------------------------------------------------------- prepare_call
+
+
+def test_prepared_call_carries_binary_target_and_timeout():
+    call = prepare("nmap", settings=NmapSettings(binary="/opt/nmap", timeout_sec=60), target="web.lab.internal")
+    assert call.tool == "nmap"
+    assert call.target == "web.lab.internal"
+    assert call.resolved_targets == ("10.0.0.7",)
+    assert call.argv[0] == "/opt/nmap"
+    assert call.argv[-1] == "10.0.0.7"
+    assert call.timeout_sec == 60
+
+
+def test_timeouts_default_and_cap():
+    settings = NmapSettings(timeout_sec=30, max_timeout_sec=120)
+    assert resolve_timeout(None, settings) == 30
+    assert prepare("nmap", settings, target="10.0.0.1", timeout_sec=120).timeout_sec == 120
+    err = refusal("nmap", settings, target="10.0.0.1", timeout_sec=121)
+    assert err.field == "timeout_sec" and "120" in str(err)
+    for bad in (0, -5, float("nan"), float("inf"), "soon"):
+        assert refusal("nmap", settings, target="10.0.0.1", timeout_sec=bad).field == "timeout_sec"
+
+
+@pytest.mark.parametrize(
+    "arguments, field",
+    [
+        ({"target": "10.0.0.1", "bogus": True}, "bogus"),
+        ({"target": 10}, "target"),
+        ({}, "target"),
+        ({"target": "10.0.0.1", "extra_args": "-sV " * 600}, "extra_args"),
+        ({"target": "10.0.0.1", "scan_type": "stealth"}, "scan_type"),
+        ({"target": "10.0.0.1", "timing": 5}, "timing"),
+        ({"target": "10.0.0.1", "scripts": "default"}, "scripts"),
+    ],
+)
+def test_argument_validation_errors_name_the_field(arguments, field):
+    with pytest.raises(InvalidCall) as info:
+        prepare_call(TOOL_SPECS["nmap"], arguments, settings=NmapSettings(), policy=POLICY)
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+@pytest.mark.parametrize("arguments", [None, [], "10.0.0.1", 42])
+def test_arguments_must_be_an_object(arguments):
+    with pytest.raises(InvalidCall):
+        prepare_call(TOOL_SPECS["nmap"], arguments, settings=NmapSettings(), policy=POLICY)
+
+
+def test_target_refusals_come_from_the_policy():
+    assert refusal("nmap", target="8.8.8.8").field == "target"
+    assert refusal("masscan", target="10.0.0.0/8", ports="80").field == "target"
+
+
+# ---------------------------------------------------------------- nmap
+
+
+def test_nmap_argv_shape():
+    args = argv("nmap", target="10.0.0.5", ports="22,80", scan_type="connect", timing=4, extra_args="-Pn --open")
+    assert args == ["nmap", "-oX", "-", "--stats-every", "2s", "-p", "22,80", "-sT", "-T4", "-Pn", "--open", "10.0.0.5"]
+
+
+@pytest.mark.parametrize("scan_type, flag", [("connect", "-sT"), ("syn", "-sS"), ("version", "-sV"), ("ping", "-sn"), ("udp", "-sU")])
+def test_nmap_scan_types(scan_type, flag):
+    assert flag in argv("nmap", target="10.0.0.5", scan_type=scan_type)
+
+
+def test_nmap_scripts_become_one_expression_that_excludes_forbidden_categories():
+    args = argv("nmap", target="10.0.0.5", scripts=["default", "banner"], extra_args="-sC --script=http-title")
+    assert args.count("--script") == 1
+    expression = args[args.index("--script") + 1]
+    assert expression == script_expression(["default", "banner", "http-title"])
+    assert expression.startswith("(default or banner or http-title) and not (")
+    for category in ("external", "intrusive", "exploit", "dos", "brute", "malware", "broadcast", "vuln", "fuzzer"):
+        assert category in expression.split("and not")[1]
+    assert "-sC" not in args
+
+
+def test_nmap_scripts_outside_the_allowed_set_are_refused():
+    settings = NmapSettings(allowed_scripts=("banner",))
+    assert refusal("nmap", settings, target="10.0.0.5", scripts=["http-title"]).field == "scripts"
+    assert refusal("nmap", settings, target="10.0.0.5", extra_args="-sC").field == "extra_args"
+    assert argv("nmap", settings, target="10.0.0.5", extra_args="-script banner")[-2] == script_expression(["banner"])
+
+
+def test_nmap_ipv6_targets_get_dash_6():
+    args = argv("nmap", target="fd00:1::5")
+    assert "-6" in args and args[-1] == "fd00:1::5"
+    assert "-6" not in argv("nmap", target="10.0.0.5")
+    assert "-6" in argv("nmap", target="v6.lab.internal")
+
+
+def test_nmap_port_budget_covers_every_way_to_choose_ports():
+    small = NmapSettings(max_ports=50)
+    assert refusal("nmap", small, target="10.0.0.5", ports="1-51").field == "ports"
+    assert refusal("nmap", small, target="10.0.0.5", top_ports=51).field == "top_ports"
+    assert refusal("nmap", small, target="10.0.0.5", extra_args="-F").field == "extra_args"
+    implicit = argv("nmap", small, target="10.0.0.5")
+    assert implicit[-3:] == ["--top-ports", "50", "10.0.0.5"]
+    assert "--top-ports" not in argv("nmap", small, target="10.0.0.5", scan_type="ping")
+    assert "--top-ports" not in argv("nmap", target="10.0.0.5")
+
+
+def test_nmap_rates_and_timeouts_are_bounded():
+    assert refusal("nmap", target="10.0.0.5", extra_args="--max-rate 100000").field == "extra_args"
+    args = argv("nmap", target="10.0.0.5", extra_args="--max-rate=500 --host-timeout 5m")
+    assert args[5:9] == ["--max-rate", "500", "--host-timeout", "5m"]
+    assert "-T5" in str(refusal("nmap", target="10.0.0.5", extra_args="-T5"))
+
+
+def test_nmap_typed_field_and_same_option_in_extra_args_conflict():
+    err = refusal("nmap", target="10.0.0.5", ports="80", extra_args="-p 443")
+    assert "ports and extra_args" in str(err)
+
+
+# ---------------------------------------------------------------- masscan
+
+
+def test_masscan_argv_shape():
+    args = argv("masscan", target="10.0.0.0/28", ports="80,443", rate=500, banners=True, extra_args="--wait 2")
+    assert args == [
+        "masscan", "--range", "10.0.0.0/28", "--ports", "80,443", "--rate", "500", "--banners", "--wait", "2",
+        "--output-format", "json", "--output-filename", "-",
+    ]  # fmt: skip
+
+
+def test_masscan_rate_defaults_and_cap():
+    assert argv("masscan", target="10.0.0.5", ports="80")[5:7] == ["--rate", "100"]
+    low = MasscanSettings(max_rate=20)
+    assert argv("masscan", low, target="10.0.0.5", ports="80")[5:7] == ["--rate", "20"]
+    assert refusal("masscan", target="10.0.0.5", ports="80", rate=1001).field == "rate"
+    assert refusal("masscan", target="10.0.0.5", ports="80", extra_args="--rate 5000").field == "extra_args"
+    assert refusal("masscan", target="10.0.0.5", ports="80", extra_args="--max-rate 10").field == "extra_args"
+
+
+def test_masscan_needs_ports():
+    assert refusal("masscan", target="10.0.0.5").field == "ports"
+
+
+# ---------------------------------------------------------------- gobuster
+
+
+def test_gobuster_dir_argv_shape():
+    args = argv("gobuster", target="10.0.0.5", extensions=[".php", "html"], threads=4, path="/app/")
+    assert args == [
+        "gobuster", "dir", "-u", "http://10.0.0.5/app/", "-t", "4", "-x", "php,html",
+        "-w", str(PACKAGED_WORDLISTS / "common.txt"), "-q", "--no-color", "-z",
+    ]  # fmt: skip
+
+
+def test_gobuster_hostname_goes_to_the_host_header_and_the_ip_to_the_url():
+    args = argv("gobuster", target="web.lab.internal", scheme="https", port=8443)
+    assert args[args.index("-u") + 1] == "https://10.0.0.7:8443/"
+    assert args[args.index("-H") + 1] == "Host: web.lab.internal:8443"
+    plain = argv("gobuster", target="web.lab.internal", scheme="https", port=443)
+    assert plain[plain.index("-H") + 1] == "Host: web.lab.internal"
+    assert "-H" not in argv("gobuster", target="10.0.0.7")
+
+
+def test_gobuster_ipv6_url_is_bracketed():
+    args = argv("gobuster", target="fd00:1::5", port=8080)
+    assert args[args.index("-u") + 1] == "http://[fd00:1::5]:8080/"
+
+
+def test_gobuster_vhost_mode_uses_the_name_as_domain():
+    args = argv("gobuster", target="web.lab.internal", mode="vhost")
+    assert args[1] == "vhost"
+    assert args[args.index("--domain") + 1] == "web.lab.internal"
+    assert "--append-domain" in args and "-H" not in args
+    own = argv("gobuster", target="10.0.0.7", mode="vhost", extra_args="--domain lab.internal")
+    assert own.count("--domain") == 1 and own[own.index("--domain") + 1] == "lab.internal"
+    assert "--append-domain" not in argv("gobuster", target="10.0.0.7", mode="vhost")
+    assert refusal("gobuster", target="10.0.0.7", mode="vhost", extensions=["php"]).field == "extensions"
+    assert refusal("gobuster", target="10.0.0.7", mode="vhost", extra_args="-x php").field == "extra_args"
+
+
+def test_gobuster_status_codes_empty_the_default_blacklist():
+    args = argv("gobuster", target="10.0.0.5", extra_args="-s 200,301-302")
+    assert "--status-codes-blacklist=" in args
+    both = argv("gobuster", target="10.0.0.5", extra_args="-s 200 -b 500")
+    assert "--status-codes-blacklist=" not in both
+
+
+def test_gobuster_wordlists_and_threads(tmp_path):
+    (tmp_path / "tiny.txt").write_text("a\n")
+    settings = GobusterSettings(wordlist_dir=tmp_path, max_threads=5)
+    args = argv("gobuster", settings, target="10.0.0.5", wordlist="tiny")
+    assert args[args.index("-w") + 1] == str(tmp_path.resolve() / "tiny.txt")
+    assert args[args.index("-t") + 1] == "5"
+    assert refusal("gobuster", settings, target="10.0.0.5").field == "wordlist"  # no common.txt there
+    assert refusal("gobuster", settings, target="10.0.0.5", wordlist="tiny", threads=6).field == "threads"
+    assert refusal("gobuster", target="10.0.0.5", wordlist="../../etc/passwd").field == "wordlist"
+
+
+def test_gobuster_refuses_networks_and_odd_paths():
+    assert refusal("gobuster", target="10.0.0.0/30").field == "target"
+    for path in ("admin", "/../etc", "//evil", "/a?b=1", "/a#x", "/a b"):
+        assert refusal("gobuster", target="10.0.0.5", path=path).field == "path"
+
+
+def test_packaged_wordlist_is_small_and_plain():
+    words = (PACKAGED_WORDLISTS / "common.txt").read_text().split()
+    assert 50 <= len(words) <= 200
+    assert len(set(words)) == len(words)
+    assert all(not w.startswith(("-", "/")) and ".." not in w for w in words)
