@@ -30,6 +30,7 @@ class CallAdmitted:
 class CallStarted:
     tool: str
     call_id: str
+    at: float  # the actor's monotonic clock when the call was given a slot
 
 
 @dataclass(frozen=True)

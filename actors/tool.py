@@ -289,7 +289,7 @@ class ToolActor(pykka.ThreadingActor):
         run = ProcessRun(request, on_line=self._progress_reader(call))
         call.run = run
         self.running[call.call_id] = _Running(call, run, self.clock())
-        self._tell_parent(CallStarted(self.name, call.call_id))
+        self._tell_parent(CallStarted(self.name, call.call_id, self.clock()))
         if fault is not None and fault.kind is FaultKind.FAIL:
             self._pool.submit(self._fail_without_running, call, fault)
         else:

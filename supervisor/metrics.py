@@ -39,11 +39,20 @@ class Metrics:
         self.queue_depth = Gauge("labrecon_tool_queue_depth", "Calls admitted and waiting for a slot.", ["tool"], registry=r)
         self.breaker = Gauge("labrecon_breaker_state", "1 for the breaker's current state.", ["tool", "state"], registry=r)
         self.restarts = Counter("labrecon_actor_restarts", "Tool actor restarts, by reason.", ["tool", "reason"], registry=r)
+        self.restart_seconds = Histogram(
+            "labrecon_actor_restart_seconds",
+            "From a tool actor's death being seen to its successor starting a call.",
+            ["tool"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.tool_up = Gauge("labrecon_tool_up", "1 when the tool's actor is serving, 0 when restarting or failed.", ["tool"], registry=r)
         Info("labrecon_build", "labrecon build information.", registry=r).info({"version": version})
         self._recent: dict[str, deque[float]] = {}
+        self._restarts: dict[str, deque[float]] = {}
         for tool in tools:
             self._recent[tool] = deque(maxlen=RESERVOIR)
+            self._restarts[tool] = deque(maxlen=RESERVOIR)
             for outcome in OUTCOMES:
                 self.calls.labels(tool, outcome)
             for reason in RESTART_REASONS:
@@ -63,11 +72,19 @@ class Metrics:
         for s in BreakerState:
             self.breaker.labels(tool, s.value).set(1 if s.value == state else 0)
 
+    def restart_finished(self, tool: str, seconds: float) -> None:
+        self.restart_seconds.labels(tool).observe(seconds)
+        self._restarts[tool].append(seconds)
+
     def percentiles(self, tool: str) -> tuple[float | None, float | None]:
         values = sorted(self._recent.get(tool, ()))
         if not values:
             return None, None
         return _nearest_rank(values, 0.50), _nearest_rank(values, 0.95)
+
+    def restart_percentile(self, tool: str, q: float) -> float | None:
+        values = sorted(self._restarts.get(tool, ()))
+        return _nearest_rank(values, q) if values else None
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -57,6 +57,7 @@ class ToolSlot:
         self.restarts = 0
         self.last_restart_reason: str | None = None
         self.failed_reason: str | None = None
+        self.died_at: float | None = None  # when the last death was seen, until a successor serves
         self.ping: Any = None
         self.ping_sent_at = 0.0
 

@@ -34,6 +34,9 @@ class ToolStatus(BaseModel):
     calls: dict[str, int] = Field(default_factory=dict)
     p50_sec: float | None = None
     p95_sec: float | None = None
+    # Death seen -> the next incarnation starting its first call, over recent restarts.
+    restart_p50_sec: float | None = None
+    restart_p99_sec: float | None = None
 
 
 class RuntimeInfo(BaseModel):

@@ -118,9 +118,14 @@ class SupervisorActor(pykka.ThreadingActor):
                 if queued:
                     self.calls[call_id] = (tool, "queued")
                     self._gauge(tool)
-            case CallStarted(tool, call_id):
+            case CallStarted(tool, call_id, at):
                 self.calls[call_id] = (tool, "running")
                 self._gauge(tool)
+                slot = self.slots[tool]
+                if slot.died_at is not None:
+                    # The first call a new incarnation starts ends its restart.
+                    self.metrics.restart_finished(tool, at - slot.died_at)
+                    slot.died_at = None
             case CallFinished(tool, call_id, outcome, duration, ran):
                 self.calls.pop(call_id, None)
                 self._count(tool, outcome, duration, ran)
@@ -169,6 +174,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if incarnation != slot.incarnation or slot.state != "running":
             return  # a report from an incarnation already replaced
         swept = slot.sweep()
+        slot.died_at = self.clock()
         for call_id, (tool, _) in list(self.calls.items()):
             if tool == slot.name:
                 del self.calls[call_id]  # running ones are counted below; queued ones are re-admitted
@@ -313,6 +319,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 calls=dict(self.outcomes[name]),
                 p50_sec=p50,
                 p95_sec=p95,
+                restart_p50_sec=self.metrics.restart_percentile(name, 0.50),
+                restart_p99_sec=self.metrics.restart_percentile(name, 0.99),
             )
         return Status(
             runtime=RuntimeInfo(
