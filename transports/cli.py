@@ -11,6 +11,7 @@ from typing import Any
 
 from supervisor.config import ConfigError, Settings, load_settings
 from supervisor.version import VERSION
+from transports import ops_cli
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(check)
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
     check.set_defaults(handler=cmd_check)
+
+    ops_cli.register(sub)  # status, faults, tools: operating a running daemon
     return parser
 
 

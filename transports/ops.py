@@ -1,0 +1,235 @@
+"""The ops endpoints: probes, metrics, status, fault injection and tool control over HTTP.
+
+These are what a process manager, Prometheus and an operator (through
+`labrecon status`, `faults` and `tools`) talk to. They are plain routes so
+the MCP HTTP transports mount them on their own app, and `build_ops_app`
+serves them alone, e.g. on a Unix socket beside a stdio server.
+
+Every runtime call goes through `anyio.to_thread`: status, metrics and the
+control actions ask the supervisor actor and wait for its answer, and an
+event loop that waits on an actor stops serving every other client —
+including the MCP sessions sharing this app. Errors are JSON bodies
+`{"error": kind, "message": ...}` with the status code saying whose fault
+it was: 400 bad input, 404 unknown tool or rule, 503 the runtime cannot
+answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any, Protocol
+
+import anyio.to_thread
+import pykka
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from actors.api import UnknownTool
+from actors.results import InvalidCall
+from supervisor.config import Settings
+from supervisor.status import Status
+from transports.security import security_middleware
+from transports.server import HttpServer
+
+__all__ = ["METRICS_CONTENT_TYPE", "OpsRuntime", "build_ops_app", "ops_routes", "serve_ops_socket"]
+
+log = logging.getLogger("labrecon.ops")
+
+# What `generate_latest` writes: the classic Prometheus text format.
+METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+MAX_BODY_BYTES = 64 << 10  # control bodies are a handful of fields
+
+
+class OpsRuntime(Protocol):
+    """The slice of `supervisor.runtime.Runtime` the ops endpoints use."""
+
+    escalated: threading.Event  # set when the runtime gave up; liveness turns false
+    escalation_reason: str | None
+
+    def status(self) -> Status: ...
+
+    def metrics_text(self) -> str: ...
+
+    def inject(self, fault: Mapping[str, Any] | None = None, **fields: Any) -> int: ...
+
+    def faults(self) -> list[dict[str, Any]]: ...
+
+    def clear_faults(self, rule_id: int | None = None, *, tool: str | None = None) -> int: ...
+
+    def reset(self, tool: str) -> str: ...
+
+    def restart(self, tool: str) -> str: ...
+
+    def force_breaker(self, tool: str, state: str) -> str: ...
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def ops_routes(runtime: OpsRuntime) -> list[Route]:
+    """The ops routes bound to one runtime, ready to mount on any Starlette app."""
+
+    async def blocking(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(partial(func, *args, **kwargs))
+
+    def guarded(handler: Handler) -> Handler:
+        """Turn the runtime's typed errors into JSON answers, the same way on every route."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except _BadRequest as exc:
+                return _error(exc.status, "invalid" if exc.status == 400 else "too_large", str(exc))
+            except InvalidCall as exc:
+                return _error(400, "invalid", str(exc), field=exc.field)
+            except UnknownTool as exc:
+                return _error(404, "not_found", str(exc), known=exc.known)
+            except (pykka.ActorDeadError, pykka.Timeout) as exc:
+                log.warning("ops request %s %s: runtime unavailable: %s", request.method, request.url.path, exc)
+                return _error(503, "unavailable", "the runtime is not answering (stopped or overloaded)")
+
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    async def livez(request: Request) -> Response:
+        if runtime.escalated.is_set():
+            reason = runtime.escalation_reason or "the runtime gave up"
+            return JSONResponse({"live": False, "reason": reason}, status_code=503)
+        return JSONResponse({"live": True})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            status: Status = await blocking(runtime.status)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            return JSONResponse({"ready": False, "status": "unavailable"}, status_code=503)
+        health = status.health
+        body: dict[str, Any] = {"ready": health.ready, "status": health.status}
+        if "verbose" in request.query_params:
+            body["checks"] = [check.model_dump(mode="json", exclude={"data"}) for check in health.checks]
+        return JSONResponse(body, status_code=200 if health.ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        text: str = await blocking(runtime.metrics_text)
+        return Response(text, media_type=METRICS_CONTENT_TYPE)
+
+    async def status(request: Request) -> Response:
+        snapshot: Status = await blocking(runtime.status)
+        return JSONResponse(snapshot.model_dump(mode="json"))
+
+    async def list_faults(request: Request) -> Response:
+        return JSONResponse({"faults": await blocking(runtime.faults)})
+
+    async def inject_fault(request: Request) -> Response:
+        body = await _json_object(request)
+        rule_id: int = await blocking(runtime.inject, body)
+        rules = await blocking(runtime.faults)
+        rule = next((r for r in rules if r.get("id") == rule_id), {"id": rule_id})
+        return JSONResponse({"id": rule_id, "fault": rule}, status_code=201)
+
+    async def clear_faults(request: Request) -> Response:
+        tool = request.query_params.get("tool") or None
+        raw_id = request.path_params.get("rule_id")
+        cleared: int = await blocking(runtime.clear_faults, raw_id, tool=tool)
+        if raw_id is not None and cleared == 0:
+            return _error(404, "not_found", f"no fault rule with id {raw_id}" + (f" for {tool}" if tool else ""))
+        return JSONResponse({"cleared": cleared})
+
+    def control(action: str) -> Handler:
+        async def handler(request: Request) -> Response:
+            tool = request.path_params["name"]
+            if action == "breaker":
+                body = await _json_object(request)
+                state = body.get("state")
+                if not isinstance(state, str):
+                    raise InvalidCall("body must be {\"state\": \"open\"} or {\"state\": \"closed\"}", field="state")
+                message = await blocking(runtime.force_breaker, tool, state)
+            else:
+                message = await blocking(getattr(runtime, action), tool)
+            log.info("operator %s on %s: %s", action, tool, message)
+            return JSONResponse({"tool": tool, "action": action, "message": message})
+
+        handler.__name__ = f"tool_{action}"
+        return handler
+
+    return [
+        Route("/livez", livez, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", guarded(metrics), methods=["GET"]),
+        Route("/status", guarded(status), methods=["GET"]),
+        Route("/faults", guarded(list_faults), methods=["GET"]),
+        Route("/faults", guarded(inject_fault), methods=["POST"]),
+        Route("/faults", guarded(clear_faults), methods=["DELETE"]),
+        Route("/faults/{rule_id:int}", guarded(clear_faults), methods=["DELETE"]),
+        Route("/tools/{name}/reset", guarded(control("reset")), methods=["POST"]),
+        Route("/tools/{name}/restart", guarded(control("restart")), methods=["POST"]),
+        Route("/tools/{name}/breaker", guarded(control("breaker")), methods=["POST"]),
+    ]
+
+
+def build_ops_app(runtime: OpsRuntime, settings: Settings) -> Starlette:
+    """The ops endpoints alone, behind the same Origin and token checks as the MCP app.
+
+    Meant for the Unix-socket ops server (whose socket file is owner-only);
+    a configured token is still required there, so one credential works
+    for every way into the daemon.
+    """
+    return Starlette(
+        routes=ops_routes(runtime),
+        middleware=[security_middleware(settings)],
+        exception_handlers={HTTPException: _http_error},
+    )
+
+
+def serve_ops_socket(runtime: OpsRuntime, settings: Settings) -> HttpServer | None:
+    """Serve the ops app on `http.ops_socket` when one is configured; the caller stops it."""
+    if settings.http.ops_socket is None:
+        return None
+    return HttpServer.start(build_ops_app(runtime, settings), uds=settings.http.ops_socket, name="ops")
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"error": error, "message": message}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse(body, status_code=status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 answers, as JSON like every other error here."""
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    body = {"error": kind, "message": str(exc.detail)}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise _BadRequest(f"request body is larger than {MAX_BODY_BYTES} bytes", status=413)
+    if not raw.strip():
+        raise _BadRequest("request body must be a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise _BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _BadRequest("request body must be a JSON object")
+    return body

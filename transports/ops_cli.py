@@ -1,0 +1,201 @@
+"""`labrecon status`, `labrecon faults …` and `labrecon tools …`: operating a running daemon.
+
+These commands are clients of the ops endpoints, never of the runtime
+itself, so they work against a daemon started any way — HTTP, or stdio with
+an ops socket beside it. Where to connect comes from `--url` or `--socket`,
+or else from the same config the daemon reads (its `http.ops_socket`, or
+its host and port); the token from `--token`, else `LABRECON_AUTH__TOKEN`,
+else the config — the environment variable is the better choice, since a
+command line is visible to every user on the machine.
+
+Exit codes: 0 done (for `status`: the daemon is ready); 1 the daemon
+answered with an error, or `status` found it not ready; 2 usage or config
+error; 4 the daemon could not be reached or refused the credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, get_args
+
+from supervisor.config import FaultSettings, load_settings
+from transports.ops_client import OpsClient, OpsClientError, OpsRequestFailed
+from transports.status_view import describe_fault, render_faults, render_status, should_color
+
+__all__ = ["TOKEN_ENV", "client_from", "register"]
+
+TOKEN_ENV = "LABRECON_AUTH__TOKEN"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 4
+
+FAULT_KINDS = get_args(FaultSettings.model_fields["kind"].annotation)
+
+
+def register(subparsers: Any) -> None:
+    """Add `status`, `faults` and `tools` to the `labrecon` command's subparsers."""
+    status = subparsers.add_parser("status", help="show a running daemon's tools, breakers, load and health")
+    _connection_options(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(handler=cmd_status)
+
+    faults = subparsers.add_parser("faults", help="list, inject or clear faults in a running daemon")
+    actions = faults.add_subparsers(dest="faults_action", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", help="show the fault rules")
+    _connection_options(listing)
+    listing.add_argument("--json", action="store_true", help="print the rules as JSON")
+    listing.set_defaults(handler=cmd_faults_list)
+
+    inject = actions.add_parser("inject", help="add a fault rule (same fields as [[faults]] in the config)")
+    _connection_options(inject)
+    inject.add_argument("--tool", required=True, help="the tool whose calls get the fault")
+    inject.add_argument("--kind", required=True, choices=FAULT_KINDS, help="what goes wrong")
+    trigger = inject.add_mutually_exclusive_group()
+    trigger.add_argument("--count", type=int, metavar="N", help="hit the next N calls")
+    trigger.add_argument("--every", type=int, metavar="N", help="hit every Nth call")
+    trigger.add_argument("--probability", type=float, metavar="P", help="hit each call with probability P")
+    inject.add_argument("--seed", type=int, metavar="S", help="random seed for --probability (reproducible runs)")
+    inject.add_argument("--delay-sec", type=float, metavar="SEC", help="for delay: how long")
+    inject.add_argument("--flood-bytes", type=int, metavar="N", help="for flood: how much output")
+    inject.add_argument("--json", action="store_true", help="print the new rule as JSON")
+    inject.set_defaults(handler=cmd_faults_inject)
+
+    clear = actions.add_parser("clear", help="remove fault rules (all, one by id, or one tool's)")
+    _connection_options(clear)
+    clear.add_argument("--id", type=int, dest="rule_id", metavar="N", help="only the rule with this id")
+    clear.add_argument("--tool", help="only this tool's rules")
+    clear.set_defaults(handler=cmd_faults_clear)
+
+    tools = subparsers.add_parser("tools", help="reset, restart or force the breaker of a tool in a running daemon")
+    tool_actions = tools.add_subparsers(dest="tools_action", metavar="ACTION", required=True)
+    for action, text in (
+        ("reset", "bring a tool that exceeded its restart limit back into service"),
+        ("restart", "restart a tool's actor (running calls are answered actor_restarted)"),
+    ):
+        parser = tool_actions.add_parser(action, help=text)
+        _connection_options(parser)
+        parser.add_argument("name", help="tool name, e.g. nmap")
+        parser.set_defaults(handler=cmd_tools_control, action=action)
+    breaker = tool_actions.add_parser("breaker", help="force a tool's circuit breaker open or closed")
+    _connection_options(breaker)
+    breaker.add_argument("name", help="tool name, e.g. nmap")
+    breaker.add_argument("state", choices=["open", "closed"])
+    breaker.set_defaults(handler=cmd_tools_control, action="breaker")
+
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", help="the daemon's HTTP address, e.g. http://127.0.0.1:8765")
+    where.add_argument("--socket", metavar="PATH", help="the daemon's ops Unix socket")
+    parser.add_argument("--token", help=f"bearer token (prefer ${TOKEN_ENV}: a command line is visible to others)")
+    parser.add_argument("--config", "-c", metavar="FILE", help="find the daemon from this config (default: $LABRECON_CONFIG)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SEC", help="how long to wait for an answer")
+
+
+def client_from(args: argparse.Namespace) -> OpsClient:
+    """Where and how to connect: the flags first, then the environment, then the daemon's config."""
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if args.url:
+        return OpsClient(url=args.url, token=token, timeout=args.timeout)
+    if args.socket:
+        return OpsClient(socket_path=args.socket, token=token, timeout=args.timeout)
+    settings = load_settings(args.config)
+    if token is None and settings.auth.token is not None:
+        token = settings.auth.token.get_secret_value()
+    if settings.http.ops_socket is not None:
+        return OpsClient(socket_path=settings.http.ops_socket, token=token, timeout=args.timeout)
+    if settings.http.port == 0:
+        raise OpsClientError("the config sets http.port = 0 (any free port); give the daemon's --url")
+    host = settings.http.host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"  # a daemon listening everywhere listens here too
+    if ":" in host:
+        host = f"[{host}]"
+    return OpsClient(url=f"http://{host}:{settings.http.port}", token=token, timeout=args.timeout)
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    def run(client: OpsClient) -> int:
+        if args.json:
+            raw = client.request("GET", "/status")
+            print(json.dumps(raw, indent=2))  # as served, including fields this client does not know yet
+            ready = isinstance(raw, dict) and isinstance(raw.get("health"), dict) and raw["health"].get("ready") is True
+        else:
+            status = client.status()
+            print(render_status(status, color=should_color(sys.stdout)))
+            ready = status.health.ready
+        return EXIT_OK if ready else EXIT_FAILED
+
+    return _talk(args, run)
+
+
+def cmd_faults_list(args: argparse.Namespace) -> int:
+    def run(client: OpsClient) -> int:
+        rules = client.faults()
+        print(json.dumps(rules, indent=2) if args.json else render_faults(rules, color=should_color(sys.stdout)))
+        return EXIT_OK
+
+    return _talk(args, run)
+
+
+def cmd_faults_inject(args: argparse.Namespace) -> int:
+    def run(client: OpsClient) -> int:
+        answer = client.inject(
+            tool=args.tool,
+            kind=args.kind,
+            count=args.count,
+            every=args.every,
+            probability=args.probability,
+            seed=args.seed,
+            delay_sec=args.delay_sec,
+            flood_bytes=args.flood_bytes,
+        )
+        rule = answer.get("fault") or {"id": answer.get("id")}
+        print(json.dumps(rule, indent=2) if args.json else f"added {describe_fault(rule)}")
+        return EXIT_OK
+
+    return _talk(args, run)
+
+
+def cmd_faults_clear(args: argparse.Namespace) -> int:
+    def run(client: OpsClient) -> int:
+        cleared = client.clear_faults(args.rule_id, tool=args.tool)
+        print(f"cleared {cleared} fault rule{'' if cleared == 1 else 's'}")
+        return EXIT_OK
+
+    return _talk(args, run)
+
+
+def cmd_tools_control(args: argparse.Namespace) -> int:
+    def run(client: OpsClient) -> int:
+        body = {"state": args.state} if args.action == "breaker" else None
+        print(client.control(args.name, args.action, body))
+        return EXIT_OK
+
+    return _talk(args, run)
+
+
+def _talk(args: argparse.Namespace, run: Any) -> int:
+    """Run one exchange with the daemon; every failure becomes one line on stderr and an exit code."""
+    try:
+        client = client_from(args)
+    except (ValueError, OpsClientError) as exc:  # a bad --url, or a config that does not load
+        print(f"labrecon: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(run(client))
+    except OpsRequestFailed as exc:
+        print(f"labrecon: {exc} ({exc.status} {exc.error})", file=sys.stderr)
+        return EXIT_UNREACHABLE if exc.refused else EXIT_FAILED
+    except OpsClientError as exc:
+        print(f"labrecon: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE

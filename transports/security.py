@@ -1,0 +1,253 @@
+"""Who may talk to labrecon over HTTP: Origin validation and bearer-token auth.
+
+Two different attackers are kept out here. A web page in the operator's own
+browser can reach a daemon bound to 127.0.0.1 (and, through DNS rebinding,
+even one it cannot name), so any request that carries an `Origin` header
+must come from an allowed origin — browsers always send it on cross-origin
+requests, while real MCP clients, curl and Prometheus do not. Anyone else
+on the network is kept out by a bearer token, required whenever one is
+configured; binding beyond loopback without one is refused outright,
+because a scanner that anyone on the network can drive is the one thing
+this project must never become.
+
+`/livez` and `/readyz` stay open so process managers and load balancers can
+probe without credentials; they reveal only whether the daemon is up. The
+token is held as bytes inside the middleware and is never logged, echoed in
+an error or rendered anywhere: a wrong token and a missing one get the same
+kind of answer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from supervisor.config import ConfigError, Settings
+
+__all__ = [
+    "OPEN_PATHS",
+    "InsecureBind",
+    "SecurityMiddleware",
+    "bearer_token",
+    "is_loopback",
+    "origin_allowed",
+    "require_token_for",
+    "security_middleware",
+    "token_matches",
+]
+
+# Probes that must work without credentials (and say nothing worth protecting).
+OPEN_PATHS = frozenset({"/livez", "/readyz"})
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class InsecureBind(ConfigError):
+    """The daemon was asked to listen beyond loopback without a bearer token."""
+
+
+# --- binding ---------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True only for names and addresses that cannot be reached from another machine.
+
+    Anything we cannot prove is loopback counts as exposed: the empty host and
+    `0.0.0.0`/`::` (every interface), and any hostname but `localhost`, since
+    what it resolves to is not ours to decide.
+    """
+    name = host.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def require_token_for(host: str, token: SecretStr | str | None) -> None:
+    """Refuse to serve on a non-loopback address unless a bearer token is configured."""
+    if is_loopback(host) or _secret(token):
+        return
+    raise InsecureBind(
+        f"binding to {host or 'all interfaces'!s} exposes labrecon beyond this machine, and no bearer token "
+        "is configured; labrecon refuses to start without one. Set auth.token in the config file "
+        "(or LABRECON_AUTH__TOKEN), or bind to 127.0.0.1."
+    )
+
+
+# --- origins ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Origin:
+    scheme: str
+    host: str
+    port: int | None  # None: not written out
+
+    @classmethod
+    def parse(cls, text: str) -> _Origin | None:
+        try:
+            parts = urlsplit(text.strip())
+            port = parts.port
+        except ValueError:
+            return None
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+            return None
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+            return None
+        return cls(parts.scheme, parts.hostname.lower(), port)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port if self.port is not None else _DEFAULT_PORTS[self.scheme]
+
+
+def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
+    """Does a request's `Origin` match an allowed origin?
+
+    Scheme and host must match exactly. An allowed loopback origin written
+    without a port (`http://localhost`) admits any port, because local dev
+    servers and inspectors pick theirs at random; any other allowed origin
+    admits only its own port (the scheme's default when none is written).
+    `null` and anything unparsable never match.
+    """
+    given = _Origin.parse(origin)
+    if given is None:
+        return False
+    for entry in allowed:
+        want = _Origin.parse(entry)
+        if want is None or (want.scheme, want.host) != (given.scheme, given.host):
+            continue
+        if want.port is None and is_loopback(want.host):
+            return True
+        if want.effective_port == given.effective_port:
+            return True
+    return False
+
+
+# --- tokens ----------------------------------------------------------------------------
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credential from an `Authorization: Bearer …` header, or None."""
+    if not authorization:
+        return None
+    scheme, _, credential = authorization.strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        return None
+    return credential
+
+
+def token_matches(given: str | None, expected: bytes) -> bool:
+    """Constant-time comparison, so response timing reveals nothing about the token."""
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected)
+
+
+def _secret(token: SecretStr | str | None) -> str | None:
+    if isinstance(token, SecretStr):
+        token = token.get_secret_value()
+    return token or None
+
+
+# --- middleware ------------------------------------------------------------------------
+
+
+class SecurityMiddleware:
+    """Pure ASGI middleware (it must not buffer SSE streams): Origin first, then the token.
+
+    With `token=None` only the Origin check applies; `require_token_for` is
+    what guarantees that this happens on loopback only.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed_origins: Iterable[str],
+        token: SecretStr | str | None,
+        open_paths: Iterable[str] = OPEN_PATHS,
+    ) -> None:
+        self.app = app
+        self.allowed_origins = tuple(allowed_origins)
+        secret = _secret(token)
+        self._token = secret.encode("utf-8", "surrogateescape") if secret is not None else None
+        self.open_paths = frozenset(open_paths)
+
+    def __repr__(self) -> str:
+        return f"SecurityMiddleware(origins={self.allowed_origins!r}, token={'set' if self._token else 'none'})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        origin = headers.get("origin")
+        if origin is not None and not origin_allowed(origin, self.allowed_origins):
+            await _deny(scope, send, 403, "forbidden_origin", "requests from this Origin are not allowed")
+            return
+        if self._token is not None and _path(scope) not in self.open_paths:
+            given = bearer_token(headers.get("authorization"))
+            if not token_matches(given, self._token):
+                challenge = 'Bearer realm="labrecon"'
+                if given is not None:
+                    challenge += ', error="invalid_token"'
+                message = "a valid bearer token is required" if given is not None else "a bearer token is required"
+                await _deny(scope, send, 401, "unauthorized", message, [(b"www-authenticate", challenge.encode())])
+                return
+        await self.app(scope, receive, send)
+
+
+def security_middleware(settings: Settings) -> Middleware:
+    """The middleware entry for a Starlette app, from the daemon's `http` and `auth` settings."""
+    return Middleware(SecurityMiddleware, allowed_origins=settings.http.allowed_origins, token=settings.auth.token)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """Header names lowercased; a repeated header keeps its first value."""
+    out: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        out.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return out
+
+
+def _path(scope: Scope) -> str:
+    path = scope.get("path", "")
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.rstrip("/") or "/"
+
+
+async def _deny(
+    scope: Scope,
+    send: Send,
+    status: int,
+    error: str,
+    message: str,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = json.dumps({"error": error, "message": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
+    await send({"type": "http.response.body", "body": body})

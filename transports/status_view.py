@@ -1,0 +1,213 @@
+"""The status snapshot as tables an operator reads at a glance.
+
+Laid out like `kubectl get` and `systemctl status`: a one-line summary of the
+daemon, then one row per tool (state, breaker, load, call latency and
+counts, restarts and why — free text last, so a long reason never pushes
+the numbers apart), then one row per health check, then the fault rules. Plain text, aligned columns, so it survives `less`, `watch` and a
+copy into a ticket; colour only when writing to a terminal and `NO_COLOR`
+is not set (https://no-color.org), and the colour codes never change the
+alignment. Pure functions: they take the `Status` model and return text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from supervisor.status import CheckResult, Status, ToolStatus
+
+__all__ = ["describe_fault", "format_duration", "render_faults", "render_status", "should_color"]
+
+REASON_WIDTH = 48
+
+_CODES = {"green": "32", "yellow": "33", "red": "31", "dim": "2", "bold": "1"}
+
+_STATE_STYLE = {"running": "green", "restarting": "yellow", "failed": "red", "stopped": "dim", "disabled": "dim"}
+_BREAKER_STYLE = {"closed": "green", "half_open": "yellow", "open": "red"}
+_HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
+
+Cell = tuple[str, str | None]  # (text, style)
+
+
+def should_color(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Colour for a terminal, never when NO_COLOR is set to anything non-empty."""
+    env = os.environ if environ is None else environ
+    if env.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def render_status(status: Status, *, color: bool = False) -> str:
+    paint = _painter(color)
+    rt = status.runtime
+    health = status.health
+    summary = f"labrecon {rt.version}  pid {rt.pid}  up {format_duration(rt.uptime_sec)}  config {rt.config_digest}"
+    verdict = paint(health.status, _HEALTH_STYLE.get(health.status))
+    readiness = paint("ready", "green") if health.ready else paint("NOT READY", "red")
+    lines = [paint(summary, "bold"), f"health: {verdict}, {readiness}"]
+    if status.sessions:
+        lines.append("sessions: " + ", ".join(f"{name} {count}" for name, count in sorted(status.sessions.items())))
+    lines.append("")
+    lines += _table(
+        ("TOOL", "STATE", "BREAKER", "IN-FLIGHT", "QUEUED", "P50", "P95", "OK", "FAILED", "RESTARTS", "LAST RESTART"),
+        [_tool_row(tool) for tool in status.tools.values()],
+        paint,
+    ) if status.tools else ["no tools enabled"]
+    lines.append("")
+    lines += _table(("CHECK", "RESULT", "DETAIL"), [_check_row(check) for check in health.checks], paint)
+    if status.faults:
+        lines.append("")
+        lines += _fault_table(status.faults, paint)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def render_faults(rules: Sequence[Mapping[str, Any]], *, color: bool = False) -> str:
+    if not rules:
+        return "no fault rules"
+    return "\n".join(line.rstrip() for line in _fault_table(rules, _painter(color)))
+
+
+def describe_fault(rule: Mapping[str, Any]) -> str:
+    """One line for one rule: `fault 3: nmap crash, next 2`."""
+    detail = _fault_detail(rule)
+    text = f"fault {rule.get('id', '?')}: {rule.get('tool', '?')} {rule.get('kind', '?')}, {_trigger(rule)}"
+    return text + (f", {detail}" if detail != "-" else "")
+
+
+def format_duration(seconds: float | None) -> str:
+    """Short and exact enough for a glance: 340ms, 4.2s, 3m12s, 2h03m, 3d04h."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+# --- rows -----------------------------------------------------------------------------------
+
+
+def _tool_row(tool: ToolStatus) -> list[Cell]:
+    breaker = tool.breaker
+    breaker_text = breaker.state
+    if breaker.state == "open" and breaker.retry_after_sec is not None:
+        breaker_text += f" {format_duration(breaker.retry_after_sec)}"
+    elif breaker.consecutive_failures:
+        breaker_text += f" ({breaker.consecutive_failures} fail)"
+    queued = str(tool.queued) + (f" +{tool.stashed} stashed" if tool.stashed else "")
+    if tool.state == "failed" and tool.failed_reason:
+        reason = f"failed: {tool.failed_reason}"
+    else:
+        reason = tool.last_restart_reason or "-"
+    ok = tool.calls.get("ok", 0)
+    failed = sum(count for outcome, count in tool.calls.items() if outcome != "ok")
+    return [
+        (tool.name, "bold"),
+        (tool.state, _STATE_STYLE.get(tool.state)),
+        (breaker_text, _BREAKER_STYLE.get(breaker.state)),
+        (str(tool.in_flight), None),
+        (queued, "yellow" if tool.stashed else None),
+        (format_duration(tool.p50_sec), None),
+        (format_duration(tool.p95_sec), None),
+        (str(ok), None),
+        (str(failed), "red" if failed else None),
+        (str(tool.restarts), "yellow" if tool.restarts else None),
+        (_clip(reason), "red" if tool.state == "failed" else None),  # free text last, as kubectl does
+    ]
+
+
+def _check_row(check: CheckResult) -> list[Cell]:
+    if check.ok:
+        result: Cell = ("ok", "green")
+    elif check.critical:
+        result = ("FAIL", "red")
+    else:
+        result = ("warn", "yellow")
+    return [(check.name, None), result, (_clip(check.detail or "-", 72), None)]
+
+
+def _fault_table(rules: Sequence[Mapping[str, Any]], paint: Any) -> list[str]:
+    rows = []
+    for rule in rules:
+        active = bool(rule.get("active", True))
+        rows.append(
+            [
+                (str(rule.get("id", "?")), None),
+                (str(rule.get("tool", "?")), None),
+                (str(rule.get("kind", "?")), "yellow" if active else "dim"),
+                (_trigger(rule), None),
+                (_fault_detail(rule), None),
+                (f"{rule.get('fired', 0)}/{rule.get('seen', 0)}", None),
+                ("yes" if active else "spent", "yellow" if active else "dim"),
+            ]
+        )
+    return _table(("FAULT", "TOOL", "KIND", "TRIGGER", "DETAIL", "FIRED/SEEN", "ACTIVE"), rows, paint)
+
+
+def _trigger(rule: Mapping[str, Any]) -> str:
+    if rule.get("count") is not None:
+        return f"next {rule['count']}"
+    if rule.get("every") is not None:
+        return f"every {rule['every']}"
+    if rule.get("probability") is not None:
+        seed = f" seed {rule['seed']}" if rule.get("seed") is not None else ""
+        return f"p={rule['probability']:g}{seed}"
+    return "every call"
+
+
+def _fault_detail(rule: Mapping[str, Any]) -> str:
+    kind = rule.get("kind")
+    if kind == "delay" and rule.get("delay_sec") is not None:
+        return f"{format_duration(float(rule['delay_sec']))} delay"
+    if kind == "flood" and rule.get("flood_bytes") is not None:
+        return _size(int(rule["flood_bytes"]))
+    return "-"
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:.0f} {unit}"
+    return f"{count} B"
+
+
+# --- layout ---------------------------------------------------------------------------------
+
+
+def _clip(text: str, width: int = REASON_WIDTH) -> str:
+    text = " ".join(text.split())  # reasons may carry newlines from stderr
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Cell]], paint: Any) -> list[str]:
+    """Columns padded to the widest plain text, then painted, so colour never shifts alignment."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, (text, _) in enumerate(row):
+            widths[i] = max(widths[i], len(text))
+    gap = "  "
+    out = [gap.join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    for row in rows:
+        cells = []
+        for (text, style), width in zip(row, widths, strict=True):
+            padding = " " * (width - len(text))
+            cells.append(paint(text, style) + padding)
+        out.append(gap.join(cells))
+    return out
+
+
+def _painter(color: bool) -> Any:
+    def paint(text: str, style: str | None) -> str:
+        if not color or style is None or not text:
+            return text
+        return f"\x1b[{_CODES[style]}m{text}\x1b[0m"
+
+    return paint
