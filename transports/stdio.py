@@ -1,0 +1,472 @@
+"""MCP over stdio: newline-delimited JSON-RPC on stdin and stdout.
+
+stdout carries protocol messages and nothing else; logs go to stderr.
+Every line is handled concurrently (a long scan never holds up a `ping` or a
+cancellation) and every malformed line is answered with its JSON-RPC error
+while the server carries on. EOF on stdin is the client's way of shutting
+the server down: calls still running get a short grace period to finish, are
+then cancelled (their processes killed, their cancelled results written to
+whoever still reads), and the server exits with status 0.
+
+The transport is a pykka actor, like every other long-lived part, so the
+runtime can start it, query it and stop it through one interface. Its
+mailbox thread only starts and stops the connection: the protocol itself
+runs on an asyncio loop in a thread the actor owns, because tool calls are
+awaited concurrently and the backend completes them on that loop. Two more
+threads sit at the edges: one writes stdout, so a client slow to read never
+blocks the loop, and, only when stdin is a regular file, reads are done in a
+background thread (pipes and terminals are read by the loop directly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import select
+import stat
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
+from typing import Any, BinaryIO, Final
+
+import pykka
+
+from actors.api import ToolBackend
+from transports import jsonrpc
+from transports.framing import LineFramer, Oversized
+from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
+from transports.mcp import McpDispatcher, Session
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "StdioTransport", "serve_stdio"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES: Final[int] = 4 << 20
+"""Largest accepted line. Big enough for any sane request, small enough to bound memory per client."""
+
+_READ_CHUNK: Final[int] = 64 << 10
+_MAX_QUEUED_PROGRESS: Final[int] = 1024
+
+Stream = BinaryIO | int
+
+
+class _OutputWriter:
+    """Writes one message per line to stdout from a dedicated thread.
+
+    A single writer keeps lines whole and in order. Progress notifications
+    are the one thing that may be dropped, and only when the client has
+    stopped reading and the backlog is already long; replies never are.
+    """
+
+    def __init__(self, out: Stream, *, max_queued_droppable: int = _MAX_QUEUED_PROGRESS) -> None:
+        self._out = out
+        self._fd = out if isinstance(out, int) else _fileno(out)
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._max_droppable = max_queued_droppable
+        self._broken = False
+        self._thread = threading.Thread(target=self._run, name="labrecon-stdio-out", daemon=True)
+        self.lines_written = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, line: bytes, *, droppable: bool = False) -> bool:
+        with self._lock:
+            if self._broken:
+                return False
+            if droppable and self._pending >= self._max_droppable:
+                self.dropped += 1
+                return False
+            self._pending += 1
+        self._queue.put(line + b"\n")
+        return True
+
+    def close(self, timeout: float) -> None:
+        """Flush what is queued, then end the thread (bounded, for a client that stopped reading)."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("stdout writer did not drain in time; abandoning unsent messages")
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            with self._lock:
+                self._pending -= 1
+                if self._broken:
+                    continue
+            try:
+                self._write(item)
+                self.lines_written += 1
+            except (OSError, ValueError) as exc:
+                with self._lock:
+                    self._broken = True
+                logger.warning("stdout is gone; further messages are discarded", extra={"error": str(exc)})
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            assert not isinstance(self._out, int)
+            self._out.write(data)
+            self._out.flush()
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except BlockingIOError:
+                # Someone made the descriptor non-blocking; wait until it can take more.
+                select.select([], [self._fd], [])
+                continue
+            view = view[written:]
+
+
+class _InputReader:
+    """Reads stdin without blocking the event loop."""
+
+    def __init__(self, source: Stream) -> None:
+        self._fd = source if isinstance(source, int) else _fileno(source)
+        self._source = source
+        self._stream: asyncio.StreamReader | None = None
+        self._transport: asyncio.ReadTransport | None = None
+        self._restore_blocking: bool | None = None
+
+    async def open(self) -> None:
+        if self._fd is None or stat.S_ISREG(os.fstat(self._fd).st_mode):
+            return  # regular files (and file-likes) never block for long: read them in a background thread
+        loop = asyncio.get_running_loop()
+        was_blocking = os.get_blocking(self._fd)
+        pipe = os.fdopen(self._fd, "rb", buffering=0, closefd=False)
+        stream = asyncio.StreamReader(limit=_READ_CHUNK)
+        try:
+            self._transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stream), pipe
+            )
+        except (OSError, ValueError):
+            pipe.close()
+            os.set_blocking(self._fd, was_blocking)
+            return
+        self._stream = stream
+        self._restore_blocking = was_blocking
+
+    async def read(self) -> bytes:
+        """Next chunk, or b"" at end of input."""
+        if self._stream is not None:
+            return await self._stream.read(_READ_CHUNK)
+        if self._fd is not None:
+            return await asyncio.to_thread(os.read, self._fd, _READ_CHUNK)
+        assert not isinstance(self._source, int)
+        return await asyncio.to_thread(self._source.read, _READ_CHUNK)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        if self._restore_blocking is not None and self._fd is not None:
+            with suppress(OSError):
+                os.set_blocking(self._fd, self._restore_blocking)
+            self._restore_blocking = None
+
+
+class _StdioConnection:
+    """The asyncio side of the transport: frame, dispatch, reply."""
+
+    def __init__(
+        self,
+        dispatcher: McpDispatcher,
+        stdin: Stream,
+        stdout: Stream,
+        *,
+        max_message_bytes: int,
+        grace: float,
+        cancel_timeout_sec: float,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._stdin = stdin
+        self._stdout = stdout
+        self._framer = LineFramer(max_message_bytes)
+        self._grace = grace
+        self._cancel_timeout = cancel_timeout_sec
+        self._session = Session()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writer: _OutputWriter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stop_before_start = threading.Event()
+        self.messages_in = 0
+        self.oversized = 0
+
+    def request_stop(self) -> None:
+        """Ask the connection to shut down now; safe from any thread, before or during `serve`."""
+        self._stop_before_start.set()
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with suppress(RuntimeError):  # loop already closed: nothing left to stop
+                loop.call_soon_threadsafe(stopping.set)
+
+    def stats(self) -> dict[str, Any]:
+        writer = self._writer
+        return {
+            "messages_in": self.messages_in,
+            "lines_out": writer.lines_written if writer else 0,
+            "notifications_dropped": writer.dropped if writer else 0,
+            "oversized": self.oversized,
+            "in_flight": self._session.in_flight,
+            "era": self._session.era.value if self._session.era else None,
+            "protocol_version": self._session.protocol_version,
+        }
+
+    async def serve(self) -> int:
+        """Serve until EOF or a stop request; the status is 0 unless reading stdin failed."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        if self._stop_before_start.is_set():
+            self._stopping.set()
+        self._writer = _OutputWriter(self._stdout)
+        self._writer.start()
+        reader = _InputReader(self._stdin)
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        status = 0
+        try:
+            await reader.open()
+            logger.info("stdio transport serving", extra={"pid": os.getpid()})
+            reading = asyncio.create_task(self._read_all(reader))
+            await asyncio.wait({reading, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if reading.done() and not self._stopping.is_set():
+                if exc := reading.exception():
+                    logger.error("reading stdin failed", exc_info=exc)
+                    status = 1
+                logger.info("stdin closed; shutting down", extra={"in_flight": self._session.in_flight})
+                await self._settle(grace=self._grace)
+            else:
+                logger.info("stop requested; shutting down", extra={"in_flight": self._session.in_flight})
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+            await self._settle(grace=0.0)
+        finally:
+            stop_wait.cancel()
+            reader.close()
+            self._writer.close(timeout=self._cancel_timeout)
+        logger.info("stdio transport stopped", extra=self.stats())
+        return status
+
+    async def _read_all(self, reader: _InputReader) -> None:
+        while chunk := await reader.read():
+            for frame in self._framer.feed(chunk):
+                self._accept(frame)
+        for frame in self._framer.finish():
+            self._accept(frame)
+
+    def _accept(self, frame: bytes | Oversized) -> None:
+        self.messages_in += 1
+        if isinstance(frame, Oversized):
+            self.oversized += 1
+            logger.warning("message over the size limit discarded", extra={"size": frame.size})
+            self._send(
+                jsonrpc.error_response(
+                    None,
+                    INVALID_REQUEST,
+                    f"Invalid Request: message of {frame.size} bytes exceeds the limit of "
+                    f"{self._framer.max_bytes} bytes",
+                    {"limit": self._framer.max_bytes},
+                )
+            )
+            return
+        task = asyncio.create_task(self._serve_line(frame))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_line(self, line: bytes) -> None:
+        reply = await self._dispatcher.handle_text(self._session, line, self._notify)
+        if reply is not None:
+            self._send(reply)
+
+    def _notify(self, message: dict[str, Any]) -> None:
+        self._send(message, droppable=message.get("method") == "notifications/progress")
+
+    def _send(self, message: dict[str, Any] | list[dict[str, Any]], *, droppable: bool = False) -> None:
+        assert self._writer is not None
+        try:
+            line = jsonrpc.encode(message)
+        except (TypeError, ValueError):
+            logger.exception("a message could not be encoded")
+            if isinstance(message, dict) and "id" in message:
+                line = jsonrpc.encode(jsonrpc.error_response(message["id"], INTERNAL_ERROR, "Internal error"))
+            else:
+                return
+        self._writer.send(line, droppable=droppable)
+
+    async def _settle(self, *, grace: float) -> None:
+        """Give running calls `grace` seconds (cut short by a stop request), then cancel the rest.
+
+        Cancelled calls are still answered with their cancelled outcome; only
+        a call that ignores cancellation for `cancel_timeout_sec` is abandoned.
+        """
+        assert self._stopping is not None
+        running = {task for task in self._tasks if not task.done()}
+        if running and grace > 0:
+            all_done = asyncio.gather(*running, return_exceptions=True)
+            stop_wait = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({all_done, stop_wait}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_wait.cancel()
+        running = {task for task in self._tasks if not task.done()}
+        if not running:
+            return
+        cancelled = self._dispatcher.cancel_all(self._session)
+        logger.info("cancelled calls still running at shutdown", extra={"calls": cancelled})
+        _, stuck = await asyncio.wait(running, timeout=self._cancel_timeout)
+        if stuck:
+            logger.warning("calls did not settle after cancellation; abandoned", extra={"calls": len(stuck)})
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+
+
+class StdioTransport(pykka.ThreadingActor):
+    """The stdio transport as an actor: `start()` begins serving, `stop()` ends it.
+
+    After EOF on stdin, calls still running get `grace` seconds to finish
+    before they are cancelled; `stop()` cancels them at once. Either way each
+    cancelled call is still answered, and `cancel_timeout_sec` bounds the
+    wait for those answers. `finished` (optional) is resolved with the exit
+    status once the connection is over. The actor stops itself after EOF.
+    """
+
+    def __init__(
+        self,
+        dispatcher: McpDispatcher,
+        *,
+        stdin: Stream,
+        stdout: Stream,
+        finished: Future[int] | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        grace: float = 1.0,
+        cancel_timeout_sec: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self._connection = _StdioConnection(
+            dispatcher,
+            stdin,
+            stdout,
+            max_message_bytes=max_message_bytes,
+            grace=grace,
+            cancel_timeout_sec=cancel_timeout_sec,
+        )
+        self._finished: Future[int] = finished if finished is not None else Future()
+        self._join_timeout = 2 * cancel_timeout_sec + 5.0
+        self._thread: threading.Thread | None = None
+
+    def on_start(self) -> None:
+        self._thread = threading.Thread(target=self._run_loop, name="labrecon-stdio", daemon=True)
+        self._thread.start()
+
+    def on_stop(self) -> None:
+        self._shutdown()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self._shutdown()
+
+    def stats(self) -> dict[str, Any]:
+        return self._connection.stats()
+
+    def _run_loop(self) -> None:
+        status = 1
+        try:
+            status = asyncio.run(self._connection.serve())
+        except Exception:
+            logger.exception("stdio transport failed")
+        finally:
+            if not self._finished.done():
+                self._finished.set_result(status)
+            # Stopping an actor that is already stopping is harmless: the request is dropped.
+            self.actor_ref.stop(block=False)
+
+    def _shutdown(self) -> None:
+        self._connection.request_stop()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self._join_timeout)
+            if thread.is_alive():
+                logger.error("stdio loop thread did not end in time")
+        if not self._finished.done():
+            self._finished.set_result(1)
+
+
+def serve_stdio(
+    backend: ToolBackend | McpDispatcher,
+    *,
+    stdin: Stream | None = None,
+    stdout: Stream | None = None,
+    guard_stdout: bool = True,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    grace: float = 1.0,
+    cancel_timeout_sec: float = 5.0,
+) -> int:
+    """Serve MCP on this process's stdin/stdout until EOF; returns the exit status.
+
+    `grace` is how long calls still running at EOF may take to finish before
+    they are cancelled; Ctrl-C (KeyboardInterrupt) cancels them at once. With
+    the real stdout and `guard_stdout`, file descriptor 1 is pointed at
+    stderr for the duration and the protocol writes to a private duplicate,
+    so a stray `print()` (or a library writing to fd 1) lands in the logs
+    instead of corrupting the protocol stream.
+    """
+    dispatcher = backend if isinstance(backend, McpDispatcher) else McpDispatcher(backend)
+    source: Stream = stdin if stdin is not None else sys.stdin.buffer
+    with _protocol_output(stdout, guard_stdout) as out:
+        finished: Future[int] = Future()
+        ref = StdioTransport.start(
+            dispatcher,
+            stdin=source,
+            stdout=out,
+            finished=finished,
+            max_message_bytes=max_message_bytes,
+            grace=grace,
+            cancel_timeout_sec=cancel_timeout_sec,
+        )
+        try:
+            status = finished.result()
+        except KeyboardInterrupt:
+            logger.info("interrupted; stopping")
+            status = 130
+        finally:
+            if ref.is_alive():
+                ref.stop()
+    return status
+
+
+@contextmanager
+def _protocol_output(stdout: Stream | None, guard: bool) -> Iterator[Stream]:
+    if stdout is not None:
+        yield stdout
+        return
+    if not guard:
+        yield sys.stdout.buffer
+        return
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield protocol_fd
+    finally:
+        with suppress(OSError):
+            sys.stdout.flush()
+        os.dup2(protocol_fd, 1)
+        os.close(protocol_fd)
+
+
+def _fileno(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None

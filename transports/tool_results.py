@@ -1,0 +1,73 @@
+"""A call's envelope as an MCP tool result a model can read at a glance.
+
+The `CallOutcome` envelope goes out whole as `structuredContent`, which is
+what programs and schema-validating clients consume. Models read `content`,
+so the first text block is a one-line summary that leads with what matters
+(what ran, what it found, or why it failed and what to do next), and the
+second is the same envelope as compact JSON for clients that predate
+structured content. `isError` mirrors `ok`, so a refused or failed scan is
+something the model sees and can correct, never a protocol error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mcp_types import CallToolResult, TextContent
+
+from actors.results import CallOutcome
+
+__all__ = ["call_tool_result", "summarize"]
+
+
+def call_tool_result(outcome: CallOutcome) -> CallToolResult:
+    structured = outcome.model_dump(mode="json")
+    as_json = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
+    return CallToolResult(
+        content=[TextContent(type="text", text=summarize(outcome)), TextContent(type="text", text=as_json)],
+        structured_content=structured,
+        is_error=not outcome.ok,
+    )
+
+
+def summarize(outcome: CallOutcome) -> str:
+    subject = outcome.tool + (f" {outcome.target}" if outcome.target else "")
+    if outcome.error is not None or not outcome.ok:
+        error = outcome.error
+        if error is None:
+            return f"{subject} failed without an error description. Call id {outcome.call_id}."
+        parts = [f"{subject} failed ({error.error_type.value}): {error.message.rstrip('.')}."]
+        if error.retry_after_sec is not None:
+            parts.append(f"Retry after {error.retry_after_sec:g}s.")
+        parts.append(f"Next step: {error.recovery_suggestion}")
+        parts.append(f"Call id {outcome.call_id}.")
+        return " ".join(parts)
+    exit_text = f", exit {outcome.returncode}" if outcome.returncode is not None else ""
+    parts = [f"{subject} finished in {outcome.duration_sec:.1f}s{exit_text}: {_findings(outcome.result)}."]
+    if outcome.stdout_truncated:
+        parts.append("Output was truncated at the byte cap; narrow the scan for complete results.")
+    parts.append(f"Call id {outcome.call_id}.")
+    return " ".join(parts)
+
+
+def _findings(result: dict[str, Any] | None) -> str:
+    """Count what a parsed result holds, whatever the tool (hosts and ports, or found paths)."""
+    if not result:
+        return "no parsed output"
+    facts: list[str] = []
+    hosts = result.get("hosts")
+    if isinstance(hosts, list):
+        open_ports = sum(
+            1
+            for host in hosts
+            if isinstance(host, dict)
+            for port in host.get("ports") or []
+            if isinstance(port, dict) and port.get("state", "open") == "open"
+        )
+        facts.append(f"{len(hosts)} host{'s' if len(hosts) != 1 else ''}")
+        facts.append(f"{open_ports} open port{'s' if open_ports != 1 else ''}")
+    findings = result.get("findings")
+    if isinstance(findings, list):
+        facts.append(f"{len(findings)} finding{'s' if len(findings) != 1 else ''}")
+    return ", ".join(facts) if facts else "parsed output attached"
