@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -66,20 +65,24 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from supervisor.runtime import Runtime
     from transports.logs import configure_logging
+    from transports.ops import serve_ops_socket
     from transports.stdio import serve_stdio
 
     settings = load_settings(args.config)
     configure_logging(settings.logging.level)
     runtime = Runtime.start(settings)
-    # SIGTERM ends the server like EOF on stdin does: stop reading, answer everything, exit.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    ops = None
     try:
-        serve_stdio(runtime, grace=args.grace)
-    except KeyboardInterrupt:
-        pass
+        ops = serve_ops_socket(runtime, settings)
+        serve_stdio(runtime, grace=args.grace, until=runtime.escalated)
     finally:
+        if ops is not None:
+            ops.stop()
         runtime.stop(args.grace)
-    return EXIT_ESCALATED if runtime.escalated.is_set() else EXIT_OK
+    if runtime.escalated.is_set():
+        print(f"labrecon: stopped after escalation: {runtime.escalation_reason}", file=sys.stderr)
+        return EXIT_ESCALATED
+    return EXIT_OK
 
 
 # --- check -------------------------------------------------------------------------

@@ -4,7 +4,7 @@ stdout carries protocol messages and nothing else; logs go to stderr.
 Every line is handled concurrently (a long scan never holds up a `ping` or a
 cancellation) and every malformed line is answered with its JSON-RPC error
 while the server carries on. EOF on stdin is the client's way of shutting
-the server down: calls still running get a short grace period to finish, are
+the server down (SIGTERM too): calls still running get a short grace period to finish, are
 then cancelled (their processes killed, their cancelled results written to
 whoever still reads), and the server exits with status 0.
 
@@ -25,6 +25,7 @@ import logging
 import os
 import queue
 import select
+import signal
 import stat
 import sys
 import threading
@@ -200,7 +201,9 @@ class _StdioConnection:
         self._writer: _OutputWriter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
+        self._draining: asyncio.Event | None = None
         self._stop_before_start = threading.Event()
+        self._drain_before_start = threading.Event()
         self.messages_in = 0
         self.oversized = 0
 
@@ -211,6 +214,14 @@ class _StdioConnection:
         if loop is not None and stopping is not None:
             with suppress(RuntimeError):  # loop already closed: nothing left to stop
                 loop.call_soon_threadsafe(stopping.set)
+
+    def request_drain(self) -> None:
+        """Shut down as at EOF: read no more, give running calls the grace period; any thread."""
+        self._drain_before_start.set()
+        loop, draining = self._loop, self._draining
+        if loop is not None and draining is not None:
+            with suppress(RuntimeError):
+                loop.call_soon_threadsafe(draining.set)
 
     def stats(self) -> dict[str, Any]:
         writer = self._writer
@@ -228,23 +239,31 @@ class _StdioConnection:
         """Serve until EOF or a stop request; the status is 0 unless reading stdin failed."""
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        self._draining = asyncio.Event()
         if self._stop_before_start.is_set():
             self._stopping.set()
+        if self._drain_before_start.is_set():
+            self._draining.set()
         self._writer = _OutputWriter(self._stdout)
         self._writer.start()
         reader = _InputReader(self._stdin)
         stop_wait = asyncio.create_task(self._stopping.wait())
+        drain_wait = asyncio.create_task(self._draining.wait())
         status = 0
         try:
             await reader.open()
             logger.info("stdio transport serving", extra={"pid": os.getpid()})
             reading = asyncio.create_task(self._read_all(reader))
-            await asyncio.wait({reading, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reading, stop_wait, drain_wait}, return_when=asyncio.FIRST_COMPLETED)
             if reading.done() and not self._stopping.is_set():
                 if exc := reading.exception():
                     logger.error("reading stdin failed", exc_info=exc)
                     status = 1
                 logger.info("stdin closed; shutting down", extra={"in_flight": self._session.in_flight})
+                await self._settle(grace=self._grace)
+            elif drain_wait.done() and not self._stopping.is_set():
+                logger.info("asked to drain; shutting down", extra={"in_flight": self._session.in_flight})
+                reading.cancel()
                 await self._settle(grace=self._grace)
             else:
                 logger.info("stop requested; shutting down", extra={"in_flight": self._session.in_flight})
@@ -253,6 +272,7 @@ class _StdioConnection:
             await self._settle(grace=0.0)
         finally:
             stop_wait.cancel()
+            drain_wait.cancel()
             reader.close()
             self._writer.close(timeout=self._cancel_timeout)
         logger.info("stdio transport stopped", extra=self.stats())
@@ -379,6 +399,10 @@ class StdioTransport(pykka.ThreadingActor):
     def stats(self) -> dict[str, Any]:
         return self._connection.stats()
 
+    def drain(self) -> None:
+        """Stop reading and let running calls finish within the grace period, as at EOF."""
+        self._connection.request_drain()
+
     def _run_loop(self) -> None:
         status = 1
         try:
@@ -411,8 +435,13 @@ def serve_stdio(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     grace: float = 1.0,
     cancel_timeout_sec: float = 5.0,
+    until: threading.Event | None = None,
 ) -> int:
-    """Serve MCP on this process's stdin/stdout until EOF; returns the exit status.
+    """Serve MCP on this process's stdin/stdout until EOF, SIGTERM or `until`; returns the exit status.
+
+    SIGTERM and `until` being set (the runtime escalating, say) shut down as
+    EOF does: no more reading, running calls get `grace` seconds, then are
+    cancelled and answered.
 
     `grace` is how long calls still running at EOF may take to finish before
     they are cancelled; Ctrl-C (KeyboardInterrupt) cancels them at once. With
@@ -434,15 +463,39 @@ def serve_stdio(
             grace=grace,
             cancel_timeout_sec=cancel_timeout_sec,
         )
+        restore = _drain_on_sigterm(ref) if threading.current_thread() is threading.main_thread() else None
+        if until is not None:
+            threading.Thread(target=_drain_when, args=(until, ref, finished), name="labrecon-stdio-until", daemon=True).start()
         try:
             status = finished.result()
         except KeyboardInterrupt:
             logger.info("interrupted; stopping")
             status = 130
         finally:
+            if restore is not None:
+                signal.signal(signal.SIGTERM, restore)
             if ref.is_alive():
                 ref.stop()
     return status
+
+
+def _drain_when(event: threading.Event, ref: pykka.ActorRef[StdioTransport], finished: Future[int]) -> None:
+    while not finished.done():
+        if event.wait(0.5):
+            with suppress(pykka.ActorDeadError):
+                ref.proxy().drain()
+            return
+
+
+def _drain_on_sigterm(ref: pykka.ActorRef[StdioTransport]) -> Any:
+    """SIGTERM means what EOF means: finish what runs (within the grace period), then exit 0."""
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        logger.info("SIGTERM received; draining")
+        with suppress(pykka.ActorDeadError):
+            ref.proxy().drain()
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
 
 
 @contextmanager
