@@ -21,6 +21,8 @@ class Parent(Protocol):
 
 @dataclass(frozen=True)
 class CallAdmitted:
+    """A call was admitted to wait for a slot (a call that starts at once is only reported started)."""
+
     tool: str
     call_id: str
     queued: bool

@@ -243,8 +243,7 @@ class ToolActor(pykka.ThreadingActor):
             self._refuse(call, ErrorType.CIRCUIT_OPEN, message, retry_after_sec=retry)
             return
         if len(self.running) < self.settings.concurrency:
-            self._tell_parent(CallAdmitted(self.name, call.call_id, queued=False))
-            self._start(call)
+            self._start(call)  # reported as CallStarted; admission and start are one step here
         elif len(self.queue) < self.settings.max_queue:
             self.queue[call.call_id] = call
             self._tell_parent(CallAdmitted(self.name, call.call_id, queued=True))

@@ -48,6 +48,8 @@ class Runtime:
         self.specs = {
             name: TOOL_SPECS[name] for name, tool_settings in settings.tools.items() if tool_settings.enabled
         }
+        # Schemas are derived from the specs once: they never change while the runtime lives.
+        self._tool_infos = [spec.info() for spec in self.specs.values()]
         self.supervisor = Supervisor(settings, self.specs, on_escalate=self._escalate)
         self._calls: dict[str, str] = {}  # call_id -> tool, for cancellation
         self._calls_lock = threading.Lock()
@@ -90,17 +92,7 @@ class Runtime:
     # --- the tool surface -------------------------------------------------------
 
     def list_tools(self) -> list[ToolInfo]:
-        return [
-            ToolInfo(
-                name=spec.name,
-                title=spec.title,
-                description=spec.description,
-                input_schema=spec.input_schema(),
-                output_schema=spec.output_schema(),
-                annotations=dict(spec.annotations),
-            )
-            for spec in self.specs.values()
-        ]
+        return list(self._tool_infos)
 
     def call(
         self,

@@ -12,6 +12,7 @@ configured directory.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Literal
 
@@ -114,6 +115,7 @@ class GobusterResult(ParsedResult):
 # ---------------------------------------------------------------- argv
 
 
+@functools.lru_cache(maxsize=32)  # settings are frozen: one grammar per configuration
 def grammar(settings: GobusterSettings, mode: str) -> Grammar:
     common = [
         Option(("-w", "--wordlist"), FileInDirectory(settings.wordlist_dir)),

@@ -17,6 +17,7 @@ whatever is intact.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -133,6 +134,7 @@ class MasscanResult(ParsedResult):
 # ---------------------------------------------------------------- argv
 
 
+@functools.lru_cache(maxsize=32)  # settings are frozen: one grammar per configuration
 def grammar(settings: MasscanSettings) -> Grammar:
     options = [
         Option(("--ports", "-p"), PortList(65535, ("U",))),

@@ -12,6 +12,7 @@ IPv6 (`-6`) is added from the target, never taken from the user.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from typing import Literal
@@ -154,6 +155,7 @@ class NmapResult(ParsedResult):
 # ---------------------------------------------------------------- argv
 
 
+@functools.lru_cache(maxsize=32)  # settings are frozen: one grammar per configuration
 def grammar(settings: NmapSettings) -> Grammar:
     scripts = NameList(
         allowed=frozenset(s.lower() for s in settings.allowed_scripts),

@@ -1,0 +1,188 @@
+"""stdio benchmark: what labrecon adds to a tool call, and how fast it answers `initialize`.
+
+    .venv/bin/python bench/stdio_roundtrip.py [--calls 300] [--out bench/results/stdio.txt]
+
+In one run: the same fast fake nmap is (a) spawned directly from Python with
+captured output, the baseline, and (b) called through `labrecon serve` over
+stdio with raw JSON-RPC lines, sequentially and 8 calls in flight. The
+figure of merit is the p50 round trip minus the p50 raw spawn. Start-up is
+the time from starting `labrecon serve` to reading its `initialize` answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.fast_fakes import install_fast_fakes  # noqa: E402
+
+LABRECON = str(Path(sys.executable).with_name("labrecon"))
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}},
+}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Server:
+    def __init__(self, config: Path) -> None:
+        self.proc = subprocess.Popen(
+            [LABRECON, "serve", "--config", str(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.waiters: dict[int, tuple[threading.Event, list]] = {}
+        self.lock = threading.Lock()
+
+    def send(self, message: dict) -> None:
+        with self.lock:
+            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+            self.proc.stdin.flush()
+
+    def read_one(self) -> dict:
+        return json.loads(self.proc.stdout.readline())
+
+    def start_reader(self) -> None:
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            waiter = self.waiters.pop(message.get("id"), None)
+            if waiter:
+                waiter[1].append(message)
+                waiter[0].set()
+
+    def call_inline(self, call_id: int) -> float:
+        """One call with the answer read on this thread: no client-side thread hop in the measurement."""
+        started = time.perf_counter()
+        self.send(self._request(call_id))
+        answer = self.read_one()
+        elapsed = time.perf_counter() - started
+        assert answer["id"] == call_id and not answer["result"]["isError"], answer
+        return elapsed
+
+    @staticmethod
+    def _request(call_id: int) -> dict:
+        return {
+            "jsonrpc": "2.0",
+            "id": call_id,
+            "method": "tools/call",
+            "params": {"name": "nmap", "arguments": {"target": "10.0.0.5", "ports": "22"}},
+        }
+
+    def call(self, call_id: int) -> float:
+        done: tuple[threading.Event, list] = (threading.Event(), [])
+        self.waiters[call_id] = done
+        started = time.perf_counter()
+        self.send(self._request(call_id))
+        done[0].wait()
+        elapsed = time.perf_counter() - started
+        assert not done[1][0]["result"]["isError"], done[1][0]
+        return elapsed
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def startup_time(config: Path) -> float:
+    started = time.perf_counter()
+    server = Server(config)
+    server.send(INIT)
+    answer = server.read_one()
+    elapsed = time.perf_counter() - started
+    assert answer["id"] == 0 and "result" in answer
+    server.close()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--out", default="bench/results/stdio.txt")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp())
+    fakes = install_fast_fakes(work / "fakes")
+    config = work / "labrecon.toml"
+    config.write_text(
+        "[policy]\ndns = false\n"
+        + "".join(f'[tools.{tool}]\nbinary = "{path}"\nconcurrency = 8\nmax_queue = 64\n' for tool, path in fakes.items())
+    )
+
+    startups = [startup_time(config) for _ in range(10)]
+
+    server = Server(config)
+    server.send(INIT)
+    server.read_one()
+    server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    for i in range(20):  # warm up: imports, first spawns
+        server.call_inline(10_000 + i)
+
+    # Interleave baseline and labrecon rounds so machine noise hits both alike.
+    raw, sequential = [], []
+    argv = [fakes["nmap"], "-oX", "-", "-p", "22", "10.0.0.5"]
+    for i in range(args.calls):
+        t = time.perf_counter()
+        subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=True)
+        raw.append(time.perf_counter() - t)
+        sequential.append(server.call_inline(i + 1))
+
+    server.start_reader()
+
+    concurrent: list[float] = []
+    started = time.perf_counter()
+    ids = iter(range(100_000, 100_000 + args.calls))
+    ids_lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with ids_lock:
+                call_id = next(ids, None)
+            if call_id is None:
+                return
+            concurrent.append(server.call(call_id))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    server.close()
+
+    raw_p50, seq_p50 = statistics.median(raw), statistics.median(sequential)
+    lines = [
+        f"calls per series: {args.calls}",
+        f"raw spawn from Python (baseline): p50 {raw_p50 * 1e3:.3f} ms, p95 {pct(raw, 0.95) * 1e3:.3f} ms",
+        f"labrecon stdio sequential:        p50 {seq_p50 * 1e3:.3f} ms, p95 {pct(sequential, 0.95) * 1e3:.3f} ms",
+        f"added latency at p50: {(seq_p50 - raw_p50) * 1e3:+.3f} ms (ratio {seq_p50 / raw_p50:.2f}x)",
+        f"labrecon stdio 8-way: p50 {statistics.median(concurrent) * 1e3:.3f} ms, "
+        f"{len(concurrent) / wall:.0f} calls/s ({len(concurrent) / wall * raw_p50:.2f}x one raw spawner)",
+        f"start to initialize answer: p50 {statistics.median(startups) * 1e3:.0f} ms, max {max(startups) * 1e3:.0f} ms",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
