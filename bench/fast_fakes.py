@@ -32,3 +32,4 @@ def install_fast_fakes(directory: Path) -> dict[str, str]:
         path.chmod(0o755)
         paths[tool] = str(path)
     return paths
+

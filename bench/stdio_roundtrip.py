@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fast_fakes import install_fast_fakes  # noqa: E402
+from bench.report import report  # noqa: E402
 
 LABRECON = str(Path(sys.executable).with_name("labrecon"))
 INIT = {
@@ -177,11 +178,7 @@ def main() -> None:
         f"{len(concurrent) / wall:.0f} calls/s ({len(concurrent) / wall * raw_p50:.2f}x one raw spawner)",
         f"start to initialize answer: p50 {statistics.median(startups) * 1e3:.0f} ms, max {max(startups) * 1e3:.0f} ms",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fast_fakes import install_fast_fakes  # noqa: E402
+from bench.report import report  # noqa: E402
 from supervisor import Runtime  # noqa: E402
 
 TARGETS = {"nmap": {"target": "10.0.0.5"}, "masscan": {"target": "10.0.0.5", "ports": "80"}, "gobuster": {"target": "10.0.0.5"}}
@@ -114,11 +115,7 @@ def main() -> None:
     rss_1k, rss_10k = memory_growth(binaries)
     lines.append(f"RSS after 1,000 calls {rss_1k:.1f} MB, after 10,000 calls {rss_10k:.1f} MB: growth {rss_10k - rss_1k:+.1f} MB")
 
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":
