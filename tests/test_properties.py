@@ -294,7 +294,7 @@ def check_argv(tool: str, arguments: dict, argv: list[str], tool_target: str) ->
             assert value and not value.startswith("-"), value
             if tool == "nmap" and token == "--script":
                 names = re.fullmatch(r"\((.+)\) and not \((.+)\)", value)
-                assert names and names[2] == " or ".join(nmap._EXCLUDED_SCRIPT_CATEGORIES)
+                assert names and names[2] == " or ".join([*nmap._EXCLUDED_SCRIPT_CATEGORIES, *nmap._EXCLUDED_SCRIPTS])
                 assert set(names[1].split(" or ")) <= set(SETTINGS["nmap"].allowed_scripts)
             else:
                 assert option.value.canonical(value) == value

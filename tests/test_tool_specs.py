@@ -183,7 +183,7 @@ def test_target_refusals_come_from_the_policy():
 
 def test_nmap_argv_shape():
     args = argv("nmap", target="10.0.0.5", ports="22,80", scan_type="connect", timing=4, extra_args="-Pn --open")
-    assert args == ["nmap", "-oX", "-", "--stats-every", "2s", "-p", "22,80", "-sT", "-T4", "-Pn", "--open", "10.0.0.5"]
+    assert args == ["nmap", "-oX", "-", "--stats-every", "2s", "-n", "-p", "22,80", "-sT", "-T4", "-Pn", "--open", "10.0.0.5"]
 
 
 @pytest.mark.parametrize("scan_type, flag", [("connect", "-sT"), ("syn", "-sS"), ("version", "-sV"), ("ping", "-sn"), ("udp", "-sU")])
@@ -230,7 +230,7 @@ def test_nmap_port_budget_covers_every_way_to_choose_ports():
 def test_nmap_rates_and_timeouts_are_bounded():
     assert refusal("nmap", target="10.0.0.5", extra_args="--max-rate 100000").field == "extra_args"
     args = argv("nmap", target="10.0.0.5", extra_args="--max-rate=500 --host-timeout 5m")
-    assert args[5:9] == ["--max-rate", "500", "--host-timeout", "5m"]
+    assert args[6:10] == ["--max-rate", "500", "--host-timeout", "5m"]
     assert "-T5" in str(refusal("nmap", target="10.0.0.5", extra_args="-T5"))
 
 

@@ -31,8 +31,13 @@ NMAP_MAX_RATE = 10_000  # packets per second; --min-rate/--max-rate above this a
 DEFAULT_PORT_COUNT = 1000  # what nmap scans when no port option is given
 FAST_PORT_COUNT = 100  # -F
 SCAN_TYPES = {"connect": "-sT", "syn": "-sS", "version": "-sV", "ping": "-sn", "udp": "-sU"}
-OUTPUT_FLAGS = ("-oX", "-", "--stats-every", "2s")
+# -n always: nmap must never resolve a name itself (reverse DNS feeds the names its
+# scripts follow redirects to); it is given the address the policy checked, nothing else.
+OUTPUT_FLAGS = ("-oX", "-", "--stats-every", "2s", "-n")
 _EXCLUDED_SCRIPT_CATEGORIES = sorted(FORBIDDEN_SCRIPT_CATEGORIES - {"all"})
+# Scripts that act on the target although nmap files them under safe categories:
+# jdwp-info injects and runs a Java class through an open debug port.
+_EXCLUDED_SCRIPTS = ("jdwp-info",)
 
 FORBIDDEN = {
     "-iL": "targets come only from the 'target' field",
@@ -205,7 +210,8 @@ def _typed_tokens(args: NmapArguments) -> list[tuple[str, list[str]]]:
 
 def script_expression(names: list[str]) -> str:
     """One nmap script expression that can never select a forbidden category."""
-    return f"({' or '.join(names)}) and not ({' or '.join(_EXCLUDED_SCRIPT_CATEGORIES)})"
+    excluded = [*_EXCLUDED_SCRIPT_CATEGORIES, *_EXCLUDED_SCRIPTS]
+    return f"({' or '.join(names)}) and not ({' or '.join(excluded)})"
 
 
 def _script_selection(parsed: list[ParsedOption], settings: NmapSettings) -> list[str]:
@@ -237,7 +243,10 @@ def _check_port_budget(parsed: list[ParsedOption], settings: NmapSettings) -> li
 def build_argv(args: NmapArguments, target: ResolvedTarget, settings: NmapSettings) -> list[str]:
     parsed = grammar(settings).parse_sources(_typed_tokens(args))
     scripts = _script_selection(parsed, settings)
-    plain = [item for item in parsed if item.name not in ("-sC", "--script")]
+    if any(item.name == "-sV" for item in parsed) and "version" not in {s.lower() for s in settings.allowed_scripts}:
+        # -sV makes nmap run its whole `version` script category, outside any --script expression.
+        raise InvalidCall("version detection (-sV) runs nmap's version scripts, which are not allowed here", field="scan_type")
+    plain = [item for item in parsed if item.name not in ("-sC", "--script", "-n")]
     argv = [*OUTPUT_FLAGS]
     if target.version == 6:
         argv.append("-6")
