@@ -20,12 +20,20 @@ class Parent(Protocol):
 
 
 @dataclass(frozen=True)
-class CallAdmitted:
+class ActorStarted:
+    """A new incarnation is up and reading its mailbox."""
+
+    tool: str
+    incarnation: int
+    at: float  # the actor's monotonic clock
+
+
+@dataclass(frozen=True)
+class CallQueued:
     """A call was admitted to wait for a slot (a call that starts at once is only reported started)."""
 
     tool: str
     call_id: str
-    queued: bool
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class BreakerChanged:
 
 @dataclass(frozen=True)
 class ActorCrashed:
-    """The actor died. Its running calls were answered; its queued ones were not."""
+    """The actor died (or was made to, for an operator restart); its calls are not answered yet."""
 
     tool: str
     incarnation: int

@@ -74,8 +74,9 @@ class Fault:
         return request
 
     def before_run(self, run: ProcessRun) -> None:
+        """A delay holds the call back, but never past its own timeout, and a cancel cuts it short."""
         if self.kind is FaultKind.DELAY:
-            self.released.wait(self.delay_sec)
+            run.wait_cancelled(min(self.delay_sec, run.request.timeout_sec))
 
 
 FaultSource = Callable[[str, str], Fault | None]

@@ -21,37 +21,60 @@ T = TypeVar("T")
 
 
 class Reply(Generic[T]):
-    """A one-shot, thread-safe answer slot."""
+    """A one-shot, thread-safe answer slot.
 
-    __slots__ = ("_lock", "_done", "_value", "_callbacks")
+    Answering is two steps when the answerer must do something in between:
+    `claim()` wins the right to answer (exactly one caller ever does), then
+    `deliver()` hands the value over. The actors use the gap to record the
+    outcome in their books, so a call is counted once, by whoever answers it,
+    and before its caller can see the answer.
+    """
+
+    __slots__ = ("_lock", "_claimed", "_delivered", "_value", "_callbacks")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._done = False
+        self._claimed = False
+        self._delivered = False
         self._value: T | None = None
         self._callbacks: list[Callable[[T], None]] = []
 
     @property
     def done(self) -> bool:
-        return self._done
+        """True once somebody has claimed the answer (it may still be on its way)."""
+        return self._claimed
 
-    def resolve(self, value: T) -> bool:
-        """Deliver `value`; returns False if the call was already answered."""
+    def claim(self) -> bool:
+        """Win the right to answer; False if somebody else already has."""
         with self._lock:
-            if self._done:
+            if self._claimed:
                 return False
-            self._done = True
+            self._claimed = True
+            return True
+
+    def deliver(self, value: T) -> None:
+        """Hand over the answer; only after a successful `claim()`."""
+        with self._lock:
+            if not self._claimed or self._delivered:
+                raise RuntimeError("deliver() needs a claim and happens once")
+            self._delivered = True
             self._value = value
             callbacks, self._callbacks = self._callbacks, []
         self._deliver(value)
         for callback in callbacks:
             callback(value)
+
+    def resolve(self, value: T) -> bool:
+        """Claim and deliver in one step; False if the call was already answered."""
+        if not self.claim():
+            return False
+        self.deliver(value)
         return True
 
     def on_resolved(self, callback: Callable[[T], None]) -> None:
-        """Run `callback(value)` on the resolving thread once answered (here and now if it already is)."""
+        """Run `callback(value)` on the delivering thread once answered (here and now if it already is)."""
         with self._lock:
-            if not self._done:
+            if not self._delivered:
                 self._callbacks.append(callback)
                 return
             value = self._value

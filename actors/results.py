@@ -41,10 +41,6 @@ RECOVERY: dict[ErrorType, str] = {
     ErrorType.INTERNAL: "An internal error occurred; retry once, then report it with the correlation id.",
 }
 
-# Outcomes that say something about the tool's health; the breaker counts only these.
-BREAKER_FAILURES = frozenset({ErrorType.TIMEOUT, ErrorType.EXECUTION})
-
-
 class CallError(BaseModel):
     """Why a call did not produce a usable result."""
 

@@ -173,6 +173,7 @@ class ProcessRun:
         self._line_error_logged = False
         self._lock = threading.Lock()
         self._cancelled = False
+        self._cancel_event = threading.Event()
         self._started = False
         self._wake_w: int | None = None
 
@@ -182,8 +183,13 @@ class ProcessRun:
             if self._cancelled:
                 return
             self._cancelled = True
+            self._cancel_event.set()
             if self._wake_w is not None:
                 os.write(self._wake_w, b"\0")
+
+    def wait_cancelled(self, timeout: float) -> bool:
+        """Block up to `timeout` seconds, returning early (True) if the run is cancelled meanwhile."""
+        return self._cancel_event.wait(timeout)
 
     def run(self) -> RunResult:
         request = self.request

@@ -6,6 +6,10 @@ no locks: they are plain fields read and written by one thread. Processes run
 on a small pool of runner threads; a runner reports back with a `Finished`
 message and the actor answers the caller only after its own books are
 straight, so anyone who sees an answer also sees the slot it freed.
+
+Under a supervisor, an actor that dies or is retired answers nothing more:
+the supervisor keeps every call it routed and settles them itself, so each
+call is answered, and counted, exactly once.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pykka
 
 from actors.api import ProgressSink
 from actors.breaker import BreakerState, CircuitBreaker, Transition
-from actors.events import ActorCrashed, BreakerChanged, CallAdmitted, CallFinished, CallStarted, Parent
+from actors.events import ActorCrashed, ActorStarted, BreakerChanged, CallFinished, CallQueued, CallStarted, Parent
 from actors.faults import Fault, FaultKind, FaultSource, InjectedCrash, no_faults
 from actors.outcome import Verdict, outcome_from_run
 from actors.prepare import PreparedCall
@@ -47,11 +51,8 @@ class Call:
     run: ProcessRun | None = None
     cancel_requested: bool = False
 
-    def answer(self, outcome: CallOutcome) -> bool:
-        return self.reply.resolve(outcome)
-
-    def fail(self, error_type: ErrorType, message: str, *, retry_after_sec: float | None = None) -> bool:
-        outcome = CallOutcome.failure(
+    def failure(self, error_type: ErrorType, message: str, *, retry_after_sec: float | None = None) -> CallOutcome:
+        return CallOutcome.failure(
             self.prepared.tool,
             self.call_id,
             error_type,
@@ -59,8 +60,22 @@ class Call:
             retry_after_sec=retry_after_sec,
             target=self.prepared.target,
             resolved_targets=list(self.prepared.resolved_targets),
+            argv=list(self.prepared.argv),
         )
-        return self.answer(outcome)
+
+    def settle(self, outcome: CallOutcome, record: Callable[[CallOutcome], None] | None = None) -> bool:
+        """Answer the call unless somebody already has; `record` books it first, only if this answer wins."""
+        if not self.reply.claim():
+            return False
+        if record is not None:
+            record(outcome)
+        self.reply.deliver(outcome)
+        return True
+
+
+def outcome_label(outcome: CallOutcome) -> str:
+    """The bounded label an outcome is counted under: "ok" or its error type."""
+    return "ok" if outcome.ok or outcome.error is None else outcome.error.error_type.value
 
 
 # --- messages -----------------------------------------------------------------
@@ -100,21 +115,13 @@ class Ping:
     reply: Reply[float]
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    reply: Reply[ToolSnapshot]
+class OperatorRestart(RuntimeError):
+    """Raised on the actor's own thread, so an operator restart takes the same path as a crash."""
 
 
 @dataclass(frozen=True)
-class ToolSnapshot:
-    tool: str
-    incarnation: int
-    in_flight: int
-    queued: int
-    breaker_state: str
-    consecutive_failures: int
-    retry_after_sec: float | None
-    draining: bool
+class Restart:
+    reason: str
 
 
 @dataclass
@@ -154,9 +161,13 @@ class ToolActor(pykka.ThreadingActor):
         self.running: dict[str, _Running] = {}
         self.queue: OrderedDict[str, Call] = OrderedDict()
         self.draining: list[Reply[None]] = []
+        self.trial_call_id: str | None = None  # the one call whose result decides a half-open breaker
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix=f"{self.name}-run")
 
     # --- pykka hooks ------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._tell_parent(ActorStarted(self.name, self.incarnation, self.clock()))
 
     def on_receive(self, message: Any) -> Any:
         if self.retired.is_set():
@@ -170,41 +181,51 @@ class ToolActor(pykka.ThreadingActor):
                 self._cancel(call_id)
             case Ping(reply):
                 reply.resolve(self.clock())
-            case Snapshot(reply):
-                reply.resolve(self._snapshot())
             case ForceBreaker(state):
                 self._report(self.breaker.force(state, "operator"))
             case Drain(reply):
                 self.draining.append(reply)
                 self._maybe_drained()
+            case Restart(reason):
+                raise OperatorRestart(reason)
             case _:
                 raise TypeError(f"{self.name} actor got an unknown message {message!r}")
+        return None
 
     def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
         """Die cleanly: kill what runs, and leave the answers to whoever supervises.
 
         A supervisor keeps every call it routed until it is answered, so it
-        answers the running ones (`actor_restarted`, counted in its books) and
-        hands the queued ones — and any still unread in this mailbox — to the
-        next incarnation. Without a supervisor, this actor answers them itself.
+        answers the running ones (`actor_restarted`) and hands the queued
+        ones — and any still unread in this mailbox — to the next
+        incarnation. Without a supervisor, this actor answers them itself.
         """
         reason = f"{getattr(exception_type, '__name__', exception_type)}: {exception_value}"
         running = self._take_running()
         if self.parent is None:
             for entry in running:
-                entry.call.fail(ErrorType.ACTOR_RESTARTED, f"{self.name} crashed while the call ran ({reason})", retry_after_sec=0.0)
+                entry.call.settle(
+                    entry.call.failure(ErrorType.ACTOR_RESTARTED, f"{self.name} crashed while the call ran ({reason})", retry_after_sec=0.0)
+                )
             for call in self._take_queued():
-                call.fail(ErrorType.ACTOR_RESTARTED, f"{self.name} crashed before the call started ({reason})")
+                call.settle(call.failure(ErrorType.ACTOR_RESTARTED, f"{self.name} crashed before the call started ({reason})"))
+        self._close(wait=False)
         self._tell_parent(ActorCrashed(self.name, self.incarnation, reason))
-        self._close()
 
     def on_stop(self) -> None:
-        """Stopped by the runtime: whatever is still here is cancelled, and said so."""
-        for running in self._take_running():
-            self._refuse(running.call, ErrorType.CANCELLED, f"{self.name} stopped while the call ran")
-        for call in self._take_queued():
-            self._refuse(call, ErrorType.CANCELLED, f"{self.name} stopped before the call started")
-        self._close()
+        """Stopped: end every process first, then answer what is left as cancelled.
+
+        A retired incarnation answers nothing: its calls are the supervisor's.
+        """
+        running = self._take_running()
+        queued = self._take_queued()
+        self._close(wait=True)  # runner threads return once their process groups are gone
+        if self.retired.is_set():
+            return
+        for entry in running:
+            self._settle(entry.call, entry.call.failure(ErrorType.CANCELLED, f"{self.name} stopped while the call ran"), ran=True)
+        for call in queued:
+            self._settle(call, call.failure(ErrorType.CANCELLED, f"{self.name} stopped before the call started"), ran=False)
 
     def _take_running(self) -> list[_Running]:
         taken = list(self.running.values())
@@ -219,10 +240,10 @@ class ToolActor(pykka.ThreadingActor):
         self.queue.clear()
         return taken
 
-    def _close(self) -> None:
+    def _close(self, *, wait: bool) -> None:
         for reply in self.draining:
             reply.resolve(None)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
     # --- admission --------------------------------------------------------------
 
@@ -233,7 +254,7 @@ class ToolActor(pykka.ThreadingActor):
             self._refuse(call, ErrorType.CANCELLED, "the call was cancelled before it started")
             return
         if self.draining:
-            self._refuse(call, ErrorType.RESOURCE_EXHAUSTED, f"{self.name} is draining and admits no new calls")
+            self._refuse(call, ErrorType.CANCELLED, f"{self.name} is stopping and admits no new calls")
             return
         admission = self.breaker.allow()
         self._report(admission.transition)
@@ -243,20 +264,29 @@ class ToolActor(pykka.ThreadingActor):
             self._refuse(call, ErrorType.CIRCUIT_OPEN, message, retry_after_sec=retry)
             return
         if len(self.running) < self.settings.concurrency:
-            self._start(call)  # reported as CallStarted; admission and start are one step here
+            self._note_trial(call, admission.trial)
+            self._start(call)
         elif len(self.queue) < self.settings.max_queue:
+            self._note_trial(call, admission.trial)
             self.queue[call.call_id] = call
-            self._tell_parent(CallAdmitted(self.name, call.call_id, queued=True))
+            self._tell_parent(CallQueued(self.name, call.call_id))
         else:
             if admission.trial:
                 self.breaker.record_neutral()
             message = f"{self.name} is running {len(self.running)} calls with {len(self.queue)} queued, its limit"
             self._refuse(call, ErrorType.RESOURCE_EXHAUSTED, message, retry_after_sec=self._retry_hint())
 
+    def _note_trial(self, call: Call, trial: bool) -> None:
+        if trial:
+            self.trial_call_id = call.call_id
+
     def _refuse(self, call: Call, error_type: ErrorType, message: str, *, retry_after_sec: float | None = None) -> None:
-        """Answer a call that will not run; reported first, so an answer implies the books are done."""
-        self._report_finished(call, error_type.value, ran=False)
-        call.fail(error_type, message, retry_after_sec=retry_after_sec)
+        """Answer a call that will not run."""
+        self._settle(call, call.failure(error_type, message, retry_after_sec=retry_after_sec), ran=False)
+
+    def _settle(self, call: Call, outcome: CallOutcome, *, ran: bool) -> bool:
+        """Answer and count a call, once; the count is sent before the caller can see the answer."""
+        return call.settle(outcome, lambda o: self._report_finished(call, outcome_label(o), ran=ran))
 
     def _retry_hint(self) -> float:
         """A rough wait for a free slot: the age of the oldest running call, at least a second."""
@@ -268,6 +298,7 @@ class ToolActor(pykka.ThreadingActor):
 
     def _start(self, call: Call) -> None:
         call.started = True
+        self._tell_parent(CallStarted(self.name, call.call_id, self.clock()))
         fault = self.faults(self.name, call.call_id)
         if fault is not None and fault.kind is FaultKind.CRASH:
             # Crash while handling the call: it counts as running, so it gets actor_restarted.
@@ -288,7 +319,6 @@ class ToolActor(pykka.ThreadingActor):
         run = ProcessRun(request, on_line=self._progress_reader(call))
         call.run = run
         self.running[call.call_id] = _Running(call, run, self.clock())
-        self._tell_parent(CallStarted(self.name, call.call_id, self.clock()))
         if fault is not None and fault.kind is FaultKind.FAIL:
             self._pool.submit(self._fail_without_running, call, fault)
         else:
@@ -315,9 +345,7 @@ class ToolActor(pykka.ThreadingActor):
             result = run.run()
             outcome, verdict = outcome_from_run(self.spec, call.call_id, call.prepared, result)
         except Exception:
-            outcome = CallOutcome.failure(
-                self.name, call.call_id, ErrorType.INTERNAL, "the runner failed: " + traceback.format_exc(limit=3)
-            )
+            outcome = call.failure(ErrorType.INTERNAL, "the runner failed: " + traceback.format_exc(limit=3))
             verdict = Verdict.NEUTRAL
         self._send_home(Finished(call.call_id, outcome, verdict), call, outcome)
 
@@ -342,25 +370,32 @@ class ToolActor(pykka.ThreadingActor):
         try:
             self.actor_ref.tell(message)
         except pykka.ActorDeadError:
-            # The actor died while this ran. A supervisor answers the call (and counts
-            # it) when it sweeps the dead incarnation; without one, this is the answer.
+            # The actor died while this ran. A supervisor settles the call when it
+            # sweeps the dead incarnation; without one, this is the answer.
             if self.parent is None:
-                call.answer(outcome)
+                call.settle(outcome)
 
     def _finish(self, call_id: str, outcome: CallOutcome, verdict: Verdict) -> None:
         running = self.running.pop(call_id, None)
         if running is None:
             return  # answered already (cancelled while queued, or abandoned)
+        self._judge(call_id, verdict)
+        self._settle(running.call, outcome, ran=True)
+        self._start_queued()
+        self._maybe_drained()
+
+    def _judge(self, call_id: str, verdict: Verdict) -> None:
+        """Feed the breaker; while half-open only the trial call's result counts."""
+        if self.breaker.state is BreakerState.HALF_OPEN and call_id != self.trial_call_id:
+            return
+        if call_id == self.trial_call_id:
+            self.trial_call_id = None
         if verdict is Verdict.SUCCESS:
             self._report(self.breaker.record_success())
         elif verdict is Verdict.FAILURE:
             self._report(self.breaker.record_failure())
         else:
             self.breaker.record_neutral()
-        self._report_finished(running.call, "ok" if outcome.ok else outcome.error_type.value, ran=True)
-        running.call.answer(outcome)
-        self._start_queued()
-        self._maybe_drained()
 
     def _start_queued(self) -> None:
         while self.queue and len(self.running) < self.settings.concurrency:
@@ -370,6 +405,9 @@ class ToolActor(pykka.ThreadingActor):
     def _cancel(self, call_id: str) -> None:
         call = self.queue.pop(call_id, None)
         if call is not None:
+            if call_id == self.trial_call_id:
+                self.trial_call_id = None
+                self.breaker.record_neutral()
             self._refuse(call, ErrorType.CANCELLED, "the call was cancelled before it started")
             self._maybe_drained()
             return
@@ -383,18 +421,6 @@ class ToolActor(pykka.ThreadingActor):
                 reply.resolve(None)
 
     # --- reporting --------------------------------------------------------------
-
-    def _snapshot(self) -> ToolSnapshot:
-        return ToolSnapshot(
-            tool=self.name,
-            incarnation=self.incarnation,
-            in_flight=len(self.running),
-            queued=len(self.queue),
-            breaker_state=self.breaker.state.value,
-            consecutive_failures=self.breaker.consecutive_failures,
-            retry_after_sec=self.breaker.retry_after(),
-            draining=bool(self.draining),
-        )
 
     def _report(self, transition: Transition | None) -> None:
         if transition is not None:

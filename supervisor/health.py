@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -23,7 +24,7 @@ from supervisor.status import CheckResult, HealthStatus, ToolStatus
 
 
 class BinaryProbe:
-    """Finds each tool's binary and asks its version, once, off the caller's thread."""
+    """Finds each tool's binary and asks its version, once, off the caller's thread; `close()` ends it."""
 
     def __init__(self, binaries: dict[str, tuple[str, tuple[str, ...]]]) -> None:
         self._binaries = binaries
@@ -31,16 +32,36 @@ class BinaryProbe:
             name: {"binary": binary, "found": False, "path": None, "version": None, "probed": False}
             for name, (binary, _) in binaries.items()
         }
-        self.done = threading.Event()
-        threading.Thread(target=self._probe_all, name="labrecon-binary-probe", daemon=True).start()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._current: ProcessRun | None = None
+        self._thread = threading.Thread(target=self._probe_all, name="labrecon-binary-probe", daemon=True)
+        self._thread.start()
 
     def _probe_all(self) -> None:
         for name, (binary, version_argv) in self._binaries.items():
-            self.results[name] = probe_binary(binary, version_argv)
-        self.done.set()
+            if self._closed.is_set():
+                return
+            self.results[name] = probe_binary(binary, version_argv, started=self._track)
+
+    def _track(self, run: ProcessRun) -> bool:
+        with self._lock:
+            self._current = run
+            return not self._closed.is_set()
+
+    def close(self) -> None:
+        """Stop probing: a version query still running is killed, and waited for."""
+        self._closed.set()
+        with self._lock:
+            if self._current is not None:
+                self._current.cancel()
+        self._thread.join(10.0)
 
 
-def probe_binary(binary: str, version_argv: tuple[str, ...]) -> dict[str, Any]:
+def probe_binary(
+    binary: str, version_argv: tuple[str, ...], *, started: Callable[[ProcessRun], bool] | None = None
+) -> dict[str, Any]:
+    """Where `binary` is and what version it says it is; `started` may veto the query (False)."""
     path = binary if os.sep in binary else shutil.which(binary)
     info: dict[str, Any] = {"binary": binary, "found": False, "path": path, "version": None, "probed": True}
     if path is None or not os.path.isfile(path):
@@ -49,7 +70,10 @@ def probe_binary(binary: str, version_argv: tuple[str, ...]) -> dict[str, Any]:
     info["executable"] = os.access(path, os.X_OK)
     if not info["executable"]:
         return info
-    result = ProcessRun(RunRequest(argv=(path, *version_argv), timeout_sec=5.0, kill_grace_sec=0.5)).run()
+    run = ProcessRun(RunRequest(argv=(path, *version_argv), timeout_sec=5.0, kill_grace_sec=0.5))
+    if started is not None and not started(run):
+        return info
+    result = run.run()
     text = (result.stdout or result.stderr).decode("utf-8", "replace").strip()
     info["version"] = text.splitlines()[0][:200] if text else None
     return info
@@ -63,6 +87,9 @@ class HealthChecker:
         )
         self._process = psutil.Process()
         psutil.cpu_percent(interval=None)  # primes the counter so the first reading means something
+
+    def close(self) -> None:
+        self.binaries.close()
 
     def evaluate(self, tools: dict[str, ToolStatus]) -> HealthStatus:
         t = self.thresholds

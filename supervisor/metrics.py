@@ -41,7 +41,7 @@ class Metrics:
         self.restarts = Counter("labrecon_actor_restarts", "Tool actor restarts, by reason.", ["tool", "reason"], registry=r)
         self.restart_seconds = Histogram(
             "labrecon_actor_restart_seconds",
-            "From a tool actor's death being seen to its successor starting a call.",
+            "From a tool actor's death being seen to its successor reading its mailbox.",
             ["tool"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
@@ -67,6 +67,10 @@ class Metrics:
         if ran:
             self.duration.labels(tool).observe(duration_sec)
             self._recent[tool].append(duration_sec)
+
+    def set_load(self, tool: str, *, in_flight: int, queued: int) -> None:
+        self.in_flight.labels(tool).set(in_flight)
+        self.queue_depth.labels(tool).set(queued)
 
     def set_breaker(self, tool: str, state: str) -> None:
         for s in BreakerState:

@@ -38,7 +38,7 @@ from supervisor.supervisor import Supervisor
 
 
 class RuntimeStopped(RuntimeError):
-    """The runtime was used after `stop()`."""
+    """An operator query (status, metrics, controls) reached a runtime that has stopped."""
 
 
 class Runtime:
@@ -53,6 +53,7 @@ class Runtime:
         self.supervisor = Supervisor(settings, self.specs, on_escalate=self._escalate)
         self._calls: dict[str, str] = {}  # call_id -> tool, for cancellation
         self._calls_lock = threading.Lock()
+        self._stop_lock = threading.Lock()
         self._stopped = False
         # Set when a tool exceeded its restart intensity under on_intensity_exceeded = "escalate".
         self.escalated = threading.Event()
@@ -71,11 +72,15 @@ class Runtime:
         return cls(settings_from(config), resolver=resolver)
 
     def stop(self, grace: float = 10.0) -> None:
-        """Admit nothing new, let running calls finish within `grace` seconds, then end them."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self.supervisor.shutdown(grace)
+        """Admit nothing new, let running calls finish within `grace` seconds, then end them.
+
+        Safe to call from several threads (an escalation and a signal handler,
+        say): every caller returns once the one shutdown has finished.
+        """
+        with self._stop_lock:
+            if not self._stopped:
+                self._stopped = True
+                self.supervisor.shutdown(grace)
 
     def _escalate(self, reason: str) -> None:
         """Give up on the whole runtime, gracefully, so a process manager can restart it."""
@@ -149,10 +154,16 @@ class Runtime:
     # --- operators ----------------------------------------------------------------
 
     def status(self) -> Status:
+        self._check_running()
         return self.supervisor.status()
 
     def metrics_text(self) -> str:
+        self._check_running()
         return self.supervisor.metrics_text().decode()
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise RuntimeStopped("the runtime has stopped")
 
     def inject(self, fault: FaultSettings | Mapping[str, Any] | None = None, **fields: Any) -> int:
         """Add a fault rule (same fields as `[[faults]]`); returns its id for `clear_faults`."""
@@ -186,6 +197,7 @@ class Runtime:
         return self._control(f"breaker_{state}", tool)
 
     def _control(self, action: str, tool: str) -> str:
+        self._check_running()
         if tool not in self.specs:
             raise UnknownTool(tool, sorted(self.specs))
         return self.supervisor.control(action, tool)
@@ -209,11 +221,13 @@ class Runtime:
             return call_id, CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, "the runtime is stopping")
         try:
             prepared = self._prepare(tool, arguments)
+            with self._calls_lock:
+                if call_id in self._calls:
+                    raise InvalidCall(f"call id {call_id!r} is already in use by a call in flight", field="call_id")
+                self._calls[call_id] = tool
         except InvalidCall as exc:
-            self.supervisor.count_refused(tool)
+            self.supervisor.record_refusal(tool, ErrorType.VALIDATION)
             return call_id, CallOutcome.failure(tool, call_id, ErrorType.VALIDATION, str(exc))
-        with self._calls_lock:
-            self._calls[call_id] = tool
         call = Call(call_id=call_id, prepared=prepared, reply=reply, progress=progress)
         reply.on_resolved(lambda _value: self._forget(call_id))
         self.supervisor.submit(call)

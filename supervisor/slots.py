@@ -53,11 +53,13 @@ class ToolSlot:
         self.incarnation = 0
         self.retired = threading.Event()
         self.pending: dict[str, Call] = {}
+        self._watched: set[str] = set()  # calls whose answer will remove them from `pending`
         self.stash: deque[Call] = deque()
         self.restarts = 0
         self.last_restart_reason: str | None = None
         self.failed_reason: str | None = None
         self.died_at: float | None = None  # when the last death was seen, until a successor serves
+        self.restart_requested = False  # the next death is an operator's restart, not a crash
         self.ping: Any = None
         self.ping_sent_at = 0.0
 
@@ -73,8 +75,9 @@ class ToolSlot:
             return Refusal(self.state, self.failed_reason)
 
     def _hand_over(self, call: Call) -> None:
-        if call.call_id not in self.pending:
-            self.pending[call.call_id] = call
+        self.pending[call.call_id] = call
+        if call.call_id not in self._watched:
+            self._watched.add(call.call_id)
             call.reply.on_resolved(lambda _value, call_id=call.call_id: self._forget(call_id))
         try:
             assert self.ref is not None
@@ -85,10 +88,13 @@ class ToolSlot:
     def _forget(self, call_id: str) -> None:
         with self.lock:
             self.pending.pop(call_id, None)
+            self._watched.discard(call_id)
 
-    def install(self, ref: pykka.ActorRef[Any], incarnation: int, retired: threading.Event) -> None:
-        """A new incarnation serves from now on; the stash goes to it first, in order."""
+    def install(self, ref: pykka.ActorRef[Any], incarnation: int, retired: threading.Event) -> bool:
+        """A new incarnation serves from now on, the stash first, in order; False if the slot stopped."""
         with self.lock:
+            if self.state == "stopped":
+                return False
             self.ref, self.incarnation, self.retired = ref, incarnation, retired
             self.state = "running"
             self.failed_reason = None
@@ -96,11 +102,19 @@ class ToolSlot:
             waiting, self.stash = list(self.stash), deque()
             for call in waiting:
                 self._hand_over(call)
+            return True
 
-    def sweep(self) -> Swept:
-        """Retire the current incarnation and sort out everything it held."""
+    def sweep(self, incarnation: int) -> Swept | None:
+        """Retire incarnation `incarnation` and sort out everything it held.
+
+        None when there is nothing to do: that incarnation was already
+        replaced, or the slot is not serving (failed, or stopping — shutdown
+        settles what a stopping slot holds).
+        """
         swept = Swept()
         with self.lock:
+            if incarnation != self.incarnation or self.state != "running":
+                return None
             self.retired.set()
             self.state = "restarting"
             held, self.pending = list(self.pending.values()), {}
@@ -116,6 +130,18 @@ class ToolSlot:
             # Calls that were already admitted go ahead of those that arrived during the restart.
             self.stash.extendleft(reversed(swept.requeued))
         return swept
+
+    def stop(self) -> pykka.ActorRef[Any] | None:
+        """Serve no more; returns the incarnation to drain, if one is serving."""
+        with self.lock:
+            serving = self.state == "running"
+            self.state = "stopped"
+            return self.ref if serving else None
+
+    def take_pending(self) -> list[Call]:
+        with self.lock:
+            taken, self.pending = list(self.pending.values()), {}
+            return taken
 
     def take_stash(self) -> list[Call]:
         with self.lock:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-ToolState = Literal["running", "restarting", "failed", "stopped", "disabled"]
+ToolState = Literal["running", "restarting", "failed", "stopped"]
 
 
 class BreakerStatus(BaseModel):
@@ -34,7 +34,7 @@ class ToolStatus(BaseModel):
     calls: dict[str, int] = Field(default_factory=dict)
     p50_sec: float | None = None
     p95_sec: float | None = None
-    # Death seen -> the next incarnation starting its first call, over recent restarts.
+    # Death seen -> the next incarnation reading its mailbox, over recent restarts.
     restart_p50_sec: float | None = None
     restart_p99_sec: float | None = None
 

@@ -2,12 +2,16 @@
 
 OTP is the model (one_for_one, restart types, restart intensity, backoff),
 built on pykka, which has none of it. The supervisor is itself an actor: the
-tool actors report to it (calls admitted, started, finished, breaker
-changes, crashes), and everything an operator sees — metrics, status, health
-— is derived from that one stream inside its mailbox, so no other part keeps
-a copy of these numbers. Death is seen through the actors' `on_failure`
-reports; a hang is seen through a ping each tool actor must answer within a
-deadline, because a blocked thread looks alive to pykka.
+tool actors report to it (calls queued, started, finished, breaker changes,
+starts and crashes), and everything an operator sees — metrics, status,
+health — is derived from that one stream inside its mailbox, so no other
+part keeps a copy of these numbers. Death is seen through the actors'
+`on_failure` reports; a hang is seen through a ping each tool actor must
+answer within a deadline, because a blocked thread looks alive to pykka.
+
+Whoever answers a call counts it, and only the winner of the answer does
+(`Call.settle`), so a call raced by a crash, a hang, a cancel and a shutdown
+is still answered and counted exactly once.
 
 `Supervisor` is the thread-safe handle the runtime holds; `SupervisorActor`
 is the actor behind it.
@@ -15,6 +19,7 @@ is the actor behind it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -25,10 +30,10 @@ from typing import Any
 import pykka
 
 from actors.breaker import BreakerState, CircuitBreaker
-from actors.events import ActorCrashed, BreakerChanged, CallAdmitted, CallFinished, CallStarted
+from actors.events import ActorCrashed, ActorStarted, BreakerChanged, CallFinished, CallQueued, CallStarted
 from actors.reply import Reply, ThreadReply
-from actors.results import ErrorType
-from actors.tool import Call, Cancel, Drain, ForceBreaker, Ping, ToolActor
+from actors.results import CallOutcome, ErrorType
+from actors.tool import Call, Cancel, Drain, ForceBreaker, Ping, Restart, ToolActor, outcome_label
 from supervisor.config import FaultSettings, Settings
 from supervisor.faults import FaultPlan
 from supervisor.health import HealthChecker
@@ -37,6 +42,8 @@ from supervisor.restarts import RestartPolicy, RestartType
 from supervisor.slots import Refusal, ToolSlot
 from supervisor.status import BreakerStatus, RuntimeInfo, Status, ToolStatus
 from supervisor.version import VERSION
+
+logger = logging.getLogger(__name__)
 
 # --- messages to the supervisor actor ---------------------------------------------
 
@@ -61,6 +68,16 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Settled:
+    """A call the handle answered itself (cancelled in the stash, refused by a slot)."""
+
+    tool: str
+    call_id: str
+    outcome: str
+    duration_sec: float
+
+
+@dataclass(frozen=True)
 class Control:
     action: str  # reset | restart | breaker_open | breaker_closed
     tool: str
@@ -76,6 +93,20 @@ class GetMetrics:
     pass
 
 
+@dataclass(frozen=True)
+class BeginShutdown:
+    """Serve no more: every slot stops, stashes are answered; returns the refs still to drain."""
+
+
+@dataclass(frozen=True)
+class FinishShutdown:
+    """Every actor has stopped: answer whatever a dead or hung incarnation still held."""
+
+
+_QUERIES = (GetStatus, GetMetrics, Control, BeginShutdown, FinishShutdown)
+_PAST = {"crash": "crashed", "hang": "hung", "operator": "was restarted by an operator"}
+
+
 class SupervisorActor(pykka.ThreadingActor):
     def __init__(
         self,
@@ -83,6 +114,7 @@ class SupervisorActor(pykka.ThreadingActor):
         specs: dict[str, Any],
         slots: dict[str, ToolSlot],
         plan: FaultPlan,
+        health: HealthChecker,
         *,
         on_escalate: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -91,14 +123,15 @@ class SupervisorActor(pykka.ThreadingActor):
         self.settings = settings
         self.sup = settings.supervisor
         self.plan = plan
+        self.health = health
         self.on_escalate = on_escalate
         self.clock = clock
         self.started_at = clock()
         self.metrics = Metrics(specs, VERSION)
-        self.health = HealthChecker(settings, specs)
         self.slots = slots
-        # call_id -> (tool, "queued" | "running"): the books behind in_flight and queue depth.
+        # call_id -> (tool, "queued" | "running"), with per-tool tallies: the books behind the gauges.
         self.calls: dict[str, tuple[str, str]] = {}
+        self.load: dict[str, dict[str, int]] = {name: {"queued": 0, "running": 0} for name in specs}
         self.outcomes: dict[str, dict[str, int]] = {name: {} for name in specs}
         self._timers: set[threading.Timer] = set()
 
@@ -109,33 +142,45 @@ class SupervisorActor(pykka.ThreadingActor):
             self._start_child(slot)
 
     def on_stop(self) -> None:
-        for timer in list(self._timers):
-            timer.cancel()
+        self._cancel_timers()
 
     def on_receive(self, message: Any) -> Any:
+        try:
+            return self._handle(message)
+        except Exception:
+            if isinstance(message, _QUERIES):
+                raise  # the asker gets the exception; the supervisor carries on
+            # An event the supervisor cannot digest must not take supervision down with it.
+            logger.exception("supervisor could not handle %s", type(message).__name__)
+            return None
+
+    def _handle(self, message: Any) -> Any:
         match message:
-            case CallAdmitted(tool, call_id, queued):
-                if queued:
-                    self.calls[call_id] = (tool, "queued")
-                    self._gauge(tool)
-            case CallStarted(tool, call_id, at):
-                self.calls[call_id] = (tool, "running")
-                self._gauge(tool)
-                slot = self.slots[tool]
-                if slot.died_at is not None:
-                    # The first call a new incarnation starts ends its restart.
-                    self.metrics.restart_finished(tool, at - slot.died_at)
-                    slot.died_at = None
+            case CallQueued(tool, call_id):
+                self._track(call_id, tool, "queued")
+            case CallStarted(tool, call_id, _at):
+                self._track(call_id, tool, "running")
             case CallFinished(tool, call_id, outcome, duration, ran):
-                self.calls.pop(call_id, None)
+                self._untrack(call_id)
                 self._count(tool, outcome, duration, ran)
-                self._gauge(tool)
+            case Settled(tool, call_id, outcome, duration):
+                self._untrack(call_id)
+                self._count(tool, outcome, duration, False)
             case Refused(tool, outcome):
                 self._count(tool, outcome, 0.0, False)
             case BreakerChanged(tool, _old, new, _reason):
                 self.metrics.set_breaker(tool, new)
+            case ActorStarted(tool, incarnation, at):
+                slot = self.slots[tool]
+                if incarnation == slot.incarnation and slot.died_at is not None:
+                    self.metrics.restart_finished(tool, max(0.0, at - slot.died_at))
+                    slot.died_at = None
             case ActorCrashed(tool, incarnation, reason):
-                self._child_died(self.slots[tool], incarnation, "crash", reason)
+                slot = self.slots[tool]
+                if slot.restart_requested:
+                    self._child_died(slot, incarnation, "operator", "restart requested")
+                else:
+                    self._child_died(slot, incarnation, "crash", reason)
             case StartChild(tool, after):
                 slot = self.slots[tool]
                 if slot.incarnation == after and slot.state == "restarting":
@@ -148,6 +193,10 @@ class SupervisorActor(pykka.ThreadingActor):
                 return self._status()
             case GetMetrics():
                 return self.metrics.text()
+            case BeginShutdown():
+                return self._begin_shutdown()
+            case FinishShutdown():
+                self._finish_shutdown()
             case _:
                 raise TypeError(f"supervisor got an unknown message {message!r}")
         return None
@@ -167,40 +216,46 @@ class SupervisorActor(pykka.ThreadingActor):
             retired=retired,
             clock=self.clock,
         )
-        slot.install(ref, incarnation, retired)
-        self.metrics.tool_up.labels(slot.name).set(1)
+        if slot.install(ref, incarnation, retired):
+            self.metrics.tool_up.labels(slot.name).set(1)
+        else:
+            retired.set()  # stopped meanwhile: this incarnation never serves
+            ref.stop(block=False)
 
     def _child_died(self, slot: ToolSlot, incarnation: int, kind: str, reason: str) -> None:
-        if incarnation != slot.incarnation or slot.state != "running":
-            return  # a report from an incarnation already replaced
-        swept = slot.sweep()
+        old = slot.ref
+        swept = slot.sweep(incarnation)
+        if swept is None:
+            return  # a report from an incarnation already replaced, or the runtime is stopping
         slot.died_at = self.clock()
-        for call_id, (tool, _) in list(self.calls.items()):
-            if tool == slot.name:
-                del self.calls[call_id]  # running ones are counted below; queued ones are re-admitted
+        slot.restart_requested = False
+        # A trial call lost with its actor must not leave the breaker waiting for it forever.
+        slot.breaker.record_neutral()
+        for call_id in [c for c, (tool, _) in self.calls.items() if tool == slot.name]:
+            self._untrack(call_id)  # queued ones come back as CallQueued from the next incarnation
         for call in swept.running:
-            if call.run is not None:
-                call.run.cancel()
-            self._settle(call, ErrorType.ACTOR_RESTARTED, f"{slot.name} {_PAST[kind]} while the call ran; retry it")
+            message = f"{slot.name} {_PAST[kind]} while the call ran; retry it"
+            self._settle(call, call.failure(ErrorType.ACTOR_RESTARTED, message, retry_after_sec=0.0))
         for call in swept.cancelled:
-            self._settle(call, ErrorType.CANCELLED, "the call was cancelled")
-        self._gauge(slot.name)
+            self._settle(call, call.failure(ErrorType.CANCELLED, "the call was cancelled"))
         slot.restarts += 1
         slot.last_restart_reason = f"{kind}: {reason}"
         self.metrics.restarts.labels(slot.name, kind).inc()
         self.metrics.tool_up.labels(slot.name).set(0)
+        if kind == "hang" and old is not None:
+            old.stop(block=False)  # taken up if the hang ever ends; retired, it touches nothing
         if kind == "operator":
             self._start_child(slot)
             return
         decision = slot.policy.on_death(self.clock())
         if decision.restart:
             self._schedule_start(slot, decision.delay_sec)
-        elif decision.intensity_exceeded and self.sup.on_intensity_exceeded == "escalate":
-            self._give_up(slot, decision.reason)
-            if self.on_escalate is not None:
-                threading.Thread(target=self.on_escalate, args=(f"{slot.name}: {decision.reason}",), daemon=True).start()
-        else:
-            self._give_up(slot, decision.reason)
+            return
+        self._give_up(slot, decision.reason or f"{slot.settings.restart} tools are not restarted")
+        if decision.intensity_exceeded and self.sup.on_intensity_exceeded == "escalate" and self.on_escalate:
+            threading.Thread(
+                target=self.on_escalate, args=(f"{slot.name}: {decision.reason}",), name="labrecon-escalate", daemon=True
+            ).start()
 
     def _schedule_start(self, slot: ToolSlot, delay: float) -> None:
         if delay <= 0:
@@ -220,15 +275,19 @@ class SupervisorActor(pykka.ThreadingActor):
         self._timers.add(timer)
         timer.start()
 
+    def _cancel_timers(self) -> None:
+        for timer in list(self._timers):
+            timer.cancel()
+        self._timers.clear()
+
     def _give_up(self, slot: ToolSlot, reason: str) -> None:
         slot.set_state("failed", reason)
         for call in slot.take_stash():
-            self._settle(call, ErrorType.TOOL_FAILED, _failed_message(slot.name, reason))
+            self._settle(call, call.failure(ErrorType.TOOL_FAILED, failed_message(slot.name, reason)))
 
-    def _settle(self, call: Call, error_type: ErrorType, message: str) -> None:
-        if not call.reply.done:
-            self._count(call.prepared.tool, error_type.value, self.clock() - call.admitted_at, call.started)
-            call.fail(error_type, message, retry_after_sec=0.0 if error_type is ErrorType.ACTOR_RESTARTED else None)
+    def _settle(self, call: Call, outcome: CallOutcome) -> None:
+        duration = self.clock() - call.admitted_at
+        call.settle(outcome, lambda o: self._count(call.prepared.tool, outcome_label(o), duration, call.started))
 
     def _check_pings(self) -> None:
         now = self.clock()
@@ -252,28 +311,65 @@ class SupervisorActor(pykka.ThreadingActor):
             if slot.state != "failed":
                 return f"{slot.name} is {slot.state}, not failed; nothing to reset"
             slot.policy.reset()
-            slot.breaker.force(BreakerState.CLOSED, "operator reset")
-            self.metrics.set_breaker(slot.name, BreakerState.CLOSED.value)
+            self._report_breaker(slot, slot.breaker.force(BreakerState.CLOSED, "operator reset"))
             slot.set_state("restarting")
             self._start_child(slot)
             return f"{slot.name} reset and serving again"
         if action == "restart":
-            if slot.state != "running":
+            if slot.state != "running" or slot.ref is None:
                 return f"{slot.name} is {slot.state}; use reset for a failed tool"
-            old = slot.ref
-            self._child_died(slot, slot.incarnation, "operator", "restart requested")
-            if old is not None:
-                old.stop(block=False)
-            return f"{slot.name} restarted (incarnation {slot.incarnation})"
+            # The actor is made to fail on its own thread, after what it is doing now,
+            # so the restart takes the crash path and no call is caught half-started.
+            slot.restart_requested = True
+            slot.ref.tell(Restart("restart requested by an operator"))
+            return f"{slot.name} restarting (incarnation {slot.incarnation} is being replaced)"
         if action in ("breaker_open", "breaker_closed"):
             state = BreakerState.OPEN if action == "breaker_open" else BreakerState.CLOSED
-            if slot.ref is None or slot.state != "running":
-                return f"{slot.name} is {slot.state}; its breaker cannot be changed now"
-            slot.ref.tell(ForceBreaker(state))
+            if slot.state == "running" and slot.ref is not None:
+                slot.ref.tell(ForceBreaker(state))  # the actor owns the breaker while it serves
+            else:
+                self._report_breaker(slot, slot.breaker.force(state, "operator"))
             return f"{slot.name} breaker forced {state.value}"
         raise ValueError(f"unknown control action {action!r}")
 
+    def _report_breaker(self, slot: ToolSlot, transition: Any) -> None:
+        self.metrics.set_breaker(slot.name, slot.breaker.state.value)
+
+    # --- stopping -----------------------------------------------------------------
+
+    def _begin_shutdown(self) -> list[pykka.ActorRef[Any]]:
+        self._cancel_timers()
+        refs = []
+        for slot in self.slots.values():
+            ref = slot.stop()
+            if ref is not None:
+                refs.append(ref)
+            for call in slot.take_stash():
+                self._settle(call, call.failure(ErrorType.CANCELLED, "the runtime is stopping"))
+        return refs
+
+    def _finish_shutdown(self) -> None:
+        for slot in self.slots.values():
+            for call in slot.take_pending():
+                if call.run is not None:
+                    call.run.cancel()
+                self._settle(call, call.failure(ErrorType.CANCELLED, "the runtime stopped before the call finished"))
+
     # --- books --------------------------------------------------------------------
+
+    def _track(self, call_id: str, tool: str, state: str) -> None:
+        previous = self.calls.get(call_id)
+        if previous is not None:
+            self.load[previous[0]][previous[1]] -= 1
+        self.calls[call_id] = (tool, state)
+        self.load[tool][state] += 1
+        self._gauge(tool)
+
+    def _untrack(self, call_id: str) -> None:
+        previous = self.calls.pop(call_id, None)
+        if previous is not None:
+            self.load[previous[0]][previous[1]] -= 1
+            self._gauge(previous[0])
 
     def _count(self, tool: str, outcome: str, duration: float, ran: bool) -> None:
         self.metrics.call_finished(tool, outcome, duration, ran)
@@ -281,24 +377,12 @@ class SupervisorActor(pykka.ThreadingActor):
         counts[outcome] = counts.get(outcome, 0) + 1
 
     def _gauge(self, tool: str) -> None:
-        in_flight, queued = self._load(tool)
-        self.metrics.in_flight.labels(tool).set(in_flight)
-        self.metrics.queue_depth.labels(tool).set(queued)
-
-    def _load(self, tool: str) -> tuple[int, int]:
-        in_flight = queued = 0
-        for name, state in self.calls.values():
-            if name == tool:
-                if state == "running":
-                    in_flight += 1
-                else:
-                    queued += 1
-        return in_flight, queued
+        load = self.load[tool]
+        self.metrics.set_load(tool, in_flight=load["running"], queued=load["queued"])
 
     def _status(self) -> Status:
         tools = {}
         for name, slot in self.slots.items():
-            in_flight, queued = self._load(name)
             p50, p95 = self.metrics.percentiles(name)
             breaker = slot.breaker
             tools[name] = ToolStatus(
@@ -313,8 +397,8 @@ class SupervisorActor(pykka.ThreadingActor):
                     consecutive_failures=breaker.consecutive_failures,
                     retry_after_sec=breaker.retry_after(),
                 ),
-                in_flight=in_flight,
-                queued=queued,
+                in_flight=self.load[name]["running"],
+                queued=self.load[name]["queued"],
                 stashed=len(slot.stash),
                 calls=dict(self.outcomes[name]),
                 p50_sec=p50,
@@ -353,11 +437,8 @@ def build_slots(settings: Settings, specs: dict[str, Any], clock: Callable[[], f
     return slots
 
 
-_PAST = {"crash": "crashed", "hang": "hung", "operator": "was restarted by an operator"}
-
-
-def _failed_message(tool: str, reason: str) -> str:
-    return f"{tool} is disabled after repeated crashes ({reason}); an operator can reset it"
+def failed_message(tool: str, reason: str) -> str:
+    return f"{tool} is disabled ({reason}); an operator can reset it"
 
 
 class Supervisor:
@@ -371,10 +452,15 @@ class Supervisor:
         on_escalate: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.settings = settings
         self.plan = FaultPlan(settings.faults)
         self.slots = build_slots(settings, specs, clock)  # shared with the actor; thread-safe
         self.stash_limit = settings.supervisor.stash_limit
-        self.ref = SupervisorActor.start(settings, specs, self.slots, self.plan, on_escalate=on_escalate, clock=clock)
+        self.clock = clock
+        self.health = HealthChecker(settings, specs)
+        self.ref = SupervisorActor.start(
+            settings, specs, self.slots, self.plan, self.health, on_escalate=on_escalate, clock=clock
+        )
         self._ticker_stop = threading.Event()
         self._ticker = threading.Thread(
             target=self._tick,
@@ -402,19 +488,17 @@ class Supervisor:
     def _refuse(self, call: Call, refusal: Refusal) -> None:
         tool = call.prepared.tool
         if refusal.state == "failed":
-            error_type, message = ErrorType.TOOL_FAILED, _failed_message(tool, refusal.reason or "")
+            outcome = call.failure(ErrorType.TOOL_FAILED, failed_message(tool, refusal.reason or "restart limit"))
         elif refusal.state == "stopped":
-            error_type, message = ErrorType.CANCELLED, "the runtime is stopping"
+            outcome = call.failure(ErrorType.CANCELLED, "the runtime is stopping")
         else:
-            error_type, message = ErrorType.RESOURCE_EXHAUSTED, f"{tool} is restarting and its waiting room is full"
-        self.count_refused(tool, error_type)
-        call.fail(error_type, message, retry_after_sec=1.0 if error_type is ErrorType.RESOURCE_EXHAUSTED else None)
+            message = f"{tool} is restarting and its waiting room is full"
+            outcome = call.failure(ErrorType.RESOURCE_EXHAUSTED, message, retry_after_sec=1.0)
+        call.settle(outcome, lambda o: self.record_refusal(tool, o.error.error_type))
 
-    def count_refused(self, tool: str, error_type: ErrorType = ErrorType.VALIDATION) -> None:
-        try:
-            self.ref.tell(Refused(tool, error_type.value))
-        except pykka.ActorDeadError:
-            pass
+    def record_refusal(self, tool: str, error_type: ErrorType) -> None:
+        """Count a call answered before it reached any actor."""
+        self._tell(Refused(tool, error_type.value))
 
     def cancel(self, tool: str, call_id: str) -> bool:
         slot = self.slots.get(tool)
@@ -422,8 +506,9 @@ class Supervisor:
             return False
         stashed = slot.cancel(call_id)
         if stashed is not None:
-            self.count_refused(tool, ErrorType.CANCELLED)
-            stashed.fail(ErrorType.CANCELLED, "the call was cancelled before it started")
+            outcome = stashed.failure(ErrorType.CANCELLED, "the call was cancelled before it started")
+            duration = self.clock() - stashed.admitted_at
+            stashed.settle(outcome, lambda o: self._tell(Settled(tool, call_id, outcome_label(o), duration)))
             return True
         with slot.lock:
             ref = slot.ref if call_id in slot.pending else None
@@ -434,6 +519,12 @@ class Supervisor:
         except pykka.ActorDeadError:
             pass  # the sweep answers it: cancel_requested is set
         return True
+
+    def _tell(self, message: Any) -> None:
+        try:
+            self.ref.tell(message)
+        except pykka.ActorDeadError:
+            pass
 
     # --- operators ------------------------------------------------------------------
 
@@ -459,41 +550,38 @@ class Supervisor:
     # --- stopping -----------------------------------------------------------------
 
     def shutdown(self, grace: float) -> None:
-        """Admit nothing new, drain within `grace`, then stop every actor; every call is answered."""
+        """Admit nothing new, drain within `grace`, then stop every actor; every call is answered.
+
+        The state changes happen in the supervisor's own mailbox, so no
+        restart can race the shutdown; only the waiting happens here.
+        """
         deadline = time.monotonic() + max(0.0, grace)
+        refs: list[pykka.ActorRef[Any]] = self.ref.ask(BeginShutdown())
         drains: list[Reply[None]] = []
-        for slot in self.slots.values():
-            with slot.lock:
-                state, ref = slot.state, slot.ref
-                slot.state = "stopped"
-            for call in slot.take_stash():
-                self.count_refused(slot.name, ErrorType.CANCELLED)
-                call.fail(ErrorType.CANCELLED, "the runtime is stopping")
-            if state == "running" and ref is not None:
-                reply: ThreadReply[None] = ThreadReply()
-                try:
-                    ref.tell(Drain(reply))
-                    drains.append(reply)
-                except pykka.ActorDeadError:
-                    pass
+        for ref in refs:
+            reply: ThreadReply[None] = ThreadReply()
+            try:
+                ref.tell(Drain(reply))
+                drains.append(reply)
+            except pykka.ActorDeadError:
+                pass
         for reply in drains:
             try:
                 reply.wait(max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 break
         self.plan.release_all()
+        # Stopping an actor waits for its process groups to be gone: TERM, the grace, KILL.
+        stop_timeout = max(s.kill_grace_sec for s in (slot.settings for slot in self.slots.values())) + 5.0
+        for ref in refs:
+            try:
+                ref.stop(block=True, timeout=stop_timeout)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass  # hung: abandoned; its daemon thread cannot hold the process
         for slot in self.slots.values():
-            if slot.ref is not None:
-                try:
-                    slot.ref.stop(block=True, timeout=5.0)
-                except (pykka.ActorDeadError, pykka.Timeout):
-                    slot.retired.set()  # hung: abandon it; its daemon thread cannot hold the process
-            # Anything a dead or hung incarnation still held is answered here.
-            for call in list(slot.pending.values()):
-                if not call.reply.done:
-                    if call.run is not None:
-                        call.run.cancel()
-                    call.fail(ErrorType.CANCELLED, "the runtime stopped before the call finished")
+            slot.retired.set()
+        self.ref.ask(FinishShutdown())
+        self.health.close()
         self._ticker_stop.set()
         try:
             self.ref.stop(block=True, timeout=5.0)

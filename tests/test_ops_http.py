@@ -201,9 +201,10 @@ def test_an_oversized_body_is_413(client):
 def test_restart_a_tool(client, runtime):
     response = client.post("/tools/nmap/restart")
     assert response.status_code == 200
-    assert response.json()["message"] == "nmap restarted (incarnation 2)"
-    wait_until(lambda: runtime.status().tools["nmap"].state == "running", what="nmap back")
-    status = runtime.status().tools["nmap"]
+    assert response.json()["message"] == "nmap restarting (incarnation 1 is being replaced)"
+    status = wait_until(
+        lambda: (s := runtime.status().tools["nmap"]).incarnation == 2 and s.state == "running" and s, what="nmap back"
+    )
     assert status.restarts == 1 and status.last_restart_reason == "operator: restart requested"
 
 

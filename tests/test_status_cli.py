@@ -351,7 +351,8 @@ def test_conflicting_triggers_are_a_usage_error(capsys, server):
 
 def test_tools_restart_and_breaker(capsys, server, runtime):
     code, out, _ = run(capsys, "tools", "restart", "nmap", "--url", server.url)
-    assert (code, out) == (0, "nmap restarted (incarnation 2)\n")
+    assert (code, out) == (0, "nmap restarting (incarnation 1 is being replaced)\n")
+    wait_until(lambda: runtime.status().tools["nmap"].incarnation == 2, what="nmap replaced")
     code, out, _ = run(capsys, "tools", "breaker", "gobuster", "open", "--url", server.url)
     assert (code, out) == (0, "gobuster breaker forced open\n")
     wait_until(lambda: runtime.status().tools["gobuster"].breaker.state == "open", what="breaker open")
