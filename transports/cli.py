@@ -10,11 +10,8 @@ from typing import Any
 
 from supervisor.config import ConfigError, Settings, load_settings
 from supervisor.version import VERSION
+from transports.exits import EXIT_CONFIG, EXIT_ESCALATED, EXIT_FAILED, EXIT_OK
 from transports import ops_cli
-
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_ESCALATED = 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve MCP (stdio by default)")
     _config_option(serve)
-    serve.add_argument("--transport", choices=["stdio"], default="stdio", help="how MCP clients connect")
+    serve.add_argument(
+        "--transport",
+        choices=["stdio", "sse", "http"],
+        default="stdio",
+        help="how MCP clients connect; sse and http both start the HTTP daemon, which serves both",
+    )
+    serve.add_argument("--host", help="HTTP bind address (default: http.host); beyond loopback needs auth.token")
+    serve.add_argument("--port", type=int, help="HTTP port (default: http.port; 0 picks a free one)")
+    serve.add_argument("--ops-socket", metavar="PATH", help="also serve the ops endpoints on this Unix socket")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds running calls get to finish on shutdown")
     serve.set_defaults(handler=cmd_serve)
 
@@ -70,6 +75,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     configure_logging(settings.logging.level)
+    if args.transport in ("sse", "http"):
+        from transports.daemon import run_http_daemon
+
+        return run_http_daemon(settings, host=args.host, port=args.port, ops_socket=args.ops_socket, grace=args.grace)
+    if args.ops_socket is not None:
+        from transports.daemon import with_http_options
+
+        settings = with_http_options(settings, ops_socket=args.ops_socket)
     runtime = Runtime.start(settings)
     ops = None
     try:
@@ -99,7 +112,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(render_check(report))
     usable = [t for t in report["tools"].values() if t["enabled"] and t["found"]]
-    return EXIT_OK if usable else 1
+    return EXIT_OK if usable else EXIT_FAILED
 
 
 def check_report(settings: Settings, probes: dict[str, dict[str, Any]]) -> dict[str, Any]:

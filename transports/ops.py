@@ -34,12 +34,13 @@ from starlette.routing import Route
 
 from actors.api import UnknownTool
 from actors.results import InvalidCall
+from supervisor.runtime import RuntimeStopped
 from supervisor.config import Settings
 from supervisor.status import Status
 from transports.security import security_middleware
 from transports.server import HttpServer
 
-__all__ = ["METRICS_CONTENT_TYPE", "OpsRuntime", "build_ops_app", "ops_routes", "serve_ops_socket"]
+__all__ = ["METRICS_CONTENT_TYPE", "OpsRuntime", "SessionCounts", "build_ops_app", "ops_routes", "serve_ops_socket"]
 
 log = logging.getLogger("labrecon.ops")
 
@@ -80,8 +81,16 @@ class _BadRequest(Exception):
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def ops_routes(runtime: OpsRuntime) -> list[Route]:
-    """The ops routes bound to one runtime, ready to mount on any Starlette app."""
+SessionCounts = Callable[[], Mapping[str, int]]
+"""Open MCP sessions per transport, merged into `/status` by whoever serves them."""
+
+
+def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> list[Route]:
+    """The ops routes bound to one runtime, ready to mount on any Starlette app.
+
+    `sessions`, when given, fills the status snapshot's `sessions` field
+    (the runtime knows nothing of the transports in front of it).
+    """
 
     async def blocking(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(partial(func, *args, **kwargs))
@@ -98,7 +107,7 @@ def ops_routes(runtime: OpsRuntime) -> list[Route]:
                 return _error(400, "invalid", str(exc), field=exc.field)
             except UnknownTool as exc:
                 return _error(404, "not_found", str(exc), known=exc.known)
-            except (pykka.ActorDeadError, pykka.Timeout) as exc:
+            except (pykka.ActorDeadError, pykka.Timeout, RuntimeStopped) as exc:
                 log.warning("ops request %s %s: runtime unavailable: %s", request.method, request.url.path, exc)
                 return _error(503, "unavailable", "the runtime is not answering (stopped or overloaded)")
 
@@ -114,7 +123,7 @@ def ops_routes(runtime: OpsRuntime) -> list[Route]:
     async def readyz(request: Request) -> Response:
         try:
             status: Status = await blocking(runtime.status)
-        except (pykka.ActorDeadError, pykka.Timeout):
+        except (pykka.ActorDeadError, pykka.Timeout, RuntimeStopped):
             return JSONResponse({"ready": False, "status": "unavailable"}, status_code=503)
         health = status.health
         body: dict[str, Any] = {"ready": health.ready, "status": health.status}
@@ -128,6 +137,8 @@ def ops_routes(runtime: OpsRuntime) -> list[Route]:
 
     async def status(request: Request) -> Response:
         snapshot: Status = await blocking(runtime.status)
+        if sessions is not None:
+            snapshot = snapshot.model_copy(update={"sessions": {**snapshot.sessions, **sessions()}})
         return JSONResponse(snapshot.model_dump(mode="json"))
 
     async def list_faults(request: Request) -> Response:
@@ -180,7 +191,7 @@ def ops_routes(runtime: OpsRuntime) -> list[Route]:
     ]
 
 
-def build_ops_app(runtime: OpsRuntime, settings: Settings) -> Starlette:
+def build_ops_app(runtime: OpsRuntime, settings: Settings, sessions: SessionCounts | None = None) -> Starlette:
     """The ops endpoints alone, behind the same Origin and token checks as the MCP app.
 
     Meant for the Unix-socket ops server (whose socket file is owner-only);
@@ -188,17 +199,19 @@ def build_ops_app(runtime: OpsRuntime, settings: Settings) -> Starlette:
     for every way into the daemon.
     """
     return Starlette(
-        routes=ops_routes(runtime),
+        routes=ops_routes(runtime, sessions),
         middleware=[security_middleware(settings)],
         exception_handlers={HTTPException: _http_error},
     )
 
 
-def serve_ops_socket(runtime: OpsRuntime, settings: Settings) -> HttpServer | None:
+def serve_ops_socket(
+    runtime: OpsRuntime, settings: Settings, sessions: SessionCounts | None = None
+) -> HttpServer | None:
     """Serve the ops app on `http.ops_socket` when one is configured; the caller stops it."""
     if settings.http.ops_socket is None:
         return None
-    return HttpServer.start(build_ops_app(runtime, settings), uds=settings.http.ops_socket, name="ops")
+    return HttpServer.start(build_ops_app(runtime, settings, sessions), uds=settings.http.ops_socket, name="ops")
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import sys
 from typing import Any, get_args
 
 from supervisor.config import FaultSettings, load_settings
+from transports.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from transports.ops_client import OpsClient, OpsClientError, OpsRequestFailed
 from transports.status_view import describe_fault, render_faults, render_status, should_color
 
@@ -29,10 +30,6 @@ __all__ = ["TOKEN_ENV", "client_from", "register"]
 
 TOKEN_ENV = "LABRECON_AUTH__TOKEN"
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 4
 
 FAULT_KINDS = get_args(FaultSettings.model_fields["kind"].annotation)
 
@@ -190,7 +187,7 @@ def _talk(args: argparse.Namespace, run: Any) -> int:
         client = client_from(args)
     except (ValueError, OpsClientError) as exc:  # a bad --url, or a config that does not load
         print(f"labrecon: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
     try:
         return int(run(client))
     except OpsRequestFailed as exc:

@@ -1,0 +1,172 @@
+"""Running the HTTP daemon on 127.0.0.1 for tests, and talking to it the way real clients do."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import mcp_types as types
+from mcp import Client
+from mcp.client.sse import sse_client
+
+from supervisor.runtime import Runtime
+from tests.runtimes import scan_calls
+from transports.daemon import HttpDaemon
+
+TIMEOUT = 30.0
+MODERN = "2026-07-28"
+HANDSHAKE = "2025-11-25"
+ACCEPT_BOTH = {"accept": "application/json, text/event-stream"}
+
+ARGUMENTS: dict[str, dict[str, Any]] = {
+    "nmap": {"target": "10.0.0.5", "ports": "22,80"},
+    "masscan": {"target": "10.0.0.0/30", "ports": "80"},
+    "gobuster": {"target": "web.lab.internal"},
+}
+
+CLIENT_KINDS = ("sse", "legacy", "auto")
+"""Legacy HTTP+SSE, Streamable HTTP with the initialize handshake, Streamable HTTP negotiating 2026-07-28."""
+
+
+@contextmanager
+def running_daemon(runtime: Runtime, **kwargs: Any) -> Iterator[HttpDaemon]:
+    daemon = HttpDaemon.start(runtime, runtime.settings, host="127.0.0.1", port=0, **kwargs)
+    try:
+        yield daemon
+    finally:
+        daemon.stop(grace=0)
+
+
+def sdk_client(kind: str, url: str) -> Client:
+    if kind == "sse":
+        return Client(sse_client(url + "/sse"), mode="legacy", read_timeout_seconds=TIMEOUT)
+    if kind == "legacy":
+        return Client(url + "/mcp", mode="legacy", read_timeout_seconds=TIMEOUT)
+    return Client(url + "/mcp", read_timeout_seconds=TIMEOUT)
+
+
+def binary(runtime: Runtime, tool: str) -> str:
+    return getattr(runtime.settings.tools, tool).binary
+
+
+def fake_pids(runtime: Runtime, tool: str = "nmap") -> list[int]:
+    return [call["pid"] for call in scan_calls(binary(runtime, tool))]
+
+
+def idle(runtime: Runtime, tool: str = "nmap") -> bool:
+    status = runtime.status().tools[tool]
+    return status.in_flight == 0 and status.queued == 0 and status.stashed == 0
+
+
+# --- raw JSON-RPC ---------------------------------------------------------------------------
+
+
+def request(method: str, params: dict[str, Any] | None = None, request_id: int | str = 1) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def notification(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+INITIALIZE = request(
+    "initialize",
+    {"protocolVersion": HANDSHAKE, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    request_id=0,
+)
+
+
+def envelope(**extra: Any) -> dict[str, Any]:
+    return {
+        types.PROTOCOL_VERSION_META_KEY: MODERN,
+        types.CLIENT_CAPABILITIES_META_KEY: {},
+        types.CLIENT_INFO_META_KEY: {"name": "raw", "version": "1"},
+        **extra,
+    }
+
+
+def modern(method: str, params: dict[str, Any] | None = None, request_id: int | str = 1) -> tuple[dict, dict]:
+    """A 2026-07-28 request and the routing headers that must accompany it."""
+    body = request(method, {**(params or {}), "_meta": envelope()}, request_id)
+    headers = {**ACCEPT_BOTH, "mcp-protocol-version": MODERN, "mcp-method": method}
+    if method == "tools/call":
+        headers["mcp-name"] = body["params"]["name"]
+    return body, headers
+
+
+def open_session(client: httpx.Client, url: str) -> str:
+    """Initialize a handshake-era Streamable HTTP session; returns its id."""
+    response = client.post(url + "/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)
+    assert response.status_code == 200, response.text
+    session_id = response.headers["mcp-session-id"]
+    headers = {**ACCEPT_BOTH, "mcp-session-id": session_id, "mcp-protocol-version": HANDSHAKE}
+    assert client.post(url + "/mcp", json=notification("notifications/initialized"), headers=headers).status_code == 202
+    return session_id
+
+
+def session_headers(session_id: str) -> dict[str, str]:
+    return {**ACCEPT_BOTH, "mcp-session-id": session_id, "mcp-protocol-version": HANDSHAKE}
+
+
+# --- server-sent events -----------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    event: str
+    data: str
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+def parse_events(text: str) -> list[Event]:
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        event, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+        if data:
+            events.append(Event(event, "\n".join(data)))
+    return events
+
+
+async def aevents(response: httpx.Response) -> AsyncIterator[Event]:
+    """The events of a streaming response as they arrive (comments and keepalives skipped)."""
+    event, data = "message", []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield Event(event, "\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def events(response: httpx.Response) -> Iterator[Event]:
+    """The same, for a synchronous streaming response."""
+    event, data = "message", []
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                yield Event(event, "\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())

@@ -1,0 +1,142 @@
+"""One HTTP exchange at the ASGI level: a bounded body in, JSON or events out, and the client leaving.
+
+The MCP HTTP transports need three things Starlette's request/response
+helpers do not give them together: a body read that stops at a byte limit
+instead of buffering whatever arrives, a way to notice that the client has
+gone while its call is still running (so the call can be cancelled rather
+than finish for nobody), and event-stream frames written as they happen.
+These helpers work on raw ASGI `receive`/`send`, which is also what keeps
+them from buffering a stream the way a middleware-wrapped response could.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from transports import jsonrpc
+
+__all__ = [
+    "KEEPALIVE_FRAME",
+    "SEND_TIMEOUT_SEC",
+    "AsgiEndpoint",
+    "BodyTooLarge",
+    "ClientGone",
+    "event_frame",
+    "json_response",
+    "read_body",
+    "rpc_error_response",
+    "send_chunk",
+    "start_event_stream",
+    "wait_disconnect",
+]
+
+_SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+)
+
+KEEPALIVE_FRAME = b": keepalive\r\n\r\n"
+
+SEND_TIMEOUT_SEC = 30.0
+"""How long one write to an event stream may wait for a client that stopped reading before it is dropped."""
+
+
+class AsgiEndpoint:
+    """Mounts a raw ASGI handler on a Starlette `Route`.
+
+    Starlette wraps plain functions and bound methods as request/response
+    endpoints; a handler that streams, or watches the connection, needs the
+    raw `receive`/`send`, which Starlette passes through to any other callable.
+    """
+
+    def __init__(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    """The request body is over the configured limit; answered 413 without reading the rest."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+async def read_body(receive: Receive, limit: int, declared_length: str | None = None) -> bytes:
+    """The whole body, refusing (before reading further) anything over `limit` bytes."""
+    if declared_length is not None:
+        try:
+            if int(declared_length) > limit:
+                raise BodyTooLarge(limit)
+        except ValueError:
+            pass  # a nonsense Content-Length is the server's problem to reject, not ours to trust
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    """Return once the client has gone (call only after the body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON body encoded the way every JSON-RPC message is: ASCII, one line."""
+    if isinstance(body, dict | list):
+        try:
+            content = jsonrpc.encode(body)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            content = json.dumps(body, ensure_ascii=True, default=str).encode("ascii")
+    else:
+        content = json.dumps(body, ensure_ascii=True).encode("ascii")
+    return Response(content, status_code=status, headers=dict(headers or {}), media_type="application/json")
+
+
+def rpc_error_response(
+    status: int,
+    code: int,
+    message: str,
+    *,
+    request_id: str | int | None = None,
+    data: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """An HTTP refusal whose body is the JSON-RPC error a client library can surface as-is."""
+    return json_response(jsonrpc.error_response(request_id, code, message, data), status, headers)
+
+
+def event_frame(message: Any, event: str = "message") -> bytes:
+    """One server-sent event carrying a JSON-RPC message (a single `data:` line)."""
+    return b"event: " + event.encode("ascii") + b"\r\ndata: " + jsonrpc.encode(message) + b"\r\n\r\n"
+
+
+async def start_event_stream(send: Send, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
+    extra = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": [*_SSE_HEADERS, *extra]})
+
+
+async def send_chunk(send: Send, chunk: bytes, *, more: bool = True, timeout: float = SEND_TIMEOUT_SEC) -> None:
+    """Write part of a streamed body; a client that stops reading for `timeout` seconds raises TimeoutError."""
+    async with asyncio.timeout(timeout):
+        await send({"type": "http.response.body", "body": chunk, "more_body": more})

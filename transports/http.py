@@ -1,0 +1,416 @@
+"""MCP over Streamable HTTP: one endpoint (`/mcp`) serving both protocol eras.
+
+Handshake era (2025-03-26 … 2025-11-25). `initialize`, posted without a
+session, opens one: the reply carries `Mcp-Session-Id`, which every later
+request must send (400 without it, 404 once the session is unknown, expired
+or deleted). A `MCP-Protocol-Version` header, when sent, must name the
+negotiated version. `GET` opens the session's standalone event stream (one
+at a time, 409 for a second; this server never sends on it, but a client
+may hold it), and `DELETE` ends the session and cancels its calls.
+
+2026-07-28. There are no sessions: each request carries its `_meta`
+envelope, `MCP-Protocol-Version` / `Mcp-Method` / `Mcp-Name` must repeat
+what the body says (400 HEADER_MISMATCH otherwise), and a request's own
+response is its whole life: closing it cancels the request. A request is
+routed here when its version header names a 2026-07-28 version, or, with
+no version header and no session, when its body carries an envelope (so a
+client that forgot the header is told so rather than asked to initialize).
+`GET` and `DELETE` answer 405 at that version.
+
+Every POST is answered the same way in both eras. The reply is plain JSON
+when it comes before any notification; the first notification (progress of
+a `tools/call` that sent a `progressToken`, a log message) switches the
+response to `text/event-stream`, which carries the notifications in order
+and then the reply. A request running silently for `keepalive_sec` switches
+too, so keepalive comments can hold the connection open through proxies. A
+client that accepts only JSON gets the reply alone; only notifications,
+responses, or a request the client cancelled get 202 and no body. In the
+2026-07-28 era a JSON-RPC error sent as JSON carries the status its code
+maps to (400, 404); handshake-era errors are 200, as those revisions expect.
+
+Whatever the era, a client that disconnects while its request is running
+gets that request cancelled (its tool call too, process group included):
+this server keeps no event ids, so a closed response can never be resumed
+and its answer could only be wasted. Other refusals: 406 when the client
+accepts neither JSON nor an event stream, 415 for a body that is not
+`application/json`, 413 over `max_body_bytes`, 400 for unparseable JSON
+(the JSON-RPC parse error is the body), 503 with `Retry-After` when the
+session table is full or the server is shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from mcp_types import HEADER_MISMATCH
+from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from transports import jsonrpc
+from transports.eras import MODERN_VERSIONS, Era
+from transports.exchange import (
+    KEEPALIVE_FRAME,
+    SEND_TIMEOUT_SEC,
+    BodyTooLarge,
+    ClientGone,
+    event_frame,
+    json_response,
+    read_body,
+    rpc_error_response,
+    send_chunk,
+    start_event_stream,
+    wait_disconnect,
+)
+from transports.http_rules import (
+    SESSION_HEADER,
+    VERSION_HEADER,
+    Accepts,
+    accepts,
+    duplicated_routing_header,
+    is_initialize,
+    is_json_content,
+    is_modern_request,
+    is_session_id,
+    modern_header_problem,
+    reply_status,
+    request_id_of,
+    version_problem,
+)
+from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
+from transports.mcp import McpDispatcher, Session
+from transports.sessions import HttpSession, NotAccepting, Outbox, SessionKind, SessionLimit, SessionTable
+
+__all__ = ["StreamableHttpTransport"]
+
+log = logging.getLogger("labrecon.http.mcp")
+
+RETRY_AFTER_SEC: Final = "5"
+_ALLOW: Final = "GET, POST, DELETE"
+
+
+class StreamableHttpTransport:
+    """The `/mcp` endpoint as one ASGI app over a shared session table."""
+
+    def __init__(
+        self,
+        dispatcher: McpDispatcher,
+        sessions: SessionTable,
+        *,
+        max_body_bytes: int,
+        keepalive_sec: float = 15.0,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.sessions = sessions
+        self.max_body_bytes = max_body_bytes
+        self.keepalive_sec = keepalive_sec
+
+    def route(self, path: str = "/mcp") -> Route:
+        return Route(path, self)  # an instance, not a function: Starlette hands it the raw ASGI call
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method == "POST":
+            await self._post(scope, receive, send)
+            return
+        if method == "GET":
+            response = await self._get(scope, receive, send)
+        elif method == "DELETE":
+            response = self._delete(scope)
+        else:
+            response = rpc_error_response(
+                405, INVALID_REQUEST, f"Method Not Allowed: {method}", headers={"Allow": _ALLOW}
+            )
+        if response is not None:
+            await response(scope, receive, send)
+
+    # --- POST -------------------------------------------------------------------------
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        accept = accepts(headers.get("accept"))
+        if not accept.anything:
+            await _refuse(406, "Not Acceptable: accept application/json and/or text/event-stream")(scope, receive, send)
+            return
+        if not is_json_content(headers.get("content-type")):
+            await _refuse(415, "Unsupported Media Type: the body must be application/json")(scope, receive, send)
+            return
+        version = headers.get(VERSION_HEADER)
+        if (problem := version_problem(version)) is not None:
+            await _rpc_refusal(400, problem)(scope, receive, send)
+            return
+        try:
+            body = await read_body(receive, self.max_body_bytes, headers.get("content-length"))
+        except BodyTooLarge as exc:
+            await _refuse(413, f"Invalid Request: {exc}", data={"limit": exc.limit})(scope, receive, send)
+            return
+        except ClientGone:
+            return
+        try:
+            message = jsonrpc.decode(body)
+        except RpcError as exc:
+            await _rpc_refusal(400, exc)(scope, receive, send)
+            return
+
+        session_id = headers.get(SESSION_HEADER)
+        if version in MODERN_VERSIONS or (version is None and session_id is None and is_modern_request(message)):
+            await self._stateless(scope, receive, send, headers, message, accept)
+            return
+        if session_id is None:
+            if is_initialize(message):
+                response = await self._initialize(message)
+            else:
+                response = _refuse(
+                    400,
+                    "Bad Request: the Mcp-Session-Id header is required; send initialize first (or use the "
+                    "2026-07-28 per-request envelope)",
+                    request_id=request_id_of(message),
+                )
+            await response(scope, receive, send)
+            return
+        found = self._session(session_id, version)
+        if isinstance(found, Response):
+            await found(scope, receive, send)
+            return
+        self.sessions.touch(found)
+        await self._exchange(
+            scope, receive, send, found.mcp, message, accept, owner=found, headers={SESSION_HEADER: found.id}
+        )
+
+    async def _initialize(self, message: Any) -> Response:
+        try:
+            session = self.sessions.open(SessionKind.HTTP, Session(allowed_eras=frozenset({Era.HANDSHAKE})))
+        except (SessionLimit, NotAccepting) as exc:
+            return _busy(str(exc), request_id_of(message))
+        reply = await self.dispatcher.handle(session.mcp, message, _nowhere)
+        if isinstance(reply, dict) and "result" in reply:
+            return json_response(reply, 200, {SESSION_HEADER: session.id})
+        self.sessions.close(session, "initialize was refused")
+        return json_response(reply, 200)
+
+    async def _stateless(
+        self, scope: Scope, receive: Receive, send: Send, headers: Headers, message: Any, accept: Accepts
+    ) -> None:
+        duplicated = duplicated_routing_header(scope.get("headers", ()))
+        problem = (
+            RpcError(HEADER_MISMATCH, f"the {duplicated} header appears more than once")
+            if duplicated is not None
+            else modern_header_problem(message, headers)
+        )
+        if problem is not None:
+            await _rpc_refusal(400, problem, request_id_of(message))(scope, receive, send)
+            return
+        if not self.sessions.accepting:
+            await _busy("the server is shutting down", request_id_of(message))(scope, receive, send)
+            return
+        mcp = Session.modern()
+        with self.sessions.stateless(mcp):
+            await self._exchange(scope, receive, send, mcp, message, accept, owner=None, headers={}, modern=True)
+
+    async def _exchange(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        mcp: Session,
+        message: Any,
+        accept: Accepts,
+        *,
+        owner: HttpSession | None,
+        headers: Mapping[str, str],
+        modern: bool = False,
+    ) -> None:
+        """Run one message and answer it (see the module notes), cancelling it if the client leaves."""
+        notes = Outbox()
+
+        def notify(note: dict[str, Any]) -> None:
+            if accept.event_stream:
+                notes.put(note, droppable=note.get("method") == "notifications/progress")
+
+        task = self.sessions.spawn(owner, self.dispatcher.handle(mcp, message, notify))
+        gone = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            await self._answer(scope, receive, send, task, gone, notes, message, accept, headers, modern)
+        except TimeoutError:
+            log.info("client stopped reading its event stream; dropped", extra={"session": _short(owner)})
+        finally:
+            gone.cancel()
+            if not task.done():
+                # The client left (or stopped reading): nobody can receive this answer any more.
+                task.cancel()
+                log.info("client gone; request cancelled", extra={"session": _short(owner)})
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        task: asyncio.Task[Any],
+        gone: asyncio.Future[None],
+        notes: Outbox,
+        message: Any,
+        accept: Accepts,
+        headers: Mapping[str, str],
+        modern: bool,
+    ) -> None:
+        """JSON if the reply comes first; otherwise an event stream of the notifications, then the reply."""
+        if not await self._wait(task, gone, notes if accept.event_stream else None):
+            return
+        if task.done() and not (accept.event_stream and len(notes)):
+            reply = _outcome(task, message)
+            if reply is None:
+                await Response(status_code=202, headers=dict(headers))(scope, receive, send)
+            elif accept.json:
+                await json_response(reply, reply_status(reply, modern=modern), headers)(scope, receive, send)
+            else:
+                await start_event_stream(send, headers=headers)
+                await send_chunk(send, event_frame(reply), more=False)
+            return
+        await start_event_stream(send, headers=headers)
+        while True:
+            for note in notes.take_all():
+                await send_chunk(send, event_frame(note))
+            if task.done():
+                break
+            if not await self._wait(task, gone, notes, keepalive=send):
+                return
+        for note in notes.take_all():
+            await send_chunk(send, event_frame(note))
+        reply = _outcome(task, message)
+        await send_chunk(send, event_frame(reply) if reply is not None else b"", more=False)
+
+    async def _wait(
+        self, task: asyncio.Task[Any], gone: asyncio.Future[None], notes: Outbox | None, keepalive: Send | None = None
+    ) -> bool:
+        """Wait for the reply, a notification or `keepalive_sec`; False once the client has gone.
+
+        Passed `keepalive`, a quiet period sends a keepalive comment on that stream.
+        """
+        waiters: set[asyncio.Future[Any]] = {task, gone}
+        ready = asyncio.ensure_future(notes.wait()) if notes is not None else None
+        if ready is not None:
+            waiters.add(ready)
+        try:
+            done, _ = await asyncio.wait(
+                waiters, timeout=self.keepalive_sec if notes is not None else None, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if ready is not None:
+                ready.cancel()
+        if gone in done:
+            return False
+        if not done and keepalive is not None:
+            await send_chunk(keepalive, KEEPALIVE_FRAME)
+        return True
+
+    # --- GET and DELETE ---------------------------------------------------------------
+
+    async def _get(self, scope: Scope, receive: Receive, send: Send) -> Response | None:
+        headers = Headers(scope=scope)
+        if not accepts(headers.get("accept")).event_stream:
+            return _refuse(406, "Not Acceptable: the standalone stream is text/event-stream")
+        found = self._session_from(headers)
+        if isinstance(found, Response):
+            return found
+        if found.streams:
+            return _refuse(409, "Conflict: this session already has its standalone event stream open")
+        found.streams += 1
+        try:
+            response = EventSourceResponse(
+                _until_closed(found),
+                ping=self.keepalive_sec,
+                send_timeout=SEND_TIMEOUT_SEC,
+                headers={SESSION_HEADER: found.id},
+            )
+            await response(scope, receive, send)
+        except SendTimeoutError:
+            log.info("session %s stopped reading its standalone stream; dropped", found.short_id)
+        finally:
+            found.streams -= 1
+        return None
+
+    def _delete(self, scope: Scope) -> Response:
+        found = self._session_from(Headers(scope=scope))
+        if isinstance(found, Response):
+            return found
+        self.sessions.close(found, "ended by the client (DELETE)")
+        return Response(status_code=204)
+
+    def _session_from(self, headers: Headers) -> HttpSession | Response:
+        version = headers.get(VERSION_HEADER)
+        if (problem := version_problem(version)) is not None:
+            return _rpc_refusal(400, problem)
+        if version in MODERN_VERSIONS:
+            return _refuse(
+                405, "Method Not Allowed: 2026-07-28 is stateless; only POST is served", headers={"Allow": "POST"}
+            )
+        session_id = headers.get(SESSION_HEADER)
+        if session_id is None:
+            return _refuse(400, "Bad Request: the Mcp-Session-Id header is required")
+        return self._session(session_id, version)
+
+    def _session(self, session_id: str, version: str | None) -> HttpSession | Response:
+        session = self.sessions.get(session_id, SessionKind.HTTP) if is_session_id(session_id) else None
+        if session is None:
+            return _refuse(404, "Not Found: no such session (it expired, was deleted, or never existed)")
+        negotiated = session.mcp.protocol_version
+        if version is not None and negotiated is not None and version != negotiated:
+            return _refuse(
+                400,
+                f"Bad Request: {VERSION_HEADER} {version} does not match the version this session negotiated "
+                f"({negotiated})",
+            )
+        return session
+
+
+async def _until_closed(session: HttpSession) -> Any:
+    """The standalone stream's events: none, until the session ends (keepalives are sent meanwhile)."""
+    await session.ended.wait()
+    return
+    yield  # pragma: no cover - makes this an async generator
+
+
+def _outcome(task: asyncio.Task[Any], message: Any) -> Any:
+    if task.cancelled():
+        return jsonrpc.error_response(
+            request_id_of(message), INVALID_REQUEST, "the session was closed while this request was running"
+        )
+    if (exc := task.exception()) is not None:
+        log.error("request failed inside the server", exc_info=exc)
+        return jsonrpc.error_response(request_id_of(message), INTERNAL_ERROR, "Internal error")
+    return task.result()
+
+
+def _short(session: HttpSession | None) -> str | None:
+    return session.short_id if session is not None else None
+
+
+def _nowhere(note: dict[str, Any]) -> None:
+    """`initialize` sends no notifications; were one sent, no stream exists yet to carry it."""
+
+
+def _refuse(
+    status: int,
+    message: str,
+    *,
+    request_id: str | int | None = None,
+    data: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    return rpc_error_response(status, INVALID_REQUEST, message, request_id=request_id, data=data, headers=headers)
+
+
+def _rpc_refusal(status: int, error: RpcError, request_id: str | int | None = None) -> Response:
+    return rpc_error_response(status, error.code, error.message, request_id=request_id, data=error.data)
+
+
+def _busy(message: str, request_id: str | int | None) -> Response:
+    return rpc_error_response(
+        503, INTERNAL_ERROR, message, request_id=request_id, headers={"Retry-After": RETRY_AFTER_SEC}
+    )

@@ -1,0 +1,364 @@
+"""The HTTP session table: who is connected, what they are running, and when they are gone.
+
+Over stdio a session ends when the pipe closes. Over HTTP nothing closes by
+itself: a legacy SSE client may vanish mid-call, a Streamable HTTP client
+may never send its DELETE, and every one of them holds tool calls, asyncio
+tasks and scanner processes. This table is where all of that is owned, so
+that no session, task or process outlives its client:
+
+* the table is bounded (`max_sessions`, legacy SSE and Streamable HTTP
+  together); opening one more raises `SessionLimit`, which the transports
+  answer 503 with a `Retry-After`, because the condition is temporary and
+  server-wide rather than the client's fault (429 would blame it);
+* a session is idle when the client has sent nothing and no call of its has
+  been running for `session_idle_sec`; the reaper closes it. An open event
+  stream does not count as activity: a client that hung with its stream
+  open is exactly what idle expiry is for;
+* closing a session (client disconnect, DELETE, expiry, shutdown) cancels its
+  calls through the dispatcher (`cancel_all`), which kills their process
+  groups; a task still running `cancel_timeout` later is cancelled outright.
+
+2026-07-28 requests are stateless and own no session, but each one in
+progress is registered too (`stateless`), so shutdown can cancel them and
+`counts()` can show them. Everything here runs on the server's event loop,
+except `counts()`, which is safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from transports.http_rules import new_session_id
+from transports.mcp import McpDispatcher, Session
+
+__all__ = [
+    "STATELESS",
+    "HttpSession",
+    "NotAccepting",
+    "Outbox",
+    "SessionKind",
+    "SessionLimit",
+    "SessionTable",
+]
+
+log = logging.getLogger("labrecon.sessions")
+
+STATELESS = "http_stateless"
+"""The `counts()` key for 2026-07-28 requests in progress (they own no session)."""
+
+DEFAULT_OUTBOX_LIMIT = 1024
+
+
+class SessionKind(StrEnum):
+    SSE = "sse"
+    HTTP = "http"
+
+
+class SessionLimit(Exception):
+    """`max_sessions` sessions are open; a new one must wait until one ends."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} sessions are open, the configured maximum; retry shortly")
+        self.limit = limit
+
+
+class NotAccepting(Exception):
+    """The server is shutting down and opens nothing new."""
+
+
+class Outbox:
+    """Messages waiting for one reader (an event stream), in order.
+
+    Replies are never dropped. Notifications marked droppable (progress)
+    are, once `limit` messages are waiting: a reader that lags that far
+    behind gains nothing from every intermediate step.
+    """
+
+    def __init__(self, limit: int = DEFAULT_OUTBOX_LIMIT) -> None:
+        self.limit = limit
+        self.dropped = 0
+        self._items: deque[Any] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, message: Any, *, droppable: bool = False) -> bool:
+        if self._closed:
+            return False
+        if droppable and len(self._items) >= self.limit:
+            self.dropped += 1
+            return False
+        self._items.append(message)
+        self._ready.set()
+        return True
+
+    def close(self) -> None:
+        """No more messages; a reader still gets what was already waiting."""
+        self._closed = True
+        self._ready.set()
+
+    def take_all(self) -> list[Any]:
+        items = list(self._items)
+        self._items.clear()
+        if not self._closed:
+            self._ready.clear()
+        return items
+
+    async def wait(self) -> None:
+        """Return when a message is waiting or the outbox is closed."""
+        await self._ready.wait()
+
+    async def get(self) -> Any | None:
+        """The next message, or None once the outbox is closed and empty."""
+        while True:
+            if self._items:
+                item = self._items.popleft()
+                if not self._items and not self._closed:
+                    self._ready.clear()
+                return item
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+
+
+@dataclass(eq=False)
+class HttpSession:
+    """One client's session: its dispatcher state, its event outbox and the tasks serving it."""
+
+    id: str
+    kind: SessionKind
+    mcp: Session
+    last_active: float
+    outbox: Outbox = field(default_factory=Outbox)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
+    streams: int = 0  # open standalone event streams (Streamable HTTP GET)
+    closed: bool = False
+    close_reason: str | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def busy(self) -> bool:
+        return any(not task.done() for task in self.tasks)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+
+class SessionTable:
+    """All open sessions of one HTTP server, bounded, expiring, and cancelled as a whole on shutdown."""
+
+    def __init__(
+        self,
+        dispatcher: McpDispatcher,
+        *,
+        max_sessions: int,
+        idle_sec: float,
+        cancel_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be >= 1")
+        if idle_sec <= 0:
+            raise ValueError("idle_sec must be > 0")
+        self.dispatcher = dispatcher
+        self.max_sessions = max_sessions
+        self.idle_sec = idle_sec
+        self.cancel_timeout = cancel_timeout
+        self._clock = clock
+        self._sessions: dict[str, HttpSession] = {}
+        self._stateless: set[Session] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._counts: dict[str, int] = {SessionKind.SSE.value: 0, SessionKind.HTTP.value: 0, STATELESS: 0}
+        self._accepting = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    # --- life -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind to the running loop and start expiring idle sessions."""
+        self._loop = asyncio.get_running_loop()
+        self._accepting = True
+        if self._reaper is None or self._reaper.done():
+            self._reaper = self._loop.create_task(self._reap_forever(), name="labrecon-session-reaper")
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    async def shutdown(self, grace: float = 0.0) -> None:
+        """Open nothing new, give running calls `grace` seconds, then close every session.
+
+        Closing cancels what is still running (each call answered `cancelled`
+        to whoever still listens); tasks that outlast `cancel_timeout` after
+        that are cancelled outright, so this returns with nothing left running.
+        """
+        self._accepting = False
+        running = self._running()
+        if running and grace > 0:
+            log.info("waiting up to %gs for %d requests in progress", grace, len(running))
+            await asyncio.wait(running, timeout=grace)
+        for session in list(self._sessions.values()):
+            self.close(session, "server shutting down")
+        for mcp in list(self._stateless):
+            self.dispatcher.cancel_all(mcp)
+        running = self._running()
+        if running:
+            _, stuck = await asyncio.wait(running, timeout=self.cancel_timeout)
+            for task in stuck:
+                task.cancel()
+            if stuck:
+                log.warning("%d requests ignored cancellation; abandoned", len(stuck))
+                await asyncio.gather(*stuck, return_exceptions=True)
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+            self._reaper = None
+
+    # --- sessions ---------------------------------------------------------------------
+
+    def open(self, kind: SessionKind, mcp: Session) -> HttpSession:
+        if not self._accepting:
+            raise NotAccepting("the server is shutting down")
+        if len(self._sessions) >= self.max_sessions:
+            self.expire()  # an expired session should not cost a live client its place
+            if len(self._sessions) >= self.max_sessions:
+                raise SessionLimit(self.max_sessions)
+        session_id = new_session_id()
+        while session_id in self._sessions:  # pragma: no cover - 128 random bits
+            session_id = new_session_id()
+        session = HttpSession(id=session_id, kind=kind, mcp=mcp, last_active=self._clock())
+        self._sessions[session_id] = session
+        self._counts[kind.value] += 1
+        log.info("session opened", extra={"session": session.short_id, "transport": kind.value})
+        return session
+
+    def get(self, session_id: str, kind: SessionKind) -> HttpSession | None:
+        """The open session with this id, if it belongs to the transport asking."""
+        session = self._sessions.get(session_id)
+        if session is None or session.kind is not kind or session.closed:
+            return None
+        return session
+
+    def touch(self, session: HttpSession) -> None:
+        session.last_active = self._clock()
+
+    def spawn(
+        self, session: HttpSession | None, coro: Coroutine[Any, Any, Any], *, name: str | None = None
+    ) -> asyncio.Task[Any]:
+        """Run `coro` as a task the table owns: cancelled with its session, or at shutdown."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if session is not None:
+            session.tasks.add(task)
+
+            def finished(done: asyncio.Task[Any]) -> None:
+                session.tasks.discard(done)
+                self.touch(session)  # idleness counts from the end of the last call
+
+            task.add_done_callback(finished)
+        return task
+
+    @contextlib.contextmanager
+    def stateless(self, mcp: Session) -> Iterator[None]:
+        """Register a 2026-07-28 request for as long as it is being served."""
+        if not self._accepting:
+            raise NotAccepting("the server is shutting down")
+        self._stateless.add(mcp)
+        self._counts[STATELESS] += 1
+        try:
+            yield
+        finally:
+            self._stateless.discard(mcp)
+            self._counts[STATELESS] -= 1
+
+    def close(self, session: HttpSession, reason: str) -> None:
+        """End a session now: forget it, end its streams, cancel its calls."""
+        if session.closed:
+            return
+        session.closed = True
+        session.close_reason = reason
+        if self._sessions.pop(session.id, None) is session:
+            self._counts[session.kind.value] -= 1
+        session.outbox.close()
+        session.ended.set()
+        cancelled = self.dispatcher.cancel_all(session.mcp)
+        pending = [task for task in session.tasks if not task.done()]
+        if pending:
+            asyncio.get_running_loop().call_later(self.cancel_timeout, _cancel_leftovers, pending)
+        log.info(
+            "session closed",
+            extra={
+                "session": session.short_id,
+                "transport": session.kind.value,
+                "reason": reason,
+                "calls_cancelled": cancelled,
+            },
+        )
+
+    def expire(self) -> int:
+        """Close every session idle for `idle_sec` or longer; returns how many."""
+        now = self._clock()
+        stale = [
+            session
+            for session in list(self._sessions.values())
+            if not session.busy and now - session.last_active >= self.idle_sec
+        ]
+        for session in stale:
+            self.close(session, f"idle for {self.idle_sec:g}s")
+        return len(stale)
+
+    def counts(self) -> dict[str, int]:
+        """Open sessions per transport and stateless requests in progress; safe from any thread."""
+        return dict(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def in_progress(self) -> int:
+        """Requests being served right now (dispatch tasks not yet finished), sessions or not."""
+        return len(self._running())
+
+    # --- inside -----------------------------------------------------------------------
+
+    def _running(self) -> set[asyncio.Task[Any]]:
+        return {task for task in self._tasks if not task.done()}
+
+    async def _reap_forever(self) -> None:
+        interval = max(0.05, min(self.idle_sec / 4, 5.0))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.expire()
+            except Exception:  # pragma: no cover - a bug here must not end expiry for good
+                log.exception("expiring idle sessions failed")
+
+
+def _cancel_leftovers(tasks: list[asyncio.Task[Any]]) -> None:
+    stuck = [task for task in tasks if not task.done()]
+    for task in stuck:
+        task.cancel()
+    if stuck:
+        log.warning("cancelled %d requests that outlived their session", len(stuck))

@@ -1,0 +1,162 @@
+"""MCP over the legacy HTTP+SSE transport (protocol 2024-11-05), for clients that still speak it.
+
+The client opens `GET /sse` and keeps it open: that event stream *is* the
+session. Its first event, `endpoint`, names where to post messages
+(`/messages/?session_id=<hex>`); every reply and notification then travels
+back as a `message` event on the stream, while each POST is only
+acknowledged (202 Accepted). When the stream closes, for whatever reason,
+the session is closed with it and its calls are cancelled: nothing else
+could ever carry their answers.
+
+Answers to a POST: 400 for a missing or malformed session id, 404 for an
+unknown or closed one, 413 for a body over `max_body_bytes`, 400 with the
+JSON-RPC parse error for a body that is not JSON (the official client
+treats any non-2xx as a failed send, and an error with a null id on the
+stream would match no request), and 429 when the session already has
+`max_pending` messages being served or waiting for its stream. Anything
+that decodes is handed to the dispatcher, whose replies, errors included,
+travel on the stream. Legacy sessions speak only the handshake era.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.datastructures import Headers, QueryParams
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from transports import jsonrpc
+from transports.eras import Era
+from transports.exchange import SEND_TIMEOUT_SEC, AsgiEndpoint, BodyTooLarge, ClientGone, read_body, rpc_error_response
+from transports.http_rules import accepts, is_session_id
+from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
+from transports.mcp import McpDispatcher, Session
+from transports.sessions import HttpSession, NotAccepting, SessionKind, SessionLimit, SessionTable
+
+__all__ = ["DEFAULT_MAX_PENDING", "LegacySseTransport"]
+
+log = logging.getLogger("labrecon.sse")
+
+DEFAULT_MAX_PENDING: Final = 1024
+RETRY_AFTER_SEC: Final = "5"
+
+
+class LegacySseTransport:
+    """`GET /sse` and `POST /messages/` as two ASGI endpoints sharing one session table."""
+
+    def __init__(
+        self,
+        dispatcher: McpDispatcher,
+        sessions: SessionTable,
+        *,
+        max_body_bytes: int,
+        messages_path: str = "/messages/",
+        ping_sec: float = 15.0,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.sessions = sessions
+        self.max_body_bytes = max_body_bytes
+        self.messages_path = messages_path
+        self.ping_sec = ping_sec
+        self.max_pending = max_pending
+
+    def routes(self, stream_path: str = "/sse") -> list[Route]:
+        bare = self.messages_path.rstrip("/")
+        return [
+            Route(stream_path, AsgiEndpoint(self.stream), methods=["GET"]),
+            Route(bare, AsgiEndpoint(self.post), methods=["POST"]),
+            Route(bare + "/", AsgiEndpoint(self.post), methods=["POST"]),
+        ]
+
+    # --- GET /sse ---------------------------------------------------------------------
+
+    async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "GET":  # Starlette routes HEAD with GET; a HEAD must not open a session
+            await rpc_error_response(405, INVALID_REQUEST, "Method Not Allowed", headers={"Allow": "GET"})(
+                scope, receive, send
+            )
+            return
+        headers = Headers(scope=scope)
+        if not accepts(headers.get("accept")).event_stream:
+            await rpc_error_response(406, INVALID_REQUEST, "Not Acceptable: this endpoint answers text/event-stream")(
+                scope, receive, send
+            )
+            return
+        try:
+            session = self.sessions.open(SessionKind.SSE, Session(allowed_eras=frozenset({Era.HANDSHAKE})))
+        except (SessionLimit, NotAccepting) as exc:
+            await _busy(str(exc))(scope, receive, send)
+            return
+        endpoint = f"{scope.get('root_path', '').rstrip('/')}{self.messages_path}?session_id={session.id}"
+        response = EventSourceResponse(
+            self._events(session, endpoint), ping=self.ping_sec, send_timeout=SEND_TIMEOUT_SEC
+        )
+        try:
+            await response(scope, receive, send)
+        except SendTimeoutError:
+            log.info("session %s stopped reading its event stream; dropped", session.short_id)
+        finally:
+            self.sessions.close(session, session.close_reason or "event stream closed")
+
+    async def _events(self, session: HttpSession, endpoint: str) -> Any:
+        yield {"event": "endpoint", "data": endpoint}
+        while (message := await session.outbox.get()) is not None:
+            yield {"event": "message", "data": jsonrpc.encode(message).decode("ascii")}
+
+    # --- POST /messages/ --------------------------------------------------------------
+
+    async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self._post(scope, receive)
+        await response(scope, receive, send)
+
+    async def _post(self, scope: Scope, receive: Receive) -> Response:
+        session_id = QueryParams(scope.get("query_string", b"")).get("session_id")
+        if session_id is None:
+            return rpc_error_response(400, INVALID_REQUEST, "the session_id query parameter is required")
+        if not is_session_id(session_id):
+            return rpc_error_response(400, INVALID_REQUEST, "session_id is malformed: expected 32 hex digits")
+        session = self.sessions.get(session_id, SessionKind.SSE)
+        if session is None:
+            return rpc_error_response(404, INVALID_REQUEST, "no such session: it was closed or never existed")
+        try:
+            body = await read_body(receive, self.max_body_bytes, Headers(scope=scope).get("content-length"))
+        except BodyTooLarge as exc:
+            return rpc_error_response(413, INVALID_REQUEST, f"Invalid Request: {exc}", data={"limit": exc.limit})
+        except ClientGone:
+            return Response(status_code=400)  # nobody will read it
+        try:
+            message = jsonrpc.decode(body)
+        except RpcError as exc:
+            log.info("unparseable message on session %s: %s", session.short_id, exc.message)
+            return rpc_error_response(400, exc.code, exc.message, data=exc.data)
+        if session.closed:
+            return rpc_error_response(404, INVALID_REQUEST, "no such session: it was closed or never existed")
+        if len(session.tasks) + len(session.outbox) >= self.max_pending:
+            return rpc_error_response(
+                429,
+                INTERNAL_ERROR,
+                f"this session already has {self.max_pending} messages in progress; read the event stream "
+                "and retry",
+                headers={"Retry-After": RETRY_AFTER_SEC},
+            )
+        self.sessions.touch(session)
+        self.sessions.spawn(session, self._serve(session, message))
+        return Response("Accepted", status_code=202, media_type="text/plain")
+
+    async def _serve(self, session: HttpSession, message: Any) -> None:
+        def notify(note: dict[str, Any]) -> None:
+            session.outbox.put(note, droppable=note.get("method") == "notifications/progress")
+
+        reply = await self.dispatcher.handle(session.mcp, message, notify)
+        if reply is not None:
+            session.outbox.put(reply)
+
+
+def _busy(message: str) -> Response:
+    return rpc_error_response(503, INTERNAL_ERROR, message, headers={"Retry-After": RETRY_AFTER_SEC})
