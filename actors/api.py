@@ -46,6 +46,7 @@ class ToolBackend(Protocol):
         *,
         call_id: str | None = None,
         progress: ProgressSink | None = None,
+        caller: str | None = None,  # who asks, for the audit log: transport and client
     ) -> CallOutcome: ...
 
     def cancel(self, call_id: str) -> bool: ...

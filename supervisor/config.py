@@ -106,6 +106,8 @@ class AuthSettings(Strict):
 
 class LoggingSettings(Strict):
     level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    # Append-only JSONL record of every call: who, what, against which target, how it ended.
+    audit_path: Path | None = None
 
 
 class Settings(BaseSettings):

@@ -32,6 +32,7 @@ from actors.reply import AsyncReply, Reply, ThreadReply
 from actors.results import CallOutcome, ErrorType, InvalidCall
 from actors.tool import Call
 from actors.tools import TOOL_SPECS
+from supervisor.audit import AuditLog
 from supervisor.config import FaultSettings, Settings, settings_from
 from supervisor.status import Status
 from supervisor.supervisor import Supervisor
@@ -50,6 +51,7 @@ class Runtime:
         }
         # Schemas are derived from the specs once: they never change while the runtime lives.
         self._tool_infos = [spec.info() for spec in self.specs.values()]
+        self.audit = AuditLog(settings.logging.audit_path) if settings.logging.audit_path else None
         self.supervisor = Supervisor(settings, self.specs, on_escalate=self._escalate)
         self._calls: dict[str, str] = {}  # call_id -> tool, for cancellation
         self._calls_lock = threading.Lock()
@@ -81,6 +83,8 @@ class Runtime:
             if not self._stopped:
                 self._stopped = True
                 self.supervisor.shutdown(grace)
+                if self.audit is not None:
+                    self.audit.close()
 
     def _escalate(self, reason: str) -> None:
         """Give up on the whole runtime, gracefully, so a process manager can restart it."""
@@ -106,6 +110,7 @@ class Runtime:
         timeout: float | None = None,
         *,
         call_id: str | None = None,
+        caller: str | None = None,
     ) -> CallOutcome:
         """Run a call and block until it is answered; usable from any thread but an event loop's.
 
@@ -113,7 +118,7 @@ class Runtime:
         `cancelled` answer returned, so nothing is left running behind the caller.
         """
         reply: ThreadReply[CallOutcome] = ThreadReply()
-        call_id, early = self._submit(tool, arguments, reply, call_id=call_id, progress=None)
+        call_id, early = self._submit(tool, arguments, reply, call_id=call_id, progress=None, caller=caller)
         if early is not None:
             return early
         try:
@@ -129,12 +134,13 @@ class Runtime:
         *,
         call_id: str | None = None,
         progress: ProgressSink | None = None,
+        caller: str | None = None,
     ) -> CallOutcome:
         """Run a call from asyncio. Cancelling the awaiting task cancels the call (and kills its process)."""
         loop = asyncio.get_running_loop()
         reply: AsyncReply[CallOutcome] = AsyncReply(loop)
         sink = _on_loop(loop, progress) if progress is not None else None
-        call_id, early = self._submit(tool, arguments, reply, call_id=call_id, progress=sink)
+        call_id, early = self._submit(tool, arguments, reply, call_id=call_id, progress=sink, caller=caller)
         if early is not None:
             return early
         try:
@@ -212,6 +218,7 @@ class Runtime:
         *,
         call_id: str | None,
         progress: ProgressSink | None,
+        caller: str | None,
     ) -> tuple[str, CallOutcome | None]:
         spec = self.specs.get(tool)
         if spec is None:
@@ -227,9 +234,12 @@ class Runtime:
                 self._calls[call_id] = tool
         except InvalidCall as exc:
             self.supervisor.record_refusal(tool, ErrorType.VALIDATION)
-            return call_id, CallOutcome.failure(tool, call_id, ErrorType.VALIDATION, str(exc))
+            refused = CallOutcome.failure(tool, call_id, ErrorType.VALIDATION, str(exc))
+            if self.audit is not None:
+                self.audit.record(refused, caller=caller, arguments=dict(arguments) if isinstance(arguments, Mapping) else None)
+            return call_id, refused
         call = Call(call_id=call_id, prepared=prepared, reply=reply, progress=progress)
-        reply.on_resolved(lambda _value: self._forget(call_id))
+        reply.on_resolved(lambda outcome: self._answered(call_id, outcome, caller))
         self.supervisor.submit(call)
         return call_id, None
 
@@ -240,9 +250,11 @@ class Runtime:
             self.specs[tool], arguments, settings=getattr(self.settings.tools, tool), policy=self.policy
         )
 
-    def _forget(self, call_id: str) -> None:
+    def _answered(self, call_id: str, outcome: CallOutcome, caller: str | None) -> None:
         with self._calls_lock:
             self._calls.pop(call_id, None)
+        if self.audit is not None:
+            self.audit.record(outcome, caller=caller)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -107,6 +107,7 @@ class FakeBackend:
     def __init__(self, *, hold_slots: int = 1, max_queue: int = 4) -> None:
         self.counts: Counter[str] = Counter()
         self.calls: list[tuple[str, dict[str, Any], str | None]] = []
+        self.callers: list[str | None] = []  # who each call said it came from
         self.cancel_requests: list[str] = []
         self.killed_pids: list[int] = []
         self.started: list[str] = []
@@ -142,7 +143,9 @@ class FakeBackend:
         *,
         call_id: str | None = None,
         progress: ProgressSink | None = None,
+        caller: str | None = None,
     ) -> CallOutcome:
+        self.callers.append(caller)
         if tool not in TOOLS:
             raise UnknownTool(tool, list(TOOLS))
         call_id = call_id or f"fake-{len(self.calls)}"

@@ -459,9 +459,9 @@ def test_progress_reported_after_the_reply_is_dropped() -> None:
         kept: ProgressSink | None = None
 
         async def acall(self, tool: str, arguments: dict[str, Any], *, call_id: str | None = None,
-                        progress: ProgressSink | None = None) -> CallOutcome:
+                        progress: ProgressSink | None = None, caller: str | None = None) -> CallOutcome:
             self.kept = progress
-            return await super().acall(tool, arguments, call_id=call_id, progress=None)
+            return await super().acall(tool, arguments, call_id=call_id, progress=None, caller=caller)
 
     async def scenario() -> None:
         backend = Late()

@@ -210,3 +210,25 @@ def test_shutdown_after_grace_kills_and_answers(tmp_path):
     assert out.count('"error_type":"cancelled"') >= 2
     for call in calls:
         wait_until(lambda: not process_alive(call["pid"]) and not process_alive(call["child_pid"]))
+
+
+def test_audit_log_records_who_ran_what_and_how_it_ended(tmp_path):
+    audit = tmp_path / "audit" / "calls.jsonl"
+    nmap = install_fake(tmp_path / "fakes", "nmap")
+    config = write_config(tmp_path, binary=str(nmap))
+    config.write_text(config.read_text() + f'[logging]\naudit_path = "{audit}"\n')
+
+    async def scenario():
+        async with Client(server(config), mode="legacy") as client:
+            assert not (await client.call_tool("nmap", {"target": "10.0.0.5", "ports": "22"})).is_error
+            assert (await client.call_tool("nmap", {"target": "8.8.8.8"})).is_error
+
+    asyncio.run(scenario())
+    import json
+
+    ran, refused = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert ran["caller"].startswith("stdio mcp") and ran["tool"] == "nmap"
+    assert ran["target"] == "10.0.0.5" and ran["outcome"] == "ok" and ran["argv"][-1] == "10.0.0.5"
+    assert refused["outcome"] == "validation" and refused["arguments"] == {"target": "8.8.8.8"}
+    assert refused["argv"] == [] and "8.8.8.8" in refused["error"]
+    assert oct(audit.stat().st_mode & 0o777) == "0o600"

@@ -140,3 +140,12 @@ async def send_chunk(send: Send, chunk: bytes, *, more: bool = True, timeout: fl
     """Write part of a streamed body; a client that stops reading for `timeout` seconds raises TimeoutError."""
     async with asyncio.timeout(timeout):
         await send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+
+def peer_of(scope: Any) -> str:
+    """The client's address as the audit log names it, e.g. "http 127.0.0.1:50412"."""
+    client = scope.get("client") if isinstance(scope, dict) else None
+    if client:
+        host, port = client[0], client[1]
+        return f"http {host}:{port}" if port is not None else f"http {host}"
+    return "http"

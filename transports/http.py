@@ -62,6 +62,7 @@ from transports.exchange import (
     ClientGone,
     event_frame,
     json_response,
+    peer_of,
     read_body,
     rpc_error_response,
     send_chunk,
@@ -164,7 +165,7 @@ class StreamableHttpTransport:
             return
         if session_id is None:
             if is_initialize(message):
-                response = await self._initialize(message)
+                response = await self._initialize(message, peer_of(scope))
             else:
                 response = _refuse(
                     400,
@@ -183,9 +184,9 @@ class StreamableHttpTransport:
             scope, receive, send, found.mcp, message, accept, owner=found, headers={SESSION_HEADER: found.id}
         )
 
-    async def _initialize(self, message: Any) -> Response:
+    async def _initialize(self, message: Any, peer: str) -> Response:
         try:
-            session = self.sessions.open(SessionKind.HTTP, Session(allowed_eras=frozenset({Era.HANDSHAKE})))
+            session = self.sessions.open(SessionKind.HTTP, Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer))
         except (SessionLimit, NotAccepting) as exc:
             return _busy(str(exc), request_id_of(message))
         reply = await self.dispatcher.handle(session.mcp, message, _nowhere)
@@ -210,6 +211,7 @@ class StreamableHttpTransport:
             await _busy("the server is shutting down", request_id_of(message))(scope, receive, send)
             return
         mcp = Session.modern()
+        mcp.peer = peer_of(scope)
         with self.sessions.stateless(mcp):
             await self._exchange(scope, receive, send, mcp, message, accept, owner=None, headers={}, modern=True)
 

@@ -134,6 +134,8 @@ class Session:
     client_capabilities: dict[str, Any] | None = None
     log_level: str | None = None
     calls: dict[str, _Call] = field(default_factory=dict, repr=False)
+    peer: str = ""  # set by the transport: "stdio", or the HTTP client's address
+
 
     @classmethod
     def handshake(cls, protocol_version: str) -> Session:
@@ -168,10 +170,17 @@ class _Context:
     era: Era
     log_level: str | None
     notify: NotificationSink
+    client_info: dict[str, Any] | None = None  # 2026-07-28: each request names its client
 
     @property
     def params(self) -> dict[str, Any]:
         return self.request.params or {}
+
+    def caller_in(self, session: Session) -> str:
+        """Who is asking, as the audit log records it: the transport's peer and the client's name."""
+        info = self.client_info or session.client_info or {}
+        client = f"{info.get('name', '?')}/{info.get('version', '?')}" if info else "unknown client"
+        return f"{session.peer or 'unknown peer'} {client}"
 
 
 class McpDispatcher:
@@ -345,7 +354,7 @@ class McpDispatcher:
         # rejected probe leaves the handshake available to the same client.
         session.era = Era.MODERN
         session.protocol_version = envelope.protocol_version
-        return _Context(msg, envelope.protocol_version, Era.MODERN, envelope.log_level, notify)
+        return _Context(msg, envelope.protocol_version, Era.MODERN, envelope.log_level, notify, envelope.client_info)
 
     def _admit_plain(self, session: Session, msg: jsonrpc.Request, notify: NotificationSink) -> _Context:
         needs_envelope = (
@@ -456,7 +465,7 @@ class McpDispatcher:
             try:
                 logger.info("tool call started", extra={"tool": name, "request_id": ctx.request.id})
                 client_log("debug", {"event": "call_started", "tool": name, "call_id": call.call_id})
-                outcome = await self._run(call, arguments, ctx)
+                outcome = await self._run(call, arguments, ctx, ctx.caller_in(session))
             finally:
                 call.finished = True
                 if session.calls.get(key) is call:
@@ -477,10 +486,12 @@ class McpDispatcher:
             )
         return call_tool_result(outcome).model_dump(by_alias=True, mode="json", exclude_none=True)
 
-    async def _run(self, call: _Call, arguments: dict[str, Any], ctx: _Context) -> CallOutcome:
+    async def _run(self, call: _Call, arguments: dict[str, Any], ctx: _Context, caller: str) -> CallOutcome:
         progress = self._progress_sink(call, ctx.notify) if call.progress_token is not None else None
         try:
-            return await self._backend.acall(call.tool, arguments, call_id=call.call_id, progress=progress)
+            return await self._backend.acall(
+                call.tool, arguments, call_id=call.call_id, progress=progress, caller=caller
+            )
         except UnknownTool as exc:
             raise RpcError(
                 INVALID_PARAMS, f"Invalid params: {_short(str(exc))}", {"available": list(exc.known)}

@@ -32,7 +32,15 @@ from starlette.types import Receive, Scope, Send
 
 from transports import jsonrpc
 from transports.eras import Era
-from transports.exchange import SEND_TIMEOUT_SEC, AsgiEndpoint, BodyTooLarge, ClientGone, read_body, rpc_error_response
+from transports.exchange import (
+    SEND_TIMEOUT_SEC,
+    AsgiEndpoint,
+    BodyTooLarge,
+    ClientGone,
+    peer_of,
+    read_body,
+    rpc_error_response,
+)
 from transports.http_rules import accepts, is_session_id
 from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
 from transports.mcp import McpDispatcher, Session
@@ -89,7 +97,7 @@ class LegacySseTransport:
             )
             return
         try:
-            session = self.sessions.open(SessionKind.SSE, Session(allowed_eras=frozenset({Era.HANDSHAKE})))
+            session = self.sessions.open(SessionKind.SSE, Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer_of(scope)))
         except (SessionLimit, NotAccepting) as exc:
             await _busy(str(exc))(scope, receive, send)
             return

@@ -196,7 +196,7 @@ class _StdioConnection:
         self._framer = LineFramer(max_message_bytes)
         self._grace = grace
         self._cancel_timeout = cancel_timeout_sec
-        self._session = Session()
+        self._session = Session(peer="stdio")
         self._tasks: set[asyncio.Task[None]] = set()
         self._writer: _OutputWriter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
