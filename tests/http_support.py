@@ -144,29 +144,35 @@ def parse_events(text: str) -> list[Event]:
     return events
 
 
+class _EventReader:
+    """Server-sent events from lines: fed one line at a time, it returns each event as it completes."""
+
+    def __init__(self) -> None:
+        self.event, self.data = "message", []
+
+    def feed(self, line: str) -> Event | None:
+        if not line:
+            done = Event(self.event, "\n".join(self.data)) if self.data else None
+            self.event, self.data = "message", []
+            return done
+        if line.startswith("event:"):
+            self.event = line[6:].strip()
+        elif line.startswith("data:"):
+            self.data.append(line[5:].strip())
+        return None
+
+
 async def aevents(response: httpx.Response) -> AsyncIterator[Event]:
     """The events of a streaming response as they arrive (comments and keepalives skipped)."""
-    event, data = "message", []
+    reader = _EventReader()
     async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield Event(event, "\n".join(data))
-            event, data = "message", []
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
+        if (event := reader.feed(line)) is not None:
+            yield event
 
 
 def events(response: httpx.Response) -> Iterator[Event]:
     """The same, for a synchronous streaming response."""
-    event, data = "message", []
+    reader = _EventReader()
     for line in response.iter_lines():
-        if not line:
-            if data:
-                yield Event(event, "\n".join(data))
-            event, data = "message", []
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
+        if (event := reader.feed(line)) is not None:
+            yield event

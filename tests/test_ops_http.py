@@ -16,10 +16,8 @@ from transports.ops import METRICS_CONTENT_TYPE, build_ops_app, ops_routes
 
 
 @pytest.fixture
-def runtime(tmp_path):
-    rt = start_runtime(tmp_path)
-    yield rt
-    rt.stop(grace=1.0)
+def runtime(make_runtime):
+    return make_runtime()
 
 
 @pytest.fixture

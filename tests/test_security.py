@@ -157,10 +157,8 @@ def test_tokens_are_compared_in_constant_time(monkeypatch):
 
 
 @pytest.fixture
-def runtime(tmp_path):
-    rt = start_runtime(tmp_path, auth={"token": TOKEN})
-    yield rt
-    rt.stop(grace=1.0)
+def runtime(make_runtime):
+    return make_runtime(auth={"token": TOKEN})
 
 
 @pytest.fixture

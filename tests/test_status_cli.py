@@ -39,10 +39,8 @@ def clean_env(monkeypatch):
 
 
 @pytest.fixture
-def runtime(tmp_path):
-    rt = start_runtime(tmp_path)
-    yield rt
-    rt.stop(grace=1.0)
+def runtime(make_runtime):
+    return make_runtime()
 
 
 @pytest.fixture
