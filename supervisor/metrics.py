@@ -25,6 +25,7 @@ RESERVOIR = 1024  # recent durations kept per tool for p50/p95
 
 class Metrics:
     def __init__(self, tools: Iterable[str], version: str) -> None:
+        tools = list(tools)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.calls = Counter("labrecon_tool_calls", "Tool calls answered, by outcome.", ["tool", "outcome"], registry=r)
@@ -50,6 +51,10 @@ class Metrics:
         Info("labrecon_build", "labrecon build information.", registry=r).info({"version": version})
         self._recent: dict[str, deque[float]] = {}
         self._restarts: dict[str, deque[float]] = {}
+        # Children looked up once: every call touches these, and labels() takes a lock each time.
+        self._call_counters = {tool: {o: self.calls.labels(tool, o) for o in OUTCOMES} for tool in tools}
+        self._durations = {tool: self.duration.labels(tool) for tool in tools}
+        self._load_gauges = {tool: (self.in_flight.labels(tool), self.queue_depth.labels(tool)) for tool in tools}
         for tool in tools:
             self._recent[tool] = deque(maxlen=RESERVOIR)
             self._restarts[tool] = deque(maxlen=RESERVOIR)
@@ -63,14 +68,15 @@ class Metrics:
             self.set_breaker(tool, BreakerState.CLOSED.value)
 
     def call_finished(self, tool: str, outcome: str, duration_sec: float, ran: bool) -> None:
-        self.calls.labels(tool, outcome).inc()
+        self._call_counters[tool][outcome].inc()
         if ran:
-            self.duration.labels(tool).observe(duration_sec)
+            self._durations[tool].observe(duration_sec)
             self._recent[tool].append(duration_sec)
 
     def set_load(self, tool: str, *, in_flight: int, queued: int) -> None:
-        self.in_flight.labels(tool).set(in_flight)
-        self.queue_depth.labels(tool).set(queued)
+        in_flight_gauge, queued_gauge = self._load_gauges[tool]
+        in_flight_gauge.set(in_flight)
+        queued_gauge.set(queued)
 
     def set_breaker(self, tool: str, state: str) -> None:
         for s in BreakerState:

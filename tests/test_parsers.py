@@ -66,6 +66,18 @@ def test_nmap_complete_document():
     assert not gw["partial"] and not second["partial"]
 
 
+def test_nmap_whole_documents_read_the_same_in_one_pass_and_streamed():
+    """Complete output takes the fast one-pass reader; it must agree with the streaming one."""
+    from actors.tools.nmap import NmapResult, _read_stream
+    from actors.tools.nmap import parse as parse_nmap
+
+    for path in sorted(SAMPLES.glob("nmap*.xml")):
+        data = path.read_bytes()
+        streamed = NmapResult(truncated=False)
+        _read_stream(data, streamed)
+        assert parse_nmap(data, truncated=False) == streamed, path.name
+
+
 def test_nmap_cut_mid_host_keeps_finished_hosts_and_the_partial_one():
     cut = NMAP_XML.index(b'<port protocol="tcp" portid="443">')
     result = NMAP.parse(NMAP_XML[:cut], truncated=True)

@@ -463,7 +463,7 @@ class McpDispatcher:
         client_log = self._client_log(session, ctx)
         with correlation(call.call_id):
             try:
-                logger.info("tool call started", extra={"tool": name, "request_id": ctx.request.id})
+                logger.debug("tool call started", extra={"tool": name, "request_id": ctx.request.id})
                 client_log("debug", {"event": "call_started", "tool": name, "call_id": call.call_id})
                 outcome = await self._run(call, arguments, ctx, ctx.caller_in(session))
             finally:

@@ -18,7 +18,7 @@ import re
 from typing import Literal
 
 from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import ParseError, iterparse
+from defusedxml.ElementTree import ParseError, fromstring, iterparse
 from pydantic import BaseModel, Field
 
 from actors.flags import Duration, Grammar, Int, NameList, Option, ParsedOption, PortList, render
@@ -320,6 +320,32 @@ def parse(stdout: bytes, truncated: bool) -> NmapResult:
     if not stdout.strip():
         result.parse_error = "nmap produced no XML output"
         return result
+    if not truncated:
+        try:
+            # The common case, a whole document: one pass of the C parser.
+            root = fromstring(stdout, forbid_dtd=False)
+        except (ParseError, DefusedXmlException):
+            pass  # cut short after all: read it element by element below
+        else:
+            _read_document(root, result)
+            return result
+    _read_stream(stdout, result)
+    return result
+
+
+def _read_document(root, result: NmapResult) -> None:  # type: ignore[no-untyped-def]
+    for host in root.iter("host"):
+        result.hosts.append(_host(host))
+    for element in root.iter("finished"):
+        _finished(element, result)
+    for element in root.iter("hosts"):
+        _host_counts(element, result)
+    result.complete = root.tag == "nmaprun"
+    if not result.complete:
+        result.truncated = True
+
+
+def _read_stream(stdout: bytes, result: NmapResult) -> None:
     current = None
     try:
         for event, element in iterparse(io.BytesIO(stdout), events=("start", "end"), forbid_dtd=False):
@@ -331,14 +357,9 @@ def parse(stdout: bytes, truncated: bool) -> NmapResult:
                 result.hosts.append(_host(element))
                 current = None
             elif element.tag == "finished":
-                elapsed = element.get("elapsed")
-                result.elapsed_sec = float(elapsed) if elapsed and re.fullmatch(r"[0-9.]+", elapsed) else None
-                if element.get("exit") == "error":
-                    result.error = element.get("errormsg") or "nmap reported an error"
+                _finished(element, result)
             elif element.tag == "hosts" and current is None:
-                result.hosts_up = _int(element.get("up"))
-                result.hosts_down = _int(element.get("down"))
-                result.hosts_total = _int(element.get("total"))
+                _host_counts(element, result)
             elif element.tag == "nmaprun":
                 result.complete = True
     except (ParseError, DefusedXmlException) as exc:
@@ -347,8 +368,19 @@ def parse(stdout: bytes, truncated: bool) -> NmapResult:
             result.hosts.append(_host(current, partial=True))
     if not result.complete:
         result.truncated = True
-    return result
 
+
+def _finished(element, result: NmapResult) -> None:  # type: ignore[no-untyped-def]
+    elapsed = element.get("elapsed")
+    result.elapsed_sec = float(elapsed) if elapsed and re.fullmatch(r"[0-9.]+", elapsed) else None
+    if element.get("exit") == "error":
+        result.error = element.get("errormsg") or "nmap reported an error"
+
+
+def _host_counts(element, result: NmapResult) -> None:  # type: ignore[no-untyped-def]
+    result.hosts_up = _int(element.get("up"))
+    result.hosts_down = _int(element.get("down"))
+    result.hosts_total = _int(element.get("total"))
 
 NMAP = ToolSpec(
     name="nmap",
