@@ -94,6 +94,9 @@ class HttpSettings(Strict):
     ops_socket: Path | None = None
     # Origins a browser-borne request may come from; requests without Origin are allowed.
     allowed_origins: tuple[str, ...] = ("http://localhost", "http://127.0.0.1")
+    # Host names clients may use besides loopback ones, when no token is set: a browser page whose
+    # name was rebound to this machine sends its own name as Host and is refused.
+    allowed_hosts: tuple[str, ...] = ()
     max_sessions: int = Field(default=64, ge=1)
     session_idle_sec: float = Field(default=600.0, gt=0)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)

@@ -262,3 +262,24 @@ def test_without_a_token_configured_only_the_origin_is_checked(tmp_path):
             assert client.get("/status", headers={"Origin": "http://evil.example"}).status_code == 403
     finally:
         rt.stop(grace=1.0)
+
+
+@pytest.mark.parametrize(
+    "host, allowed",
+    [
+        ("127.0.0.1:8765", True),
+        ("localhost:8765", True),
+        ("LOCALHOST", True),
+        ("[::1]:8765", True),
+        ("127.9.9.9", True),
+        ("labrecon.lab.internal:8765", True),  # listed in allowed_hosts
+        ("rebind.attacker.example:8765", False),
+        ("127.0.0.1.attacker.example", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_host_allowed(host, allowed):
+    from transports.security import host_allowed
+
+    assert host_allowed(host, ("labrecon.lab.internal",)) is allowed

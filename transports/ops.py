@@ -37,7 +37,7 @@ from actors.results import InvalidCall
 from supervisor.runtime import RuntimeStopped
 from supervisor.config import Settings
 from supervisor.status import Status
-from transports.security import security_middleware
+from transports.security import AUTHENTICATED, security_middleware
 from transports.server import HttpServer
 
 __all__ = ["METRICS_CONTENT_TYPE", "OpsRuntime", "SessionCounts", "build_ops_app", "ops_routes", "serve_ops_socket"]
@@ -127,7 +127,8 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
             return JSONResponse({"ready": False, "status": "unavailable"}, status_code=503)
         health = status.health
         body: dict[str, Any] = {"ready": health.ready, "status": health.status}
-        if "verbose" in request.query_params:
+        # Anyone may ask whether the daemon is ready; only a caller with the token learns why not.
+        if "verbose" in request.query_params and request.scope.get("state", {}).get(AUTHENTICATED, True):
             body["checks"] = [check.model_dump(mode="json", exclude={"data"}) for check in health.checks]
         return JSONResponse(body, status_code=200 if health.ready else 503)
 
@@ -200,7 +201,7 @@ def build_ops_app(runtime: OpsRuntime, settings: Settings, sessions: SessionCoun
     """
     return Starlette(
         routes=ops_routes(runtime, sessions),
-        middleware=[security_middleware(settings)],
+        middleware=[security_middleware(settings, check_host=False)],  # no browser reaches a Unix socket
         exception_handlers={HTTPException: _http_error},
     )
 

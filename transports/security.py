@@ -33,9 +33,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from supervisor.config import ConfigError, Settings
 
 __all__ = [
+    "AUTHENTICATED",
     "OPEN_PATHS",
     "InsecureBind",
     "SecurityMiddleware",
+    "host_allowed",
     "bearer_token",
     "is_loopback",
     "origin_allowed",
@@ -170,11 +172,27 @@ def _secret(token: SecretStr | str | None) -> str | None:
 # --- middleware ------------------------------------------------------------------------
 
 
-class SecurityMiddleware:
-    """Pure ASGI middleware (it must not buffer SSE streams): Origin first, then the token.
+def host_allowed(host_header: str | None, allowed_hosts: Iterable[str]) -> bool:
+    """Is this Host header one a loopback-only daemon answers to? Loopback names always are."""
+    if not host_header:
+        return False
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return is_loopback(name) or name in {h.lower() for h in allowed_hosts}
 
-    With `token=None` only the Origin check applies; `require_token_for` is
-    what guarantees that this happens on loopback only.
+
+class SecurityMiddleware:
+    """Pure ASGI middleware (it must not buffer SSE streams): Host, then Origin, then the token.
+
+    With `token=None` the daemon is on loopback (`require_token_for` sees to
+    that), and the Host check is what stops DNS rebinding: a browser page
+    whose name now points at 127.0.0.1 sends no Origin on a GET, but it does
+    send its own name as Host. With a token, the token is the defence, since
+    no page can know it. `check_host=False` is for the Unix socket, which no
+    browser can reach.
     """
 
     def __init__(
@@ -184,9 +202,13 @@ class SecurityMiddleware:
         allowed_origins: Iterable[str],
         token: SecretStr | str | None,
         open_paths: Iterable[str] = OPEN_PATHS,
+        allowed_hosts: Iterable[str] = (),
+        check_host: bool = True,
     ) -> None:
         self.app = app
         self.allowed_origins = tuple(allowed_origins)
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.check_host = check_host
         secret = _secret(token)
         self._token = secret.encode("utf-8", "surrogateescape") if secret is not None else None
         self.open_paths = frozenset(open_paths)
@@ -199,25 +221,41 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
+        if self.check_host and self._token is None and not host_allowed(headers.get("host"), self.allowed_hosts):
+            await _deny(scope, send, 403, "forbidden_host", "requests for this Host are not served")
+            return
         origin = headers.get("origin")
         if origin is not None and not origin_allowed(origin, self.allowed_origins):
             await _deny(scope, send, 403, "forbidden_origin", "requests from this Origin are not allowed")
             return
-        if self._token is not None and _path(scope) not in self.open_paths:
-            given = bearer_token(headers.get("authorization"))
-            if not token_matches(given, self._token):
-                challenge = 'Bearer realm="labrecon"'
-                if given is not None:
-                    challenge += ', error="invalid_token"'
-                message = "a valid bearer token is required" if given is not None else "a bearer token is required"
-                await _deny(scope, send, 401, "unauthorized", message, [(b"www-authenticate", challenge.encode())])
-                return
+        given = bearer_token(headers.get("authorization"))
+        authenticated = self._token is None or token_matches(given, self._token)
+        # Open paths answer anyone, but only an authenticated caller gets their details.
+        scope.setdefault("state", {})[AUTHENTICATED] = authenticated
+        if not authenticated and _path(scope) not in self.open_paths:
+            challenge = 'Bearer realm="labrecon"'
+            if given is not None:
+                challenge += ', error="invalid_token"'
+            message = "a valid bearer token is required" if given is not None else "a bearer token is required"
+            await _deny(scope, send, 401, "unauthorized", message, [(b"www-authenticate", challenge.encode())])
+            return
         await self.app(scope, receive, send)
 
 
-def security_middleware(settings: Settings) -> Middleware:
+def security_middleware(settings: Settings, *, check_host: bool = True) -> Middleware:
     """The middleware entry for a Starlette app, from the daemon's `http` and `auth` settings."""
-    return Middleware(SecurityMiddleware, allowed_origins=settings.http.allowed_origins, token=settings.auth.token)
+    allowed_hosts = (*settings.http.allowed_hosts, settings.http.host)
+    return Middleware(
+        SecurityMiddleware,
+        allowed_origins=settings.http.allowed_origins,
+        token=settings.auth.token,
+        allowed_hosts=allowed_hosts,
+        check_host=check_host,
+    )
+
+
+AUTHENTICATED = "labrecon_authenticated"
+"""Key in the ASGI scope's state: whether the request carried the token (or none is needed)."""
 
 
 def _headers(scope: Scope) -> dict[str, str]:
