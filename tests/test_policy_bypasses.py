@@ -1,26 +1,23 @@
-"""Bypasses found in security review. Each test fails until its finding is fixed.
+"""What *allowed* nmap options would make nmap do on its own, beyond observing.
 
-Every case was checked against how the real tool reads the argv labrecon builds
-(nmap 7.93: nse_main.lua, nselib/http.lua, scripts/script.db). The review found
-no input that gets an undeclared option, a file path or an unchecked address
-past the grammar or the target policy. These findings are about what *allowed*
-nmap options make nmap do on its own:
+The grammar and the target policy let no undeclared option, file path or
+unchecked address through; these cases are about nmap's own behaviour with
+options it is allowed to get, checked against how nmap 7.93 reads its argv
+(nse_main.lua, nselib/http.lua, scripts/script.db):
 
-F1  scripts=default|safe|discovery, or -sC, selects `jdwp-info`, which injects
-    and runs a Java class on the target (remote code execution, not
-    observation). Fix: exclude it by name in the `and not (...)` expression.
+F1  scripts=default|safe|discovery, or -sC, would select `jdwp-info`, which
+    injects and runs a Java class on the target. It is excluded by name in
+    the `and not (...)` expression.
 F2  -sV / scan_type='version' makes nmap add its own `version` script rule
-    (nse_main.lua check_rules). That rule is outside our expression, so all 45
-    version scripts run even when the operator's allowed_scripts leaves out
-    'version', and `wdb-version` (category vuln) runs despite the promise.
-    Fix: refuse -sV unless 'version' is allowed, and document wdb-version.
-F3  nmap is run without -n, so it does reverse DNS itself, and NSE's http
-    library follows redirects to any host in the rDNS name's domain (and
-    relative redirects to the rDNS name), resolving that name itself. The
-    address it connects to is never checked. Fix: always render -n.
+    (nse_main.lua check_rules), outside our expression, so every version
+    script runs (`wdb-version`, category vuln, among them). -sV is refused
+    unless 'version' is in allowed_scripts.
+F3  without -n nmap does reverse DNS itself, and NSE's http library follows
+    redirects to hosts in the reverse-DNS name's domain, resolving them
+    itself, to addresses nobody checked. -n is always rendered.
 
-F1 and F3 are fixed in the argv rather than by refusal, so those tests accept
-either a refusal or an argv without the problem.
+F1 and F3 are handled in the argv rather than by refusal, so those tests
+accept either a refusal or an argv without the problem.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Review findings on the supervised runtime, each as a test that shows the defect.
+"""Races around crashes, restarts, cancels and shutdown: each call answered, and counted, once.
 
 Every test here runs fake scanners only (tests/fakes), never touches the
 network, and synchronises on observable state (`wait_until`, thread joins,

@@ -1,4 +1,4 @@
-"""Review findings for the HTTP-facing code (each test fails until its bug is fixed)."""
+"""DNS rebinding is refused by Host, and readiness details are for callers with the token."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from tests.http_support import running_daemon
 
-TOKEN = "http-review-token-9c2f"
+TOKEN = "host-check-token-9c2f"
 
 
 def _foreign_host(daemon) -> dict[str, str]:
