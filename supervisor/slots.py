@@ -148,17 +148,23 @@ class ToolSlot:
             taken, self.stash = list(self.stash), deque()
             return taken
 
-    def cancel(self, call_id: str) -> Call | None:
-        """Cancel a call the slot holds; returns it if it was stashed (and so is the caller's to answer)."""
+    def cancel(self, call_id: str) -> tuple[Call | None, pykka.ActorRef[Any] | None]:
+        """Cancel a call the slot holds.
+
+        Returns (call, None) if it was stashed, and so is the caller's to
+        answer; (None, ref) if an incarnation holds it and must be told;
+        (None, None) if the slot does not hold it.
+        """
         with self.lock:
             for call in self.stash:
                 if call.call_id == call_id:
                     self.stash.remove(call)
-                    return call
+                    return call, None
             call = self.pending.get(call_id)
-            if call is not None:
-                call.cancel_requested = True
-            return None
+            if call is None:
+                return None, None
+            call.cancel_requested = True  # if the incarnation dies first, the sweep answers it
+            return None, self.ref
 
     def set_state(self, state: SlotState, reason: str | None = None) -> None:
         with self.lock:

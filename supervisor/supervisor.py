@@ -311,7 +311,8 @@ class SupervisorActor(pykka.ThreadingActor):
             if slot.state != "failed":
                 return f"{slot.name} is {slot.state}, not failed; nothing to reset"
             slot.policy.reset()
-            self._report_breaker(slot, slot.breaker.force(BreakerState.CLOSED, "operator reset"))
+            slot.breaker.force(BreakerState.CLOSED, "operator reset")
+            self._breaker_forced(slot)
             slot.set_state("restarting")
             self._start_child(slot)
             return f"{slot.name} reset and serving again"
@@ -328,11 +329,12 @@ class SupervisorActor(pykka.ThreadingActor):
             if slot.state == "running" and slot.ref is not None:
                 slot.ref.tell(ForceBreaker(state))  # the actor owns the breaker while it serves
             else:
-                self._report_breaker(slot, slot.breaker.force(state, "operator"))
+                slot.breaker.force(state, "operator")  # no actor serves: nobody else touches it
+                self._breaker_forced(slot)
             return f"{slot.name} breaker forced {state.value}"
         raise ValueError(f"unknown control action {action!r}")
 
-    def _report_breaker(self, slot: ToolSlot, transition: Any) -> None:
+    def _breaker_forced(self, slot: ToolSlot) -> None:
         self.metrics.set_breaker(slot.name, slot.breaker.state.value)
 
     # --- stopping -----------------------------------------------------------------
@@ -504,14 +506,12 @@ class Supervisor:
         slot = self.slots.get(tool)
         if slot is None:
             return False
-        stashed = slot.cancel(call_id)
+        stashed, ref = slot.cancel(call_id)
         if stashed is not None:
             outcome = stashed.failure(ErrorType.CANCELLED, "the call was cancelled before it started")
             duration = self.clock() - stashed.admitted_at
             stashed.settle(outcome, lambda o: self._tell(Settled(tool, call_id, outcome_label(o), duration)))
             return True
-        with slot.lock:
-            ref = slot.ref if call_id in slot.pending else None
         if ref is None:
             return False
         try:
