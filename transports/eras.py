@@ -14,6 +14,7 @@ session or transport state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from enum import StrEnum
 from typing import Any, Final
 
@@ -53,6 +54,7 @@ __all__ = [
     "negotiate_handshake",
     "read_envelope",
     "shape_result",
+    "stamp_modern",
     "unsupported_version",
     "validate_request",
 ]
@@ -186,6 +188,7 @@ def validate_request(method: str, version: str, params: dict[str, Any] | None) -
         raise RpcError(INVALID_PARAMS, f"Invalid params for {method}: {summary}", {"errors": problems}) from None
 
 
+@cache
 def has_feature(version: str, feature: str) -> bool:
     """Whether results at `version` may carry `feature` (modern versions carry all of them)."""
     return is_version_at_least(version, _FEATURE_SINCE[feature])
@@ -209,10 +212,7 @@ def shape_result(method: str, version: str, result: dict[str, Any], server_info:
     """
     shaped = mcp_methods.serialize_server_result(method, version, result)
     if version in MODERN_VERSIONS:
-        shaped.setdefault("resultType", "complete")
-        meta = shaped.get("_meta")
-        shaped["_meta"] = {**(meta if isinstance(meta, dict) else {}), SERVER_INFO_META_KEY: dict(server_info)}
-        return shaped
+        return stamp_modern(shaped, server_info)
     if method == "tools/list":
         for tool in shaped.get("tools", []):
             if not has_feature(version, "tool_annotations"):
@@ -224,3 +224,11 @@ def shape_result(method: str, version: str, result: dict[str, Any], server_info:
     elif method == "tools/call" and not has_feature(version, "structured_content"):
         shaped.pop("structuredContent", None)
     return shaped
+
+
+def stamp_modern(result: dict[str, Any], server_info: dict[str, Any]) -> dict[str, Any]:
+    """Mark a 2026-07-28 result complete and sign it with the server identity, as that revision asks."""
+    result.setdefault("resultType", "complete")
+    meta = result.get("_meta")
+    result["_meta"] = {**(meta if isinstance(meta, dict) else {}), SERVER_INFO_META_KEY: dict(server_info)}
+    return result

@@ -29,7 +29,6 @@ from mcp_types import (
     ErrorData,
     JSONRPCError,
     JSONRPCNotification,
-    JSONRPCResponse,
     RequestId,
 )
 
@@ -191,7 +190,8 @@ def _json_type(value: Any) -> str:
 
 
 def result_response(request_id: RequestId, result: dict[str, Any]) -> dict[str, Any]:
-    return JSONRPCResponse(jsonrpc=JSONRPC_VERSION, id=request_id, result=result).model_dump(mode="json")
+    """A success reply; the id is one `classify` accepted and the result one the server built, so no model is needed."""
+    return {"jsonrpc": JSONRPC_VERSION, "id": request_id, "result": result}
 
 
 def error_response(request_id: RequestId | None, code: int, message: str, data: Any = None) -> dict[str, Any]:

@@ -314,12 +314,15 @@ class McpDispatcher:
             raise RpcError(INVALID_REQUEST, "Invalid Request: initialize must not be part of a JSON-RPC batch")
         ctx = self._admit(session, msg, notify)
         if msg.method == "tools/call":
+            # Built to the negotiated version's shape directly: the hot path skips the schema sieve.
             result = await self._call_tool(session, ctx)
             if result is None:
                 return None
+            if ctx.version in eras.MODERN_VERSIONS:
+                eras.stamp_modern(result, self._server_info_stamp)
         else:
-            result = self._handlers[msg.method](session, ctx)
-        return jsonrpc.result_response(msg.id, self._shape(msg.method, ctx.version, result))
+            result = self._shape(msg.method, ctx.version, self._handlers[msg.method](session, ctx))
+        return jsonrpc.result_response(msg.id, result)
 
     def _admit(self, session: Session, msg: jsonrpc.Request, notify: NotificationSink) -> _Context:
         """Apply the era rules and the version's schema; lock the session's era on first use."""
@@ -484,7 +487,7 @@ class McpDispatcher:
                 {"event": "call_finished", "tool": name, "call_id": call.call_id, "ok": outcome.ok,
                  "error_type": error_type},
             )
-        return call_tool_result(outcome).model_dump(by_alias=True, mode="json", exclude_none=True)
+        return call_tool_result(outcome, structured_content=eras.has_feature(ctx.version, "structured_content"))
 
     async def _run(self, call: _Call, arguments: dict[str, Any], ctx: _Context, caller: str) -> CallOutcome:
         progress = self._progress_sink(call, ctx.notify) if call.progress_token is not None else None

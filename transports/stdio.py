@@ -12,10 +12,13 @@ The transport is a pykka actor, like every other long-lived part, so the
 runtime can start it, query it and stop it through one interface. Its
 mailbox thread only starts and stops the connection: the protocol itself
 runs on an asyncio loop in a thread the actor owns, because tool calls are
-awaited concurrently and the backend completes them on that loop. Two more
-threads sit at the edges: one writes stdout, so a client slow to read never
-blocks the loop, and, only when stdin is a regular file, reads are done in a
-background thread (pipes and terminals are read by the loop directly).
+awaited concurrently and the backend completes them on that loop. When
+stdin and stdout are pipes or sockets, as an MCP host gives them, the loop
+reads and writes them itself without blocking: a reply leaves in the same
+turn of the loop that finished the call, and what a slow reader has not
+taken yet waits in the transport's buffer. Anything else (a regular file, a
+terminal, whose non-blocking mode would be shared with the shell) is read
+and written by helper threads instead.
 """
 
 from __future__ import annotations
@@ -51,11 +54,79 @@ DEFAULT_MAX_MESSAGE_BYTES: Final[int] = 4 << 20
 
 _READ_CHUNK: Final[int] = 64 << 10
 _MAX_QUEUED_PROGRESS: Final[int] = 1024
+_MAX_BUFFERED_PROGRESS_BYTES: Final[int] = 1 << 20
 
 Stream = BinaryIO | int
 
 
-class _OutputWriter:
+class _PipeWriter:
+    """Writes one message per line to a pipe or socket from the loop, never blocking it.
+
+    Lines go out at once while the client keeps up; what it has not read yet
+    is buffered by the transport and sent as it reads. Progress
+    notifications are the one thing that may be dropped, and only when that
+    backlog is already long; replies never are.
+    """
+
+    def __init__(self, transport: asyncio.WriteTransport, closed: asyncio.Future[None], restore_blocking: Any) -> None:
+        self._transport = transport
+        self._closed = closed
+        self._restore_blocking = restore_blocking
+        self.lines_written = 0
+        self.dropped = 0
+
+    @classmethod
+    async def open(cls, out: Stream) -> _PipeWriter | None:
+        """A writer for `out` if it is a pipe or a socket, else None."""
+        fd = out if isinstance(out, int) else _fileno(out)
+        if fd is None or not stat.S_ISFIFO(mode := os.fstat(fd).st_mode) and not stat.S_ISSOCK(mode):
+            return None
+        loop = asyncio.get_running_loop()
+        closed: asyncio.Future[None] = loop.create_future()
+        was_blocking = os.get_blocking(fd)
+        pipe = os.fdopen(fd, "wb", buffering=0, closefd=False)
+        try:
+            transport, _ = await loop.connect_write_pipe(lambda: _WriteSide(closed), pipe)
+        except (OSError, ValueError):
+            pipe.close()
+            os.set_blocking(fd, was_blocking)
+            return None
+        return cls(transport, closed, lambda: os.set_blocking(fd, was_blocking))
+
+    def send(self, line: bytes, *, droppable: bool = False) -> bool:
+        if self._closed.done() or self._transport.is_closing():
+            return False
+        if droppable and self._transport.get_write_buffer_size() >= _MAX_BUFFERED_PROGRESS_BYTES:
+            self.dropped += 1
+            return False
+        self._transport.write(line + b"\n")
+        self.lines_written += 1
+        return True
+
+    async def close(self, timeout: float) -> None:
+        """Flush what is buffered (bounded, for a client that stopped reading), then let go of stdout."""
+        self._transport.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+        except TimeoutError:
+            logger.warning("stdout did not drain in time; abandoning unsent messages")
+            self._transport.abort()
+        with suppress(OSError):
+            self._restore_blocking()
+
+
+class _WriteSide(asyncio.Protocol):
+    def __init__(self, closed: asyncio.Future[None]) -> None:
+        self._closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            logger.warning("stdout is gone; further messages are discarded", extra={"error": str(exc)})
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+
+class _ThreadWriter:
     """Writes one message per line to stdout from a dedicated thread.
 
     A single writer keeps lines whole and in order. Progress notifications
@@ -89,10 +160,10 @@ class _OutputWriter:
         self._queue.put(line + b"\n")
         return True
 
-    def close(self, timeout: float) -> None:
+    async def close(self, timeout: float) -> None:
         """Flush what is queued, then end the thread (bounded, for a client that stopped reading)."""
         self._queue.put(None)
-        self._thread.join(timeout)
+        await asyncio.to_thread(self._thread.join, timeout)
         if self._thread.is_alive():
             logger.warning("stdout writer did not drain in time; abandoning unsent messages")
 
@@ -198,7 +269,7 @@ class _StdioConnection:
         self._cancel_timeout = cancel_timeout_sec
         self._session = Session(peer="stdio")
         self._tasks: set[asyncio.Task[None]] = set()
-        self._writer: _OutputWriter | None = None
+        self._writer: _PipeWriter | _ThreadWriter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._draining: asyncio.Event | None = None
@@ -244,8 +315,10 @@ class _StdioConnection:
             self._stopping.set()
         if self._drain_before_start.is_set():
             self._draining.set()
-        self._writer = _OutputWriter(self._stdout)
-        self._writer.start()
+        self._writer = await _PipeWriter.open(self._stdout)
+        if self._writer is None:
+            self._writer = _ThreadWriter(self._stdout)
+            self._writer.start()
         reader = _InputReader(self._stdin)
         stop_wait = asyncio.create_task(self._stopping.wait())
         drain_wait = asyncio.create_task(self._draining.wait())
@@ -274,7 +347,7 @@ class _StdioConnection:
             stop_wait.cancel()
             drain_wait.cancel()
             reader.close()
-            self._writer.close(timeout=self._cancel_timeout)
+            await self._writer.close(timeout=self._cancel_timeout)
         logger.info("stdio transport stopped", extra=self.stats())
         return status
 

@@ -7,6 +7,12 @@ so the first text block is a one-line summary that leads with what matters
 second is the same envelope as compact JSON for clients that predate
 structured content. `isError` mirrors `ok`, so a refused or failed scan is
 something the model sees and can correct, never a protocol error.
+
+Every tool call ends here, so the result is built as the wire dictionary
+directly and serialised once, rather than passed through the wire models:
+the envelope is already a validated `CallOutcome`, and a second and third
+validation of the same bytes cost more than the rest of the reply. The test
+suite checks the output against the `mcp_types` schema of every version.
 """
 
 from __future__ import annotations
@@ -14,21 +20,26 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mcp_types import CallToolResult, TextContent
-
 from actors.results import CallOutcome
 
 __all__ = ["call_tool_result", "summarize"]
 
 
-def call_tool_result(outcome: CallOutcome) -> CallToolResult:
+def call_tool_result(outcome: CallOutcome, *, structured_content: bool = True) -> dict[str, Any]:
+    """The `CallToolResult` for `outcome`, as JSON-ready wire fields.
+
+    `structured_content` is False for protocol revisions that predate
+    `structuredContent`; their clients read the JSON text block instead.
+    """
     structured = outcome.model_dump(mode="json")
     as_json = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
-    return CallToolResult(
-        content=[TextContent(type="text", text=summarize(outcome)), TextContent(type="text", text=as_json)],
-        structured_content=structured,
-        is_error=not outcome.ok,
-    )
+    result: dict[str, Any] = {
+        "content": [{"type": "text", "text": summarize(outcome)}, {"type": "text", "text": as_json}],
+        "isError": not outcome.ok,
+    }
+    if structured_content:
+        result["structuredContent"] = structured
+    return result
 
 
 def summarize(outcome: CallOutcome) -> str:
