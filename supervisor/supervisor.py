@@ -31,6 +31,7 @@ import pykka
 
 from actors.breaker import BreakerState, CircuitBreaker
 from actors.events import ActorCrashed, ActorStarted, BreakerChanged, CallFinished, CallQueued, CallStarted
+from actors.inbox import DeferringInbox
 from actors.reply import Reply, ThreadReply
 from actors.results import CallOutcome, ErrorType
 from actors.tool import Call, Cancel, Drain, ForceBreaker, Ping, Restart, ToolActor, outcome_label
@@ -104,10 +105,16 @@ class FinishShutdown:
 
 
 _QUERIES = (GetStatus, GetMetrics, Control, BeginShutdown, FinishShutdown)
+# Events that only update the books: they wait in the inbox for the next message that wakes the supervisor.
+_BOOKKEEPING = (CallQueued, CallStarted, CallFinished, Settled, Refused)
 _PAST = {"crash": "crashed", "hang": "hung", "operator": "was restarted by an operator"}
 
 
 class SupervisorActor(pykka.ThreadingActor):
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return DeferringInbox(lambda message: isinstance(message, _BOOKKEEPING))
+
     def __init__(
         self,
         settings: Settings,
