@@ -4,8 +4,13 @@ Its mailbox serialises every decision about the tool — admit, queue, refuse,
 start, finish, cancel — so the concurrency limit and the circuit breaker need
 no locks: they are plain fields read and written by one thread. Processes run
 on a small pool of runner threads; a runner reports back with a `Finished`
-message and the actor answers the caller only after its own books are
-straight, so anyone who sees an answer also sees the slot it freed.
+message, and whoever answers the caller does so only after that message is
+in the mailbox, so anything a caller sends after seeing its answer finds the
+slot freed. Usually the actor answers, once its books are straight. A plain
+success that leaves the breaker as it was, with no call queued and no drain
+waiting, changes nothing anyone can observe; then the runner answers at
+once, and its `Finished` waits in the inbox, without waking the actor, until
+the next message arrives (the supervisor's ping, at the latest).
 
 Under a supervisor, an actor that dies or is retired answers nothing more:
 the supervisor keeps every call it routed and settles them itself, so each
@@ -29,6 +34,7 @@ from actors.api import ProgressSink
 from actors.breaker import BreakerState, CircuitBreaker, Transition
 from actors.events import ActorCrashed, ActorStarted, BreakerChanged, CallFinished, CallQueued, CallStarted, Parent
 from actors.faults import Fault, FaultKind, FaultSource, InjectedCrash, no_faults
+from actors.inbox import DeferringInbox
 from actors.outcome import Verdict, outcome_from_run
 from actors.prepare import PreparedCall
 from actors.reply import Reply
@@ -91,6 +97,7 @@ class Finished:
     call_id: str
     outcome: CallOutcome
     verdict: Verdict
+    answered: bool = False  # by the runner: booking it changes nothing visible, so it need not wake the actor
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,9 @@ class ToolActor(pykka.ThreadingActor):
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix=f"{self.name}-run")
 
     # --- pykka hooks ------------------------------------------------------------
+
+    def _create_actor_inbox(self) -> Any:
+        return DeferringInbox(lambda message: isinstance(message, Finished) and message.answered)
 
     def on_start(self) -> None:
         self._tell_parent(ActorStarted(self.name, self.incarnation, self.clock()))
@@ -347,7 +357,26 @@ class ToolActor(pykka.ThreadingActor):
         except Exception:
             outcome = call.failure(ErrorType.INTERNAL, "the runner failed: " + traceback.format_exc(limit=3))
             verdict = Verdict.NEUTRAL
-        self._send_home(Finished(call.call_id, outcome, verdict), call, outcome)
+        answer_now = self._booking_can_wait(verdict)
+        if self._send_home(Finished(call.call_id, outcome, verdict, answered=answer_now), call, outcome) and answer_now:
+            self._settle(call, outcome, ran=True)
+
+    def _booking_can_wait(self, verdict: Verdict) -> bool:
+        """Runner thread: whether booking this run would change nothing anyone can see or is waiting for.
+
+        Reads the actor's fields without its thread. That is safe here: an
+        idle actor changes none of them, and a busy one reads its inbox — and
+        so books this run — before it waits again.
+        """
+        breaker = self.breaker
+        return (
+            verdict is Verdict.SUCCESS
+            and breaker.state is BreakerState.CLOSED
+            and breaker.consecutive_failures == 0
+            and not self.queue
+            and not self.draining
+            and not self.retired.is_set()
+        )
 
     def _fail_without_running(self, call: Call, fault: Fault) -> None:
         result = RunResult(
@@ -366,7 +395,8 @@ class ToolActor(pykka.ThreadingActor):
         outcome, verdict = outcome_from_run(self.spec, call.call_id, call.prepared, result)
         self._send_home(Finished(call.call_id, outcome, verdict), call, outcome)
 
-    def _send_home(self, message: Finished, call: Call, outcome: CallOutcome) -> None:
+    def _send_home(self, message: Finished, call: Call, outcome: CallOutcome) -> bool:
+        """Hand the run back to the actor; False if it is dead."""
         try:
             self.actor_ref.tell(message)
         except pykka.ActorDeadError:
@@ -374,6 +404,8 @@ class ToolActor(pykka.ThreadingActor):
             # sweeps the dead incarnation; without one, this is the answer.
             if self.parent is None:
                 call.settle(outcome)
+            return False
+        return True
 
     def _finish(self, call_id: str, outcome: CallOutcome, verdict: Verdict) -> None:
         running = self.running.pop(call_id, None)

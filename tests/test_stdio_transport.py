@@ -393,39 +393,6 @@ def test_stop_ends_the_transport_and_answers_calls_in_flight() -> None:
 # ---------------------------------------------------------------- logs
 
 
-def test_background_logging_writes_the_same_lines_from_a_writer_thread() -> None:
-    """The daemon's mode: records queued on the hot thread keep their call id and message, and closing flushes them."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    stream = io.StringIO()
-    written_by: list[str] = []
-
-    class Recording(io.StringIO):
-        def write(self, text: str) -> int:
-            written_by.append(threading.current_thread().name)
-            return stream.write(text)
-
-    try:
-        handler = configure_logging("INFO", stream=Recording(), background=True)
-        log = logging.getLogger("labrecon.test")
-        arguments = {"target": "10.0.0.5"}
-        with correlation("c-7"):
-            log.info("call for %s", arguments, extra={"tool": "nmap"})
-        arguments["target"] = "changed after logging"
-        log.info("no call")
-        root.removeHandler(handler)
-        handler.close()  # what logging.shutdown does at exit: the queue is written out first
-        first, second = (json.loads(line) for line in stream.getvalue().splitlines())
-        assert first["msg"] == "call for {'target': '10.0.0.5'}" and first["call_id"] == "c-7" and first["tool"] == "nmap"
-        assert second["msg"] == "no call" and "call_id" not in second
-        assert written_by and threading.main_thread().name not in written_by
-    finally:
-        for handler in list(root.handlers):
-            if handler not in saved[0]:
-                root.removeHandler(handler)
-        root.setLevel(saved[1])
-
-
 def test_log_records_are_single_json_lines_stamped_with_the_call_id() -> None:
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)

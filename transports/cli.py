@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from transports.stdio import serve_stdio
 
     settings = load_settings(args.config)
-    configure_logging(settings.logging.level, background=True)
+    configure_logging(settings.logging.level)
     if args.transport in ("sse", "http"):
         from transports.daemon import run_http_daemon
 

@@ -7,24 +7,17 @@ dispatcher, the tool actor and the runner by its correlation id (the call
 id). The id travels in a context variable, so code running inside a call's
 asyncio task is stamped without passing it around; code on other threads
 passes `extra={"call_id": ...}`.
-
-A daemon serving calls logs from its hot threads, so it may ask for the
-records to be formatted and written by a background thread instead
-(`background=True`): the calling thread only stamps the record with what
-it alone knows — its call id and its message — and queues it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from logging.handlers import QueueHandler, QueueListener
 from typing import Any, TextIO
 
 __all__ = ["JsonLineFormatter", "configure_logging", "correlation", "current_call_id"]
@@ -74,48 +67,19 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-class _BackgroundHandler(QueueHandler):
-    """Queues records for a writer thread, first fixing what would change by the time they are written.
-
-    Closing it (as `logging.shutdown` does at exit) writes what is still
-    queued and ends the thread.
-    """
-
-    def __init__(self, writer: logging.Handler) -> None:
-        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        super().__init__(records)
-        self._listener: QueueListener | None = QueueListener(records, writer)
-        self._listener.start()
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if getattr(record, "call_id", None) is None:
-            record.call_id = _CALL_ID.get()  # the context variable is this thread's, not the writer's
-        record.msg = record.getMessage()
-        record.args = None
-        return record
-
-    def close(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.stop()
-        super().close()
-
-
-def configure_logging(level: int | str = "INFO", *, stream: TextIO | None = None, background: bool = False) -> logging.Handler:
+def configure_logging(level: int | str = "INFO", *, stream: TextIO | None = None) -> logging.Handler:
     """Route the root logger to JSON lines on `stream` (stderr by default).
 
-    Idempotent: a handler installed by an earlier call is replaced (and
-    flushed), so reconfiguring never duplicates lines. With `background`, a
-    writer thread formats and writes them.
+    Idempotent: a handler installed by an earlier call is replaced, so
+    reconfiguring never duplicates lines.
     """
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _HANDLER_MARK, False):
             root.removeHandler(handler)
             handler.close()
-    writer = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    writer.setFormatter(JsonLineFormatter())
-    handler: logging.Handler = _BackgroundHandler(writer) if background else writer
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonLineFormatter())
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
