@@ -160,6 +160,11 @@ class _Capture:
 class ProcessRun:
     """A single run of one argv; `run` once, `cancel` from any thread at any time.
 
+    ``run`` spawns the process and supervises it to the end. A caller that
+    wants the tool started at once, on its own thread, and waited for on
+    another may call `spawn` first; `run` then only supervises. A spawned run
+    owns a live process group, so `run` must follow it.
+
     ``on_line`` is called on the thread inside `run` with every stdout and
     stderr line (split at ``\\n`` or ``\\r``, decoded leniently, empty lines
     skipped, cut at `MAX_LINE_BYTES`), including lines beyond the output caps.
@@ -174,11 +179,16 @@ class ProcessRun:
         self._lock = threading.Lock()
         self._cancelled = False
         self._cancel_event = threading.Event()
-        self._started = False
+        self._spawned = False
+        self._ran = False
+        self._started_at = 0.0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._not_run: RunResult | None = None  # why there is no process: cancelled first, or the spawn failed
+        self._wake_r: int | None = None
         self._wake_w: int | None = None
 
     def cancel(self) -> None:
-        """Ask the run to stop; before `run` it prevents the spawn, after it it does nothing."""
+        """Ask the run to stop; before the spawn it prevents it, after the process ends it does nothing."""
         with self._lock:
             if self._cancelled:
                 return
@@ -191,41 +201,64 @@ class ProcessRun:
         """Block up to `timeout` seconds, returning early (True) if the run is cancelled meanwhile."""
         return self._cancel_event.wait(timeout)
 
-    def run(self) -> RunResult:
+    def spawn(self) -> None:
+        """Start the process on this thread (or settle that it will not run); at most once."""
         request = self.request
-        started = time.monotonic()
         with self._lock:
-            if self._started:
-                raise RuntimeError("a ProcessRun runs only once")
-            self._started = True
+            if self._spawned:
+                raise RuntimeError("a ProcessRun spawns only once")
+            self._spawned = True
+            self._started_at = time.monotonic()
             if self._cancelled:
-                return _not_run(started, cancelled=True)
-            wake_r, self._wake_w = os.pipe()
+                self._not_run = _not_run(self._started_at, cancelled=True)
+                return
+            self._wake_r, self._wake_w = os.pipe()
+        env = dict(MINIMAL_ENV)
+        if request.env:
+            env.update(request.env)
         try:
-            env = dict(MINIMAL_ENV)
-            if request.env:
-                env.update(request.env)
-            try:
-                proc = subprocess.Popen(
-                    request.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    bufsize=0,
-                    close_fds=True,
-                    start_new_session=True,
-                    env=env,
-                    cwd=request.cwd or MINIMAL_ENV["HOME"],
-                )
-            except (OSError, ValueError, subprocess.SubprocessError) as exc:
-                return _not_run(started, spawn_error=str(exc) or type(exc).__name__)
-            self.pid = proc.pid
-            return self._supervise(proc, started, wake_r)
+            self._proc = subprocess.Popen(
+                request.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                close_fds=True,
+                start_new_session=True,
+                env=env,
+                cwd=request.cwd or MINIMAL_ENV["HOME"],
+            )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            self._not_run = _not_run(self._started_at, spawn_error=str(exc) or type(exc).__name__)
+            self._close_wake_pipe()
+            return
+        self.pid = self._proc.pid
+
+    def run(self) -> RunResult:
+        """Spawn (unless `spawn` did), supervise to the end, reap; returns how the run ended."""
+        with self._lock:
+            if self._ran:
+                raise RuntimeError("a ProcessRun runs only once")
+            self._ran = True
+            spawned = self._spawned
+        if not spawned:
+            self.spawn()
+        if self._proc is None:
+            assert self._not_run is not None
+            return self._not_run
+        assert self._wake_r is not None
+        try:
+            return self._supervise(self._proc, self._started_at, self._wake_r)
         finally:
-            with self._lock:
-                os.close(self._wake_w)
-                self._wake_w = None
-            os.close(wake_r)
+            self._close_wake_pipe()
+
+    def _close_wake_pipe(self) -> None:
+        with self._lock:
+            wake_r, wake_w = self._wake_r, self._wake_w
+            self._wake_r = self._wake_w = None
+        for fd in (wake_r, wake_w):
+            if fd is not None:
+                os.close(fd)
 
     def _supervise(self, proc: subprocess.Popen[bytes], started: float, wake_r: int) -> RunResult:
         request = self.request

@@ -253,7 +253,8 @@ class ToolActor(pykka.ThreadingActor):
     def _close(self, *, wait: bool) -> None:
         for reply in self.draining:
             reply.resolve(None)
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        # Every submitted run still gets its runner: a spawned process is only ever ended by the run that supervises it.
+        self._pool.shutdown(wait=wait)
 
     # --- admission --------------------------------------------------------------
 
@@ -331,8 +332,11 @@ class ToolActor(pykka.ThreadingActor):
         self.running[call.call_id] = _Running(call, run, self.clock())
         if fault is not None and fault.kind is FaultKind.FAIL:
             self._pool.submit(self._fail_without_running, call, fault)
-        else:
-            self._pool.submit(self._execute, call, run, fault)
+            return
+        if fault is None:
+            # Started here, so the runner thread wakes while the tool starts rather than before it.
+            run.spawn()
+        self._pool.submit(self._execute, call, run, fault)
 
     def _progress_reader(self, call: Call) -> Callable[[str], None] | None:
         sink = call.progress

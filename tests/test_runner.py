@@ -185,6 +185,44 @@ def test_a_run_runs_once():
     process_run.run()
     with pytest.raises(RuntimeError):
         process_run.run()
+    with pytest.raises(RuntimeError):
+        process_run.spawn()
+
+
+def test_a_run_spawned_on_one_thread_is_supervised_on_another(tmp_path, exit_watch):
+    nmap = install_fake(tmp_path, "nmap")
+    process_run = ProcessRun(RunRequest([str(nmap), "-oX", "-", "10.0.0.5"], timeout_sec=30))
+    process_run.spawn()
+    (call,) = wait_until(lambda: read_calls(nmap), what="the fake to start")  # it runs before anyone waits
+    assert process_run.pid == call["pid"]
+    with pytest.raises(RuntimeError):
+        process_run.spawn()
+    thread, results = run_in_thread(process_run)
+    thread.join(30)
+    (result,) = results
+    assert result.returncode == 0 and b"<nmaprun" in result.stdout
+    assert result.pid == call["pid"]
+    assert_gone(call["pid"])
+
+
+def test_a_run_cancelled_between_spawn_and_supervision_still_ends_its_group(tmp_path):
+    nmap = install_fake(tmp_path, "nmap", mode="hang_with_child")
+    process_run = ProcessRun(RunRequest([str(nmap), "10.0.0.5"], timeout_sec=60))
+    process_run.spawn()
+    (call,) = wait_until(lambda: read_calls(nmap), what="the fake to start")
+    process_run.cancel()
+    result = process_run.run()
+    assert result.cancelled and not result.timed_out
+    assert_gone(call["pid"], call["child_pid"])
+
+
+def test_a_failed_spawn_leaves_no_descriptor_behind(tmp_path):
+    fds_before = len(os.listdir("/proc/self/fd"))
+    process_run = ProcessRun(RunRequest([str(tmp_path / "missing")], timeout_sec=5))
+    process_run.spawn()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    result = process_run.run()
+    assert result.spawn_error and result.pid is None
 
 
 # --------------------------------------------------------------------------- output caps
