@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from actors.api import ToolInfo
 from actors.policy import ResolvedTarget
 from actors.results import CallOutcome, InvalidCall
+from actors.tools.schema import compact_schema
 
 MAX_EXTRA_ARGS = 2048
 
@@ -140,6 +141,10 @@ class ToolSpec:
         return schema
 
     def output_schema(self) -> dict[str, Any]:
+        return compact_schema(self.model_output_schema())
+
+    def model_output_schema(self) -> dict[str, Any]:
+        """The output schema as pydantic writes it: the envelope with this tool's result model in it."""
         envelope = CallOutcome.model_json_schema(mode="serialization")
         result = self.result_model.model_json_schema(mode="serialization")
         defs = {**envelope.pop("$defs", {}), **result.pop("$defs", {})}
