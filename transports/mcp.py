@@ -37,6 +37,7 @@ import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from typing import Any, Final
 
@@ -478,9 +479,14 @@ class McpDispatcher:
                 logger.info("tool call cancelled by the client; no reply sent", extra={"tool": name})
                 return None
             error_type = outcome.error_type.value if outcome.error_type else None
-            logger.info(
-                "tool call finished",
-                extra={"tool": name, "ok": outcome.ok, "error_type": error_type, "duration_sec": outcome.duration_sec},
+            # Like an access log, the line is written once the reply is on its way: it must not delay it.
+            # (call_soon runs it in a copy of this context, so it keeps the call's correlation id.)
+            asyncio.get_running_loop().call_soon(
+                partial(
+                    logger.info,
+                    "tool call finished",
+                    extra={"tool": name, "ok": outcome.ok, "error_type": error_type, "duration_sec": outcome.duration_sec},
+                )
             )
             client_log(
                 "info" if outcome.ok else "warning",
