@@ -16,9 +16,9 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from actors.settings import GobusterSettings, MasscanSettings, NmapSettings, PolicySettings, Strict, ToolSettings
@@ -108,7 +108,10 @@ class AuthSettings(Strict):
 
 
 class LoggingSettings(Strict):
-    level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    # Any case: operators write both `level = "debug"` and LABRECON_LOGGING__LEVEL=DEBUG.
+    level: Annotated[str, BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value)] = Field(
+        default="info", pattern="^(debug|info|warning|error)$"
+    )
     # Append-only JSONL record of every call: who, what, against which target, how it ended.
     audit_path: Path | None = None
 

@@ -52,6 +52,16 @@ def test_config_path_from_environment(tmp_path, monkeypatch):
     assert load_settings().policy.max_hosts == 4
 
 
+def test_log_level_in_any_case(tmp_path, monkeypatch):
+    assert load_settings(write(tmp_path, '[logging]\nlevel = "Debug"\n')).logging.level == "debug"
+    monkeypatch.setenv("LABRECON_LOGGING__LEVEL", "WARNING")
+    assert load_settings().logging.level == "warning"
+    monkeypatch.setenv("LABRECON_LOGGING__LEVEL", "LOUD")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "logging.level" in str(err.value)
+
+
 def test_static_hosts_map(tmp_path):
     s = load_settings(write(tmp_path, '[policy.hosts]\n"Web.Lab.Internal." = "10.1.2.3"\n'))
     assert s.policy.hosts == {"web.lab.internal": ipaddress.ip_address("10.1.2.3")}
