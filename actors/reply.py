@@ -12,12 +12,15 @@ to answer a call without ever answering it twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from concurrent.futures import Future
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 class Reply(Generic[T]):
@@ -53,16 +56,24 @@ class Reply(Generic[T]):
             return True
 
     def deliver(self, value: T) -> None:
-        """Hand over the answer; only after a successful `claim()`."""
+        """Hand over the answer; only after a successful `claim()`.
+
+        The `on_resolved` callbacks run first, so a caller who sees the answer
+        also sees the books it closed (its call id free again, say); one that
+        fails is logged and never keeps the answer from its caller.
+        """
         with self._lock:
             if not self._claimed or self._delivered:
                 raise RuntimeError("deliver() needs a claim and happens once")
             self._delivered = True
             self._value = value
             callbacks, self._callbacks = self._callbacks, []
-        self._deliver(value)
         for callback in callbacks:
-            callback(value)
+            try:
+                callback(value)
+            except Exception:
+                logger.exception("a reply callback failed; the answer is delivered all the same")
+        self._deliver(value)
 
     def resolve(self, value: T) -> bool:
         """Claim and deliver in one step; False if the call was already answered."""
@@ -72,7 +83,7 @@ class Reply(Generic[T]):
         return True
 
     def on_resolved(self, callback: Callable[[T], None]) -> None:
-        """Run `callback(value)` on the delivering thread once answered (here and now if it already is)."""
+        """Run `callback(value)` on the delivering thread as the answer is handed over (here and now if it was)."""
         with self._lock:
             if not self._delivered:
                 self._callbacks.append(callback)

@@ -1,0 +1,60 @@
+"""A reply is answered once, its books are closed before its caller sees it, and a bad callback loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from actors.reply import AsyncReply, ThreadReply
+
+
+def test_callbacks_run_before_the_caller_can_see_the_answer() -> None:
+    reply: ThreadReply[str] = ThreadReply()
+    seen: list[bool] = []
+    reply.on_resolved(lambda value: seen.append(reply.future.done()))
+    assert reply.resolve("ok")
+    assert seen == [False]
+    assert reply.wait(1) == "ok"
+
+
+def test_a_failing_callback_still_delivers_the_answer(caplog: pytest.LogCaptureFixture) -> None:
+    reply: ThreadReply[str] = ThreadReply()
+    later: list[str] = []
+
+    def broken(value: str) -> None:
+        raise RuntimeError("books are on fire")
+
+    reply.on_resolved(broken)
+    reply.on_resolved(later.append)
+    with caplog.at_level(logging.ERROR):
+        assert reply.resolve("ok")
+    assert reply.wait(1) == "ok"
+    assert later == ["ok"]
+    assert "reply callback failed" in caplog.text
+
+
+def test_only_the_first_answer_counts_and_late_callbacks_run_at_once() -> None:
+    reply: ThreadReply[int] = ThreadReply()
+    assert reply.resolve(1)
+    assert not reply.resolve(2)
+    assert not reply.claim()
+    late: list[int] = []
+    reply.on_resolved(late.append)
+    assert late == [1] and reply.wait(1) == 1
+    with pytest.raises(RuntimeError):
+        reply.deliver(3)
+
+
+def test_an_async_reply_completes_on_its_loop() -> None:
+    async def main() -> str:
+        reply: AsyncReply[str] = AsyncReply()
+        closed: list[str] = []
+        reply.on_resolved(closed.append)
+        await asyncio.to_thread(reply.resolve, "from another thread")
+        value = await reply.future
+        assert closed == ["from another thread"]
+        return value
+
+    assert asyncio.run(main()) == "from another thread"
