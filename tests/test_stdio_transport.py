@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -387,6 +388,30 @@ def test_stop_ends_the_transport_and_answers_calls_in_flight() -> None:
     finally:
         reader.close()
         for fd in (stdin_r, stdin_w):
+            os.close(fd)
+
+
+def test_one_socket_as_both_stdin_and_stdout() -> None:
+    """As under inetd or socat: the client's requests arriving must not be taken for stdout closing."""
+    ours, theirs = socket.socketpair()
+    fd_in, fd_out = os.dup(theirs.fileno()), os.dup(theirs.fileno())
+    theirs.close()
+    finished: Future[int] = Future()
+    ref = StdioTransport.start(McpDispatcher(FakeBackend()), stdin=fd_in, stdout=fd_out, finished=finished)
+    reader = ours.makefile("rb")
+    peer = LinePeer(ours.sendall, iter(reader.readline, b""))
+    try:
+        assert peer.request("initialize", INIT)["result"]["protocolVersion"] == INIT["protocolVersion"]
+        assert peer.request("ping", {})["result"] == {}
+        call = peer.request("tools/call", {"name": "probe", "arguments": {"target": "10.0.0.5"}})
+        assert call["result"]["isError"] is False
+    finally:
+        ref.stop(timeout=TIMEOUT)
+        ours.shutdown(socket.SHUT_RDWR)  # ends the peer's pump, which holds the reader
+        peer.pump.join(TIMEOUT)
+        reader.close()
+        ours.close()
+        for fd in (fd_in, fd_out):
             os.close(fd)
 
 

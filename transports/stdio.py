@@ -13,12 +13,14 @@ runtime can start it, query it and stop it through one interface. Its
 mailbox thread only starts and stops the connection: the protocol itself
 runs on an asyncio loop in a thread the actor owns, because tool calls are
 awaited concurrently and the backend completes them on that loop. When
-stdin and stdout are pipes or sockets, as an MCP host gives them, the loop
-reads and writes them itself without blocking: a reply leaves in the same
-turn of the loop that finished the call, and what a slow reader has not
-taken yet waits in the transport's buffer. Anything else (a regular file, a
-terminal, whose non-blocking mode would be shared with the shell) is read
-and written by helper threads instead.
+stdin and stdout are pipes, as an MCP host gives them, the loop reads and
+writes them itself without blocking: a reply leaves in the same turn of the
+loop that finished the call, and what a slow reader has not taken yet waits
+in the transport's buffer. Anything else is served by helper threads: a
+regular file, a terminal (whose non-blocking mode would be shared with the
+shell), and a socket for stdout, which may well be stdin too (inetd, socat):
+asyncio watches a write pipe for readability to learn that its reader left,
+and on a socket the client's next request would look like exactly that.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ Stream = BinaryIO | int
 
 
 class _PipeWriter:
-    """Writes one message per line to a pipe or socket from the loop, never blocking it.
+    """Writes one message per line to a pipe from the loop, never blocking it.
 
     Lines go out at once while the client keeps up; what it has not read yet
     is buffered by the transport and sent as it reads. Progress
@@ -68,30 +70,30 @@ class _PipeWriter:
     backlog is already long; replies never are.
     """
 
-    def __init__(self, transport: asyncio.WriteTransport, closed: asyncio.Future[None], restore_blocking: Any) -> None:
+    def __init__(self, transport: asyncio.WriteTransport, side: _WriteSide, restore_blocking: Any) -> None:
         self._transport = transport
-        self._closed = closed
+        self._side = side
+        self._closed = side.closed
         self._restore_blocking = restore_blocking
         self.lines_written = 0
         self.dropped = 0
 
     @classmethod
     async def open(cls, out: Stream) -> _PipeWriter | None:
-        """A writer for `out` if it is a pipe or a socket, else None."""
+        """A writer for `out` if it is a pipe, else None."""
         fd = out if isinstance(out, int) else _fileno(out)
-        if fd is None or not stat.S_ISFIFO(mode := os.fstat(fd).st_mode) and not stat.S_ISSOCK(mode):
+        if fd is None or not stat.S_ISFIFO(os.fstat(fd).st_mode):
             return None
         loop = asyncio.get_running_loop()
-        closed: asyncio.Future[None] = loop.create_future()
         was_blocking = os.get_blocking(fd)
         pipe = os.fdopen(fd, "wb", buffering=0, closefd=False)
         try:
-            transport, _ = await loop.connect_write_pipe(lambda: _WriteSide(closed), pipe)
+            transport, side = await loop.connect_write_pipe(lambda: _WriteSide(loop.create_future()), pipe)
         except (OSError, ValueError):
             pipe.close()
             os.set_blocking(fd, was_blocking)
             return None
-        return cls(transport, closed, lambda: os.set_blocking(fd, was_blocking))
+        return cls(transport, side, lambda: os.set_blocking(fd, was_blocking))
 
     def send(self, line: bytes, *, droppable: bool = False) -> bool:
         if self._closed.done() or self._transport.is_closing():
@@ -105,6 +107,7 @@ class _PipeWriter:
 
     async def close(self, timeout: float) -> None:
         """Flush what is buffered (bounded, for a client that stopped reading), then let go of stdout."""
+        self._side.closing = True
         self._transport.close()
         try:
             await asyncio.wait_for(asyncio.shield(self._closed), timeout)
@@ -116,14 +119,18 @@ class _PipeWriter:
 
 
 class _WriteSide(asyncio.Protocol):
+    """Hears when stdout is gone: closed by us, or by the reader leaving."""
+
     def __init__(self, closed: asyncio.Future[None]) -> None:
-        self._closed = closed
+        self.closed = closed
+        self.closing = False  # set when we close it ourselves
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            logger.warning("stdout is gone; further messages are discarded", extra={"error": str(exc)})
-        if not self._closed.done():
-            self._closed.set_result(None)
+        if not self.closing:
+            reason = str(exc) if exc is not None else "the reader closed it"
+            logger.warning("stdout is gone; further messages are discarded", extra={"error": reason})
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class _ThreadWriter:
