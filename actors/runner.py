@@ -161,9 +161,10 @@ class ProcessRun:
     """A single run of one argv; `run` once, `cancel` from any thread at any time.
 
     ``run`` spawns the process and supervises it to the end. A caller that
-    wants the tool started at once, on its own thread, and waited for on
-    another may call `spawn` first; `run` then only supervises. A spawned run
-    owns a live process group, so `run` must follow it.
+    wants the tool started at once, on its own thread, while `run` waits on
+    another, may call `spawn` too: whichever comes first starts it. A
+    spawned run owns a live process group, so `spawn` only ever follows an
+    arrangement for `run` to be called.
 
     ``on_line`` is called on the thread inside `run` with every stdout and
     stderr line (split at ``\\n`` or ``\\r``, decoded leniently, empty lines
@@ -202,47 +203,52 @@ class ProcessRun:
         return self._cancel_event.wait(timeout)
 
     def spawn(self) -> None:
-        """Start the process on this thread (or settle that it will not run); at most once."""
+        """Start the process now, on this thread, unless it was started (or settled not to run) already.
+
+        The lock is held while the process starts: a `run` on another thread
+        then waits for it instead of starting a second one, and a `cancel`
+        lands once there is a process to stop.
+        """
         request = self.request
         with self._lock:
             if self._spawned:
-                raise RuntimeError("a ProcessRun spawns only once")
+                return
             self._spawned = True
             self._started_at = time.monotonic()
             if self._cancelled:
                 self._not_run = _not_run(self._started_at, cancelled=True)
                 return
-            self._wake_r, self._wake_w = os.pipe()
-        env = dict(MINIMAL_ENV)
-        if request.env:
-            env.update(request.env)
-        try:
-            self._proc = subprocess.Popen(
-                request.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                bufsize=0,
-                close_fds=True,
-                start_new_session=True,
-                env=env,
-                cwd=request.cwd or MINIMAL_ENV["HOME"],
-            )
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            self._not_run = _not_run(self._started_at, spawn_error=str(exc) or type(exc).__name__)
-            self._close_wake_pipe()
-            return
-        self.pid = self._proc.pid
+            wake_r, wake_w = os.pipe()
+            env = dict(MINIMAL_ENV)
+            if request.env:
+                env.update(request.env)
+            try:
+                self._proc = subprocess.Popen(
+                    request.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    bufsize=0,
+                    close_fds=True,
+                    start_new_session=True,
+                    env=env,
+                    cwd=request.cwd or MINIMAL_ENV["HOME"],
+                )
+            except Exception as exc:  # whatever failed, no process exists: the run ends as a spawn error
+                os.close(wake_r)
+                os.close(wake_w)
+                self._not_run = _not_run(self._started_at, spawn_error=str(exc) or type(exc).__name__)
+                return
+            self._wake_r, self._wake_w = wake_r, wake_w
+            self.pid = self._proc.pid
 
     def run(self) -> RunResult:
-        """Spawn (unless `spawn` did), supervise to the end, reap; returns how the run ended."""
+        """Spawn (unless that happened already), supervise to the end, reap; returns how the run ended."""
         with self._lock:
             if self._ran:
                 raise RuntimeError("a ProcessRun runs only once")
             self._ran = True
-            spawned = self._spawned
-        if not spawned:
-            self.spawn()
+        self.spawn()
         if self._proc is None:
             assert self._not_run is not None
             return self._not_run

@@ -19,6 +19,7 @@ call is answered, and counted, exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -106,6 +107,11 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Wake:
+    """Nothing to do but read the inbox: bookkeeping left there without waking the actor is now awaited."""
+
+
+@dataclass(frozen=True)
 class ForceBreaker:
     state: BreakerState
 
@@ -189,6 +195,8 @@ class ToolActor(pykka.ThreadingActor):
                 self._finish(call_id, outcome, verdict)
             case Cancel(call_id):
                 self._cancel(call_id)
+            case Wake():
+                pass
             case Ping(reply):
                 reply.resolve(self.clock())
             case ForceBreaker(state):
@@ -333,10 +341,11 @@ class ToolActor(pykka.ThreadingActor):
         if fault is not None and fault.kind is FaultKind.FAIL:
             self._pool.submit(self._fail_without_running, call, fault)
             return
-        if fault is None:
-            # Started here, so the runner thread wakes while the tool starts rather than before it.
-            run.spawn()
         self._pool.submit(self._execute, call, run, fault)
+        if fault is None:
+            # The runner's `run` would start it too; started here, the runner thread wakes while the
+            # tool starts rather than before. Submitted first, so a started process always has a runner.
+            run.spawn()
 
     def _progress_reader(self, call: Call) -> Callable[[str], None] | None:
         sink = call.progress
@@ -362,8 +371,16 @@ class ToolActor(pykka.ThreadingActor):
             outcome = call.failure(ErrorType.INTERNAL, "the runner failed: " + traceback.format_exc(limit=3))
             verdict = Verdict.NEUTRAL
         answer_now = self._booking_can_wait(verdict)
-        if self._send_home(Finished(call.call_id, outcome, verdict, answered=answer_now), call, outcome) and answer_now:
-            self._settle(call, outcome, ran=True)
+        if not self._send_home(Finished(call.call_id, outcome, verdict, answered=answer_now), call, outcome):
+            return
+        if not answer_now:
+            return  # the actor answers once its books are straight
+        if not self._booking_can_wait(verdict):
+            # Someone began waiting on the actor (a call queued, a drain) between the check and the
+            # Finished reaching its inbox: have it read that inbox now, not at its next message.
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(Wake())
+        self._settle(call, outcome, ran=True)
 
     def _booking_can_wait(self, verdict: Verdict) -> bool:
         """Runner thread: whether booking this run would change nothing anyone can see or is waiting for.

@@ -98,3 +98,24 @@ def test_keywords_beside_a_reference_survive_and_enums_keep_their_null() -> None
     assert compact["properties"]["size"] == {"type": "integer", "description": "how big"}
     kind = Draft202012Validator(compact["properties"]["kind"])
     assert kind.is_valid(None) and kind.is_valid("a") and not kind.is_valid("c")
+
+
+def test_fields_named_like_annotations_are_fields_and_data_is_left_alone() -> None:
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    class Page(BaseModel):
+        url: str
+        title: str | None = None
+        default: int = 0
+        kind: Literal["a", "b"] = "a"
+
+    original = Page.model_json_schema(mode="serialization")
+    compact = compact_schema({**original, "properties": {**original["properties"], "fixed": {"const": {"title": 1}}}})
+    assert set(compact["properties"]) == {"url", "title", "default", "kind", "fixed"}
+    assert compact["properties"]["fixed"] == {"const": {"title": 1}}
+    validator = Draft202012Validator(compact)
+    assert validator.is_valid({"url": "u", "title": None, "default": 3, "kind": "b", "fixed": {"title": 1}})
+    assert not validator.is_valid({"url": "u", "title": 5})
+    assert not validator.is_valid({"url": "u", "kind": "c"})

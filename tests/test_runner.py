@@ -185,8 +185,17 @@ def test_a_run_runs_once():
     process_run.run()
     with pytest.raises(RuntimeError):
         process_run.run()
-    with pytest.raises(RuntimeError):
-        process_run.spawn()
+
+
+def test_spawn_starts_one_process_whoever_calls_it_first(tmp_path):
+    nmap = install_fake(tmp_path, "nmap")
+    process_run = ProcessRun(RunRequest([str(nmap), "-oX", "-", "10.0.0.5"], timeout_sec=30))
+    process_run.spawn()
+    process_run.spawn()
+    result = process_run.run()
+    process_run.spawn()
+    assert result.returncode == 0
+    assert [call["pid"] for call in read_calls(nmap)] == [result.pid]
 
 
 def test_a_run_spawned_on_one_thread_is_supervised_on_another(tmp_path, exit_watch):
@@ -195,8 +204,6 @@ def test_a_run_spawned_on_one_thread_is_supervised_on_another(tmp_path, exit_wat
     process_run.spawn()
     (call,) = wait_until(lambda: read_calls(nmap), what="the fake to start")  # it runs before anyone waits
     assert process_run.pid == call["pid"]
-    with pytest.raises(RuntimeError):
-        process_run.spawn()
     thread, results = run_in_thread(process_run)
     thread.join(30)
     (result,) = results

@@ -19,6 +19,10 @@ from typing import Any
 __all__ = ["compact_schema"]
 
 _ANNOTATIONS = frozenset({"title", "default", "$defs"})
+# Keywords whose value maps names to schemas: the names are data, never keywords to drop.
+_NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "dependentSchemas"})
+# Keywords whose value is instance data, copied as it is.
+_DATA = frozenset({"enum", "const", "examples"})
 _NULL = {"type": "null"}
 
 
@@ -32,7 +36,16 @@ def _compact(node: Any, defs: dict[str, Any]) -> Any:
         return [_compact(item, defs) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: _compact(value, defs) for key, value in node.items() if key not in _ANNOTATIONS and key != "$ref"}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _ANNOTATIONS or key == "$ref":
+            continue
+        if key in _DATA:
+            out[key] = value
+        elif key in _NAMED_SCHEMAS and isinstance(value, dict):
+            out[key] = {name: _compact(schema, defs) for name, schema in value.items()}
+        else:
+            out[key] = _compact(value, defs)
     if "$ref" in node:
         # Keywords beside a reference (a field's description) stay, over the referenced schema's own.
         out = {**_compact(defs[node["$ref"].removeprefix("#/$defs/")], defs), **out}
