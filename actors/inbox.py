@@ -2,13 +2,15 @@
 
 Every tool call sends its supervisor a few events (queued, started,
 finished) that only update books: counters, gauges, the in-flight table.
-Nobody waits on them, yet with an ordinary inbox each one wakes the
-supervisor's thread, and on a busy daemon those wakeups cost more than the
-bookkeeping itself. Here such events are appended without waking the
+A tool actor likewise hears of each run its runner has already answered.
+Nobody waits on these, yet with an ordinary inbox each one wakes the
+actor's thread, and on a busy daemon those wakeups cost more than the
+bookkeeping itself. Here such messages are appended without waking the
 reader. They are read, in order, as soon as anything else arrives — a status
-or metrics query, a crash, the supervisor's own tick — so a query always
-sees books that include every event sent before it. `max_deferred` bounds
-the backlog (and so memory) when nothing else happens for a while.
+or metrics query, a new call, a crash, a tick or ping — so whatever is
+handled next sees books that include every message sent before it.
+`max_deferred` bounds the backlog (and so memory) when nothing else happens
+for a while.
 
 It offers the three methods a pykka actor loop uses: `put`, `get`, `empty`.
 """

@@ -218,11 +218,12 @@ class ProcessRun:
             if self._cancelled:
                 self._not_run = _not_run(self._started_at, cancelled=True)
                 return
-            wake_r, wake_w = os.pipe()
             env = dict(MINIMAL_ENV)
             if request.env:
                 env.update(request.env)
+            wake: tuple[int, int] | None = None
             try:
+                wake = os.pipe()
                 self._proc = subprocess.Popen(
                     request.argv,
                     stdin=subprocess.DEVNULL,
@@ -235,11 +236,11 @@ class ProcessRun:
                     cwd=request.cwd or MINIMAL_ENV["HOME"],
                 )
             except Exception as exc:  # whatever failed, no process exists: the run ends as a spawn error
-                os.close(wake_r)
-                os.close(wake_w)
+                for fd in wake or ():
+                    os.close(fd)
                 self._not_run = _not_run(self._started_at, spawn_error=str(exc) or type(exc).__name__)
                 return
-            self._wake_r, self._wake_w = wake_r, wake_w
+            self._wake_r, self._wake_w = wake
             self.pid = self._proc.pid
 
     def run(self) -> RunResult:

@@ -371,10 +371,9 @@ class ToolActor(pykka.ThreadingActor):
             outcome = call.failure(ErrorType.INTERNAL, "the runner failed: " + traceback.format_exc(limit=3))
             verdict = Verdict.NEUTRAL
         answer_now = self._booking_can_wait(verdict)
-        if not self._send_home(Finished(call.call_id, outcome, verdict, answered=answer_now), call, outcome):
-            return
-        if not answer_now:
-            return  # the actor answers once its books are straight
+        filed = self._send_home(Finished(call.call_id, outcome, verdict, answered=answer_now), call, outcome)
+        if not (filed and answer_now):
+            return  # the actor answers once its books are straight (or, dead, leaves it to its supervisor)
         if not self._booking_can_wait(verdict):
             # Someone began waiting on the actor (a call queued, a drain) between the check and the
             # Finished reaching its inbox: have it read that inbox now, not at its next message.

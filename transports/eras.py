@@ -14,8 +14,8 @@ session or transport state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 from enum import StrEnum
+from functools import cache
 from typing import Any, Final
 
 from mcp_types import (
@@ -208,7 +208,8 @@ def shape_result(method: str, version: str, result: dict[str, Any], server_info:
     (cache hints and `resultType` before 2026) and rejects a malformed result
     as a server bug. Fields newer than the negotiated handshake revision are
     dropped too. Modern results always carry `resultType` and are stamped
-    with the server identity, as 2026-07-28 asks.
+    with the server identity, as 2026-07-28 asks. (`tools/call` results are
+    built to their version's shape directly; see `transports.tool_results`.)
     """
     shaped = mcp_methods.serialize_server_result(method, version, result)
     if version in MODERN_VERSIONS:
@@ -221,8 +222,6 @@ def shape_result(method: str, version: str, result: dict[str, Any], server_info:
                 tool.pop("title", None)
             if not has_feature(version, "output_schema"):
                 tool.pop("outputSchema", None)
-    elif method == "tools/call" and not has_feature(version, "structured_content"):
-        shaped.pop("structuredContent", None)
     return shaped
 
 
