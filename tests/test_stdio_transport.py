@@ -25,6 +25,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from tests.backends import TOOLS, FakeBackend
+from tests.helpers import wait_until
 from transports.logs import JsonLineFormatter, configure_logging, correlation
 from transports.mcp import McpDispatcher
 from transports.stdio import StdioTransport
@@ -386,6 +387,44 @@ def test_stop_ends_the_transport_and_answers_calls_in_flight() -> None:
         assert backend.counts["cancelled"] == 1
         assert os.get_blocking(stdin_r)  # stdin is handed back the way it was found
     finally:
+        reader.close()
+        for fd in (stdin_r, stdin_w):
+            os.close(fd)
+
+
+def test_a_client_that_stops_reading_loses_progress_but_never_a_reply() -> None:
+    """stdout is a pipe nobody drains for a while: progress beyond a bounded backlog is dropped, the reply is kept."""
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    ref = StdioTransport.start(McpDispatcher(FakeBackend()), stdin=stdin_r, stdout=stdout_w)
+    reader = os.fdopen(stdout_r, "rb")
+    steps = 20_000  # ~3 MB of notifications: far more than the pipe and the writer's backlog hold
+    peer = None
+    try:
+        os.write(stdin_w, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}).encode() + b"\n")
+        assert json.loads(reader.readline())["id"] == 1
+        # From here on nobody reads stdout until the call is over.
+        os.write(stdin_w, json.dumps({
+            "jsonrpc": "2.0", "id": "flood", "method": "tools/call",
+            "params": {"name": "probe", "arguments": {"target": "10.0.0.5", "progress": list(range(1, steps + 1))},
+                       "_meta": {"progressToken": "f"}},
+        }).encode() + b"\n")
+        stats = ref.proxy().stats
+        wait_until(lambda: stats().get(timeout=TIMEOUT)["in_flight"] == 0, what="the flooding call to finish")
+        dropped = stats().get(timeout=TIMEOUT)["notifications_dropped"]
+        assert 0 < dropped < steps
+        peer = LinePeer(lambda data: os.write(stdin_w, data), iter(reader.readline, b""))
+        reply = peer.reply("flood")  # reading resumes: the backlog drains, and the reply is in it
+        assert reply["result"]["isError"] is False
+        progress = [m for m in peer.received if isinstance(m, dict) and m.get("method") == "notifications/progress"]
+        assert len(progress) == steps - dropped
+        values = [m["params"]["progress"] for m in progress]
+        assert values == sorted(values)
+    finally:
+        ref.stop(timeout=TIMEOUT)
+        os.close(stdout_w)
+        if peer is not None:
+            peer.pump.join(TIMEOUT)
         reader.close()
         for fd in (stdin_r, stdin_w):
             os.close(fd)

@@ -73,7 +73,6 @@ class _PipeWriter:
     def __init__(self, transport: asyncio.WriteTransport, side: _WriteSide, restore_blocking: Any) -> None:
         self._transport = transport
         self._side = side
-        self._closed = side.closed
         self._restore_blocking = restore_blocking
         self.lines_written = 0
         self.dropped = 0
@@ -96,7 +95,7 @@ class _PipeWriter:
         return cls(transport, side, lambda: os.set_blocking(fd, was_blocking))
 
     def send(self, line: bytes, *, droppable: bool = False) -> bool:
-        if self._closed.done() or self._transport.is_closing():
+        if self._side.closed.done() or self._transport.is_closing():
             return False
         if droppable and self._transport.get_write_buffer_size() >= _MAX_BUFFERED_PROGRESS_BYTES:
             self.dropped += 1
@@ -110,7 +109,7 @@ class _PipeWriter:
         self._side.closing = True
         self._transport.close()
         try:
-            await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+            await asyncio.wait_for(asyncio.shield(self._side.closed), timeout)
         except TimeoutError:
             logger.warning("stdout did not drain in time; abandoning unsent messages")
             self._transport.abort()
