@@ -115,10 +115,13 @@ class HttpServerActor(pykka.ThreadingActor):
         graceful_timeout: float = 5.0,
         access_log: bool = False,
         on_exit: Callable[[BaseException | None], None] | None = None,
+        closed: threading.Event | None = None,
     ) -> None:
         super().__init__()
         self.name = name
         self.listener = listener
+        # Set once the socket is closed: the actor counts as stopped a little before that.
+        self.closed = closed or threading.Event()
         self.graceful_timeout = graceful_timeout
         self.on_exit = on_exit
         self.uds = Path(listener.getsockname()) if listener.family == socket.AF_UNIX else None
@@ -169,6 +172,7 @@ class HttpServerActor(pykka.ThreadingActor):
             self._thread.join(5.0)
         self.listener.close()
         self._remove_socket_file()
+        self.closed.set()
 
     def on_failure(self, *exc_info: Any) -> None:
         self.on_stop()
@@ -220,9 +224,10 @@ class HttpServer:
             print(server.url)
     """
 
-    def __init__(self, ref: pykka.ActorRef[HttpServerActor], address: BoundAddress) -> None:
+    def __init__(self, ref: pykka.ActorRef[HttpServerActor], address: BoundAddress, closed: threading.Event) -> None:
         self.ref = ref
         self.address = address
+        self._closed = closed
 
     @classmethod
     def start(
@@ -240,9 +245,16 @@ class HttpServer:
     ) -> HttpServer:
         """Listen on `uds` if given, else on `host:port` (0: any free port); return once serving."""
         listener = bind_unix(Path(uds)) if uds is not None else bind_tcp(host, port)
+        closed = threading.Event()
         try:
             ref = HttpServerActor.start(
-                app, listener, name=name, graceful_timeout=graceful_timeout, access_log=access_log, on_exit=on_exit
+                app,
+                listener,
+                name=name,
+                graceful_timeout=graceful_timeout,
+                access_log=access_log,
+                on_exit=on_exit,
+                closed=closed,
             )
         except BaseException:
             listener.close()
@@ -254,7 +266,7 @@ class HttpServer:
                 ref.stop(block=True, timeout=graceful_timeout + 15.0)
             raise
         log.info("%s server listening on %s", name, address.describe())
-        return cls(ref, address)
+        return cls(ref, address, closed)
 
     @property
     def port(self) -> int | None:
@@ -266,7 +278,8 @@ class HttpServer:
 
     @property
     def running(self) -> bool:
-        return self.ref.is_alive()
+        """Serving, or still letting go of its socket: False only once nothing listens any more."""
+        return not self._closed.is_set()
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Stop accepting, let open requests finish within the graceful timeout, then close."""
