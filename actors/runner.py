@@ -161,10 +161,9 @@ class ProcessRun:
     """A single run of one argv; `run` once, `cancel` from any thread at any time.
 
     ``run`` spawns the process and supervises it to the end. A caller that
-    wants the tool started at once, on its own thread, while `run` waits on
-    another, may call `spawn` too: whichever comes first starts it. A
-    spawned run owns a live process group, so `spawn` only ever follows an
-    arrangement for `run` to be called.
+    wants the tool started at once, on its own thread, and supervised on
+    another may call `spawn` first (`run` then only supervises). A spawned
+    run owns a live process group: `run` must follow, or else `abandon`.
 
     ``on_line`` is called on the thread inside `run` with every stdout and
     stderr line (split at ``\\n`` or ``\\r``, decoded leniently, empty lines
@@ -258,6 +257,26 @@ class ProcessRun:
             return self._supervise(self._proc, self._started_at, self._wake_r)
         finally:
             self._close_wake_pipe()
+
+    def abandon(self) -> None:
+        """End a spawned run that no runner will supervise: kill its process group at once and reap it.
+
+        For a caller that started the process and then could not arrange for
+        `run` to be called; afterwards `run` may not be.
+        """
+        with self._lock:
+            self._ran = True
+            proc = self._proc
+        if proc is not None:
+            _signal_group(proc.pid, signal.SIGKILL)  # before the reap, while the group id is still ours
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            try:
+                proc.wait(timeout=AFTER_KILL_WAIT_SEC)
+            except subprocess.TimeoutExpired:
+                _log.warning("process %d did not exit after SIGKILL", proc.pid)
+        self._close_wake_pipe()
 
     def _close_wake_pipe(self) -> None:
         with self._lock:

@@ -341,11 +341,13 @@ class ToolActor(pykka.ThreadingActor):
         if fault is not None and fault.kind is FaultKind.FAIL:
             self._pool.submit(self._fail_without_running, call, fault)
             return
-        self._pool.submit(self._execute, call, run, fault)
         if fault is None:
-            # The runner's `run` would start it too; started here, the runner thread wakes while the
-            # tool starts rather than before. Submitted first, so a started process always has a runner.
-            run.spawn()
+            run.spawn()  # started here, the runner thread wakes while the tool starts rather than before it
+        try:
+            self._pool.submit(self._execute, call, run, fault)
+        except BaseException:
+            run.abandon()  # no runner will ever supervise it
+            raise
 
     def _progress_reader(self, call: Call) -> Callable[[str], None] | None:
         sink = call.progress

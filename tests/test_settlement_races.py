@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
+from actors.reply import ThreadReply
 from actors.results import ErrorType
 from tests.fakes.install import set_scenario
 from tests.helpers import process_alive, wait_until
@@ -183,17 +184,22 @@ def test_stop_returns_after_the_process_groups_are_gone(make_runtime):
 # --- 6. a second, concurrent stop() returns before anything is stopped --------------------------
 
 
-def test_concurrent_stop_waits_for_the_shutdown_in_progress(make_runtime, tmp_path):
+def test_concurrent_stop_waits_for_the_shutdown_in_progress(make_runtime, tmp_path, monkeypatch):
+    # Answers are recorded as they are handed over, on the answering thread: the caller's own
+    # thread may take a moment longer to wake, and that is not what this test is about.
+    delivered: list = []
+    hand_over = ThreadReply._deliver
+    monkeypatch.setattr(ThreadReply, "_deliver", lambda reply, value: (delivered.append(value), hand_over(reply, value)))
     release = tmp_path / "release"
     runtime = make_runtime(tools={"nmap": {"scenario": {"mode": "block", "release_file": str(release)}}})
     try:
-        call_thread, answer = run_in_daemon_thread(runtime.call, "nmap", NMAP)
+        call_thread, _ = run_in_daemon_thread(runtime.call, "nmap", NMAP)
         wait_until(lambda: scan_calls(nmap_binary(runtime)), what="the call running")
         first_stop, _ = run_in_daemon_thread(runtime.stop, 1.0)  # e.g. the escalation thread
         wait_until(lambda: runtime.supervisor.slots["nmap"].state == "stopped", what="the first stop draining")
         runtime.stop(30.0)  # e.g. serve_http's `finally`, or `with Runtime.start(...)`'s exit
         # "every call is answered" once stop() returns
-        assert answer, "the second stop() returned while the first was still draining"
+        assert delivered, "the second stop() returned while the first was still draining"
     finally:
         release.touch()
         call_thread.join(10)
@@ -311,3 +317,24 @@ def test_a_drain_arriving_while_a_runner_answers_ends_without_the_grace(make_run
     assert first and first[0].ok
     stop_thread.join(30)
     assert not stop_thread.is_alive(), "the drain waited out the grace period with nothing left running"
+
+
+def test_a_process_no_runner_can_take_is_killed_not_orphaned(make_runtime, monkeypatch):
+    runtime = make_runtime(tools={"nmap": {"scenario": {"mode": "hang_with_child"}}})
+    fake = nmap_binary(runtime)
+
+    def no_thread_to_spare(self, fn, *args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", no_thread_to_spare)
+    outcome = runtime.call("nmap", NMAP, timeout=30)
+    assert outcome.error_type is ErrorType.ACTOR_RESTARTED  # the actor died handing the run over
+
+    def fakes_left() -> list:
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            if any(fake in part for part in process.info["cmdline"] or ()):
+                found.append(process)
+        return found
+
+    wait_until(lambda: not fakes_left(), what="the spawned fake and its child to be gone")
