@@ -18,23 +18,13 @@ from jsonschema import Draft202012Validator
 from actors.results import CallOutcome, ErrorType
 from actors.tools import TOOL_SPECS
 from actors.tools.schema import compact_schema
-from tests.test_tool_specs import SAMPLES
+from tests.test_tool_specs import sample_outcome
 
 REPLACEMENTS: list[Any] = [None, 0, 1.5, "x", True, [], {}, ["x"], {"k": 1}]
 
 
 def outcomes(name: str) -> list[dict[str, Any]]:
-    spec = TOOL_SPECS[name]
-    ok = CallOutcome(
-        tool=name,
-        call_id="c1",
-        ok=True,
-        target="10.0.0.5",
-        resolved_targets=["10.0.0.5"],
-        argv=[name, "10.0.0.5"],
-        returncode=0,
-        result=spec.parse(SAMPLES[name], truncated=False),
-    )
+    ok = sample_outcome(name)
     failed = CallOutcome.failure(name, "c2", ErrorType.CIRCUIT_OPEN, "paused", retry_after_sec=3.0)
     return [ok.model_dump(mode="json"), failed.model_dump(mode="json")]
 

@@ -81,6 +81,20 @@ SAMPLES = {
 }
 
 
+def sample_outcome(name: str) -> CallOutcome:
+    """A successful call whose result is the parse of that tool's real sample output."""
+    return CallOutcome(
+        tool=name,
+        call_id="c1",
+        ok=True,
+        target="10.0.0.5",
+        resolved_targets=["10.0.0.5"],
+        argv=[name, "10.0.0.5"],
+        returncode=0,
+        result=TOOL_SPECS[name].parse(SAMPLES[name], truncated=False),
+    )
+
+
 @pytest.mark.parametrize("name", sorted(TOOL_SPECS))
 def test_output_schema_describes_real_outcomes(name):
     spec = TOOL_SPECS[name]
@@ -88,16 +102,7 @@ def test_output_schema_describes_real_outcomes(name):
     Draft202012Validator.check_schema(schema)
     assert schema["type"] == "object"
     validator = Draft202012Validator(schema)
-    ok = CallOutcome(
-        tool=name,
-        call_id="c1",
-        ok=True,
-        target="10.0.0.5",
-        resolved_targets=["10.0.0.5"],
-        argv=["x"],
-        returncode=0,
-        result=spec.parse(SAMPLES[name], truncated=False),
-    )
+    ok = sample_outcome(name)
     cut = ok.model_copy(update={"result": spec.parse(SAMPLES[name][:200], truncated=True)})
     failed = CallOutcome.failure(name, "c2", ErrorType.VALIDATION, "bad target")
     for outcome in (ok, cut, failed):

@@ -315,12 +315,9 @@ class McpDispatcher:
             raise RpcError(INVALID_REQUEST, "Invalid Request: initialize must not be part of a JSON-RPC batch")
         ctx = self._admit(session, msg, notify)
         if msg.method == "tools/call":
-            # Built to the negotiated version's shape directly: the hot path skips the schema sieve.
             result = await self._call_tool(session, ctx)
             if result is None:
                 return None
-            if ctx.version in eras.MODERN_VERSIONS:
-                eras.stamp_modern(result, self._server_info_stamp)
         else:
             result = self._shape(msg.method, ctx.version, self._handlers[msg.method](session, ctx))
         return jsonrpc.result_response(msg.id, result)
@@ -493,7 +490,9 @@ class McpDispatcher:
                 {"event": "call_finished", "tool": name, "call_id": call.call_id, "ok": outcome.ok,
                  "error_type": error_type},
             )
-        return call_tool_result(outcome, structured_content=eras.has_feature(ctx.version, "structured_content"))
+        # Built to the negotiated version's shape directly: the hot path skips the schema sieve.
+        result = call_tool_result(outcome, structured_content=eras.has_feature(ctx.version, "structured_content"))
+        return eras.stamp_modern(result, self._server_info_stamp) if ctx.version in eras.MODERN_VERSIONS else result
 
     async def _run(self, call: _Call, arguments: dict[str, Any], ctx: _Context, caller: str) -> CallOutcome:
         progress = self._progress_sink(call, ctx.notify) if call.progress_token is not None else None
