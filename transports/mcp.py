@@ -15,7 +15,11 @@ and starts no threads; what differs between transports is passed in:
 
 `handle()` returns the reply for a request, a list of replies for a batch,
 or `None` when nothing must be sent (notifications, responses, a request the
-client cancelled). For a single message, everything except running a tool
+client cancelled, a call already answered through `answer`). A transport
+that can write from any thread passes a `ReplySink` as `answer` (and a
+`notify` that is just as thread-safe): a tool call outside a batch and
+without progress is then answered on the thread that finished it, the
+moment it finishes, instead of after a hop back to the event loop. For a single message, everything except running a tool
 completes before the first `await`, so a transport may start one task per
 incoming message and state changes (initialize, logging/setLevel,
 cancellation) still take effect in arrival order; the elements of a batch
@@ -34,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +71,9 @@ logger = logging.getLogger(__name__)
 
 NotificationSink = Callable[[dict[str, Any]], None]
 """Receives a ready-to-send JSON-RPC notification; must not block (transports enqueue)."""
+
+ReplySink = Callable[[dict[str, Any]], None]
+"""Sends a reply from any thread, without blocking; offered by a transport that can (stdio)."""
 
 Reply = dict[str, Any] | list[dict[str, Any]] | None
 
@@ -113,6 +121,17 @@ class _Call:
     finished: bool = False
     cancelled_by_client: bool = False
     task_cancelled: bool = False
+    answered: bool = False  # the reply went out through the transport's ReplySink
+    _settling: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _settled: bool = False
+
+    def claim_settlement(self) -> bool:
+        """True exactly once: for whoever closes the call's books (the event loop or the answering thread)."""
+        with self._settling:
+            if self._settled:
+                return False
+            self._settled = True
+            return True
 
 
 @dataclass(eq=False)
@@ -224,20 +243,28 @@ class McpDispatcher:
 
     # ------------------------------------------------------------------ entry points
 
-    async def handle_text(self, session: Session, text: str | bytes, notify: NotificationSink) -> Reply:
+    async def handle_text(
+        self, session: Session, text: str | bytes, notify: NotificationSink, answer: ReplySink | None = None
+    ) -> Reply:
         """Decode one framed message and handle it; undecodable text gets -32700 with a null id."""
         try:
             message = jsonrpc.decode(text)
         except RpcError as exc:
             logger.info("unparseable message: %s", exc.message, extra={"size": len(text)})
             return exc.response()
-        return await self.handle(session, message, notify)
+        return await self.handle(session, message, notify, answer)
 
-    async def handle(self, session: Session, message: Any, notify: NotificationSink) -> Reply:
-        """Handle one decoded JSON value: a message object or a batch array."""
+    async def handle(
+        self, session: Session, message: Any, notify: NotificationSink, answer: ReplySink | None = None
+    ) -> Reply:
+        """Handle one decoded JSON value: a message object or a batch array.
+
+        With `answer`, a tool call may be answered through it, from another
+        thread, before this returns (None then).
+        """
         if isinstance(message, list):
             return await self._handle_batch(session, message, notify)
-        return await self._handle_one(session, message, notify, in_batch=False)
+        return await self._handle_one(session, message, notify, in_batch=False, answer=answer)
 
     def cancel_all(self, session: Session) -> int:
         """Cancel every call in flight on `session`, e.g. when its transport shuts down.
@@ -278,7 +305,8 @@ class McpDispatcher:
         return answered or None
 
     async def _handle_one(
-        self, session: Session, message: Any, notify: NotificationSink, *, in_batch: bool
+        self, session: Session, message: Any, notify: NotificationSink, *, in_batch: bool,
+        answer: ReplySink | None = None,
     ) -> dict[str, Any] | None:
         try:
             msg = jsonrpc.classify(message)
@@ -292,7 +320,7 @@ class McpDispatcher:
             self._on_notification(session, msg)
             return None
         try:
-            return await self._on_request(session, msg, notify, in_batch=in_batch)
+            return await self._on_request(session, msg, notify, in_batch=in_batch, answer=answer)
         except RpcError as exc:
             logger.info(
                 "request refused: %s", exc.message, extra={"method": _short(msg.method), "code": exc.code}
@@ -307,7 +335,8 @@ class McpDispatcher:
     # ------------------------------------------------------------------ requests
 
     async def _on_request(
-        self, session: Session, msg: jsonrpc.Request, notify: NotificationSink, *, in_batch: bool
+        self, session: Session, msg: jsonrpc.Request, notify: NotificationSink, *, in_batch: bool,
+        answer: ReplySink | None,
     ) -> dict[str, Any] | None:
         if msg.method not in SERVED_METHODS:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {_short(msg.method)!r}", _short(msg.method))
@@ -315,7 +344,7 @@ class McpDispatcher:
             raise RpcError(INVALID_REQUEST, "Invalid Request: initialize must not be part of a JSON-RPC batch")
         ctx = self._admit(session, msg, notify)
         if msg.method == "tools/call":
-            result = await self._call_tool(session, ctx)
+            result = await self._call_tool(session, ctx, answer)
             if result is None:
                 return None
         else:
@@ -441,7 +470,7 @@ class McpDispatcher:
             cache_scope=self._cache_scope,
         ).model_dump(by_alias=True, mode="json", exclude_none=True)
 
-    async def _call_tool(self, session: Session, ctx: _Context) -> dict[str, Any] | None:
+    async def _call_tool(self, session: Session, ctx: _Context, answer: ReplySink | None) -> dict[str, Any] | None:
         name: str = ctx.params["name"]
         arguments: dict[str, Any] = ctx.params.get("arguments") or {}
         known = [info.name for info in self._backend.list_tools()]
@@ -462,43 +491,87 @@ class McpDispatcher:
         )
         session.calls[key] = call
         client_log = self._client_log(session, ctx)
+        # Progress notifications reach the client through the loop: a reply
+        # sent from another thread could overtake them, so such calls wait.
+        on_outcome = (
+            partial(self._answer_at_once, session, key, call, ctx, client_log, answer)
+            if answer is not None and call.progress_token is None
+            else None
+        )
         with correlation(call.call_id):
+            logger.debug("tool call started", extra={"tool": name, "request_id": ctx.request.id})
+            client_log("debug", {"event": "call_started", "tool": name, "call_id": call.call_id})
             try:
-                logger.debug("tool call started", extra={"tool": name, "request_id": ctx.request.id})
-                client_log("debug", {"event": "call_started", "tool": name, "call_id": call.call_id})
-                outcome = await self._run(call, arguments, ctx, ctx.caller_in(session))
-            finally:
-                call.finished = True
-                if session.calls.get(key) is call:
-                    del session.calls[key]
-            if call.cancelled_by_client:
-                # The client said the result will not be used; the spec asks for no reply.
-                logger.info("tool call cancelled by the client; no reply sent", extra={"tool": name})
-                return None
-            error_type = outcome.error_type.value if outcome.error_type else None
-            # Like an access log, the line is written once the reply is on its way: it must not delay it.
-            # (call_soon runs it in a copy of this context, so it keeps the call's correlation id.)
-            asyncio.get_running_loop().call_soon(
-                partial(
-                    logger.info,
-                    "tool call finished",
-                    extra={"tool": name, "ok": outcome.ok, "error_type": error_type, "duration_sec": outcome.duration_sec},
-                )
-            )
-            client_log(
-                "info" if outcome.ok else "warning",
-                {"event": "call_finished", "tool": name, "call_id": call.call_id, "ok": outcome.ok,
-                 "error_type": error_type},
-            )
+                outcome = await self._run(call, arguments, ctx, ctx.caller_in(session), on_outcome)
+            except BaseException:
+                if call.claim_settlement():
+                    _close_books(session, key, call)
+                raise
+            if not call.claim_settlement():
+                return None  # answered on the thread that finished it
+            _close_books(session, key, call)
+            result = self._finish(call, ctx, client_log, outcome)
+            if result is not None:
+                # Like an access log, the line is written once the reply is on its way: it must not delay it.
+                # (call_soon runs it in a copy of this context, so it keeps the call's correlation id.)
+                asyncio.get_running_loop().call_soon(_log_finished, call, outcome)
+        return result
+
+    def _answer_at_once(
+        self,
+        session: Session,
+        key: str,
+        call: _Call,
+        ctx: _Context,
+        client_log: Callable[[str, dict[str, Any]], None],
+        answer: ReplySink,
+        outcome: CallOutcome,
+    ) -> None:
+        """Settle and answer a call on the thread its outcome arrived on, before the loop hears of it."""
+        if not call.claim_settlement():
+            return
+        with correlation(call.call_id):
+            _close_books(session, key, call)
+            call.answered = True
+            try:
+                result = self._finish(call, ctx, client_log, outcome)
+                reply = None if result is None else jsonrpc.result_response(ctx.request.id, result)
+            except Exception:
+                logger.exception("the reply to a tool call could not be built", extra={"tool": call.tool})
+                reply = jsonrpc.error_response(ctx.request.id, INTERNAL_ERROR, "Internal error")
+            if reply is not None:
+                answer(reply)
+                _log_finished(call, outcome)
+
+    def _finish(
+        self, call: _Call, ctx: _Context, client_log: Callable[[str, dict[str, Any]], None], outcome: CallOutcome
+    ) -> dict[str, Any] | None:
+        """The result to send for a settled call, or None when the client cancelled it."""
+        if call.cancelled_by_client:
+            # The client said the result will not be used; the spec asks for no reply.
+            logger.info("tool call cancelled by the client; no reply sent", extra={"tool": call.tool})
+            return None
+        client_log(
+            "info" if outcome.ok else "warning",
+            {"event": "call_finished", "tool": call.tool, "call_id": call.call_id, "ok": outcome.ok,
+             "error_type": outcome.error_type.value if outcome.error_type else None},
+        )
         # Built to the negotiated version's shape directly: the hot path skips the schema sieve.
         result = call_tool_result(outcome, structured_content=eras.has_feature(ctx.version, "structured_content"))
         return eras.stamp_modern(result, self._server_info_stamp) if ctx.version in eras.MODERN_VERSIONS else result
 
-    async def _run(self, call: _Call, arguments: dict[str, Any], ctx: _Context, caller: str) -> CallOutcome:
+    async def _run(
+        self,
+        call: _Call,
+        arguments: dict[str, Any],
+        ctx: _Context,
+        caller: str,
+        on_outcome: Callable[[CallOutcome], None] | None,
+    ) -> CallOutcome:
         progress = self._progress_sink(call, ctx.notify) if call.progress_token is not None else None
         try:
             return await self._backend.acall(
-                call.tool, arguments, call_id=call.call_id, progress=progress, caller=caller
+                call.tool, arguments, call_id=call.call_id, progress=progress, caller=caller, on_outcome=on_outcome
             )
         except UnknownTool as exc:
             raise RpcError(
@@ -645,6 +718,21 @@ def _tool(info: ToolInfo) -> types.Tool:
         input_schema=info.input_schema,
         output_schema=info.output_schema or None,
         annotations=types.ToolAnnotations.model_validate(info.annotations) if info.annotations else None,
+    )
+
+
+def _close_books(session: Session, key: str, call: _Call) -> None:
+    """The call is over: cancellations no longer apply and its request id is free again."""
+    call.finished = True
+    if session.calls.get(key) is call:
+        del session.calls[key]
+
+
+def _log_finished(call: _Call, outcome: CallOutcome) -> None:
+    error_type = outcome.error_type.value if outcome.error_type else None
+    logger.info(
+        "tool call finished",
+        extra={"tool": call.tool, "ok": outcome.ok, "error_type": error_type, "duration_sec": outcome.duration_sec},
     )
 
 

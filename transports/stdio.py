@@ -62,18 +62,26 @@ Stream = BinaryIO | int
 
 
 class _PipeWriter:
-    """Writes one message per line to a pipe from the loop, never blocking it.
+    """Writes one message per line to a pipe, from any thread, never blocking.
 
-    Lines go out at once while the client keeps up; what it has not read yet
-    is buffered by the transport and sent as it reads. Progress
-    notifications are the one thing that may be dropped, and only when that
-    backlog is already long; replies never are.
+    A line goes straight into the pipe when nothing is waiting before it,
+    from whichever thread produced it: a reply finished on a runner thread
+    leaves there and then, without a hop to the event loop. What the client
+    has not read yet waits in a backlog that the loop flushes as the pipe
+    drains. Progress notifications are the one thing that may be dropped,
+    and only when that backlog is already long; replies never are.
     """
 
-    def __init__(self, transport: asyncio.WriteTransport, side: _WriteSide, restore_blocking: Any) -> None:
-        self._transport = transport
-        self._side = side
-        self._restore_blocking = restore_blocking
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, was_blocking: bool) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._was_blocking = was_blocking
+        self._lock = threading.Lock()
+        self._backlog = bytearray()
+        self._flushing = False  # the loop is watching the pipe for room
+        self._gone = False  # the reader left (or stdout failed): discard from now on
+        self._closing = False
+        self._drained: asyncio.Future[None] | None = None
         self.lines_written = 0
         self.dropped = 0
 
@@ -83,53 +91,72 @@ class _PipeWriter:
         fd = out if isinstance(out, int) else _fileno(out)
         if fd is None or not stat.S_ISFIFO(os.fstat(fd).st_mode):
             return None
-        loop = asyncio.get_running_loop()
         was_blocking = os.get_blocking(fd)
-        pipe = os.fdopen(fd, "wb", buffering=0, closefd=False)
-        try:
-            transport, side = await loop.connect_write_pipe(lambda: _WriteSide(loop.create_future()), pipe)
-        except (OSError, ValueError):
-            pipe.close()
-            os.set_blocking(fd, was_blocking)
-            return None
-        return cls(transport, side, lambda: os.set_blocking(fd, was_blocking))
+        os.set_blocking(fd, False)
+        return cls(asyncio.get_running_loop(), fd, was_blocking)
 
     def send(self, line: bytes, *, droppable: bool = False) -> bool:
-        if self._side.closed.done() or self._transport.is_closing():
-            return False
-        if droppable and self._transport.get_write_buffer_size() >= _MAX_BUFFERED_PROGRESS_BYTES:
-            self.dropped += 1
-            return False
-        self._transport.write(line + b"\n")
-        self.lines_written += 1
+        data = line + b"\n"
+        with self._lock:
+            if self._gone or self._closing:
+                return False
+            if droppable and len(self._backlog) >= _MAX_BUFFERED_PROGRESS_BYTES:
+                self.dropped += 1
+                return False
+            self.lines_written += 1
+            if not self._backlog:
+                data = data[self._write(data) :]
+                if not data or self._gone:
+                    return True
+            self._backlog += data
+            if self._flushing:
+                return True
+            self._flushing = True
+        with suppress(RuntimeError):  # the loop is closed: nothing can flush any more
+            self._loop.call_soon_threadsafe(self._loop.add_writer, self._fd, self._flush)
         return True
 
     async def close(self, timeout: float) -> None:
-        """Flush what is buffered (bounded, for a client that stopped reading), then let go of stdout."""
-        self._side.closing = True
-        self._transport.close()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._side.closed), timeout)
-        except TimeoutError:
-            logger.warning("stdout did not drain in time; abandoning unsent messages")
-            self._transport.abort()
+        """Flush the backlog (bounded, for a client that stopped reading), then let go of stdout."""
+        with self._lock:
+            self._closing = True
+            pending = bool(self._backlog) and not self._gone
+            if pending:
+                self._drained = self._loop.create_future()
+        if pending:
+            assert self._drained is not None
+            try:
+                await asyncio.wait_for(self._drained, timeout)
+            except TimeoutError:
+                logger.warning("stdout did not drain in time; abandoning unsent messages")
+        self._loop.remove_writer(self._fd)
         with suppress(OSError):
-            self._restore_blocking()
+            os.set_blocking(self._fd, self._was_blocking)
 
+    def _flush(self) -> None:
+        """On the loop, when the pipe has room: send what the backlog holds."""
+        with self._lock:
+            if not self._gone:
+                del self._backlog[: self._write(self._backlog)]
+            if self._backlog and not self._gone:
+                return
+            self._backlog.clear()
+            self._flushing = False
+            drained = self._drained
+        self._loop.remove_writer(self._fd)
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
-class _WriteSide(asyncio.Protocol):
-    """Hears when stdout is gone: closed by us, or by the reader leaving."""
-
-    def __init__(self, closed: asyncio.Future[None]) -> None:
-        self.closed = closed
-        self.closing = False  # set when we close it ourselves
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closing:
-            reason = str(exc) if exc is not None else "the reader closed it"
-            logger.warning("stdout is gone; further messages are discarded", extra={"error": reason})
-        if not self.closed.done():
-            self.closed.set_result(None)
+    def _write(self, data: bytes | bytearray) -> int:
+        """Write what the pipe takes now; the count written. Called with the lock held."""
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self._gone = True
+            logger.warning("stdout is gone; further messages are discarded", extra={"error": str(exc)})
+            return len(data)
 
 
 class _ThreadWriter:
@@ -384,7 +411,8 @@ class _StdioConnection:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve_line(self, line: bytes) -> None:
-        reply = await self._dispatcher.handle_text(self._session, line, self._notify)
+        # Both writers take lines from any thread, so a finished call may be answered where it finished.
+        reply = await self._dispatcher.handle_text(self._session, line, self._notify, self._send)
         if reply is not None:
             self._send(reply)
 
