@@ -281,6 +281,17 @@ def ceiling(ours: Series, theirs: Series) -> float:
     return busy / rest / theirs.rate()
 
 
+def budget(ours: Series, theirs: Series, target: float = 1.5) -> float:
+    """labrecon's own CPU per call (s) at which `target` x the SDK's throughput is reached, same assumptions as `ceiling`.
+
+    Calls per second are the busy cores over the CPU each call costs
+    (client + spawned tool + server); solved for the server's share.
+    """
+    busy = (ours.server_cpu + ours.children_cpu + ours.client_cpu) / ours.wall
+    rest = (ours.client_cpu + ours.children_cpu) / ours.calls
+    return busy / (target * theirs.rate()) - rest
+
+
 def render(results: dict[tuple[str, str, str], Series], args: argparse.Namespace, elapsed: float) -> list[str]:
     sharing = "tasks on one session" if args.shared_session else "separate sessions"
     log_level = args.labrecon_log_level or "info (default)"
@@ -321,10 +332,14 @@ def render(results: dict[tuple[str, str, str], Series], args: argparse.Namespace
             f"{theirs.pct(0.99) * 1e3:7.2f} ms ({p99_ratio:4.2f}x)   srv CPU/call {cpu_ratio:4.2f}x   "
             f"ceiling {ceiling(ours, theirs):4.2f}x   {'meets target' if ok else 'misses target'}"
         )
+        lines.append(
+            f"  {'':<20} 1.5x needs labrecon's own CPU <= {budget(ours, theirs) * 1e3:5.2f} ms/call; it used "
+            f"{ours.server_cpu / ours.calls * 1e3:.2f}, the SDK server {theirs.server_cpu / theirs.calls * 1e3:.2f}"
+        )
     lines.append(f"cells meeting the target: {met}/{len(cells)}; run took {elapsed:.0f}s")
     lines.append(
         "ceiling: the ratio a labrecon costing no CPU at all would reach here, with the cores as busy as they were "
-        "and the client and the spawned fakes costing what they did"
+        "and the client and the spawned fakes costing what they did; the CPU needed for 1.5x is worked out the same way"
     )
     lines += ["", "first call on a fresh session (not in the figures above; the SDK client lists the tools and "
               "compiles the tool's output schema first), p50 / max ms:"]

@@ -7,6 +7,11 @@ captured output, the baseline, and (b) called through `labrecon serve` over
 stdio with raw JSON-RPC lines, sequentially and 8 calls in flight. The
 figure of merit is the p50 round trip minus the p50 raw spawn. Start-up is
 the time from starting `labrecon serve` to reading its `initialize` answer.
+
+Two bare servers (bench/stdio_floor_servers.py) are called in the same
+rounds, to show how much of the added latency any stdio server pays (one
+that only spawns the tool) and how much an asyncio loop handing each call
+to a worker thread pays, before labrecon does any work of its own.
 """
 
 from __future__ import annotations
@@ -40,10 +45,13 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+FLOOR_SERVERS = str(Path(__file__).resolve().parent / "stdio_floor_servers.py")
+
+
 class Server:
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path | None = None, argv: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [LABRECON, "serve", "--config", str(config)],
+            argv or [LABRECON, "serve", "--config", str(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -136,7 +144,13 @@ def main() -> None:
     for i in range(20):  # warm up: imports, first spawns
         server.call_inline(10_000 + i)
 
-    # Interleave baseline and labrecon rounds so machine noise hits both alike.
+    floors = {mode: Server(argv=[sys.executable, FLOOR_SERVERS, mode, fakes["nmap"]]) for mode in ("blocking", "loop-and-thread")}
+    floor_times: dict[str, list[float]] = {mode: [] for mode in floors}
+    for floor in floors.values():
+        for i in range(20):
+            floor.call_inline(10_000 + i)
+
+    # Interleave baseline, bare servers and labrecon so machine noise hits them alike.
     raw, sequential = [], []
     argv = [fakes["nmap"], "-oX", "-", "-p", "22", "10.0.0.5"]
     for i in range(args.calls):
@@ -144,6 +158,10 @@ def main() -> None:
         subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=True)
         raw.append(time.perf_counter() - t)
         sequential.append(server.call_inline(i + 1))
+        for mode, floor in floors.items():
+            floor_times[mode].append(floor.call_inline(i + 1))
+    for floor in floors.values():
+        floor.close()
 
     server.start_reader()
 
@@ -174,6 +192,13 @@ def main() -> None:
         f"raw spawn from Python (baseline): p50 {raw_p50 * 1e3:.3f} ms, p95 {pct(raw, 0.95) * 1e3:.3f} ms",
         f"labrecon stdio sequential:        p50 {seq_p50 * 1e3:.3f} ms, p95 {pct(sequential, 0.95) * 1e3:.3f} ms",
         f"added latency at p50: {(seq_p50 - raw_p50) * 1e3:+.3f} ms (ratio {seq_p50 / raw_p50:.2f}x)",
+        *(
+            f"  bare server, {mode + ':':17s}p50 {statistics.median(times) * 1e3:.3f} ms, "
+            f"added {(statistics.median(times) - raw_p50) * 1e3:+.3f} ms"
+            for mode, times in floor_times.items()
+        ),
+        f"  labrecon's own work, over the loop-and-thread server: "
+        f"{(seq_p50 - statistics.median(floor_times['loop-and-thread'])) * 1e3:+.3f} ms",
         f"labrecon stdio 8-way: p50 {statistics.median(concurrent) * 1e3:.3f} ms, "
         f"{len(concurrent) / wall:.0f} calls/s ({len(concurrent) / wall * raw_p50:.2f}x one raw spawner)",
         f"start to initialize answer: p50 {statistics.median(startups) * 1e3:.0f} ms, max {max(startups) * 1e3:.0f} ms",
