@@ -17,7 +17,7 @@ from mcp_types import methods as mcp_methods
 from actors.api import OutcomeSink, ProgressSink, ToolInfo, UnknownTool
 from actors.results import CallOutcome, ErrorType
 from tests.backends import TOOLS, FakeBackend
-from transports import jsonrpc
+from transports import jsonrpc, mcp
 from transports.eras import Era
 from transports.framing import LineFramer, Oversized
 from transports.mcp import McpDispatcher, Session
@@ -586,7 +586,7 @@ class FinishesOnItsOwnThread(FakeBackend):
 
     def cancel(self, call_id: str) -> bool:
         self.cancel_requests.append(call_id)
-        return True  # accepted; the call still ends through its thread, as a runtime's does
+        return self.accept_cancel  # if accepted, the call still ends through its thread, as a runtime's does
 
     async def acall(self, tool: str, arguments: dict[str, Any], *, call_id: str | None = None,
                     progress: ProgressSink | None = None, caller: str | None = None,
@@ -690,6 +690,46 @@ def test_a_call_cancelled_by_the_client_is_not_answered_on_its_thread_either() -
         assert backend.sink_calls == 1
         assert answers.sent == []
         assert peer.session.calls == {}
+
+    run(scenario())
+
+
+def test_a_call_being_answered_elsewhere_counts_as_running_until_its_reply_is_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutdown cancels what runs, then closes stdout once every call settled: a reply being written must hold it.
+
+    The answering thread is held right after it won the call, before the
+    books show the call finished: the moment a shutdown's cancellation can
+    slip in and wake the call's task early.
+    """
+    won, go_on = threading.Event(), threading.Event()
+    close_books = mcp._close_books
+
+    def held_after_the_claim(session: Session, key: str, call: Any) -> None:
+        if threading.current_thread().name == "finisher":
+            won.set()
+            go_on.wait(10)
+        close_books(session, key, call)
+
+    monkeypatch.setattr(mcp, "_close_books", held_after_the_claim)
+
+    async def scenario() -> None:
+        backend = FinishesOnItsOwnThread()
+        backend.accept_cancel = False  # as the runtime, once it has handed the outcome over
+        peer = Peer(backend)
+        await peer.initialize()
+        answers = Answers(peer.session)
+        message = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                   "params": {"name": "probe", "arguments": {"target": "10.0.0.5"}}}
+        task = asyncio.create_task(peer.dispatcher.handle(peer.session, message, peer._notify, answers))
+        await asyncio.wait_for(backend.running.wait(), 10)
+        backend.go.set()
+        assert await asyncio.to_thread(won.wait, 10)
+        assert peer.dispatcher.cancel_all(peer.session) == 1  # what a transport does when it shuts down
+        done, _ = await asyncio.wait({task}, timeout=0.3)
+        assert not done, "the call was taken for settled while its reply was still being written"
+        go_on.set()
+        assert await asyncio.wait_for(task, 10) is None
+        assert [sent[1]["id"] for sent in answers.sent] == [9]
 
     run(scenario())
 

@@ -121,7 +121,9 @@ class _Call:
     finished: bool = False
     cancelled_by_client: bool = False
     task_cancelled: bool = False
-    answered: bool = False  # the reply went out through the transport's ReplySink
+    # Set by a thread that answered the call through the transport's ReplySink, once it is done with it.
+    answered_elsewhere: threading.Event = field(default_factory=threading.Event, repr=False)
+    replied_with: CallOutcome | None = None  # what that thread sent, for the finished-call log line
     _settling: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _settled: bool = False
 
@@ -508,7 +510,14 @@ class McpDispatcher:
                     _close_books(session, key, call)
                 raise
             if not call.claim_settlement():
-                return None  # answered on the thread that finished it
+                # Answered on the thread that finished it. That is over by the time the outcome
+                # wakes this task; a cancellation can wake it sooner, and the transport must not
+                # think the call settled (and shut its output) while the reply is being written.
+                if not call.answered_elsewhere.is_set():
+                    await asyncio.to_thread(call.answered_elsewhere.wait)
+                if call.replied_with is not None:
+                    asyncio.get_running_loop().call_soon(_log_finished, call, call.replied_with)
+                return None
             _close_books(session, key, call)
             result = self._finish(call, ctx, client_log, outcome)
             if result is not None:
@@ -530,18 +539,20 @@ class McpDispatcher:
         """Settle and answer a call on the thread its outcome arrived on, before the loop hears of it."""
         if not call.claim_settlement():
             return
-        with correlation(call.call_id):
-            _close_books(session, key, call)
-            call.answered = True
-            try:
-                result = self._finish(call, ctx, client_log, outcome)
-                reply = None if result is None else jsonrpc.result_response(ctx.request.id, result)
-            except Exception:
-                logger.exception("the reply to a tool call could not be built", extra={"tool": call.tool})
-                reply = jsonrpc.error_response(ctx.request.id, INTERNAL_ERROR, "Internal error")
-            if reply is not None:
-                answer(reply)
-                _log_finished(call, outcome)
+        try:
+            with correlation(call.call_id):
+                _close_books(session, key, call)
+                try:
+                    result = self._finish(call, ctx, client_log, outcome)
+                    reply = None if result is None else jsonrpc.result_response(ctx.request.id, result)
+                except Exception:
+                    logger.exception("the reply to a tool call could not be built", extra={"tool": call.tool})
+                    reply = jsonrpc.error_response(ctx.request.id, INTERNAL_ERROR, "Internal error")
+                if reply is not None:
+                    answer(reply)
+                    call.replied_with = outcome  # logged by the call's task, on the loop, off this thread
+        finally:
+            call.answered_elsewhere.set()
 
     def _finish(
         self, call: _Call, ctx: _Context, client_log: Callable[[str, dict[str, Any]], None], outcome: CallOutcome

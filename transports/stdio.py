@@ -12,15 +12,15 @@ The transport is a pykka actor, like every other long-lived part, so the
 runtime can start it, query it and stop it through one interface. Its
 mailbox thread only starts and stops the connection: the protocol itself
 runs on an asyncio loop in a thread the actor owns, because tool calls are
-awaited concurrently and the backend completes them on that loop. When
-stdin and stdout are pipes, as an MCP host gives them, the loop reads and
-writes them itself without blocking: a reply leaves in the same turn of the
-loop that finished the call, and what a slow reader has not taken yet waits
-in the transport's buffer. Anything else is served by helper threads: a
+awaited concurrently. When stdin and stdout are pipes, as an MCP host gives
+them, the loop reads stdin without blocking, and stdout is written by
+whichever thread has a line to send: a tool call's reply leaves from the
+thread that finished the call (see `ReplySink` in transports/mcp.py), with
+no hop back to the loop, and what a slow reader has not taken yet waits in
+a backlog the loop flushes. Anything else is served by helper threads: a
 regular file, a terminal (whose non-blocking mode would be shared with the
-shell), and a socket for stdout, which may well be stdin too (inetd, socat):
-asyncio watches a write pipe for readability to learn that its reader left,
-and on a socket the client's next request would look like exactly that.
+shell), and a socket for stdout, which may well be stdin too (inetd, socat).
+A reader that left is noticed at the next write.
 """
 
 from __future__ import annotations
@@ -97,23 +97,28 @@ class _PipeWriter:
 
     def send(self, line: bytes, *, droppable: bool = False) -> bool:
         data = line + b"\n"
+        error: OSError | None = None
+        watch = False
         with self._lock:
             if self._gone or self._closing:
                 return False
             if droppable and len(self._backlog) >= _MAX_BUFFERED_PROGRESS_BYTES:
                 self.dropped += 1
                 return False
-            self.lines_written += 1
             if not self._backlog:
-                data = data[self._write(data) :]
-                if not data or self._gone:
-                    return True
-            self._backlog += data
-            if self._flushing:
-                return True
-            self._flushing = True
-        with suppress(RuntimeError):  # the loop is closed: nothing can flush any more
-            self._loop.call_soon_threadsafe(self._loop.add_writer, self._fd, self._flush)
+                written, error = self._write(data)
+                data = data[written:]
+            if error is None:
+                self.lines_written += 1
+                if data:
+                    self._backlog += data
+                    watch, self._flushing = not self._flushing, True
+        if error is not None:
+            _report_gone(error)
+            return False
+        if watch:
+            with suppress(RuntimeError):  # the loop is closed: nothing can flush any more
+                self._loop.call_soon_threadsafe(self._loop.add_writer, self._fd, self._flush)
         return True
 
     async def close(self, timeout: float) -> None:
@@ -136,27 +141,32 @@ class _PipeWriter:
     def _flush(self) -> None:
         """On the loop, when the pipe has room: send what the backlog holds."""
         with self._lock:
-            if not self._gone:
-                del self._backlog[: self._write(self._backlog)]
+            written, error = self._write(self._backlog)
+            del self._backlog[:written]
             if self._backlog and not self._gone:
                 return
             self._backlog.clear()
             self._flushing = False
             drained = self._drained
         self._loop.remove_writer(self._fd)
+        if error is not None:
+            _report_gone(error)
         if drained is not None and not drained.done():
             drained.set_result(None)
 
-    def _write(self, data: bytes | bytearray) -> int:
-        """Write what the pipe takes now; the count written. Called with the lock held."""
+    def _write(self, data: bytes | bytearray) -> tuple[int, OSError | None]:
+        """Write what the pipe takes now: the count written, and the error that ended stdout. Lock held."""
         try:
-            return os.write(self._fd, data)
+            return os.write(self._fd, data), None
         except BlockingIOError:
-            return 0
+            return 0, None
         except OSError as exc:
             self._gone = True
-            logger.warning("stdout is gone; further messages are discarded", extra={"error": str(exc)})
-            return len(data)
+            return 0, exc
+
+
+def _report_gone(error: OSError) -> None:
+    logger.warning("stdout is gone; further messages are discarded", extra={"error": str(error)})
 
 
 class _ThreadWriter:
@@ -429,7 +439,11 @@ class _StdioConnection:
                 line = jsonrpc.encode(jsonrpc.error_response(message["id"], INTERNAL_ERROR, "Internal error"))
             else:
                 return
-        self._writer.send(line, droppable=droppable)
+        if self._writer.send(line, droppable=droppable):
+            return
+        if isinstance(message, list) or "id" in message:  # a reply (notifications may be lost quietly)
+            request_id = message.get("id") if isinstance(message, dict) else "batch"
+            logger.warning("reply not sent: stdout is closed or gone", extra={"request_id": request_id})
 
     async def _settle(self, *, grace: float) -> None:
         """Give running calls `grace` seconds (cut short by a stop request), then cancel the rest.
