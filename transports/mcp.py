@@ -15,15 +15,17 @@ and starts no threads; what differs between transports is passed in:
 
 `handle()` returns the reply for a request, a list of replies for a batch,
 or `None` when nothing must be sent (notifications, responses, a request the
-client cancelled, a call already answered through `answer`). A transport
-that can write from any thread passes a `ReplySink` as `answer` (and a
-`notify` that is just as thread-safe): a tool call outside a batch and
-without progress is then answered on the thread that finished it, the
-moment it finishes, instead of after a hop back to the event loop. For a single message, everything except running a tool
-completes before the first `await`, so a transport may start one task per
-incoming message and state changes (initialize, logging/setLevel,
-cancellation) still take effect in arrival order; the elements of a batch
-run concurrently, as JSON-RPC allows.
+client cancelled, a call already answered through `answer`). For a single
+message, everything except running a tool completes before the first
+`await`, so a transport may start one task per incoming message and state
+changes (initialize, logging/setLevel, cancellation) still take effect in
+arrival order; the elements of a batch run concurrently, as JSON-RPC allows.
+
+A transport that can write from any thread passes a `ReplySink` as `answer`
+(and a `notify` that is just as thread-safe): a tool call outside a batch
+and without progress is then answered on the thread that finished it, the
+moment it finishes, instead of after a hop back to the event loop. The
+call's task still ends on the loop, and only once that reply is out.
 
 Error policy, from the outside in: undecodable text is -32700 with a null
 id; a message that is not a request is -32600; a method this server does not
