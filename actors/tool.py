@@ -434,8 +434,18 @@ class ToolActor(pykka.ThreadingActor):
         if running is None:
             return  # answered already (cancelled while queued, or abandoned)
         self._judge(call_id, verdict)
-        self._settle(running.call, outcome, ran=True)
-        self._start_queued()
+        call = running.call
+        answering = call.reply.claim()  # False when its runner has answered it already
+        if answering:
+            self._report_finished(call, outcome_label(outcome), ran=True)
+        # The freed slot goes to the next queued call before the answer is handed over: handing it
+        # over may build and write the whole reply on this thread (stdio), and the queue need not wait.
+        # Starting one may crash the actor (an injected fault); the claimed answer is delivered regardless.
+        try:
+            self._start_queued()
+        finally:
+            if answering:
+                call.reply.deliver(outcome)
         self._maybe_drained()
 
     def _judge(self, call_id: str, verdict: Verdict) -> None:
