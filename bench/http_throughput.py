@@ -276,9 +276,15 @@ def ceiling(ours: Series, theirs: Series) -> float:
     the CPU; whatever the server does, calls per second cannot exceed the busy
     cores divided by what remains per call.
     """
+    busy, rest = _cores_busy_and_cpu_besides_ours(ours)
+    return busy / rest / theirs.rate()
+
+
+def _cores_busy_and_cpu_besides_ours(ours: Series) -> tuple[float, float]:
+    """Cores kept busy during the series, and the CPU per call (s) that went to the client and the spawned tools."""
     busy = (ours.server_cpu + ours.children_cpu + ours.client_cpu) / ours.wall
     rest = (ours.client_cpu + ours.children_cpu) / ours.calls
-    return busy / rest / theirs.rate()
+    return busy, rest
 
 
 def budget(ours: Series, theirs: Series, target: float = 1.5) -> float:
@@ -287,8 +293,7 @@ def budget(ours: Series, theirs: Series, target: float = 1.5) -> float:
     Calls per second are the busy cores over the CPU each call costs
     (client + spawned tool + server); solved for the server's share.
     """
-    busy = (ours.server_cpu + ours.children_cpu + ours.client_cpu) / ours.wall
-    rest = (ours.client_cpu + ours.children_cpu) / ours.calls
+    busy, rest = _cores_busy_and_cpu_besides_ours(ours)
     return busy / (target * theirs.rate()) - rest
 
 

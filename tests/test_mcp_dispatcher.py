@@ -20,7 +20,7 @@ from tests.backends import TOOLS, FakeBackend
 from transports import jsonrpc, mcp
 from transports.eras import Era
 from transports.framing import LineFramer, Oversized
-from transports.mcp import McpDispatcher, Session
+from transports.mcp import McpDispatcher, ReplySink, Session
 from transports.tool_results import summarize
 
 HANDSHAKE = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -59,8 +59,8 @@ class Peer:
             if predicate(message):
                 event.set()
 
-    async def send(self, message: Any) -> Any:
-        reply = await self.dispatcher.handle(self.session, message, self._notify)
+    async def send(self, message: Any, answer: ReplySink | None = None) -> Any:
+        reply = await self.dispatcher.handle(self.session, message, self._notify, answer)
         _check_envelopes(reply)
         return reply
 
@@ -91,9 +91,9 @@ class Peer:
         await self.notify("notifications/initialized")
         return reply
 
-    def start(self, method: str, params: dict[str, Any], *, id: Any) -> asyncio.Task[Any]:
+    def start(self, method: str, params: dict[str, Any], *, id: Any, answer: ReplySink | None = None) -> asyncio.Task[Any]:
         message = {"jsonrpc": "2.0", "id": id, "method": method, "params": params}
-        return asyncio.create_task(self.send(message))
+        return asyncio.create_task(self.send(message, answer))
 
     async def until(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """Wait for a notification matching `predicate` (already received ones count)."""
@@ -611,6 +611,9 @@ class FinishesOnItsOwnThread(FakeBackend):
         return await future
 
 
+PROBE_CALL: dict[str, Any] = {"name": "probe", "arguments": {"target": "10.0.0.5"}}
+
+
 class Answers:
     """A transport's reply sink: records each reply, the thread that sent it, and what the session held then."""
 
@@ -630,9 +633,7 @@ def test_a_finished_call_is_answered_on_the_thread_it_finished_on() -> None:
         peer = Peer(backend)
         await peer.initialize()
         answers = Answers(peer.session)
-        message = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-                   "params": {"name": "probe", "arguments": {"target": "10.0.0.5"}}}
-        task = asyncio.create_task(peer.dispatcher.handle(peer.session, message, peer._notify, answers))
+        task = peer.start("tools/call", PROBE_CALL, id=7, answer=answers)
         await asyncio.wait_for(backend.running.wait(), 10)
         assert peer.session.in_flight == 1
         # The loop is blocked while the call finishes: the reply goes out regardless.
@@ -646,7 +647,7 @@ def test_a_finished_call_is_answered_on_the_thread_it_finished_on() -> None:
         assert len(answers.sent) == 1
         assert backend.sink_calls == 1
         # The same id may be used again at once.
-        again = asyncio.create_task(peer.dispatcher.handle(peer.session, message, peer._notify, answers))
+        again = peer.start("tools/call", PROBE_CALL, id=7, answer=answers)
         assert await asyncio.wait_for(again, 10) is None
         assert [sent[1]["id"] for sent in answers.sent] == [7, 7]
 
@@ -660,13 +661,10 @@ def test_calls_the_backend_answers_early_or_with_progress_come_back_the_usual_wa
         peer = Peer(backend)
         await peer.initialize()
         answers = Answers(peer.session)
-        refused = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                   "params": {"name": "hold", "arguments": {}}}  # refused before it runs
-        reply = await peer.dispatcher.handle(peer.session, refused, peer._notify, answers)
+        refused = {"name": "hold", "arguments": {}}  # refused before it runs
+        reply = await peer.start("tools/call", refused, id=1, answer=answers)
         assert reply is not None and reply["result"]["isError"] is True
-        with_progress = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                         "params": {"name": "probe", "arguments": {"target": "10.0.0.5"}, "_meta": {"progressToken": 1}}}
-        reply = await peer.dispatcher.handle(peer.session, with_progress, peer._notify, answers)
+        reply = await peer.start("tools/call", {**PROBE_CALL, "_meta": {"progressToken": 1}}, id=2, answer=answers)
         assert reply is not None and reply["result"]["isError"] is False
         assert answers.sent == []
         assert backend.sink_calls == 0
@@ -680,9 +678,7 @@ def test_a_call_cancelled_by_the_client_is_not_answered_on_its_thread_either() -
         peer = Peer(backend)
         await peer.initialize()
         answers = Answers(peer.session)
-        message = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-                   "params": {"name": "probe", "arguments": {"target": "10.0.0.5"}}}
-        task = asyncio.create_task(peer.dispatcher.handle(peer.session, message, peer._notify, answers))
+        task = peer.start("tools/call", PROBE_CALL, id=3, answer=answers)
         await asyncio.wait_for(backend.running.wait(), 10)
         await peer.notify("notifications/cancelled", {"requestId": 3})
         backend.go.set()
@@ -718,9 +714,7 @@ def test_a_call_being_answered_elsewhere_counts_as_running_until_its_reply_is_ou
         peer = Peer(backend)
         await peer.initialize()
         answers = Answers(peer.session)
-        message = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
-                   "params": {"name": "probe", "arguments": {"target": "10.0.0.5"}}}
-        task = asyncio.create_task(peer.dispatcher.handle(peer.session, message, peer._notify, answers))
+        task = peer.start("tools/call", PROBE_CALL, id=9, answer=answers)
         await asyncio.wait_for(backend.running.wait(), 10)
         backend.go.set()
         assert await asyncio.to_thread(won.wait, 10)

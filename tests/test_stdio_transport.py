@@ -447,7 +447,7 @@ def test_lines_from_many_threads_reach_a_paused_reader_whole_and_in_order() -> N
         return b"".join(chunks)
 
     async def scenario() -> tuple[bytes, int, int]:
-        writer = await _PipeWriter.open(write_fd)
+        writer = _PipeWriter.open(write_fd)
         assert writer is not None
 
         def produce(n: int) -> None:

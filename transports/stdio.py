@@ -86,8 +86,8 @@ class _PipeWriter:
         self.dropped = 0
 
     @classmethod
-    async def open(cls, out: Stream) -> _PipeWriter | None:
-        """A writer for `out` if it is a pipe, else None."""
+    def open(cls, out: Stream) -> _PipeWriter | None:
+        """A writer for `out` if it is a pipe, else None; called on the loop that will flush it."""
         fd = out if isinstance(out, int) else _fileno(out)
         if fd is None or not stat.S_ISFIFO(os.fstat(fd).st_mode):
             return None
@@ -358,7 +358,7 @@ class _StdioConnection:
             self._stopping.set()
         if self._drain_before_start.is_set():
             self._draining.set()
-        self._writer = await _PipeWriter.open(self._stdout)
+        self._writer = _PipeWriter.open(self._stdout)
         if self._writer is None:
             self._writer = _ThreadWriter(self._stdout)
             self._writer.start()
