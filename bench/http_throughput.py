@@ -71,7 +71,7 @@ from mcp.client.sse import sse_client
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fast_fakes import install_fast_fakes  # noqa: E402
-from bench.report import report  # noqa: E402
+from bench.report import percentile, report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LABRECON = str(Path(sys.executable).with_name("labrecon"))
@@ -192,8 +192,22 @@ class Series:
         return self.calls / self.wall if self.wall else 0.0
 
     def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return percentile(self.latencies, q)
+
+    @property
+    def cores_busy(self) -> float:
+        """Server, spawned tools and client CPU over wall time: near the core count means CPU-bound."""
+        return (self.server_cpu + self.children_cpu + self.client_cpu) / self.wall
+
+    @property
+    def server_cpu_per_call(self) -> float:
+        """The server's own CPU per call plus its spawned tools', in seconds."""
+        return (self.server_cpu + self.children_cpu) / self.calls
+
+    @property
+    def cpu_besides_server_per_call(self) -> float:
+        """What the client and the spawned tools cost per call, in seconds: all but the server's own share."""
+        return (self.client_cpu + self.children_cpu) / self.calls
 
 
 async def one_call(session: Client, series: Series) -> None:
@@ -276,15 +290,7 @@ def ceiling(ours: Series, theirs: Series) -> float:
     the CPU; whatever the server does, calls per second cannot exceed the busy
     cores divided by what remains per call.
     """
-    busy, rest = _cores_busy_and_cpu_besides_ours(ours)
-    return busy / rest / theirs.rate()
-
-
-def _cores_busy_and_cpu_besides_ours(ours: Series) -> tuple[float, float]:
-    """Cores kept busy during the series, and the CPU per call (s) that went to the client and the spawned tools."""
-    busy = (ours.server_cpu + ours.children_cpu + ours.client_cpu) / ours.wall
-    rest = (ours.client_cpu + ours.children_cpu) / ours.calls
-    return busy, rest
+    return ours.cores_busy / ours.cpu_besides_server_per_call / theirs.rate()
 
 
 def budget(ours: Series, theirs: Series, target: float = 1.5) -> float:
@@ -293,8 +299,7 @@ def budget(ours: Series, theirs: Series, target: float = 1.5) -> float:
     Calls per second are the busy cores over the CPU each call costs
     (client + spawned tool + server); solved for the server's share.
     """
-    busy, rest = _cores_busy_and_cpu_besides_ours(ours)
-    return busy / (target * theirs.rate()) - rest
+    return ours.cores_busy / (target * theirs.rate()) - ours.cpu_besides_server_per_call
 
 
 def render(results: dict[tuple[str, str, str], Series], args: argparse.Namespace, elapsed: float) -> list[str]:
@@ -313,9 +318,9 @@ def render(results: dict[tuple[str, str, str], Series], args: argparse.Namespace
     for (kind, mode, name), s in results.items():
         lines.append(
             f"{kind:<12} {mode:<7} {name:<9} {s.calls:>6} {s.rate():>8.0f} {s.pct(0.5) * 1e3:>8.2f} "
-            f"{s.pct(0.99) * 1e3:>8.2f} {(s.server_cpu + s.children_cpu) / s.calls * 1e3:>16.2f} "
+            f"{s.pct(0.99) * 1e3:>8.2f} {s.server_cpu_per_call * 1e3:>16.2f} "
             f"{f'({s.server_cpu / s.calls * 1e3:.2f} + {s.children_cpu / s.calls * 1e3:.2f})':>16} "
-            f"{s.client_cpu / s.calls * 1e3:>19.2f} {(s.server_cpu + s.children_cpu + s.client_cpu) / s.wall:>11.2f} "
+            f"{s.client_cpu / s.calls * 1e3:>19.2f} {s.cores_busy:>11.2f} "
             f"{s.errors:>7}"
         )
     lines += ["", "labrecon / SDK (target: throughput >= 1.5x at equal or better p99):"]
@@ -327,9 +332,7 @@ def render(results: dict[tuple[str, str, str], Series], args: argparse.Namespace
         ours, theirs = results[(kind, mode, "labrecon")], results[(kind, mode, "sdk")]
         ratio = ours.rate() / theirs.rate()
         p99_ratio = ours.pct(0.99) / theirs.pct(0.99)
-        cpu_ratio = ((ours.server_cpu + ours.children_cpu) / ours.calls) / (
-            (theirs.server_cpu + theirs.children_cpu) / theirs.calls
-        )
+        cpu_ratio = ours.server_cpu_per_call / theirs.server_cpu_per_call
         ok = ratio >= 1.5 and p99_ratio <= 1.0 and ours.errors == 0
         met += ok
         lines.append(
@@ -355,7 +358,7 @@ def render(results: dict[tuple[str, str, str], Series], args: argparse.Namespace
         }
         lines.append(
             f"  {kind:<12} "
-            + "   ".join(f"{name} {Series(v).pct(0.5) * 1e3:6.2f} / {v[-1] * 1e3:6.2f}" for name, v in firsts.items())
+            + "   ".join(f"{name} {percentile(v, 0.5) * 1e3:6.2f} / {v[-1] * 1e3:6.2f}" for name, v in firsts.items())
             + f"   ({len(firsts['sdk'])} sessions each)"
         )
     for (kind, mode, name), s in results.items():

@@ -29,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fast_fakes import install_fast_fakes  # noqa: E402
-from bench.report import report  # noqa: E402
+from bench.report import percentile, report  # noqa: E402
+from bench.stdio_floor_servers import ARGV_TAIL  # noqa: E402
 
 LABRECON = str(Path(sys.executable).with_name("labrecon"))
 INIT = {
@@ -38,11 +39,6 @@ INIT = {
     "method": "initialize",
     "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}},
 }
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 FLOOR_SERVERS = str(Path(__file__).resolve().parent / "stdio_floor_servers.py")
@@ -152,7 +148,7 @@ def main() -> None:
 
     # Interleave baseline, bare servers and labrecon so machine noise hits them alike.
     raw, sequential = [], []
-    argv = [fakes["nmap"], "-oX", "-", "-p", "22", "10.0.0.5"]
+    argv = [fakes["nmap"], *ARGV_TAIL]
     for i in range(args.calls):
         t = time.perf_counter()
         subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=True)
@@ -187,18 +183,17 @@ def main() -> None:
     server.close()
 
     raw_p50, seq_p50 = statistics.median(raw), statistics.median(sequential)
+    floor_p50 = {mode: statistics.median(times) for mode, times in floor_times.items()}
     lines = [
         f"calls per series: {args.calls}",
-        f"raw spawn from Python (baseline): p50 {raw_p50 * 1e3:.3f} ms, p95 {pct(raw, 0.95) * 1e3:.3f} ms",
-        f"labrecon stdio sequential:        p50 {seq_p50 * 1e3:.3f} ms, p95 {pct(sequential, 0.95) * 1e3:.3f} ms",
+        f"raw spawn from Python (baseline): p50 {raw_p50 * 1e3:.3f} ms, p95 {percentile(raw, 0.95) * 1e3:.3f} ms",
+        f"labrecon stdio sequential:        p50 {seq_p50 * 1e3:.3f} ms, p95 {percentile(sequential, 0.95) * 1e3:.3f} ms",
         f"added latency at p50: {(seq_p50 - raw_p50) * 1e3:+.3f} ms (ratio {seq_p50 / raw_p50:.2f}x)",
         *(
-            f"  bare server, {mode + ':':17s}p50 {statistics.median(times) * 1e3:.3f} ms, "
-            f"added {(statistics.median(times) - raw_p50) * 1e3:+.3f} ms"
-            for mode, times in floor_times.items()
+            f"  bare server, {mode + ':':17s}p50 {p50 * 1e3:.3f} ms, added {(p50 - raw_p50) * 1e3:+.3f} ms"
+            for mode, p50 in floor_p50.items()
         ),
-        f"  labrecon's own work, over the loop-and-thread server: "
-        f"{(seq_p50 - statistics.median(floor_times['loop-and-thread'])) * 1e3:+.3f} ms",
+        f"  labrecon's own work, over the loop-and-thread server: {(seq_p50 - floor_p50['loop-and-thread']) * 1e3:+.3f} ms",
         f"labrecon stdio 8-way: p50 {statistics.median(concurrent) * 1e3:.3f} ms, "
         f"{len(concurrent) / wall:.0f} calls/s ({len(concurrent) / wall * raw_p50:.2f}x one raw spawner)",
         f"start to initialize answer: p50 {statistics.median(startups) * 1e3:.0f} ms, max {max(startups) * 1e3:.0f} ms",

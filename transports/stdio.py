@@ -165,7 +165,7 @@ class _PipeWriter:
             return 0, exc
 
 
-def _report_gone(error: OSError) -> None:
+def _report_gone(error: Exception) -> None:
     logger.warning("stdout is gone; further messages are discarded", extra={"error": str(error)})
 
 
@@ -225,7 +225,7 @@ class _ThreadWriter:
             except (OSError, ValueError) as exc:
                 with self._lock:
                     self._broken = True
-                logger.warning("stdout is gone; further messages are discarded", extra={"error": str(exc)})
+                _report_gone(exc)
 
     def _write(self, data: bytes) -> None:
         if self._fd is None:
