@@ -40,7 +40,6 @@ class CallQueued:
 class CallStarted:
     tool: str
     call_id: str
-    at: float  # the actor's monotonic clock when the call was given a slot
 
 
 @dataclass(frozen=True)

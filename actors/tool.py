@@ -317,7 +317,7 @@ class ToolActor(pykka.ThreadingActor):
 
     def _start(self, call: Call) -> None:
         call.started = True
-        self._tell_parent(CallStarted(self.name, call.call_id, self.clock()))
+        self._tell_parent(CallStarted(self.name, call.call_id))
         fault = self.faults(self.name, call.call_id)
         if fault is not None and fault.kind is FaultKind.CRASH:
             # Crash while handling the call: it counts as running, so it gets actor_restarted.

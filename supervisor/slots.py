@@ -53,7 +53,6 @@ class ToolSlot:
         self.incarnation = 0
         self.retired = threading.Event()
         self.pending: dict[str, Call] = {}
-        self._watched: set[str] = set()  # calls whose answer will remove them from `pending`
         self.stash: deque[Call] = deque()
         self.restarts = 0
         self.last_restart_reason: str | None = None
@@ -67,18 +66,21 @@ class ToolSlot:
         """Hand `call` to the current incarnation or the stash; a Refusal says why neither."""
         with self.lock:
             if self.state == "running":
+                self._watch(call)
                 self._hand_over(call)
                 return None
             if self.state == "restarting" and len(self.stash) < stash_limit:
+                self._watch(call)
                 self.stash.append(call)
                 return None
             return Refusal(self.state, self.failed_reason)
 
+    def _watch(self, call: Call) -> None:
+        """Once a call is answered, it is no longer pending with any incarnation."""
+        call.reply.on_resolved(lambda _value, call_id=call.call_id: self._forget(call_id))
+
     def _hand_over(self, call: Call) -> None:
         self.pending[call.call_id] = call
-        if call.call_id not in self._watched:
-            self._watched.add(call.call_id)
-            call.reply.on_resolved(lambda _value, call_id=call.call_id: self._forget(call_id))
         try:
             assert self.ref is not None
             self.ref.tell(Submit(call))
@@ -88,7 +90,6 @@ class ToolSlot:
     def _forget(self, call_id: str) -> None:
         with self.lock:
             self.pending.pop(call_id, None)
-            self._watched.discard(call_id)
 
     def install(self, ref: pykka.ActorRef[Any], incarnation: int, retired: threading.Event) -> bool:
         """A new incarnation serves from now on, the stash first, in order; False if the slot stopped."""

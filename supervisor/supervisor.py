@@ -69,16 +69,6 @@ class Refused:
 
 
 @dataclass(frozen=True)
-class Settled:
-    """A call the handle answered itself (cancelled in the stash, refused by a slot)."""
-
-    tool: str
-    call_id: str
-    outcome: str
-    duration_sec: float
-
-
-@dataclass(frozen=True)
 class Control:
     action: str  # reset | restart | breaker_open | breaker_closed
     tool: str
@@ -106,7 +96,7 @@ class FinishShutdown:
 
 _QUERIES = (GetStatus, GetMetrics, Control, BeginShutdown, FinishShutdown)
 # Events that only update the books: they wait in the inbox for the next message that wakes the supervisor.
-_BOOKKEEPING = (CallQueued, CallStarted, CallFinished, Settled, Refused)
+_BOOKKEEPING = (CallQueued, CallStarted, CallFinished, Refused)
 _PAST = {"crash": "crashed", "hang": "hung", "operator": "was restarted by an operator"}
 
 
@@ -165,14 +155,11 @@ class SupervisorActor(pykka.ThreadingActor):
         match message:
             case CallQueued(tool, call_id):
                 self._track(call_id, tool, "queued")
-            case CallStarted(tool, call_id, _at):
+            case CallStarted(tool, call_id):
                 self._track(call_id, tool, "running")
             case CallFinished(tool, call_id, outcome, duration, ran):
                 self._untrack(call_id)
                 self._count(tool, outcome, duration, ran)
-            case Settled(tool, call_id, outcome, duration):
-                self._untrack(call_id)
-                self._count(tool, outcome, duration, False)
             case Refused(tool, outcome):
                 self._count(tool, outcome, 0.0, False)
             case BreakerChanged(tool, _old, new, _reason):
@@ -461,11 +448,9 @@ class Supervisor:
         on_escalate: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
         self.plan = FaultPlan(settings.faults)
         self.slots = build_slots(settings, specs, clock)  # shared with the actor; thread-safe
         self.stash_limit = settings.supervisor.stash_limit
-        self.clock = clock
         self.health = HealthChecker(settings, specs)
         self.ref = SupervisorActor.start(
             settings, specs, self.slots, self.plan, self.health, on_escalate=on_escalate, clock=clock
@@ -516,8 +501,7 @@ class Supervisor:
         stashed, ref = slot.cancel(call_id)
         if stashed is not None:
             outcome = stashed.failure(ErrorType.CANCELLED, "the call was cancelled before it started")
-            duration = self.clock() - stashed.admitted_at
-            stashed.settle(outcome, lambda o: self._tell(Settled(tool, call_id, outcome_label(o), duration)))
+            stashed.settle(outcome, lambda o: self.record_refusal(tool, o.error.error_type))
             return True
         if ref is None:
             return False
@@ -579,7 +563,7 @@ class Supervisor:
                 break
         self.plan.release_all()
         # Stopping an actor waits for its process groups to be gone: TERM, the grace, KILL.
-        stop_timeout = max(s.kill_grace_sec for s in (slot.settings for slot in self.slots.values())) + 5.0
+        stop_timeout = max(slot.settings.kill_grace_sec for slot in self.slots.values()) + 5.0
         for ref in refs:
             try:
                 ref.stop(block=True, timeout=stop_timeout)

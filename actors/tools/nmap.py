@@ -160,10 +160,15 @@ class NmapResult(ParsedResult):
 # ---------------------------------------------------------------- argv
 
 
+@functools.lru_cache(maxsize=32)  # settings are frozen: one set per configuration
+def _allowed_scripts(settings: NmapSettings) -> frozenset[str]:
+    return frozenset(s.lower() for s in settings.allowed_scripts)
+
+
 @functools.lru_cache(maxsize=32)  # settings are frozen: one grammar per configuration
 def grammar(settings: NmapSettings) -> Grammar:
     scripts = NameList(
-        allowed=frozenset(s.lower() for s in settings.allowed_scripts),
+        allowed=_allowed_scripts(settings),
         forbidden=FORBIDDEN_SCRIPT_CATEGORIES,
         description="script names or categories",
     )
@@ -218,7 +223,7 @@ def _script_selection(parsed: list[ParsedOption], settings: NmapSettings) -> lis
     names: list[str] = []
     for item in parsed:
         if item.name == "-sC":
-            if "default" not in {s.lower() for s in settings.allowed_scripts}:
+            if "default" not in _allowed_scripts(settings):
                 raise InvalidCall("-sC needs the 'default' script category, which is not allowed here", field=item.source)
             selected = ["default"]
         elif item.name == "--script":
@@ -243,7 +248,7 @@ def _check_port_budget(parsed: list[ParsedOption], settings: NmapSettings) -> li
 def build_argv(args: NmapArguments, target: ResolvedTarget, settings: NmapSettings) -> list[str]:
     parsed = grammar(settings).parse_sources(_typed_tokens(args))
     scripts = _script_selection(parsed, settings)
-    if any(item.name == "-sV" for item in parsed) and "version" not in {s.lower() for s in settings.allowed_scripts}:
+    if any(item.name == "-sV" for item in parsed) and "version" not in _allowed_scripts(settings):
         # -sV makes nmap run its whole `version` script category, outside any --script expression.
         raise InvalidCall("version detection (-sV) runs nmap's version scripts, which are not allowed here", field="scan_type")
     plain = [item for item in parsed if item.name not in ("-sC", "--script", "-n")]
