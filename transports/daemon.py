@@ -39,15 +39,13 @@ from typing import Any, Final
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from supervisor.config import ConfigError, HttpSettings, Settings
 from supervisor.runtime import Runtime
 from transports.exits import EXIT_ESCALATED, EXIT_OK, EXIT_SERVER_FAILED
 from transports.http import StreamableHttpTransport
 from transports.mcp import McpDispatcher
-from transports.ops import ops_routes, serve_ops_socket
+from transports.ops import http_error, ops_routes, serve_ops_socket
 from transports.security import require_token_for, security_middleware
 from transports.server import BoundAddress, HttpServer, ServerStartError
 from transports.sessions import SessionTable
@@ -126,7 +124,7 @@ def build_http_app(
         routes=[*sse.routes(), streamable.route(), *ops_routes(runtime, sessions.counts)],
         middleware=[security_middleware(settings)],
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: http_error},
     )
     app.state.mcp = McpHttp(dispatcher, sessions)
     return app
@@ -345,9 +343,3 @@ def run_http_daemon(
         print("labrecon: the HTTP server stopped unexpectedly (see the log)", file=sys.stderr)
     return status
 
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 answers, as JSON like every other error here."""
-    assert isinstance(exc, HTTPException)
-    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"error": kind, "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)

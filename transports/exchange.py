@@ -23,10 +23,12 @@ from transports import jsonrpc
 
 __all__ = [
     "KEEPALIVE_FRAME",
+    "RETRY_AFTER_SEC",
     "SEND_TIMEOUT_SEC",
     "AsgiEndpoint",
     "BodyTooLarge",
     "ClientGone",
+    "busy_response",
     "event_frame",
     "json_response",
     "read_body",
@@ -43,6 +45,9 @@ _SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 KEEPALIVE_FRAME = b": keepalive\r\n\r\n"
+
+RETRY_AFTER_SEC = "5"
+"""The Retry-After a client is given when the server is too busy, or shutting down, to take its message."""
 
 SEND_TIMEOUT_SEC = 30.0
 """How long one write to an event stream may wait for a client that stopped reading before it is dropped."""
@@ -101,15 +106,14 @@ async def wait_disconnect(receive: Receive) -> None:
         pass
 
 
-def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+def json_response(
+    body: dict[str, Any] | list[dict[str, Any]], status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
     """A JSON body encoded the way every JSON-RPC message is: ASCII, one line."""
-    if isinstance(body, dict | list):
-        try:
-            content = jsonrpc.encode(body)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            content = json.dumps(body, ensure_ascii=True, default=str).encode("ascii")
-    else:
-        content = json.dumps(body, ensure_ascii=True).encode("ascii")
+    try:
+        content = jsonrpc.encode(body)
+    except (TypeError, ValueError):
+        content = json.dumps(body, ensure_ascii=True, default=str).encode("ascii")
     return Response(content, status_code=status, headers=dict(headers or {}), media_type="application/json")
 
 
@@ -124,6 +128,13 @@ def rpc_error_response(
 ) -> Response:
     """An HTTP refusal whose body is the JSON-RPC error a client library can surface as-is."""
     return json_response(jsonrpc.error_response(request_id, code, message, data), status, headers)
+
+
+def busy_response(message: str, request_id: str | int | None = None) -> Response:
+    """503 with a Retry-After: the server cannot take this message now (at its session limit, or stopping)."""
+    return rpc_error_response(
+        503, jsonrpc.INTERNAL_ERROR, message, request_id=request_id, headers={"Retry-After": RETRY_AFTER_SEC}
+    )
 
 
 def event_frame(message: Any, event: str = "message") -> bytes:

@@ -60,6 +60,7 @@ from transports.exchange import (
     SEND_TIMEOUT_SEC,
     BodyTooLarge,
     ClientGone,
+    busy_response,
     event_frame,
     json_response,
     peer_of,
@@ -92,7 +93,6 @@ __all__ = ["StreamableHttpTransport"]
 
 log = logging.getLogger("labrecon.http.mcp")
 
-RETRY_AFTER_SEC: Final = "5"
 _ALLOW: Final = "GET, POST, DELETE"
 
 
@@ -188,7 +188,7 @@ class StreamableHttpTransport:
         try:
             session = self.sessions.open(SessionKind.HTTP, Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer))
         except (SessionLimit, NotAccepting) as exc:
-            return _busy(str(exc), request_id_of(message))
+            return busy_response(str(exc), request_id_of(message))
         reply = await self.dispatcher.handle(session.mcp, message, _nowhere)
         if isinstance(reply, dict) and "result" in reply:
             return json_response(reply, 200, {SESSION_HEADER: session.id})
@@ -208,7 +208,7 @@ class StreamableHttpTransport:
             await _rpc_refusal(400, problem, request_id_of(message))(scope, receive, send)
             return
         if not self.sessions.accepting:
-            await _busy("the server is shutting down", request_id_of(message))(scope, receive, send)
+            await busy_response("the server is shutting down", request_id_of(message))(scope, receive, send)
             return
         mcp = Session.modern()
         mcp.peer = peer_of(scope)
@@ -411,8 +411,3 @@ def _refuse(
 def _rpc_refusal(status: int, error: RpcError, request_id: str | int | None = None) -> Response:
     return rpc_error_response(status, error.code, error.message, request_id=request_id, data=error.data)
 
-
-def _busy(message: str, request_id: str | int | None) -> Response:
-    return rpc_error_response(
-        503, INTERNAL_ERROR, message, request_id=request_id, headers={"Retry-After": RETRY_AFTER_SEC}
-    )

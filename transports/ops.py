@@ -40,7 +40,15 @@ from supervisor.status import Status
 from transports.security import AUTHENTICATED, security_middleware
 from transports.server import HttpServer
 
-__all__ = ["METRICS_CONTENT_TYPE", "OpsRuntime", "SessionCounts", "build_ops_app", "ops_routes", "serve_ops_socket"]
+__all__ = [
+    "METRICS_CONTENT_TYPE",
+    "OpsRuntime",
+    "SessionCounts",
+    "build_ops_app",
+    "http_error",
+    "ops_routes",
+    "serve_ops_socket",
+]
 
 log = logging.getLogger("labrecon.ops")
 
@@ -202,7 +210,7 @@ def build_ops_app(runtime: OpsRuntime, settings: Settings, sessions: SessionCoun
     return Starlette(
         routes=ops_routes(runtime, sessions),
         middleware=[security_middleware(settings, check_host=False)],  # no browser reaches a Unix socket
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: http_error},
     )
 
 
@@ -224,7 +232,7 @@ def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
+async def http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 answers, as JSON like every other error here."""
     assert isinstance(exc, HTTPException)
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")

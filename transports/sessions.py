@@ -84,7 +84,6 @@ class Outbox:
 
     def __init__(self, limit: int = DEFAULT_OUTBOX_LIMIT) -> None:
         self.limit = limit
-        self.dropped = 0
         self._items: deque[Any] = deque()
         self._ready = asyncio.Event()
         self._closed = False
@@ -92,15 +91,10 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def put(self, message: Any, *, droppable: bool = False) -> bool:
         if self._closed:
             return False
         if droppable and len(self._items) >= self.limit:
-            self.dropped += 1
             return False
         self._items.append(message)
         self._ready.set()
@@ -148,7 +142,6 @@ class HttpSession:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
     streams: int = 0  # open standalone event streams (Streamable HTTP GET)
     closed: bool = False
-    close_reason: str | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -184,7 +177,6 @@ class SessionTable:
         self._sessions: dict[str, HttpSession] = {}
         self._stateless: set[Session] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._counts: dict[str, int] = {SessionKind.SSE.value: 0, SessionKind.HTTP.value: 0, STATELESS: 0}
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -249,7 +241,6 @@ class SessionTable:
             session_id = new_session_id()
         session = HttpSession(id=session_id, kind=kind, mcp=mcp, last_active=self._clock())
         self._sessions[session_id] = session
-        self._counts[kind.value] += 1
         log.info("session opened", extra={"session": session.short_id, "transport": kind.value})
         return session
 
@@ -263,11 +254,9 @@ class SessionTable:
     def touch(self, session: HttpSession) -> None:
         session.last_active = self._clock()
 
-    def spawn(
-        self, session: HttpSession | None, coro: Coroutine[Any, Any, Any], *, name: str | None = None
-    ) -> asyncio.Task[Any]:
+    def spawn(self, session: HttpSession | None, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as a task the table owns: cancelled with its session, or at shutdown."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if session is not None:
@@ -286,21 +275,18 @@ class SessionTable:
         if not self._accepting:
             raise NotAccepting("the server is shutting down")
         self._stateless.add(mcp)
-        self._counts[STATELESS] += 1
         try:
             yield
         finally:
             self._stateless.discard(mcp)
-            self._counts[STATELESS] -= 1
 
     def close(self, session: HttpSession, reason: str) -> None:
         """End a session now: forget it, end its streams, cancel its calls."""
         if session.closed:
             return
         session.closed = True
-        session.close_reason = reason
-        if self._sessions.pop(session.id, None) is session:
-            self._counts[session.kind.value] -= 1
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
         session.outbox.close()
         session.ended.set()
         cancelled = self.dispatcher.cancel_all(session.mcp)
@@ -330,11 +316,14 @@ class SessionTable:
         return len(stale)
 
     def counts(self) -> dict[str, int]:
-        """Open sessions per transport and stateless requests in progress; safe from any thread."""
-        return dict(self._counts)
+        """Open sessions per transport and stateless requests in progress; safe from any thread.
 
-    def __len__(self) -> int:
-        return len(self._sessions)
+        (`list()` and `len()` each read their container in one step.)
+        """
+        counts = {SessionKind.SSE.value: 0, SessionKind.HTTP.value: 0, STATELESS: len(self._stateless)}
+        for session in list(self._sessions.values()):
+            counts[session.kind.value] += 1
+        return counts
 
     @property
     def in_progress(self) -> int:

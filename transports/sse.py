@@ -33,10 +33,12 @@ from starlette.types import Receive, Scope, Send
 from transports import jsonrpc
 from transports.eras import Era
 from transports.exchange import (
+    RETRY_AFTER_SEC,
     SEND_TIMEOUT_SEC,
     AsgiEndpoint,
     BodyTooLarge,
     ClientGone,
+    busy_response,
     peer_of,
     read_body,
     rpc_error_response,
@@ -51,7 +53,6 @@ __all__ = ["DEFAULT_MAX_PENDING", "LegacySseTransport"]
 log = logging.getLogger("labrecon.sse")
 
 DEFAULT_MAX_PENDING: Final = 1024
-RETRY_AFTER_SEC: Final = "5"
 
 
 class LegacySseTransport:
@@ -99,7 +100,7 @@ class LegacySseTransport:
         try:
             session = self.sessions.open(SessionKind.SSE, Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer_of(scope)))
         except (SessionLimit, NotAccepting) as exc:
-            await _busy(str(exc))(scope, receive, send)
+            await busy_response(str(exc))(scope, receive, send)
             return
         endpoint = f"{scope.get('root_path', '').rstrip('/')}{self.messages_path}?session_id={session.id}"
         response = EventSourceResponse(
@@ -110,7 +111,7 @@ class LegacySseTransport:
         except SendTimeoutError:
             log.info("session %s stopped reading its event stream; dropped", session.short_id)
         finally:
-            self.sessions.close(session, session.close_reason or "event stream closed")
+            self.sessions.close(session, "event stream closed")
 
     async def _events(self, session: HttpSession, endpoint: str) -> Any:
         yield {"event": "endpoint", "data": endpoint}
@@ -165,6 +166,3 @@ class LegacySseTransport:
         if reply is not None:
             session.outbox.put(reply)
 
-
-def _busy(message: str) -> Response:
-    return rpc_error_response(503, INTERNAL_ERROR, message, headers={"Retry-After": RETRY_AFTER_SEC})
