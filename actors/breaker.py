@@ -58,14 +58,20 @@ class CircuitBreaker:
         self.open_period_sec = settings.open_sec
         self.reopen_at: float | None = None
         self._trial_in_flight = False
+        self._trial_id: str | None = None  # which call is the trial, when the caller names its calls
 
     def retry_after(self) -> float | None:
         if self.state is BreakerState.OPEN and self.reopen_at is not None:
             return max(0.0, self.reopen_at - self._clock())
         return None
 
-    def allow(self) -> Admission:
-        """May a new call be admitted now? Moves OPEN to HALF_OPEN when the period has passed."""
+    def allow(self, call_id: str | None = None) -> Admission:
+        """May a new call be admitted now? Moves OPEN to HALF_OPEN when the period has passed.
+
+        Name the call (`call_id`) and pass the same id when recording its
+        result: while half-open, results of calls other than the trial are
+        then ignored, since only the trial says whether the tool recovered.
+        """
         if self.state is BreakerState.CLOSED:
             return Admission(True)
         transition = None
@@ -78,20 +84,25 @@ class CircuitBreaker:
             # One probe at a time; the others come back once it has answered.
             return Admission(False, retry_after_sec=min(1.0, self.open_period_sec), transition=transition)
         self._trial_in_flight = True
+        self._trial_id = call_id
         return Admission(True, trial=True, transition=transition)
 
-    def record_success(self) -> Transition | None:
+    def record_success(self, call_id: str | None = None) -> Transition | None:
+        if self._not_the_trial(call_id):
+            return None
         self.consecutive_failures = 0
         if self.state is BreakerState.HALF_OPEN:
-            self._trial_in_flight = False
+            self._end_trial()
             self.open_period_sec = self._settings.open_sec
             return self._move(BreakerState.CLOSED, "trial call succeeded")
         return None
 
-    def record_failure(self) -> Transition | None:
+    def record_failure(self, call_id: str | None = None) -> Transition | None:
+        if self._not_the_trial(call_id):
+            return None
         self.consecutive_failures += 1
         if self.state is BreakerState.HALF_OPEN:
-            self._trial_in_flight = False
+            self._end_trial()
             self.open_period_sec = min(
                 self.open_period_sec * self._settings.backoff_multiplier, self._settings.max_open_sec
             )
@@ -100,10 +111,12 @@ class CircuitBreaker:
             return self._open(f"{self.consecutive_failures} consecutive failures")
         return None
 
-    def record_neutral(self) -> None:
+    def record_neutral(self, call_id: str | None = None) -> None:
         """A call ended without saying anything about the tool (cancelled, refused)."""
+        if self._not_the_trial(call_id):
+            return
         if self.state is BreakerState.HALF_OPEN:
-            self._trial_in_flight = False
+            self._end_trial()
 
     def force(self, state: BreakerState, reason: str = "operator") -> Transition | None:
         """Operator override: open now, or close and forget the failures."""
@@ -112,10 +125,21 @@ class CircuitBreaker:
         if state is BreakerState.CLOSED:
             self.consecutive_failures = 0
             self.open_period_sec = self._settings.open_sec
-            self._trial_in_flight = False
+            self._end_trial()
             self.reopen_at = None
             return self._move(BreakerState.CLOSED, reason)
         raise ValueError(f"cannot force breaker to {state}")
+
+    def _not_the_trial(self, call_id: str | None) -> bool:
+        """While half-open, a named call's result counts only if it is the trial's; the trial's ends the trial."""
+        if call_id is not None and call_id == self._trial_id:
+            self._trial_id = None
+            return False
+        return call_id is not None and self.state is BreakerState.HALF_OPEN
+
+    def _end_trial(self) -> None:
+        self._trial_in_flight = False
+        self._trial_id = None
 
     def _open(self, reason: str) -> Transition | None:
         jitter = self._settings.jitter

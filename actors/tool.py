@@ -174,7 +174,6 @@ class ToolActor(pykka.ThreadingActor):
         self.running: dict[str, _Running] = {}
         self.queue: OrderedDict[str, Call] = OrderedDict()
         self.draining: list[Reply[None]] = []
-        self.trial_call_id: str | None = None  # the one call whose result decides a half-open breaker
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix=f"{self.name}-run")
 
     # --- pykka hooks ------------------------------------------------------------
@@ -275,7 +274,7 @@ class ToolActor(pykka.ThreadingActor):
         if self.draining:
             self._refuse(call, ErrorType.CANCELLED, f"{self.name} is stopping and admits no new calls")
             return
-        admission = self.breaker.allow()
+        admission = self.breaker.allow(call.call_id)
         self._report(admission.transition)
         if not admission.allowed:
             retry = round(admission.retry_after_sec or 0.0, 3)
@@ -283,21 +282,15 @@ class ToolActor(pykka.ThreadingActor):
             self._refuse(call, ErrorType.CIRCUIT_OPEN, message, retry_after_sec=retry)
             return
         if len(self.running) < self.settings.concurrency:
-            self._note_trial(call, admission.trial)
             self._start(call)
         elif len(self.queue) < self.settings.max_queue:
-            self._note_trial(call, admission.trial)
             self.queue[call.call_id] = call
             self._tell_parent(CallQueued(self.name, call.call_id))
         else:
             if admission.trial:
-                self.breaker.record_neutral()
+                self.breaker.record_neutral(call.call_id)
             message = f"{self.name} is running {len(self.running)} calls with {len(self.queue)} queued, its limit"
             self._refuse(call, ErrorType.RESOURCE_EXHAUSTED, message, retry_after_sec=self._retry_hint())
-
-    def _note_trial(self, call: Call, trial: bool) -> None:
-        if trial:
-            self.trial_call_id = call.call_id
 
     def _refuse(self, call: Call, error_type: ErrorType, message: str, *, retry_after_sec: float | None = None) -> None:
         """Answer a call that will not run."""
@@ -449,17 +442,13 @@ class ToolActor(pykka.ThreadingActor):
         self._maybe_drained()
 
     def _judge(self, call_id: str, verdict: Verdict) -> None:
-        """Feed the breaker; while half-open only the trial call's result counts."""
-        if self.breaker.state is BreakerState.HALF_OPEN and call_id != self.trial_call_id:
-            return
-        if call_id == self.trial_call_id:
-            self.trial_call_id = None
+        """Feed the breaker, naming the call: while half-open only the trial call's result counts."""
         if verdict is Verdict.SUCCESS:
-            self._report(self.breaker.record_success())
+            self._report(self.breaker.record_success(call_id))
         elif verdict is Verdict.FAILURE:
-            self._report(self.breaker.record_failure())
+            self._report(self.breaker.record_failure(call_id))
         else:
-            self.breaker.record_neutral()
+            self.breaker.record_neutral(call_id)
 
     def _start_queued(self) -> None:
         while self.queue and len(self.running) < self.settings.concurrency:
@@ -469,9 +458,7 @@ class ToolActor(pykka.ThreadingActor):
     def _cancel(self, call_id: str) -> None:
         call = self.queue.pop(call_id, None)
         if call is not None:
-            if call_id == self.trial_call_id:
-                self.trial_call_id = None
-                self.breaker.record_neutral()
+            self.breaker.record_neutral(call_id)  # frees the probe if this was the half-open trial
             self._refuse(call, ErrorType.CANCELLED, "the call was cancelled before it started")
             self._maybe_drained()
             return

@@ -83,6 +83,29 @@ def test_cancelled_trial_frees_the_probe_slot():
     assert breaker.allow().trial
 
 
+def test_half_open_counts_only_the_named_trial():
+    """Calls admitted before the circuit opened may finish while it is half-open: only the trial decides."""
+    breaker, clock = make(failure_threshold=1, open_sec=1)
+    fail(breaker, 1)
+    clock.now += 1
+    assert breaker.allow("trial").trial
+    assert breaker.record_failure("older") is None
+    breaker.record_neutral("older")
+    assert breaker.state is BreakerState.HALF_OPEN and breaker.consecutive_failures == 1
+    assert not breaker.allow("another").allowed  # the trial is still out
+    assert breaker.record_success("trial").new is BreakerState.CLOSED
+    assert breaker.consecutive_failures == 0
+
+
+def test_a_cancelled_named_trial_frees_the_probe_slot():
+    breaker, clock = make(failure_threshold=1, open_sec=1)
+    fail(breaker, 1)
+    clock.now += 1
+    assert breaker.allow("first").trial
+    breaker.record_neutral("first")
+    assert breaker.allow("second").trial
+
+
 def test_jitter_stays_within_bounds():
     settings = BreakerSettings(failure_threshold=1, open_sec=100, jitter=0.2)
     clock = Clock()
