@@ -199,7 +199,7 @@ class ToolActor(pykka.ThreadingActor):
             case Ping(reply):
                 reply.resolve(self.clock())
             case ForceBreaker(state):
-                self._report(self.breaker.force(state, "operator"))
+                self._breaker_moved(self.breaker.force(state, "operator"))
             case Drain(reply):
                 self.draining.append(reply)
                 self._maybe_drained()
@@ -275,7 +275,7 @@ class ToolActor(pykka.ThreadingActor):
             self._refuse(call, ErrorType.CANCELLED, f"{self.name} is stopping and admits no new calls")
             return
         admission = self.breaker.allow(call.call_id)
-        self._report(admission.transition)
+        self._breaker_moved(admission.transition)
         if not admission.allowed:
             retry = round(admission.retry_after_sec or 0.0, 3)
             message = f"{self.name} is failing repeatedly; its circuit is open for another {retry:g}s"
@@ -355,12 +355,24 @@ class ToolActor(pykka.ThreadingActor):
 
         return on_line
 
+    def _progress_edge(self, call: Call, run: ProcessRun, percent: float, what: str) -> None:
+        """Runner thread: tell a caller who asked for progress that the process started or ended.
+
+        Short scans report nothing of their own, so these two are what such a
+        caller sees; a process that never started reports neither.
+        """
+        if call.progress is not None and run.pid is not None:
+            call.progress(percent, 100.0, f"{self.name} {what}")
+
     def _execute(self, call: Call, run: ProcessRun, fault: Fault | None) -> None:
         """Runner thread: run the process, build the answer, hand it back to the actor."""
         try:
             if fault is not None:
                 fault.before_run(run)
+            run.spawn()  # a no-op when the actor started it already
+            self._progress_edge(call, run, 0.0, "started")
             result = run.run()
+            self._progress_edge(call, run, 100.0, "ended")
             outcome, verdict = outcome_from_run(self.spec, call.call_id, call.prepared, result)
         except Exception:
             outcome = call.failure(ErrorType.INTERNAL, "the runner failed: " + traceback.format_exc(limit=3))
@@ -444,9 +456,9 @@ class ToolActor(pykka.ThreadingActor):
     def _judge(self, call_id: str, verdict: Verdict) -> None:
         """Feed the breaker, naming the call: while half-open only the trial call's result counts."""
         if verdict is Verdict.SUCCESS:
-            self._report(self.breaker.record_success(call_id))
+            self._breaker_moved(self.breaker.record_success(call_id))
         elif verdict is Verdict.FAILURE:
-            self._report(self.breaker.record_failure(call_id))
+            self._breaker_moved(self.breaker.record_failure(call_id))
         else:
             self.breaker.record_neutral(call_id)
 
@@ -471,11 +483,25 @@ class ToolActor(pykka.ThreadingActor):
             for reply in self.draining:
                 reply.resolve(None)
 
-    # --- reporting --------------------------------------------------------------
+    def _breaker_moved(self, transition: Transition | None) -> None:
+        """Report a breaker transition; an opening breaker answers every queued call at once.
 
-    def _report(self, transition: Transition | None) -> None:
-        if transition is not None:
-            self._tell_parent(BreakerChanged(self.name, transition.old.value, transition.new.value, transition.reason))
+        Calls queued before the tool started failing would otherwise each run
+        against it; they get `circuit_open` with the same retry hint a new
+        call gets.
+        """
+        if transition is None:
+            return
+        self._tell_parent(BreakerChanged(self.name, transition.old.value, transition.new.value, transition.reason))
+        if transition.new is not BreakerState.OPEN or not self.queue:
+            return
+        retry = round(self.breaker.retry_after() or 0.0, 3)
+        message = f"{self.name} is failing repeatedly ({transition.reason}); its circuit is open for another {retry:g}s"
+        for call in self._take_queued():
+            self._refuse(call, ErrorType.CIRCUIT_OPEN, message, retry_after_sec=retry)
+        self._maybe_drained()
+
+    # --- reporting --------------------------------------------------------------
 
     def _report_finished(self, call: Call, outcome: str, *, ran: bool) -> None:
         duration = self.clock() - call.admitted_at

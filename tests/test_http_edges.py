@@ -229,7 +229,7 @@ def test_accept_and_content_type_rules(served):
         streamed = client.post("/mcp", json=call, headers=call_headers)
         assert streamed.headers["content-type"].startswith("text/event-stream")
         messages = [event.json() for event in parse_events(streamed.text)]
-        assert [m["params"]["progress"] for m in messages[:-1]] == [33.33, 66.67]
+        assert [m["params"]["progress"] for m in messages[:-1]] == [0.0, 33.33, 66.67, 100.0]
         assert messages[-1]["id"] == 1 and messages[-1]["result"]["isError"] is False
         # A client reading only JSON gets the result alone.
         plain = client.post("/mcp", json=call, headers={**call_headers, "accept": "application/json"})

@@ -80,8 +80,28 @@ def test_progress_notifications_arrive_in_order_before_the_result(make_runtime, 
 
         result = asyncio.run(scenario())
     assert not result.is_error, result
-    assert [progress for progress, _ in seen] == [20.0, 40.0, 60.0, 80.0]
+    # The process starting and ending bracket nmap's own reports.
+    assert [progress for progress, _ in seen] == [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
     assert all(total in (None, 100.0) for _, total in seen)
+
+
+@pytest.mark.parametrize("kind", CLIENT_KINDS)
+def test_a_short_scan_reports_its_start_and_end(make_runtime, kind):
+    runtime = make_runtime()  # the fake answers at once
+    with running_daemon(runtime) as daemon:
+        seen: list[tuple[float, str | None]] = []
+
+        async def scenario() -> Any:
+            async with sdk_client(kind, daemon.url) as client:
+
+                async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                    seen.append((progress, message))
+
+                return await client.call_tool("nmap", ARGUMENTS["nmap"], progress_callback=on_progress)
+
+        result = asyncio.run(scenario())
+    assert not result.is_error, result
+    assert seen[0] == (0.0, "nmap started") and seen[-1] == (100.0, "nmap ended")
 
 
 @pytest.mark.parametrize("kind", CLIENT_KINDS)

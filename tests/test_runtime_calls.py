@@ -102,6 +102,32 @@ def test_breaker_trips_fails_fast_and_recovers(make_runtime):
     assert runtime.status().tools["nmap"].breaker.state == "closed"
 
 
+def test_an_opening_breaker_answers_the_queue_at_once(make_runtime, tmp_path):
+    release = tmp_path / "release"
+    runtime = make_runtime(
+        tools={
+            "nmap": {
+                "concurrency": 1,
+                "breaker": {"failure_threshold": 1, "open_sec": 30, "jitter": 0},
+                "scenario": {"mode": "block", "release_file": str(release), "exit_code": 1},
+            }
+        }
+    )
+    nmap = binary(runtime, "nmap")
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        first = pool.submit(runtime.call, "nmap", {"target": "10.0.0.5"})
+        wait_until(lambda: len(scan_calls(nmap)) == 1, what="the first call running")
+        queued = [pool.submit(runtime.call, "nmap", {"target": "10.0.0.5"}) for _ in range(5)]
+        wait_until(lambda: runtime.status().tools["nmap"].queued == 5, what="five calls queued")
+        release.touch()  # the running call fails, and that one failure opens the breaker
+        assert first.result(timeout=30).error_type is ErrorType.EXECUTION
+        answers = [future.result(timeout=30) for future in queued]
+    assert all(o.error_type is ErrorType.CIRCUIT_OPEN for o in answers), answers
+    assert all(0 < o.error.retry_after_sec <= 30 for o in answers)
+    assert len(scan_calls(nmap)) == 1, "no queued call may run against a tool whose breaker opened"
+    assert runtime.status().tools["nmap"].calls == {"execution": 1, "circuit_open": 5}
+
+
 def test_validation_errors_do_not_touch_the_breaker(make_runtime):
     runtime = make_runtime(tools={"nmap": {"breaker": {"failure_threshold": 1}}})
     for _ in range(3):
