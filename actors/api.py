@@ -16,13 +16,6 @@ from actors.results import CallOutcome
 # progress(done, total, message); invoked on the caller's event loop.
 ProgressSink = Callable[[float, float | None, str | None], None]
 
-# on_outcome(outcome): invoked on whichever thread answers the call, before
-# the awaiting task is woken; it must not block. Lets a transport that can
-# write from any thread send the reply without a hop back to its loop. A
-# backend may also never call it (a call refused before it ran, say): the
-# awaiting task gets the outcome either way.
-OutcomeSink = Callable[[CallOutcome], None]
-
 
 class UnknownTool(LookupError):
     """A call named a tool this runtime does not serve."""
@@ -54,7 +47,6 @@ class ToolBackend(Protocol):
         call_id: str | None = None,
         progress: ProgressSink | None = None,
         caller: str | None = None,  # who asks, for the audit log: transport and client
-        on_outcome: OutcomeSink | None = None,
     ) -> CallOutcome: ...
 
     def cancel(self, call_id: str) -> bool: ...

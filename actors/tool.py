@@ -2,15 +2,10 @@
 
 Its mailbox serialises every decision about the tool — admit, queue, refuse,
 start, finish, cancel — so the concurrency limit and the circuit breaker need
-no locks: they are plain fields read and written by one thread. Processes run
-on a small pool of runner threads; a runner reports back with a `Finished`
-message, and whoever answers the caller does so only after that message is
-in the mailbox, so anything a caller sends after seeing its answer finds the
-slot freed. Usually the actor answers, once its books are straight. A plain
-success that leaves the breaker as it was, with no call queued and no drain
-waiting, changes nothing anyone can observe; then the runner answers at
-once, and its `Finished` waits in the inbox, without waking the actor, until
-the next message arrives (the supervisor's ping, at the latest).
+no locks: they are plain fields read and written by this actor's thread only.
+Processes run on a small pool of runner threads; a runner touches no actor
+state and reports back with one `Finished` message, and the actor answers the
+caller once its books are straight.
 
 Under a supervisor, an actor that dies or is retired answers nothing more:
 the supervisor keeps every call it routed and settles them itself, so each
@@ -19,7 +14,6 @@ call is answered, and counted, exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import traceback
@@ -35,7 +29,6 @@ from actors.api import ProgressSink
 from actors.breaker import BreakerState, CircuitBreaker, Transition
 from actors.events import ActorCrashed, ActorStarted, BreakerChanged, CallFinished, CallQueued, CallStarted, Parent
 from actors.faults import Fault, FaultKind, FaultSource, InjectedCrash, no_faults
-from actors.inbox import DeferringInbox
 from actors.outcome import Verdict, outcome_from_run
 from actors.prepare import PreparedCall
 from actors.reply import Reply
@@ -95,20 +88,16 @@ class Submit:
 
 @dataclass(frozen=True)
 class Finished:
+    """A runner's report: the run is over and this is its answer."""
+
     call_id: str
     outcome: CallOutcome
     verdict: Verdict
-    answered: bool = False  # by the runner: booking it changes nothing visible, so it need not wake the actor
 
 
 @dataclass(frozen=True)
 class Cancel:
     call_id: str
-
-
-@dataclass(frozen=True)
-class Wake:
-    """Nothing to do but read the inbox: bookkeeping left there without waking the actor is now awaited."""
 
 
 @dataclass(frozen=True)
@@ -178,9 +167,6 @@ class ToolActor(pykka.ThreadingActor):
 
     # --- pykka hooks ------------------------------------------------------------
 
-    def _create_actor_inbox(self) -> Any:
-        return DeferringInbox(lambda message: isinstance(message, Finished) and message.answered)
-
     def on_start(self) -> None:
         self._tell_parent(ActorStarted(self.name, self.incarnation, self.clock()))
 
@@ -194,8 +180,6 @@ class ToolActor(pykka.ThreadingActor):
                 self._finish(call_id, outcome, verdict)
             case Cancel(call_id):
                 self._cancel(call_id)
-            case Wake():
-                pass
             case Ping(reply):
                 reply.resolve(self.clock())
             case ForceBreaker(state):
@@ -333,14 +317,8 @@ class ToolActor(pykka.ThreadingActor):
         self.running[call.call_id] = _Running(call, run, self.clock())
         if fault is not None and fault.kind is FaultKind.FAIL:
             self._pool.submit(self._fail_without_running, call, fault)
-            return
-        if fault is None:
-            run.spawn()  # started here, the runner thread wakes while the tool starts rather than before it
-        try:
+        else:
             self._pool.submit(self._execute, call, run, fault)
-        except BaseException:
-            run.abandon()  # no runner will ever supervise it
-            raise
 
     def _progress_reader(self, call: Call) -> Callable[[str], None] | None:
         sink = call.progress
@@ -365,11 +343,11 @@ class ToolActor(pykka.ThreadingActor):
             call.progress(percent, 100.0, f"{self.name} {what}")
 
     def _execute(self, call: Call, run: ProcessRun, fault: Fault | None) -> None:
-        """Runner thread: run the process, build the answer, hand it back to the actor."""
+        """Runner thread: run the process, build the answer, report it to the actor."""
         try:
             if fault is not None:
                 fault.before_run(run)
-            run.spawn()  # a no-op when the actor started it already
+            run.spawn()
             self._progress_edge(call, run, 0.0, "started")
             result = run.run()
             self._progress_edge(call, run, 100.0, "ended")
@@ -377,33 +355,7 @@ class ToolActor(pykka.ThreadingActor):
         except Exception:
             outcome = call.failure(ErrorType.INTERNAL, "the runner failed: " + traceback.format_exc(limit=3))
             verdict = Verdict.NEUTRAL
-        answer_now = self._booking_can_wait(verdict)
-        filed = self._send_home(Finished(call.call_id, outcome, verdict, answered=answer_now), call, outcome)
-        if not (filed and answer_now):
-            return  # the actor answers once its books are straight (or, dead, leaves it to its supervisor)
-        if not self._booking_can_wait(verdict):
-            # Someone began waiting on the actor (a call queued, a drain) between the check and the
-            # Finished reaching its inbox: have it read that inbox now, not at its next message.
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.actor_ref.tell(Wake())
-        self._settle(call, outcome, ran=True)
-
-    def _booking_can_wait(self, verdict: Verdict) -> bool:
-        """Runner thread: whether booking this run would change nothing anyone can see or is waiting for.
-
-        Reads the actor's fields without its thread. That is safe here: an
-        idle actor changes none of them, and a busy one reads its inbox — and
-        so books this run — before it waits again.
-        """
-        breaker = self.breaker
-        return (
-            verdict is Verdict.SUCCESS
-            and breaker.state is BreakerState.CLOSED
-            and breaker.consecutive_failures == 0
-            and not self.queue
-            and not self.draining
-            and not self.retired.is_set()
-        )
+        self._report_run(Finished(call.call_id, outcome, verdict), call)
 
     def _fail_without_running(self, call: Call, fault: Fault) -> None:
         result = RunResult(
@@ -420,37 +372,25 @@ class ToolActor(pykka.ThreadingActor):
             pid=None,
         )
         outcome, verdict = outcome_from_run(self.spec, call.call_id, call.prepared, result)
-        self._send_home(Finished(call.call_id, outcome, verdict), call, outcome)
+        self._report_run(Finished(call.call_id, outcome, verdict), call)
 
-    def _send_home(self, message: Finished, call: Call, outcome: CallOutcome) -> bool:
-        """Hand the run back to the actor; False if it is dead."""
+    def _report_run(self, finished: Finished, call: Call) -> None:
+        """Runner thread: the one thing a runner does with the actor is tell it how the run ended."""
         try:
-            self.actor_ref.tell(message)
+            self.actor_ref.tell(finished)
         except pykka.ActorDeadError:
             # The actor died while this ran. A supervisor settles the call when it
             # sweeps the dead incarnation; without one, this is the answer.
             if self.parent is None:
-                call.settle(outcome)
-            return False
-        return True
+                call.settle(finished.outcome)
 
     def _finish(self, call_id: str, outcome: CallOutcome, verdict: Verdict) -> None:
         running = self.running.pop(call_id, None)
         if running is None:
             return  # answered already (cancelled while queued, or abandoned)
         self._judge(call_id, verdict)
-        call = running.call
-        answering = call.reply.claim()  # False when its runner has answered it already
-        if answering:
-            self._report_finished(call, outcome_label(outcome), ran=True)
-        # The freed slot goes to the next queued call before the answer is handed over: handing it
-        # over may build and write the whole reply on this thread (stdio), and the queue need not wait.
-        # Starting one may crash the actor (an injected fault); the claimed answer is delivered regardless.
-        try:
-            self._start_queued()
-        finally:
-            if answering:
-                call.reply.deliver(outcome)
+        self._settle(running.call, outcome, ran=True)
+        self._start_queued()
         self._maybe_drained()
 
     def _judge(self, call_id: str, verdict: Verdict) -> None:

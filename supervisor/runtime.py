@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from actors.api import OutcomeSink, ProgressSink, ToolInfo, UnknownTool
+from actors.api import ProgressSink, ToolInfo, UnknownTool
 from actors.policy import Resolver, TargetPolicy
 from actors.prepare import PreparedCall, prepare_call
 from actors.reply import AsyncReply, Reply, ThreadReply
@@ -135,19 +135,12 @@ class Runtime:
         call_id: str | None = None,
         progress: ProgressSink | None = None,
         caller: str | None = None,
-        on_outcome: OutcomeSink | None = None,
     ) -> CallOutcome:
-        """Run a call from asyncio. Cancelling the awaiting task cancels the call (and kills its process).
-
-        `on_outcome` is called on the answering thread, after the runtime's
-        own books are closed and before the awaiting task wakes.
-        """
+        """Run a call from asyncio. Cancelling the awaiting task cancels the call (and kills its process)."""
         loop = asyncio.get_running_loop()
         reply: AsyncReply[CallOutcome] = AsyncReply(loop)
         sink = _on_loop(loop, progress) if progress is not None else None
-        call_id, early = self._submit(
-            tool, arguments, reply, call_id=call_id, progress=sink, caller=caller, on_outcome=on_outcome
-        )
+        call_id, early = self._submit(tool, arguments, reply, call_id=call_id, progress=sink, caller=caller)
         if early is not None:
             return early
         try:
@@ -226,7 +219,6 @@ class Runtime:
         call_id: str | None,
         progress: ProgressSink | None,
         caller: str | None,
-        on_outcome: OutcomeSink | None = None,
     ) -> tuple[str, CallOutcome | None]:
         spec = self.specs.get(tool)
         if spec is None:
@@ -248,8 +240,6 @@ class Runtime:
             return call_id, refused
         call = Call(call_id=call_id, prepared=prepared, reply=reply, progress=progress)
         reply.on_resolved(lambda outcome: self._answered(call_id, outcome, caller))
-        if on_outcome is not None:
-            reply.on_resolved(on_outcome)
         self.supervisor.submit(call)
         return call_id, None
 

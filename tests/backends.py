@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.api import OutcomeSink, ProgressSink, ToolInfo, UnknownTool
+from actors.api import ProgressSink, ToolInfo, UnknownTool
 from actors.results import CallOutcome, ErrorType
 
 OUTPUT_SCHEMA: dict[str, Any] = CallOutcome.model_json_schema()
@@ -144,7 +144,6 @@ class FakeBackend:
         call_id: str | None = None,
         progress: ProgressSink | None = None,
         caller: str | None = None,
-        on_outcome: OutcomeSink | None = None,
     ) -> CallOutcome:
         self.callers.append(caller)
         if tool not in TOOLS:
@@ -166,8 +165,6 @@ class FakeBackend:
             self._calls.pop(call_id, None)
         if outcome.error_type is not ErrorType.CANCELLED:
             self.counts["ok" if outcome.ok else "error"] += 1
-        if on_outcome is not None:
-            on_outcome(outcome)
         return outcome
 
     # -- test controls

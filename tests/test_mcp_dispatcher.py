@@ -14,13 +14,13 @@ import mcp_types as types
 import pytest
 from mcp_types import methods as mcp_methods
 
-from actors.api import OutcomeSink, ProgressSink, ToolInfo, UnknownTool
+from actors.api import ProgressSink, ToolInfo, UnknownTool
 from actors.results import CallOutcome, ErrorType
 from tests.backends import TOOLS, FakeBackend
 from transports import jsonrpc, mcp
 from transports.eras import Era
 from transports.framing import LineFramer, Oversized
-from transports.mcp import McpDispatcher, ReplySink, Session
+from transports.mcp import McpDispatcher, Session
 from transports.tool_results import summarize
 
 HANDSHAKE = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -59,8 +59,8 @@ class Peer:
             if predicate(message):
                 event.set()
 
-    async def send(self, message: Any, answer: ReplySink | None = None) -> Any:
-        reply = await self.dispatcher.handle(self.session, message, self._notify, answer)
+    async def send(self, message: Any) -> Any:
+        reply = await self.dispatcher.handle(self.session, message, self._notify)
         _check_envelopes(reply)
         return reply
 
@@ -91,9 +91,9 @@ class Peer:
         await self.notify("notifications/initialized")
         return reply
 
-    def start(self, method: str, params: dict[str, Any], *, id: Any, answer: ReplySink | None = None) -> asyncio.Task[Any]:
+    def start(self, method: str, params: dict[str, Any], *, id: Any) -> asyncio.Task[Any]:
         message = {"jsonrpc": "2.0", "id": id, "method": method, "params": params}
-        return asyncio.create_task(self.send(message, answer))
+        return asyncio.create_task(self.send(message))
 
     async def until(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """Wait for a notification matching `predicate` (already received ones count)."""
@@ -460,11 +460,9 @@ def test_progress_reported_after_the_reply_is_dropped() -> None:
         kept: ProgressSink | None = None
 
         async def acall(self, tool: str, arguments: dict[str, Any], *, call_id: str | None = None,
-                        progress: ProgressSink | None = None, caller: str | None = None,
-                        on_outcome: OutcomeSink | None = None) -> CallOutcome:
+                        progress: ProgressSink | None = None, caller: str | None = None) -> CallOutcome:
             self.kept = progress
-            return await super().acall(tool, arguments, call_id=call_id, progress=None, caller=caller,
-                                       on_outcome=on_outcome)
+            return await super().acall(tool, arguments, call_id=call_id, progress=None, caller=caller)
 
     async def scenario() -> None:
         backend = Late()
@@ -568,162 +566,6 @@ def test_a_request_id_cannot_be_reused_while_in_flight() -> None:
         assert error_of(reply)["code"] == -32600
         peer.backend.release()
         assert (await asyncio.wait_for(task, 10))["result"]["isError"] is False
-
-    run(scenario())
-
-
-# ---------------------------------------------------------------- answering where a call finishes
-
-
-class FinishesOnItsOwnThread(FakeBackend):
-    """Ends every call on a thread of its own, as the runtime's runners do, once the test lets it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.go = threading.Event()
-        self.running = asyncio.Event()  # a call has reached the backend
-        self.sink_calls = 0
-
-    def cancel(self, call_id: str) -> bool:
-        self.cancel_requests.append(call_id)
-        return self.accept_cancel  # if accepted, the call still ends through its thread, as a runtime's does
-
-    async def acall(self, tool: str, arguments: dict[str, Any], *, call_id: str | None = None,
-                    progress: ProgressSink | None = None, caller: str | None = None,
-                    on_outcome: OutcomeSink | None = None) -> CallOutcome:
-        if tool != "probe":
-            return await super().acall(tool, arguments, call_id=call_id, progress=progress, caller=caller,
-                                       on_outcome=on_outcome)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[CallOutcome] = loop.create_future()
-        outcome = CallOutcome(tool=tool, call_id=call_id or "?", ok=True, target=arguments["target"],
-                              result={"hosts": []})
-
-        def finish() -> None:
-            self.go.wait(10)
-            if on_outcome is not None:
-                self.sink_calls += 1
-                on_outcome(outcome)
-            loop.call_soon_threadsafe(future.set_result, outcome)
-
-        threading.Thread(target=finish, name="finisher").start()
-        self.running.set()
-        return await future
-
-
-PROBE_CALL: dict[str, Any] = {"name": "probe", "arguments": {"target": "10.0.0.5"}}
-
-
-class Answers:
-    """A transport's reply sink: records each reply, the thread that sent it, and what the session held then."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self.sent: list[tuple[str, dict[str, Any], int]] = []
-        self.arrived = threading.Event()
-
-    def __call__(self, message: dict[str, Any]) -> None:
-        self.sent.append((threading.current_thread().name, message, self.session.in_flight))
-        self.arrived.set()
-
-
-def test_a_finished_call_is_answered_on_the_thread_it_finished_on() -> None:
-    async def scenario() -> None:
-        backend = FinishesOnItsOwnThread()
-        peer = Peer(backend)
-        await peer.initialize()
-        answers = Answers(peer.session)
-        task = peer.start("tools/call", PROBE_CALL, id=7, answer=answers)
-        await asyncio.wait_for(backend.running.wait(), 10)
-        assert peer.session.in_flight == 1
-        # The loop is blocked while the call finishes: the reply goes out regardless.
-        backend.go.set()
-        assert answers.arrived.wait(10)
-        thread, reply, in_flight_then = answers.sent[0]
-        assert thread == "finisher"
-        assert reply["id"] == 7 and reply["result"]["isError"] is False
-        assert in_flight_then == 0  # the request id was free again before the client could see the reply
-        assert await asyncio.wait_for(task, 10) is None  # nothing more to send
-        assert len(answers.sent) == 1
-        assert backend.sink_calls == 1
-        # The same id may be used again at once.
-        again = peer.start("tools/call", PROBE_CALL, id=7, answer=answers)
-        assert await asyncio.wait_for(again, 10) is None
-        assert [sent[1]["id"] for sent in answers.sent] == [7, 7]
-
-    run(scenario())
-
-
-def test_calls_the_backend_answers_early_or_with_progress_come_back_the_usual_way() -> None:
-    async def scenario() -> None:
-        backend = FinishesOnItsOwnThread()
-        backend.go.set()
-        peer = Peer(backend)
-        await peer.initialize()
-        answers = Answers(peer.session)
-        refused = {"name": "hold", "arguments": {}}  # refused before it runs
-        reply = await peer.start("tools/call", refused, id=1, answer=answers)
-        assert reply is not None and reply["result"]["isError"] is True
-        reply = await peer.start("tools/call", {**PROBE_CALL, "_meta": {"progressToken": 1}}, id=2, answer=answers)
-        assert reply is not None and reply["result"]["isError"] is False
-        assert answers.sent == []
-        assert backend.sink_calls == 0
-
-    run(scenario())
-
-
-def test_a_call_cancelled_by_the_client_is_not_answered_on_its_thread_either() -> None:
-    async def scenario() -> None:
-        backend = FinishesOnItsOwnThread()
-        peer = Peer(backend)
-        await peer.initialize()
-        answers = Answers(peer.session)
-        task = peer.start("tools/call", PROBE_CALL, id=3, answer=answers)
-        await asyncio.wait_for(backend.running.wait(), 10)
-        await peer.notify("notifications/cancelled", {"requestId": 3})
-        backend.go.set()
-        assert await asyncio.wait_for(task, 10) is None
-        assert backend.sink_calls == 1
-        assert answers.sent == []
-        assert peer.session.calls == {}
-
-    run(scenario())
-
-
-def test_a_call_being_answered_elsewhere_counts_as_running_until_its_reply_is_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shutdown cancels what runs, then closes stdout once every call settled: a reply being written must hold it.
-
-    The answering thread is held right after it won the call, before the
-    books show the call finished: the moment a shutdown's cancellation can
-    slip in and wake the call's task early.
-    """
-    won, go_on = threading.Event(), threading.Event()
-    close_books = mcp._close_books
-
-    def held_after_the_claim(session: Session, key: str, call: Any) -> None:
-        if threading.current_thread().name == "finisher":
-            won.set()
-            go_on.wait(10)
-        close_books(session, key, call)
-
-    monkeypatch.setattr(mcp, "_close_books", held_after_the_claim)
-
-    async def scenario() -> None:
-        backend = FinishesOnItsOwnThread()
-        backend.accept_cancel = False  # as the runtime, once it has handed the outcome over
-        peer = Peer(backend)
-        await peer.initialize()
-        answers = Answers(peer.session)
-        task = peer.start("tools/call", PROBE_CALL, id=9, answer=answers)
-        await asyncio.wait_for(backend.running.wait(), 10)
-        backend.go.set()
-        assert await asyncio.to_thread(won.wait, 10)
-        assert peer.dispatcher.cancel_all(peer.session) == 1  # what a transport does when it shuts down
-        done, _ = await asyncio.wait({task}, timeout=0.3)
-        assert not done, "the call was taken for settled while its reply was still being written"
-        go_on.set()
-        assert await asyncio.wait_for(task, 10) is None
-        assert [sent[1]["id"] for sent in answers.sent] == [9]
 
     run(scenario())
 

@@ -264,61 +264,6 @@ def test_stop_leaves_no_child_process_behind(make_runtime, tmp_path):
     assert not [p for p in probe_children() if process_alive(p.pid)], "a probe process survived stop()"
 
 
-# --- a success answered by its runner: the Finished it leaves behind is read when someone waits -----
-
-
-def pause_after_first_booking_check(monkeypatch):
-    """Hold the first runner between deciding its booking can wait and filing it: the race's window."""
-    from actors.tool import ToolActor
-
-    original = ToolActor._booking_can_wait
-    checked, proceed = threading.Event(), threading.Event()
-
-    def paused(self, verdict):
-        result = original(self, verdict)
-        if not checked.is_set():
-            checked.set()
-            assert proceed.wait(30)
-        return result
-
-    monkeypatch.setattr(ToolActor, "_booking_can_wait", paused)
-    return checked, proceed
-
-
-def tool_actor(runtime, tool="nmap"):
-    return runtime.supervisor.slots[tool].ref._actor_weakref()
-
-
-def test_a_call_queued_while_a_runner_answers_starts_without_waiting_for_a_ping(make_runtime, monkeypatch):
-    checked, proceed = pause_after_first_booking_check(monkeypatch)
-    # A ping would wake the actor anyway; an hour away, only the runner's own wake can start the queued call.
-    runtime = make_runtime(tools={"nmap": {"concurrency": 1}}, supervisor={"ping_interval_sec": 3600})
-    first_thread, first = run_in_daemon_thread(runtime.call, "nmap", NMAP, call_id="first")
-    assert checked.wait(30)
-    second_thread, second = run_in_daemon_thread(runtime.call, "nmap", NMAP, call_id="second")
-    wait_until(lambda: "second" in tool_actor(runtime).queue, what="the second call queued behind the first")
-    proceed.set()
-    first_thread.join(30)
-    second_thread.join(30)
-    assert first and first[0].ok
-    assert second and second[0].ok, "the queued call was left waiting for the supervisor's next ping"
-
-
-def test_a_drain_arriving_while_a_runner_answers_ends_without_the_grace(make_runtime, monkeypatch):
-    checked, proceed = pause_after_first_booking_check(monkeypatch)
-    runtime = make_runtime(tools={"nmap": {"concurrency": 1}})
-    first_thread, first = run_in_daemon_thread(runtime.call, "nmap", NMAP, call_id="first")
-    assert checked.wait(30)
-    actor = tool_actor(runtime)
-    stop_thread, _ = run_in_daemon_thread(runtime.stop, 60.0)  # a stranded drain would sit out this grace
-    wait_until(lambda: actor.draining, what="the drain to reach the actor")
-    proceed.set()
-    first_thread.join(30)
-    assert first and first[0].ok
-    stop_thread.join(30)
-    assert not stop_thread.is_alive(), "the drain waited out the grace period with nothing left running"
-
-
 def test_a_process_no_runner_can_take_is_killed_not_orphaned(make_runtime, monkeypatch):
     runtime = make_runtime(tools={"nmap": {"scenario": {"mode": "hang_with_child"}}})
     fake = nmap_binary(runtime)

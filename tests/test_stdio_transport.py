@@ -28,7 +28,7 @@ from tests.backends import TOOLS, FakeBackend
 from tests.helpers import wait_until
 from transports.logs import JsonLineFormatter, configure_logging, correlation
 from transports.mcp import McpDispatcher
-from transports.stdio import StdioTransport, _PipeWriter
+from transports.stdio import StdioTransport
 
 SCRIPT = Path(__file__).with_name("serve_fake_backend.py")
 TIMEOUT = 20.0
@@ -433,46 +433,6 @@ def test_a_client_that_stops_reading_loses_progress_but_never_a_reply() -> None:
         reader.close()
         for fd in (stdin_r, stdin_w):
             os.close(fd)
-
-
-def test_lines_from_many_threads_reach_a_paused_reader_whole_and_in_order() -> None:
-    """Replies are written by whichever thread finished the call: lines stay whole, each thread's in its order."""
-    threads, per_thread = 8, 400
-    read_fd, write_fd = os.pipe()
-
-    def read_all() -> bytes:
-        chunks = []
-        while chunk := os.read(read_fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def scenario() -> tuple[bytes, int, int]:
-        writer = _PipeWriter.open(write_fd)
-        assert writer is not None
-
-        def produce(n: int) -> None:
-            for seq in range(per_thread):
-                assert writer.send(json.dumps({"thread": n, "seq": seq, "pad": "x" * 300}).encode())
-
-        workers = [threading.Thread(target=produce, args=(n,)) for n in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            await asyncio.to_thread(worker.join)
-        # ~1 MB was sent while nobody read: nearly all of it waits in the backlog now.
-        reading = asyncio.ensure_future(asyncio.to_thread(read_all))
-        await writer.close(timeout=TIMEOUT)
-        os.close(write_fd)
-        return await reading, writer.lines_written, writer.dropped
-
-    try:
-        data, written, dropped = asyncio.run(scenario())
-    finally:
-        os.close(read_fd)
-    messages = [json.loads(line) for line in data.splitlines()]
-    assert written == len(messages) == threads * per_thread and dropped == 0
-    for n in range(threads):
-        assert [m["seq"] for m in messages if m["thread"] == n] == list(range(per_thread))
 
 
 def test_one_socket_as_both_stdin_and_stdout() -> None:

@@ -15,17 +15,11 @@ and starts no threads; what differs between transports is passed in:
 
 `handle()` returns the reply for a request, a list of replies for a batch,
 or `None` when nothing must be sent (notifications, responses, a request the
-client cancelled, a call already answered through `answer`). For a single
+client cancelled). For a single
 message, everything except running a tool completes before the first
 `await`, so a transport may start one task per incoming message and state
 changes (initialize, logging/setLevel, cancellation) still take effect in
 arrival order; the elements of a batch run concurrently, as JSON-RPC allows.
-
-A transport that can write from any thread passes a `ReplySink` as `answer`
-(and a `notify` that is just as thread-safe): a tool call outside a batch
-and without progress is then answered on the thread that finished it, the
-moment it finishes, instead of after a hop back to the event loop. The
-call's task still ends on the loop, and only once that reply is out.
 
 Error policy, from the outside in: undecodable text is -32700 with a null
 id; a message that is not a request is -32600; a method this server does not
@@ -40,11 +34,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from importlib import metadata
 from typing import Any, Final
 
@@ -73,9 +65,6 @@ logger = logging.getLogger(__name__)
 
 NotificationSink = Callable[[dict[str, Any]], None]
 """Receives a ready-to-send JSON-RPC notification; must not block (transports enqueue)."""
-
-ReplySink = Callable[[dict[str, Any]], None]
-"""Sends a reply from any thread, without blocking; offered by a transport that can (stdio)."""
 
 Reply = dict[str, Any] | list[dict[str, Any]] | None
 
@@ -123,19 +112,6 @@ class _Call:
     finished: bool = False
     cancelled_by_client: bool = False
     task_cancelled: bool = False
-    # Set by a thread that answered the call through the transport's ReplySink, once it is done with it.
-    answered_elsewhere: threading.Event = field(default_factory=threading.Event, repr=False)
-    replied_with: CallOutcome | None = None  # what that thread sent, for the finished-call log line
-    _settling: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _settled: bool = False
-
-    def claim_settlement(self) -> bool:
-        """True exactly once: for whoever closes the call's books (the event loop or the answering thread)."""
-        with self._settling:
-            if self._settled:
-                return False
-            self._settled = True
-            return True
 
 
 @dataclass(eq=False)
@@ -247,28 +223,20 @@ class McpDispatcher:
 
     # ------------------------------------------------------------------ entry points
 
-    async def handle_text(
-        self, session: Session, text: str | bytes, notify: NotificationSink, answer: ReplySink | None = None
-    ) -> Reply:
+    async def handle_text(self, session: Session, text: str | bytes, notify: NotificationSink) -> Reply:
         """Decode one framed message and handle it; undecodable text gets -32700 with a null id."""
         try:
             message = jsonrpc.decode(text)
         except RpcError as exc:
             logger.info("unparseable message: %s", exc.message, extra={"size": len(text)})
             return exc.response()
-        return await self.handle(session, message, notify, answer)
+        return await self.handle(session, message, notify)
 
-    async def handle(
-        self, session: Session, message: Any, notify: NotificationSink, answer: ReplySink | None = None
-    ) -> Reply:
-        """Handle one decoded JSON value: a message object or a batch array.
-
-        With `answer`, a tool call may be answered through it, from another
-        thread, before this returns (None then).
-        """
+    async def handle(self, session: Session, message: Any, notify: NotificationSink) -> Reply:
+        """Handle one decoded JSON value: a message object or a batch array."""
         if isinstance(message, list):
             return await self._handle_batch(session, message, notify)
-        return await self._handle_one(session, message, notify, in_batch=False, answer=answer)
+        return await self._handle_one(session, message, notify, in_batch=False)
 
     def cancel_all(self, session: Session) -> int:
         """Cancel every call in flight on `session`, e.g. when its transport shuts down.
@@ -309,8 +277,7 @@ class McpDispatcher:
         return answered or None
 
     async def _handle_one(
-        self, session: Session, message: Any, notify: NotificationSink, *, in_batch: bool,
-        answer: ReplySink | None = None,
+        self, session: Session, message: Any, notify: NotificationSink, *, in_batch: bool
     ) -> dict[str, Any] | None:
         try:
             msg = jsonrpc.classify(message)
@@ -324,7 +291,7 @@ class McpDispatcher:
             self._on_notification(session, msg)
             return None
         try:
-            return await self._on_request(session, msg, notify, in_batch=in_batch, answer=answer)
+            return await self._on_request(session, msg, notify, in_batch=in_batch)
         except RpcError as exc:
             logger.info(
                 "request refused: %s", exc.message, extra={"method": _short(msg.method), "code": exc.code}
@@ -339,8 +306,7 @@ class McpDispatcher:
     # ------------------------------------------------------------------ requests
 
     async def _on_request(
-        self, session: Session, msg: jsonrpc.Request, notify: NotificationSink, *, in_batch: bool,
-        answer: ReplySink | None,
+        self, session: Session, msg: jsonrpc.Request, notify: NotificationSink, *, in_batch: bool
     ) -> dict[str, Any] | None:
         if msg.method not in SERVED_METHODS:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {_short(msg.method)!r}", _short(msg.method))
@@ -348,7 +314,7 @@ class McpDispatcher:
             raise RpcError(INVALID_REQUEST, "Invalid Request: initialize must not be part of a JSON-RPC batch")
         ctx = self._admit(session, msg, notify)
         if msg.method == "tools/call":
-            result = await self._call_tool(session, ctx, answer)
+            result = await self._call_tool(session, ctx)
             if result is None:
                 return None
         else:
@@ -474,7 +440,7 @@ class McpDispatcher:
             cache_scope=self._cache_scope,
         ).model_dump(by_alias=True, mode="json", exclude_none=True)
 
-    async def _call_tool(self, session: Session, ctx: _Context, answer: ReplySink | None) -> dict[str, Any] | None:
+    async def _call_tool(self, session: Session, ctx: _Context) -> dict[str, Any] | None:
         name: str = ctx.params["name"]
         arguments: dict[str, Any] = ctx.params.get("arguments") or {}
         known = [info.name for info in self._backend.list_tools()]
@@ -495,66 +461,19 @@ class McpDispatcher:
         )
         session.calls[key] = call
         client_log = self._client_log(session, ctx)
-        # Progress notifications reach the client through the loop: a reply
-        # sent from another thread could overtake them, so such calls wait.
-        on_outcome = (
-            partial(self._answer_at_once, session, key, call, ctx, client_log, answer)
-            if answer is not None and call.progress_token is None
-            else None
-        )
         with correlation(call.call_id):
             logger.debug("tool call started", extra={"tool": name, "request_id": ctx.request.id})
             client_log("debug", {"event": "call_started", "tool": name, "call_id": call.call_id})
             try:
-                outcome = await self._run(call, arguments, ctx, ctx.caller_in(session), on_outcome)
-            except BaseException:
-                if call.claim_settlement():
-                    _close_books(session, key, call)
-                raise
-            if not call.claim_settlement():
-                # Answered on the thread that finished it. That is over by the time the outcome
-                # wakes this task; a cancellation can wake it sooner, and the transport must not
-                # think the call settled (and shut its output) while the reply is being written.
-                if not call.answered_elsewhere.is_set():
-                    await asyncio.to_thread(call.answered_elsewhere.wait)
-                if call.replied_with is not None:
-                    asyncio.get_running_loop().call_soon(_log_finished, call, call.replied_with)
-                return None
-            _close_books(session, key, call)
+                outcome = await self._run(call, arguments, ctx, ctx.caller_in(session))
+            finally:
+                _close_books(session, key, call)
             result = self._finish(call, ctx, client_log, outcome)
             if result is not None:
                 # Like an access log, the line is written once the reply is on its way: it must not delay it.
                 # (call_soon runs it in a copy of this context, so it keeps the call's correlation id.)
                 asyncio.get_running_loop().call_soon(_log_finished, call, outcome)
         return result
-
-    def _answer_at_once(
-        self,
-        session: Session,
-        key: str,
-        call: _Call,
-        ctx: _Context,
-        client_log: Callable[[str, dict[str, Any]], None],
-        answer: ReplySink,
-        outcome: CallOutcome,
-    ) -> None:
-        """Settle and answer a call on the thread its outcome arrived on, before the loop hears of it."""
-        if not call.claim_settlement():
-            return
-        try:
-            with correlation(call.call_id):
-                _close_books(session, key, call)
-                try:
-                    result = self._finish(call, ctx, client_log, outcome)
-                    reply = None if result is None else jsonrpc.result_response(ctx.request.id, result)
-                except Exception:
-                    logger.exception("the reply to a tool call could not be built", extra={"tool": call.tool})
-                    reply = jsonrpc.error_response(ctx.request.id, INTERNAL_ERROR, "Internal error")
-                if reply is not None:
-                    answer(reply)
-                    call.replied_with = outcome  # logged by the call's task, on the loop, off this thread
-        finally:
-            call.answered_elsewhere.set()
 
     def _finish(
         self, call: _Call, ctx: _Context, client_log: Callable[[str, dict[str, Any]], None], outcome: CallOutcome
@@ -579,12 +498,11 @@ class McpDispatcher:
         arguments: dict[str, Any],
         ctx: _Context,
         caller: str,
-        on_outcome: Callable[[CallOutcome], None] | None,
     ) -> CallOutcome:
         progress = self._progress_sink(call, ctx.notify) if call.progress_token is not None else None
         try:
             return await self._backend.acall(
-                call.tool, arguments, call_id=call.call_id, progress=progress, caller=caller, on_outcome=on_outcome
+                call.tool, arguments, call_id=call.call_id, progress=progress, caller=caller
             )
         except UnknownTool as exc:
             raise RpcError(

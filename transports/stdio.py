@@ -9,18 +9,10 @@ then cancelled (their processes killed, their cancelled results written to
 whoever still reads), and the server exits with status 0.
 
 The transport is a pykka actor, like every other long-lived part, so the
-runtime can start it, query it and stop it through one interface. Its
-mailbox thread only starts and stops the connection: the protocol itself
-runs on an asyncio loop in a thread the actor owns, because tool calls are
-awaited concurrently. When stdin and stdout are pipes, as an MCP host gives
-them, the loop reads stdin without blocking, and stdout is written by
-whichever thread has a line to send: a tool call's reply leaves from the
-thread that finished the call (see `ReplySink` in transports/mcp.py), with
-no hop back to the loop, and what a slow reader has not taken yet waits in
-a backlog the loop flushes. Anything else is served by helper threads: a
-regular file, a terminal (whose non-blocking mode would be shared with the
-shell), and a socket for stdout, which may well be stdin too (inetd, socat).
-A reader that left is noticed at the next write.
+runtime can start it, query it and stop it through one interface. The
+protocol runs on an asyncio loop in a thread the actor owns, because tool
+calls are awaited concurrently: the loop reads stdin, dispatches, and hands
+every outgoing line to the one writer thread, which owns stdout.
 """
 
 from __future__ import annotations
@@ -56,120 +48,15 @@ DEFAULT_MAX_MESSAGE_BYTES: Final[int] = 4 << 20
 
 _READ_CHUNK: Final[int] = 64 << 10
 _MAX_QUEUED_PROGRESS: Final[int] = 1024
-_MAX_BUFFERED_PROGRESS_BYTES: Final[int] = 1 << 20
 
 Stream = BinaryIO | int
-
-
-class _PipeWriter:
-    """Writes one message per line to a pipe, from any thread, never blocking.
-
-    A line goes straight into the pipe when nothing is waiting before it,
-    from whichever thread produced it: a reply finished on a runner thread
-    leaves there and then, without a hop to the event loop. What the client
-    has not read yet waits in a backlog that the loop flushes as the pipe
-    drains. Progress notifications are the one thing that may be dropped,
-    and only when that backlog is already long; replies never are.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, was_blocking: bool) -> None:
-        self._loop = loop
-        self._fd = fd
-        self._was_blocking = was_blocking
-        self._lock = threading.Lock()
-        self._backlog = bytearray()
-        self._flushing = False  # the loop is watching the pipe for room
-        self._gone = False  # the reader left (or stdout failed): discard from now on
-        self._closing = False
-        self._drained: asyncio.Future[None] | None = None
-        self.lines_written = 0
-        self.dropped = 0
-
-    @classmethod
-    def open(cls, out: Stream) -> _PipeWriter | None:
-        """A writer for `out` if it is a pipe, else None; called on the loop that will flush it."""
-        fd = out if isinstance(out, int) else _fileno(out)
-        if fd is None or not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            return None
-        was_blocking = os.get_blocking(fd)
-        os.set_blocking(fd, False)
-        return cls(asyncio.get_running_loop(), fd, was_blocking)
-
-    def send(self, line: bytes, *, droppable: bool = False) -> bool:
-        data = line + b"\n"
-        error: OSError | None = None
-        watch = False
-        with self._lock:
-            if self._gone or self._closing:
-                return False
-            if droppable and len(self._backlog) >= _MAX_BUFFERED_PROGRESS_BYTES:
-                self.dropped += 1
-                return False
-            if not self._backlog:
-                written, error = self._write(data)
-                data = data[written:]
-            if error is None:
-                self.lines_written += 1
-                if data:
-                    self._backlog += data
-                    watch, self._flushing = not self._flushing, True
-        if error is not None:
-            _report_gone(error)
-            return False
-        if watch:
-            with suppress(RuntimeError):  # the loop is closed: nothing can flush any more
-                self._loop.call_soon_threadsafe(self._loop.add_writer, self._fd, self._flush)
-        return True
-
-    async def close(self, timeout: float) -> None:
-        """Flush the backlog (bounded, for a client that stopped reading), then let go of stdout."""
-        with self._lock:
-            self._closing = True
-            pending = bool(self._backlog) and not self._gone
-            if pending:
-                self._drained = self._loop.create_future()
-        if pending:
-            assert self._drained is not None
-            try:
-                await asyncio.wait_for(self._drained, timeout)
-            except TimeoutError:
-                logger.warning("stdout did not drain in time; abandoning unsent messages")
-        self._loop.remove_writer(self._fd)
-        with suppress(OSError):
-            os.set_blocking(self._fd, self._was_blocking)
-
-    def _flush(self) -> None:
-        """On the loop, when the pipe has room: send what the backlog holds."""
-        with self._lock:
-            written, error = self._write(self._backlog)
-            del self._backlog[:written]
-            if self._backlog and not self._gone:
-                return
-            self._backlog.clear()
-            self._flushing = False
-            drained = self._drained
-        self._loop.remove_writer(self._fd)
-        if error is not None:
-            _report_gone(error)
-        if drained is not None and not drained.done():
-            drained.set_result(None)
-
-    def _write(self, data: bytes | bytearray) -> tuple[int, OSError | None]:
-        """Write what the pipe takes now: the count written, and the error that ended stdout. Lock held."""
-        try:
-            return os.write(self._fd, data), None
-        except BlockingIOError:
-            return 0, None
-        except OSError as exc:
-            self._gone = True
-            return 0, exc
 
 
 def _report_gone(error: Exception) -> None:
     logger.warning("stdout is gone; further messages are discarded", extra={"error": str(error)})
 
 
-class _ThreadWriter:
+class _StdoutWriter:
     """Writes one message per line to stdout from a dedicated thread.
 
     A single writer keeps lines whole and in order. Progress notifications
@@ -312,7 +199,7 @@ class _StdioConnection:
         self._cancel_timeout = cancel_timeout_sec
         self._session = Session(peer="stdio")
         self._tasks: set[asyncio.Task[None]] = set()
-        self._writer: _PipeWriter | _ThreadWriter | None = None
+        self._writer: _StdoutWriter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._draining: asyncio.Event | None = None
@@ -358,10 +245,8 @@ class _StdioConnection:
             self._stopping.set()
         if self._drain_before_start.is_set():
             self._draining.set()
-        self._writer = _PipeWriter.open(self._stdout)
-        if self._writer is None:
-            self._writer = _ThreadWriter(self._stdout)
-            self._writer.start()
+        self._writer = _StdoutWriter(self._stdout)
+        self._writer.start()
         reader = _InputReader(self._stdin)
         stop_wait = asyncio.create_task(self._stopping.wait())
         drain_wait = asyncio.create_task(self._draining.wait())
@@ -421,8 +306,7 @@ class _StdioConnection:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve_line(self, line: bytes) -> None:
-        # Both writers take lines from any thread, so a finished call may be answered where it finished.
-        reply = await self._dispatcher.handle_text(self._session, line, self._notify, self._send)
+        reply = await self._dispatcher.handle_text(self._session, line, self._notify)
         if reply is not None:
             self._send(reply)
 
