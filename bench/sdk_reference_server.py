@@ -156,7 +156,10 @@ def main() -> None:
     listener.listen(1024)
 
     app = build_app(build_server(args.binary, args.concurrency))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False, lifespan="on")
+    # What `pip install mcp` gives a user: h11 and the asyncio loop, whatever else is installed beside it.
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, server_header=False, lifespan="on", loop="asyncio", http="h11"
+    )
     uvicorn_server = uvicorn.Server(config)
 
     async def serve() -> None:

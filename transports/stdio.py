@@ -32,6 +32,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, Final
 
 import pykka
+import uvloop
 
 from actors.api import ToolBackend
 from transports import jsonrpc
@@ -146,7 +147,8 @@ class _InputReader:
             return  # regular files (and file-likes) never block for long: read them in a background thread
         loop = asyncio.get_running_loop()
         was_blocking = os.get_blocking(self._fd)
-        pipe = os.fdopen(self._fd, "rb", buffering=0, closefd=False)
+        # The transport closes what it is given: hand it a duplicate, so our stdin stays open.
+        pipe = os.fdopen(os.dup(self._fd), "rb", buffering=0)
         stream = asyncio.StreamReader(limit=_READ_CHUNK)
         try:
             self._transport, _ = await loop.connect_read_pipe(
@@ -411,7 +413,7 @@ class StdioTransport(pykka.ThreadingActor):
     def _run_loop(self) -> None:
         status = 1
         try:
-            status = asyncio.run(self._connection.serve())
+            status = uvloop.run(self._connection.serve())
         except Exception:
             logger.exception("stdio transport failed")
         finally:
