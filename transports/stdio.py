@@ -29,6 +29,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
 
 import pykka
@@ -48,48 +49,45 @@ DEFAULT_MAX_MESSAGE_BYTES: Final[int] = 4 << 20
 """Largest accepted line. Big enough for any sane request, small enough to bound memory per client."""
 
 _READ_CHUNK: Final[int] = 64 << 10
-_MAX_QUEUED_PROGRESS: Final[int] = 1024
+_MAX_BACKLOG: Final[int] = 1024
 
 Stream = BinaryIO | int
 
 
-def _report_gone(error: Exception) -> None:
-    logger.warning("stdout is gone; further messages are discarded", extra={"error": str(error)})
+@dataclass(frozen=True)
+class _Outgoing:
+    """What a line is: progress may be dropped when the reader is far behind; a reply never is."""
+
+    droppable: bool
+    request_id: Any = None
 
 
 class _StdoutWriter:
-    """Writes one message per line to stdout from a dedicated thread.
+    """The one writer of stdout: a thread that writes the lines the loop hands it, in order.
 
-    A single writer keeps lines whole and in order. Progress notifications
-    are the one thing that may be dropped, and only when the client has
-    stopped reading and the backlog is already long; replies never are.
+    Only the loop calls `send`; only the writer thread touches stdout. When
+    more than `max_backlog` lines wait, progress notifications give way;
+    replies never do. A reader that left is noticed at the next write, and
+    from then on lines are discarded, each lost reply logged.
     """
 
-    def __init__(self, out: Stream, *, max_queued_droppable: int = _MAX_QUEUED_PROGRESS) -> None:
+    def __init__(self, out: Stream, *, max_backlog: int = _MAX_BACKLOG) -> None:
         self._out = out
         self._fd = out if isinstance(out, int) else _fileno(out)
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._pending = 0
-        self._max_droppable = max_queued_droppable
-        self._broken = False
+        self._queue: queue.SimpleQueue[tuple[bytes, _Outgoing] | None] = queue.SimpleQueue()
+        self._max_backlog = max_backlog
         self._thread = threading.Thread(target=self._run, name="labrecon-stdio-out", daemon=True)
-        self.lines_written = 0
-        self.dropped = 0
+        self.lines_written = 0  # the writer thread's
+        self.dropped = 0  # the loop's
 
     def start(self) -> None:
         self._thread.start()
 
-    def send(self, line: bytes, *, droppable: bool = False) -> bool:
-        with self._lock:
-            if self._broken:
-                return False
-            if droppable and self._pending >= self._max_droppable:
-                self.dropped += 1
-                return False
-            self._pending += 1
-        self._queue.put(line + b"\n")
-        return True
+    def send(self, line: bytes, what: _Outgoing) -> None:
+        if what.droppable and self._queue.qsize() >= self._max_backlog:
+            self.dropped += 1
+            return
+        self._queue.put((line + b"\n", what))
 
     async def close(self, timeout: float) -> None:
         """Flush what is queued, then end the thread (bounded, for a client that stopped reading)."""
@@ -99,21 +97,19 @@ class _StdoutWriter:
             logger.warning("stdout writer did not drain in time; abandoning unsent messages")
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            with self._lock:
-                self._pending -= 1
-                if self._broken:
+        gone = False
+        while (item := self._queue.get()) is not None:
+            line, what = item
+            if not gone:
+                try:
+                    self._write(line)
+                    self.lines_written += 1
                     continue
-            try:
-                self._write(item)
-                self.lines_written += 1
-            except (OSError, ValueError) as exc:
-                with self._lock:
-                    self._broken = True
-                _report_gone(exc)
+                except (OSError, ValueError) as exc:
+                    gone = True
+                    logger.warning("stdout is gone; further messages are discarded", extra={"error": str(exc)})
+            if not what.droppable:
+                logger.warning("reply not sent: stdout is closed or gone", extra={"request_id": what.request_id})
 
     def _write(self, data: bytes) -> None:
         if self._fd is None:
@@ -313,23 +309,20 @@ class _StdioConnection:
             self._send(reply)
 
     def _notify(self, message: dict[str, Any]) -> None:
-        self._send(message, droppable=message.get("method") == "notifications/progress")
+        self._send(message, _Outgoing(droppable=message.get("method") == "notifications/progress"))
 
-    def _send(self, message: dict[str, Any] | list[dict[str, Any]], *, droppable: bool = False) -> None:
+    def _send(self, message: dict[str, Any] | list[dict[str, Any]], what: _Outgoing | None = None) -> None:
         assert self._writer is not None
+        if what is None:  # a reply, or a batch of them
+            what = _Outgoing(droppable=False, request_id=message.get("id") if isinstance(message, dict) else "batch")
         try:
             line = jsonrpc.encode(message)
         except (TypeError, ValueError):
             logger.exception("a message could not be encoded")
-            if isinstance(message, dict) and "id" in message:
-                line = jsonrpc.encode(jsonrpc.error_response(message["id"], INTERNAL_ERROR, "Internal error"))
-            else:
+            if what.droppable or not isinstance(message, dict) or "id" not in message:
                 return
-        if self._writer.send(line, droppable=droppable):
-            return
-        if isinstance(message, list) or "id" in message:  # a reply (notifications may be lost quietly)
-            request_id = message.get("id") if isinstance(message, dict) else "batch"
-            logger.warning("reply not sent: stdout is closed or gone", extra={"request_id": request_id})
+            line = jsonrpc.encode(jsonrpc.error_response(message["id"], INTERNAL_ERROR, "Internal error"))
+        self._writer.send(line, what)
 
     async def _settle(self, *, grace: float) -> None:
         """Give running calls `grace` seconds (cut short by a stop request), then cancel the rest.
