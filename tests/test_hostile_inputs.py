@@ -232,6 +232,10 @@ HOSTILE_TYPED = [
     ("gobuster", {"mode": "dns"}),
     ("gobuster", {"port": 0}),
     ("gobuster", {"extensions": ["php/../x"]}),
+    ("gobuster", {"mode": "vhost", "extra_args": "--domain evil.com"}),
+    ("gobuster", {"mode": "vhost", "extra_args": "--domain=lab.internal.evil.com"}),
+    ("gobuster", {"mode": "vhost", "target": "web.lab.internal", "extra_args": "--domain evil.com"}),
+    ("gobuster", {"mode": "vhost", "extra_args": "--append-domain"}),
 ]
 
 

@@ -298,11 +298,25 @@ def test_gobuster_vhost_mode_uses_the_name_as_domain():
     assert args[1] == "vhost"
     assert args[args.index("--domain") + 1] == "web.lab.internal"
     assert "--append-domain" in args and "-H" not in args
-    own = argv("gobuster", target="10.0.0.7", mode="vhost", extra_args="--domain lab.internal")
-    assert own.count("--domain") == 1 and own[own.index("--domain") + 1] == "lab.internal"
-    assert "--append-domain" not in argv("gobuster", target="10.0.0.7", mode="vhost")
+    own = argv("gobuster", target="web.lab.internal", mode="vhost", extra_args="--append-domain")
+    assert own.count("--append-domain") == 1 and own.count("--domain") == 1
+    plain = argv("gobuster", target="10.0.0.7", mode="vhost")
+    assert "--domain" not in plain and "--append-domain" not in plain
     assert refusal("gobuster", target="10.0.0.7", mode="vhost", extensions=["php"]).field == "extensions"
     assert refusal("gobuster", target="10.0.0.7", mode="vhost", extra_args="-x php").field == "extra_args"
+
+
+@pytest.mark.parametrize("target", ["web.lab.internal", "10.0.0.7"])
+@pytest.mark.parametrize("extra_args", ["--domain evil.com", "--domain=evil.com", "--domain lab.internal"])
+def test_gobuster_vhost_domain_is_never_the_callers(target, extra_args):
+    err = refusal("gobuster", target=target, mode="vhost", extra_args=extra_args)
+    assert err.field == "extra_args"
+    assert "--domain is not allowed: the vhost domain comes from the target" in str(err)
+
+
+def test_gobuster_vhost_appends_a_domain_only_when_the_target_names_one():
+    err = refusal("gobuster", target="10.0.0.7", mode="vhost", extra_args="--append-domain")
+    assert err.field == "extra_args" and "needs a hostname target" in str(err)
 
 
 def test_gobuster_status_codes_empty_the_default_blacklist():
