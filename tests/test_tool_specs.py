@@ -8,6 +8,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from actors.api import ToolInfo
+from actors.flags import Duration, Grammar, Int
 from actors.policy import TargetPolicy
 from actors.prepare import PreparedCall, prepare_call, resolve_timeout
 from actors.results import CallOutcome, ErrorType, InvalidCall
@@ -19,6 +20,9 @@ from actors.settings import (
     PolicySettings,
 )
 from actors.tools import TOOL_SPECS
+from actors.tools.gobuster import grammar as gobuster_grammar
+from actors.tools.masscan import grammar as masscan_grammar
+from actors.tools.nmap import grammar as nmap_grammar
 from actors.tools.nmap import script_expression
 
 HOSTS = {"web.lab.internal": "10.0.0.7", "v6.lab.internal": "fd00:1::7"}
@@ -181,6 +185,75 @@ def test_arguments_must_be_an_object(arguments):
 def test_target_refusals_come_from_the_policy():
     assert refusal("nmap", target="8.8.8.8").field == "target"
     assert refusal("masscan", target="10.0.0.0/8", ports="80").field == "target"
+
+
+# ---------------------------------------------------------------- numeric bounds
+
+# Every numeric option of every grammar, with a value under its lower bound and one over its upper.
+OUT_OF_BOUNDS = [
+    ("nmap", "--host-timeout", ["0", "0s", "0ms", "1500ms", "2h"]),
+    ("nmap", "--scan-delay", ["61s", "2m"]),
+    ("nmap", "--max-retries", ["11"]),
+    ("nmap", "--min-rate", ["0", "10001"]),
+    ("nmap", "--max-rate", ["0", "10001"]),
+    ("nmap", "--top-ports", ["0", "65536"]),
+    ("nmap", "--version-intensity", ["10"]),
+    ("nmap", "-T", ["5"]),
+    ("masscan", "--rate", ["0", "1001"]),
+    ("masscan", "--retries", ["6"]),
+    ("masscan", "--wait", ["61", "forever"]),
+    ("masscan", "--connection-timeout", ["0", "31"]),
+    ("masscan", "--seed", ["4294967296"]),
+    ("gobuster", "--timeout", ["0", "0s", "0ms", "999ms", "121s"]),
+    ("gobuster", "--delay", ["11s", "1m"]),
+    ("gobuster", "--retry-attempts", ["0", "11"]),
+    ("gobuster", "-t", ["0", "11"]),
+]
+
+
+@pytest.mark.parametrize(
+    "tool, option, value", [(tool, option, value) for tool, option, values in OUT_OF_BOUNDS for value in values]
+)
+def test_numeric_options_outside_their_bounds_are_refused(tool, option, value):
+    settings = NmapSettings(max_timeout_sec=3600) if tool == "nmap" else None
+    base = {"target": "10.0.0.5", **({"ports": "80"} if tool == "masscan" else {})}
+    err = refusal(tool, settings, **base, extra_args=f"{option} {value}")
+    assert err.field == "extra_args" and option in str(err)
+
+
+def grammar_of(tool: str) -> Grammar:
+    return {
+        "nmap": nmap_grammar(NmapSettings()),
+        "masscan": masscan_grammar(MasscanSettings()),
+        "gobuster": gobuster_grammar(GobusterSettings(), "dir"),
+    }[tool]
+
+
+@pytest.mark.parametrize("tool", sorted(TOOL_SPECS))
+def test_every_numeric_option_is_in_the_bounds_table(tool):
+    """A numeric option added to a grammar must be added above, with the values that break it."""
+    numeric = {o.name for o in grammar_of(tool).options if isinstance(o.value, (Int, Duration))}
+    assert numeric == {option for name, option, _ in OUT_OF_BOUNDS if name == tool}
+
+
+@pytest.mark.parametrize("tool", sorted(TOOL_SPECS))
+def test_no_timeout_option_can_be_switched_off_with_zero(tool):
+    timeouts = [o for o in grammar_of(tool).options if "timeout" in o.name]
+    assert timeouts
+    for option in timeouts:
+        assert option.value is not None
+        for zero in ("0", "0s", "0ms") if isinstance(option.value, Duration) else ("0",):
+            with pytest.raises(ValueError):
+                option.value.canonical(zero)
+
+
+def test_numeric_options_at_their_bounds_are_accepted():
+    nmap = argv("nmap", target="10.0.0.5", extra_args="--host-timeout 2s --scan-delay 0 --max-retries 0 --min-rate 1")
+    assert nmap[6:14] == ["--host-timeout", "2s", "--scan-delay", "0s", "--max-retries", "0", "--min-rate", "1"]
+    masscan = argv("masscan", target="10.0.0.5", ports="80", extra_args="--wait 0 --connection-timeout 1 --retries 0")
+    assert masscan[5:11] == ["--wait", "0", "--connection-timeout", "1", "--retries", "0"]
+    gobuster = argv("gobuster", target="10.0.0.5", extra_args="--timeout 1s --delay 0 --retry-attempts 1")
+    assert gobuster[4:10] == ["--timeout", "1s", "--delay", "0s", "--retry-attempts", "1"]
 
 
 # ---------------------------------------------------------------- nmap

@@ -124,8 +124,8 @@ def grammar(settings: GobusterSettings, mode: str) -> Grammar:
         Option(("--exclude-length",), Pattern(_LENGTHS, "content lengths like 0,1234")),
         Option(("-k", "--no-tls-validation")),
         Option(("-m", "--method"), Choice(("GET", "HEAD"))),
-        Option(("--timeout",), Duration(120)),
-        Option(("--delay",), Duration(10)),
+        Option(("--timeout",), Duration(1, 120)),  # 0s would mean requests without any timeout
+        Option(("--delay",), Duration(0, 10)),  # a delay only slows requests down; 0 is gobuster's default
         Option(("--retry",)),
         Option(("--retry-attempts",), Int(1, 10)),
         Option(("--random-agent",)),

@@ -143,7 +143,7 @@ def grammar(settings: MasscanSettings) -> Grammar:
         Option(("--open-only", "--open")),
         Option(("--ping",)),
         Option(("--retries",), Int(0, 5)),
-        Option(("--wait",), Int(0, 60, "seconds")),
+        Option(("--wait",), Int(0, 60, "seconds")),  # 0 stops listening once sent; masscan's "forever" is refused
         Option(("--connection-timeout",), Int(1, 30, "seconds")),
         Option(("--seed",), Int(0, 2**32 - 1)),
     ]

@@ -28,6 +28,8 @@ from actors.settings import FORBIDDEN_SCRIPT_CATEGORIES, NmapSettings
 from actors.tools.base import ParsedResult, ToolArguments, ToolSpec, split_extra_args
 
 NMAP_MAX_RATE = 10_000  # packets per second; --min-rate/--max-rate above this are refused
+# --host-timeout 0 switches nmap's per-host limit off, and nmap itself refuses 1.5 s or less.
+NMAP_MIN_HOST_TIMEOUT_SEC = 2
 DEFAULT_PORT_COUNT = 1000  # what nmap scans when no port option is given
 FAST_PORT_COUNT = 100  # -F
 SCAN_TYPES = {"connect": "-sT", "syn": "-sS", "version": "-sV", "ping": "-sn", "udp": "-sU"}
@@ -189,8 +191,8 @@ def grammar(settings: NmapSettings) -> Grammar:
         Option(("--version-light",)),
         Option(("--version-all",)),
         Option(("--max-retries",), Int(0, 10)),
-        Option(("--host-timeout",), Duration(settings.max_timeout_sec)),
-        Option(("--scan-delay",), Duration(60)),
+        Option(("--host-timeout",), Duration(NMAP_MIN_HOST_TIMEOUT_SEC, settings.max_timeout_sec)),
+        Option(("--scan-delay",), Duration(0, 60)),  # a delay only slows probes down; 0 is nmap's default
         Option(("--min-rate",), Int(1, NMAP_MAX_RATE, "packets per second")),
         Option(("--max-rate",), Int(1, NMAP_MAX_RATE, "packets per second")),
     ]
