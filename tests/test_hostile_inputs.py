@@ -248,6 +248,19 @@ HOSTILE_TYPED = [
     ("gobuster", {"mode": "vhost", "extra_args": "--domain=lab.internal.evil.com"}),
     ("gobuster", {"mode": "vhost", "target": "web.lab.internal", "extra_args": "--domain evil.com"}),
     ("gobuster", {"mode": "vhost", "extra_args": "--append-domain"}),
+    ("nmap", {"timeout_sec": "30"}),
+    ("nmap", {"timeout_sec": True}),
+    ("nmap", {"top_ports": True}),
+    ("nmap", {"timing": "4"}),
+    ("nmap", {"ports": True}),
+    ("nmap", {"ports": [80, "-iL", "/etc/passwd"]}),
+    ("nmap", {"ports": ["80 -iL /etc/passwd"]}),
+    ("masscan", {"ports": "80", "banners": "yes"}),
+    ("masscan", {"ports": "80", "rate": "100"}),
+    ("masscan", {"ports": []}),
+    ("masscan", {"ports": 0}),
+    ("gobuster", {"port": "8080"}),
+    ("gobuster", {"threads": True}),
 ]
 
 

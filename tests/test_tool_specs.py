@@ -187,6 +187,89 @@ def test_target_refusals_come_from_the_policy():
     assert refusal("masscan", target="10.0.0.0/8", ports="80").field == "target"
 
 
+# ---------------------------------------------------------------- argument types
+
+
+@pytest.mark.parametrize(
+    "tool, field, value",
+    [
+        ("nmap", "timeout_sec", "30"),
+        ("nmap", "timeout_sec", True),
+        ("nmap", "top_ports", True),
+        ("nmap", "top_ports", "10"),
+        ("nmap", "top_ports", 10.0),
+        ("nmap", "timing", "4"),
+        ("nmap", "timing", False),
+        ("nmap", "extra_args", 5),
+        ("masscan", "rate", "100"),
+        ("masscan", "rate", True),
+        ("masscan", "banners", "yes"),
+        ("masscan", "banners", "true"),
+        ("masscan", "banners", 1),
+        ("gobuster", "port", "8080"),
+        ("gobuster", "port", True),
+        ("gobuster", "threads", "4"),
+        ("gobuster", "threads", 4.0),
+    ],
+)
+def test_values_of_another_json_type_are_refused_not_coerced(tool, field, value):
+    arguments = {"target": "10.0.0.5", **({"ports": "80"} if tool == "masscan" else {}), field: value}
+    err = refusal(tool, **arguments)
+    assert err.field == field and field in str(err)
+
+
+def test_strict_types_still_take_what_the_schema_allows():
+    assert prepare("nmap", target="10.0.0.5", timeout_sec=30).timeout_sec == 30.0  # an integer is a number
+    assert "--banners" in argv("masscan", target="10.0.0.5", ports="80", banners=True)
+    assert argv("gobuster", target="10.0.0.5", port=8080, threads=4)[3] == "http://10.0.0.5:8080/"
+
+
+@pytest.mark.parametrize(
+    "ports, rendered",
+    [
+        (22, "22"),
+        ("22,80,8000-8100", "22,80,8000-8100"),
+        ("22, 80 , 443", "22,80,443"),
+        ([22, 80], "22,80"),
+        ([22, "80", "8000-8100"], "22,80,8000-8100"),
+        (["22,80", 443], "22,80,443"),
+        (["T:80", "U:53"], "T:80,U:53"),
+        ([80, "080"], "80,80"),
+    ],
+)
+def test_nmap_ports_come_as_a_string_a_number_or_a_list(ports, rendered):
+    args = argv("nmap", target="10.0.0.5", ports=ports)
+    assert args[args.index("-p") + 1] == rendered
+
+
+def test_masscan_ports_come_as_a_string_a_number_or_a_list():
+    for ports, rendered in ((80, "80"), ([80, "U:53"], "80,U:53"), ("80, 443", "80,443")):
+        args = argv("masscan", target="10.0.0.5", ports=ports)
+        assert args[args.index("--ports") + 1] == rendered
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [True, 0, 70000, -22, 22.0, [], [True], [22, None], [[22]], {"port": 22}, [22] * 513, "", "80 -iL x", ["-p80"]],
+)
+@pytest.mark.parametrize("tool", ["nmap", "masscan"])
+def test_port_lists_of_any_other_shape_are_refused(tool, ports):
+    assert refusal(tool, target="10.0.0.5", ports=ports).field == "ports"
+
+
+@pytest.mark.parametrize("tool", ["nmap", "masscan"])
+def test_the_ports_schema_admits_strings_numbers_and_lists(tool):
+    schema = TOOL_SPECS[tool].input_schema()
+    Draft202012Validator.check_schema(schema)
+    validator = Draft202012Validator(schema)
+    for ports in ("22,80", 22, [22, 80], [22, "8000-8100"]):
+        assert validator.is_valid({"target": "10.0.0.5", "ports": ports}), ports
+    for ports in (True, 0, 22.5, [], [True], {"port": 22}, [[22]]):
+        assert not validator.is_valid({"target": "10.0.0.5", "ports": ports}), ports
+    description = schema["properties"]["ports"]["description"]
+    assert "a port number" in description and "a list" in description
+
+
 # ---------------------------------------------------------------- numeric bounds
 
 # Every numeric option of every grammar, with a value under its lower bound and one over its upper.

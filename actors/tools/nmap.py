@@ -25,7 +25,7 @@ from actors.flags import Duration, Grammar, Int, NameList, Option, ParsedOption,
 from actors.policy import ResolvedTarget
 from actors.results import InvalidCall
 from actors.settings import FORBIDDEN_SCRIPT_CATEGORIES, NmapSettings
-from actors.tools.base import ParsedResult, ToolArguments, ToolSpec, split_extra_args
+from actors.tools.base import OptionalPorts, ParsedResult, ToolArguments, ToolSpec, split_extra_args
 
 NMAP_MAX_RATE = 10_000  # packets per second; --min-rate/--max-rate above this are refused
 # --host-timeout 0 switches nmap's per-host limit off, and nmap itself refuses 1.5 s or less.
@@ -96,10 +96,12 @@ FORBIDDEN = {
 
 
 class NmapArguments(ToolArguments):
-    ports: str | None = Field(
+    ports: OptionalPorts = Field(
         default=None,
-        max_length=1024,
-        description="Ports to scan, e.g. '22,80,443', '1-1024' or 'T:80,U:53'; '1-65535' for all ports.",
+        description=(
+            "Ports to scan: a string like '22,80,443', '1-1024' or 'T:80,U:53' ('1-65535' for all ports), "
+            "a port number like 22, or a list like [22, 80, '8000-8100']."
+        ),
     )
     scan_type: Literal["connect", "syn", "version", "ping", "udp"] | None = Field(
         default=None,
