@@ -79,7 +79,7 @@ class Pattern:
 
 
 _DURATION = re.compile(r"([0-9]{1,7})(ms|s|m|h)?", re.ASCII)
-_UNIT_SEC = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,12 @@ class Duration:
     """A time such as `500ms`, `30s`, `5m`; a bare number means seconds.
 
     Rendered with an explicit unit because Go's duration parser (gobuster)
-    refuses bare numbers while nmap accepts both.
+    refuses bare numbers while nmap accepts both. Both bounds are stated by
+    each option: for a timeout, zero means "no timeout" to the tools, so its
+    lower bound is above zero.
     """
 
+    min_sec: float
     max_sec: float
     description: str = "a duration like 500ms, 30s, 5m"
 
@@ -98,8 +101,9 @@ class Duration:
         if not match:
             raise ValueError(f"expected {self.description}, got {raw!r}")
         amount, unit = int(match[1]), match[2] or "s"
-        if amount * _UNIT_SEC[unit] > self.max_sec:
-            raise ValueError(f"{raw} exceeds the maximum of {self.max_sec:g}s")
+        millis = amount * _UNIT_MS[unit]  # whole milliseconds: no rounding at the bounds
+        if not self.min_sec * 1000 <= millis <= self.max_sec * 1000:
+            raise ValueError(f"{raw} is outside the allowed range {self.min_sec:g}s..{self.max_sec:g}s")
         return f"{amount}{unit}"
 
 

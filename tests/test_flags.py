@@ -32,7 +32,7 @@ def sample(single_dash_long: bool = True) -> Grammar:
             Option(("--script",), NameList(frozenset({"banner", "default"}), frozenset({"intrusive"})), repeatable=True),
             Option(("--open",)),
             Option(("-m", "--method"), Choice(("GET", "HEAD"))),
-            Option(("--host-timeout",), Duration(3600)),
+            Option(("--host-timeout",), Duration(0.5, 3600)),
         ],
         forbidden={"-o": "output files are not allowed", "--datadir": "no data dirs", "-iL": "no input lists"},
         single_dash_long=single_dash_long,
@@ -206,13 +206,28 @@ def test_int_bounds_are_inclusive():
 
 
 def test_duration_adds_units_and_caps():
-    kind = Duration(max_sec=120)
+    kind = Duration(min_sec=1, max_sec=120)
     assert kind.canonical("30") == "30s"
     assert kind.canonical("2m") == "2m"
     assert kind.canonical("1500ms") == "1500ms"
     for raw in ("3m", "1h", "10x", "1.5s", "s", "-1s"):
         with pytest.raises(ValueError):
             kind.canonical(raw)
+
+
+@pytest.mark.parametrize("raw", ["0", "0s", "0ms", "0m", "0h", "999ms", "000"])
+def test_duration_below_its_lower_bound_is_refused(raw):
+    with pytest.raises(ValueError, match="outside the allowed range 1s..120s"):
+        Duration(min_sec=1, max_sec=120).canonical(raw)
+
+
+def test_duration_bounds_are_inclusive_to_the_millisecond():
+    kind = Duration(min_sec=1.5, max_sec=2)
+    assert [kind.canonical(raw) for raw in ("1500ms", "2s", "2000ms")] == ["1500ms", "2s", "2000ms"]
+    for raw in ("1499ms", "1s", "2001ms"):
+        with pytest.raises(ValueError):
+            kind.canonical(raw)
+    assert Duration(min_sec=0, max_sec=10).canonical("0") == "0s"  # zero only where an option says so
 
 
 def test_port_list_counts_and_normalises():

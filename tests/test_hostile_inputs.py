@@ -131,6 +131,12 @@ HOSTILE_NMAP_ARGS = [
     "-d9",
     "--packet-trace",
     "--host-timeout 999h",
+    "--host-timeout 0",  # zero switches nmap's per-host limit off
+    "--host-timeout=0ms",
+    "--host-timeout 1500ms",
+    "--max-rtt-timeout 0",
+    "--min-rate 0",
+    "--scan-delay 1h",
     "--version-intensity 10",
     "-p '80,$(id)'",
     "-p",
@@ -172,6 +178,9 @@ HOSTILE_MASSCAN_ARGS = [
     "--hello-file /tmp/x",
     "--Rate 100",  # masscan itself ignores case and dashes; we do not
     "--ports=1-70000",
+    "--rate 0",
+    "--wait forever",
+    "--connection-timeout 0",
 ]
 
 HOSTILE_GOBUSTER_ARGS = [
@@ -199,6 +208,9 @@ HOSTILE_GOBUSTER_ARGS = [
     "-e",
     "-v",
     "--timeout 1h",
+    "--timeout 0s",  # Go reads a zero timeout as none at all
+    "--timeout=0",
+    "--delay 1h",
     "-x '../php'",
     "-s 999",
     "extra",
@@ -232,6 +244,23 @@ HOSTILE_TYPED = [
     ("gobuster", {"mode": "dns"}),
     ("gobuster", {"port": 0}),
     ("gobuster", {"extensions": ["php/../x"]}),
+    ("gobuster", {"mode": "vhost", "extra_args": "--domain evil.com"}),
+    ("gobuster", {"mode": "vhost", "extra_args": "--domain=lab.internal.evil.com"}),
+    ("gobuster", {"mode": "vhost", "target": "web.lab.internal", "extra_args": "--domain evil.com"}),
+    ("gobuster", {"mode": "vhost", "extra_args": "--append-domain"}),
+    ("nmap", {"timeout_sec": "30"}),
+    ("nmap", {"timeout_sec": True}),
+    ("nmap", {"top_ports": True}),
+    ("nmap", {"timing": "4"}),
+    ("nmap", {"ports": True}),
+    ("nmap", {"ports": [80, "-iL", "/etc/passwd"]}),
+    ("nmap", {"ports": ["80 -iL /etc/passwd"]}),
+    ("masscan", {"ports": "80", "banners": "yes"}),
+    ("masscan", {"ports": "80", "rate": "100"}),
+    ("masscan", {"ports": []}),
+    ("masscan", {"ports": 0}),
+    ("gobuster", {"port": "8080"}),
+    ("gobuster", {"threads": True}),
 ]
 
 

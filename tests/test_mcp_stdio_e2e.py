@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 from mcp import Client, StdioServerParameters
 
 from tests.fakes.install import install_fake
@@ -99,8 +100,9 @@ def test_sdk_lists_and_calls_every_tool(tmp_path, tcp_listener, web_root, mode):
                 assert tool.input_schema["required"][0] == "target"
                 assert tool.annotations.read_only_hint is True
 
+            # The port as a number, the way the MCP Inspector sends it.
             nmap = await client.call_tool(
-                "nmap", {"target": "127.0.0.1", "ports": str(tcp_listener), "scan_type": "connect", "extra_args": "-n -Pn"}
+                "nmap", {"target": "127.0.0.1", "ports": tcp_listener, "scan_type": "connect", "extra_args": "-n -Pn"}
             )
             assert not nmap.is_error, nmap.content
             ports = nmap.structured_content["result"]["hosts"][0]["ports"]
@@ -142,6 +144,42 @@ def test_progress_arrives_in_order(tmp_path, mode):
     asyncio.run(scenario())
     assert len(seen) >= 2
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+def test_sdk_arguments_are_checked_as_their_schema_says(tmp_path):
+    """Ports as a number or a list are scanned; a string timeout, a boolean count, a zero host timeout
+    and a caller's vhost domain are refused before anything runs."""
+    nmap = install_fake(tmp_path / "fakes", "nmap", ports=[22, 80, 443])
+    config = write_config(tmp_path, binary=str(nmap))
+    refusals = [
+        ("nmap", {"target": "10.0.0.5", "timeout_sec": "30"}, "timeout_sec"),
+        ("nmap", {"target": "10.0.0.5", "top_ports": True}, "top_ports"),
+        ("nmap", {"target": "10.0.0.5", "ports": True}, "ports"),
+        ("nmap", {"target": "10.0.0.5", "extra_args": "--host-timeout 0"}, "--host-timeout"),
+        ("gobuster", {"target": "10.0.0.5", "mode": "vhost", "extra_args": "--domain evil.com"}, "--domain"),
+    ]
+
+    async def open_ports(client, ports) -> list[int]:
+        result = await client.call_tool("nmap", {"target": "10.0.0.5", "ports": ports})
+        assert not result.is_error, result.content
+        ports = result.structured_content["result"]["hosts"][0]["ports"]
+        return [port["port"] for port in ports if port["state"] == "open"]
+
+    async def scenario():
+        async with Client(server(config), mode="legacy") as client:
+            schema = {tool.name: tool.input_schema for tool in (await client.list_tools()).tools}["nmap"]
+            Draft202012Validator.check_schema(schema)
+            assert {"string", "integer", "array"} <= {o.get("type") for o in schema["properties"]["ports"]["anyOf"]}
+            assert await open_ports(client, 22) == [22]
+            assert await open_ports(client, [22, "80-81"]) == [22, 80]
+            for tool, arguments, named in refusals:
+                refused = await client.call_tool(tool, arguments)
+                assert refused.is_error
+                error = refused.structured_content["error"]
+                assert error["error_type"] == "validation" and named in error["message"]
+
+    asyncio.run(scenario())
+    assert [call["argv"][call["argv"].index("-p") + 1] for call in scan_calls(nmap)] == ["22", "22,80-81"]
 
 
 def spawn_raw(config: Path) -> subprocess.Popen:

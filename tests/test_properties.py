@@ -182,7 +182,7 @@ def values_for(option: Option) -> st.SearchStrategy[str]:
     if isinstance(kind, PortList):
         return st.sampled_from(["80", "22,80,443", "1-1024", "U:53", "T:80,U:53", "0", "1-70000", "http"])
     if isinstance(kind, Duration):
-        return st.sampled_from(["30", "5m", "500ms", "1h", "999h", "10x"])
+        return st.sampled_from(["30", "5m", "500ms", "1h", "999h", "10x", "0", "0s", "0ms"])
     if isinstance(kind, NameList):
         return st.sampled_from(["banner", "default", "safe,banner", "http-title", "http-brute", "vuln", "http-*"])
     if isinstance(kind, FileInDirectory):
@@ -220,12 +220,18 @@ def extra_args(tool: str) -> st.SearchStrategy[str | None]:
 
 TARGETS = st.sampled_from(["10.0.0.5", "10.0.0.0/28", "web.lab.internal", "fd00:1::5", "v6.lab.internal", "8.8.8.8"])
 MAYBE_VALUE = lambda s: st.one_of(st.none(), s)  # noqa: E731
+# Port lists as clients send them: strings, numbers, and lists of both.
+PORTS = st.one_of(
+    st.sampled_from(["80", "1-1024", "U:53,80", "22, 80", *VALUE_WORDS]),
+    st.integers(-1, 70000),
+    st.lists(st.one_of(st.integers(0, 70000), st.sampled_from(["80", "8000-8100", "U:53", "-p", ""])), max_size=3),
+)
 
 ARGUMENTS = {
     "nmap": st.fixed_dictionaries(
         {"target": TARGETS, "extra_args": extra_args("nmap")},
         optional={
-            "ports": MAYBE_VALUE(st.sampled_from(VALUE_WORDS)),
+            "ports": MAYBE_VALUE(PORTS),
             "scan_type": MAYBE_VALUE(st.sampled_from(["connect", "syn", "version", "ping", "udp"])),
             "top_ports": MAYBE_VALUE(st.integers(1, 3000)),
             "timing": MAYBE_VALUE(st.integers(0, 4)),
@@ -233,7 +239,7 @@ ARGUMENTS = {
         },
     ),
     "masscan": st.fixed_dictionaries(
-        {"target": TARGETS, "ports": st.sampled_from(["80", "1-1024", "U:53,80", *VALUE_WORDS]), "extra_args": extra_args("masscan")},
+        {"target": TARGETS, "ports": PORTS, "extra_args": extra_args("masscan")},
         optional={"rate": MAYBE_VALUE(st.integers(1, 1000)), "banners": st.booleans()},
     ),
     "gobuster": st.fixed_dictionaries(
@@ -254,7 +260,7 @@ ARGUMENTS = {
 FIXED = {
     "nmap": {"-oX": 1, "--stats-every": 1, "-6": 0},
     "masscan": {"--range": 1, "--output-format": 1, "--output-filename": 1},
-    "gobuster": {"-u": 1, "-H": 1, "--status-codes-blacklist=": 0, "-q": 0, "--no-color": 0, "-z": 0},
+    "gobuster": {"-u": 1, "-H": 1, "--domain": 1, "--status-codes-blacklist=": 0, "-q": 0, "--no-color": 0, "-z": 0},
 }
 
 
@@ -274,6 +280,8 @@ def check_argv(tool: str, arguments: dict, argv: list[str], tool_target: str) ->
         token = tail[i]
         if token in FIXED[tool]:
             i += 1 + FIXED[tool][token]
+            if token == "--domain":
+                assert tail[i - 1] == arguments["target"]  # the vhost domain is only ever the target's name
             if token == "--range":
                 target_seen += tail[i - 1] == tool_target
             continue

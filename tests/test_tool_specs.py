@@ -8,6 +8,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from actors.api import ToolInfo
+from actors.flags import Duration, Grammar, Int
 from actors.policy import TargetPolicy
 from actors.prepare import PreparedCall, prepare_call, resolve_timeout
 from actors.results import CallOutcome, ErrorType, InvalidCall
@@ -19,6 +20,9 @@ from actors.settings import (
     PolicySettings,
 )
 from actors.tools import TOOL_SPECS
+from actors.tools.gobuster import grammar as gobuster_grammar
+from actors.tools.masscan import grammar as masscan_grammar
+from actors.tools.nmap import grammar as nmap_grammar
 from actors.tools.nmap import script_expression
 
 HOSTS = {"web.lab.internal": "10.0.0.7", "v6.lab.internal": "fd00:1::7"}
@@ -183,6 +187,158 @@ def test_target_refusals_come_from_the_policy():
     assert refusal("masscan", target="10.0.0.0/8", ports="80").field == "target"
 
 
+# ---------------------------------------------------------------- argument types
+
+
+@pytest.mark.parametrize(
+    "tool, field, value",
+    [
+        ("nmap", "timeout_sec", "30"),
+        ("nmap", "timeout_sec", True),
+        ("nmap", "top_ports", True),
+        ("nmap", "top_ports", "10"),
+        ("nmap", "top_ports", 10.0),
+        ("nmap", "timing", "4"),
+        ("nmap", "timing", False),
+        ("nmap", "extra_args", 5),
+        ("masscan", "rate", "100"),
+        ("masscan", "rate", True),
+        ("masscan", "banners", "yes"),
+        ("masscan", "banners", "true"),
+        ("masscan", "banners", 1),
+        ("gobuster", "port", "8080"),
+        ("gobuster", "port", True),
+        ("gobuster", "threads", "4"),
+        ("gobuster", "threads", 4.0),
+    ],
+)
+def test_values_of_another_json_type_are_refused_not_coerced(tool, field, value):
+    arguments = {"target": "10.0.0.5", **({"ports": "80"} if tool == "masscan" else {}), field: value}
+    err = refusal(tool, **arguments)
+    assert err.field == field and field in str(err)
+
+
+def test_strict_types_still_take_what_the_schema_allows():
+    assert prepare("nmap", target="10.0.0.5", timeout_sec=30).timeout_sec == 30.0  # an integer is a number
+    assert "--banners" in argv("masscan", target="10.0.0.5", ports="80", banners=True)
+    assert argv("gobuster", target="10.0.0.5", port=8080, threads=4)[3] == "http://10.0.0.5:8080/"
+
+
+@pytest.mark.parametrize(
+    "ports, rendered",
+    [
+        (22, "22"),
+        ("22,80,8000-8100", "22,80,8000-8100"),
+        ("22, 80 , 443", "22,80,443"),
+        ([22, 80], "22,80"),
+        ([22, "80", "8000-8100"], "22,80,8000-8100"),
+        (["22,80", 443], "22,80,443"),
+        (["T:80", "U:53"], "T:80,U:53"),
+        ([80, "080"], "80,80"),
+    ],
+)
+def test_nmap_ports_come_as_a_string_a_number_or_a_list(ports, rendered):
+    args = argv("nmap", target="10.0.0.5", ports=ports)
+    assert args[args.index("-p") + 1] == rendered
+
+
+def test_masscan_ports_come_as_a_string_a_number_or_a_list():
+    for ports, rendered in ((80, "80"), ([80, "U:53"], "80,U:53"), ("80, 443", "80,443")):
+        args = argv("masscan", target="10.0.0.5", ports=ports)
+        assert args[args.index("--ports") + 1] == rendered
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [True, 0, 70000, -22, 22.0, [], [True], [22, None], [[22]], {"port": 22}, [22] * 513, "", "80 -iL x", ["-p80"]],
+)
+@pytest.mark.parametrize("tool", ["nmap", "masscan"])
+def test_port_lists_of_any_other_shape_are_refused(tool, ports):
+    assert refusal(tool, target="10.0.0.5", ports=ports).field == "ports"
+
+
+@pytest.mark.parametrize("tool", ["nmap", "masscan"])
+def test_the_ports_schema_admits_strings_numbers_and_lists(tool):
+    schema = TOOL_SPECS[tool].input_schema()
+    Draft202012Validator.check_schema(schema)
+    validator = Draft202012Validator(schema)
+    for ports in ("22,80", 22, [22, 80], [22, "8000-8100"]):
+        assert validator.is_valid({"target": "10.0.0.5", "ports": ports}), ports
+    for ports in (True, 0, 22.5, [], [True], {"port": 22}, [[22]]):
+        assert not validator.is_valid({"target": "10.0.0.5", "ports": ports}), ports
+    description = schema["properties"]["ports"]["description"]
+    assert "a port number" in description and "a list" in description
+
+
+# ---------------------------------------------------------------- numeric bounds
+
+# Every numeric option of every grammar, with a value under its lower bound and one over its upper.
+OUT_OF_BOUNDS = [
+    ("nmap", "--host-timeout", ["0", "0s", "0ms", "1500ms", "2h"]),
+    ("nmap", "--scan-delay", ["61s", "2m"]),
+    ("nmap", "--max-retries", ["11"]),
+    ("nmap", "--min-rate", ["0", "10001"]),
+    ("nmap", "--max-rate", ["0", "10001"]),
+    ("nmap", "--top-ports", ["0", "65536"]),
+    ("nmap", "--version-intensity", ["10"]),
+    ("nmap", "-T", ["5"]),
+    ("masscan", "--rate", ["0", "1001"]),
+    ("masscan", "--retries", ["6"]),
+    ("masscan", "--wait", ["61", "forever"]),
+    ("masscan", "--connection-timeout", ["0", "31"]),
+    ("masscan", "--seed", ["4294967296"]),
+    ("gobuster", "--timeout", ["0", "0s", "0ms", "999ms", "121s"]),
+    ("gobuster", "--delay", ["11s", "1m"]),
+    ("gobuster", "--retry-attempts", ["0", "11"]),
+    ("gobuster", "-t", ["0", "11"]),
+]
+
+
+@pytest.mark.parametrize(
+    "tool, option, value", [(tool, option, value) for tool, option, values in OUT_OF_BOUNDS for value in values]
+)
+def test_numeric_options_outside_their_bounds_are_refused(tool, option, value):
+    settings = NmapSettings(max_timeout_sec=3600) if tool == "nmap" else None
+    base = {"target": "10.0.0.5", **({"ports": "80"} if tool == "masscan" else {})}
+    err = refusal(tool, settings, **base, extra_args=f"{option} {value}")
+    assert err.field == "extra_args" and option in str(err)
+
+
+def grammar_of(tool: str) -> Grammar:
+    return {
+        "nmap": nmap_grammar(NmapSettings()),
+        "masscan": masscan_grammar(MasscanSettings()),
+        "gobuster": gobuster_grammar(GobusterSettings(), "dir"),
+    }[tool]
+
+
+@pytest.mark.parametrize("tool", sorted(TOOL_SPECS))
+def test_every_numeric_option_is_in_the_bounds_table(tool):
+    """A numeric option added to a grammar must be added above, with the values that break it."""
+    numeric = {o.name for o in grammar_of(tool).options if isinstance(o.value, (Int, Duration))}
+    assert numeric == {option for name, option, _ in OUT_OF_BOUNDS if name == tool}
+
+
+@pytest.mark.parametrize("tool", sorted(TOOL_SPECS))
+def test_no_timeout_option_can_be_switched_off_with_zero(tool):
+    timeouts = [o for o in grammar_of(tool).options if "timeout" in o.name]
+    assert timeouts
+    for option in timeouts:
+        assert option.value is not None
+        for zero in ("0", "0s", "0ms") if isinstance(option.value, Duration) else ("0",):
+            with pytest.raises(ValueError):
+                option.value.canonical(zero)
+
+
+def test_numeric_options_at_their_bounds_are_accepted():
+    nmap = argv("nmap", target="10.0.0.5", extra_args="--host-timeout 2s --scan-delay 0 --max-retries 0 --min-rate 1")
+    assert nmap[6:14] == ["--host-timeout", "2s", "--scan-delay", "0s", "--max-retries", "0", "--min-rate", "1"]
+    masscan = argv("masscan", target="10.0.0.5", ports="80", extra_args="--wait 0 --connection-timeout 1 --retries 0")
+    assert masscan[5:11] == ["--wait", "0", "--connection-timeout", "1", "--retries", "0"]
+    gobuster = argv("gobuster", target="10.0.0.5", extra_args="--timeout 1s --delay 0 --retry-attempts 1")
+    assert gobuster[4:10] == ["--timeout", "1s", "--delay", "0s", "--retry-attempts", "1"]
+
+
 # ---------------------------------------------------------------- nmap
 
 
@@ -298,11 +454,25 @@ def test_gobuster_vhost_mode_uses_the_name_as_domain():
     assert args[1] == "vhost"
     assert args[args.index("--domain") + 1] == "web.lab.internal"
     assert "--append-domain" in args and "-H" not in args
-    own = argv("gobuster", target="10.0.0.7", mode="vhost", extra_args="--domain lab.internal")
-    assert own.count("--domain") == 1 and own[own.index("--domain") + 1] == "lab.internal"
-    assert "--append-domain" not in argv("gobuster", target="10.0.0.7", mode="vhost")
+    own = argv("gobuster", target="web.lab.internal", mode="vhost", extra_args="--append-domain")
+    assert own.count("--append-domain") == 1 and own.count("--domain") == 1
+    plain = argv("gobuster", target="10.0.0.7", mode="vhost")
+    assert "--domain" not in plain and "--append-domain" not in plain
     assert refusal("gobuster", target="10.0.0.7", mode="vhost", extensions=["php"]).field == "extensions"
     assert refusal("gobuster", target="10.0.0.7", mode="vhost", extra_args="-x php").field == "extra_args"
+
+
+@pytest.mark.parametrize("target", ["web.lab.internal", "10.0.0.7"])
+@pytest.mark.parametrize("extra_args", ["--domain evil.com", "--domain=evil.com", "--domain lab.internal"])
+def test_gobuster_vhost_domain_is_never_the_callers(target, extra_args):
+    err = refusal("gobuster", target=target, mode="vhost", extra_args=extra_args)
+    assert err.field == "extra_args"
+    assert "--domain is not allowed: the vhost domain comes from the target" in str(err)
+
+
+def test_gobuster_vhost_appends_a_domain_only_when_the_target_names_one():
+    err = refusal("gobuster", target="10.0.0.7", mode="vhost", extra_args="--append-domain")
+    assert err.field == "extra_args" and "needs a hostname target" in str(err)
 
 
 def test_gobuster_status_codes_empty_the_default_blacklist():

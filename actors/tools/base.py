@@ -5,6 +5,8 @@ treat nmap, masscan and gobuster alike and each can be tested without a
 process. The MCP input schema is generated from the arguments model and the
 output schema from the result envelope with the tool's own result model
 plugged in, so what `tools/list` advertises is what calls really return.
+Arguments are validated strictly, as the schema says: no value is coerced
+from another JSON type, except that port lists also come as numbers or arrays.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from actors.api import ToolInfo
+from actors.flags import MAX_VALUE_LEN
 from actors.policy import ResolvedTarget
 from actors.results import CallOutcome, InvalidCall
 from actors.tools.schema import compact_schema
@@ -34,9 +37,9 @@ READ_ONLY_ANNOTATIONS: Mapping[str, Any] = {
 
 
 class ToolArguments(BaseModel):
-    """Fields every tool takes. Unknown fields are refused, not ignored."""
+    """Fields every tool takes. Unknown fields are refused, not ignored; types are strict."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     target: str = Field(
         min_length=1,
@@ -60,6 +63,43 @@ class ToolArguments(BaseModel):
         allow_inf_nan=False,
         description="Wall-clock limit for the run in seconds; defaults to and is capped by server configuration.",
     )
+
+
+MAX_PORT_ITEMS = 512
+_Port = Annotated[int, Field(ge=1, le=65535)]
+# What a client may send for a port list, as the input schema shows it.
+PortsInput = (
+    Annotated[str, Field(min_length=1, max_length=MAX_VALUE_LEN)]
+    | _Port
+    | Annotated[list[_Port | str], Field(min_length=1, max_length=MAX_PORT_ITEMS)]
+)
+
+
+def _port_list_text(value: Any) -> Any:
+    """`"22, 80"`, `22` or `[22, "8000-8100"]` as one port list string (`"22,80"`, ...).
+
+    Only the shape is settled here; the tool's grammar checks and
+    canonicalises every item, so a port list has one set of rules.
+    """
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if not 1 <= len(value) <= MAX_PORT_ITEMS:
+            raise ValueError(f"a port list holds 1 to {MAX_PORT_ITEMS} items")
+        return ",".join(_port_text(item) for item in value)
+    return _port_text(value)
+
+
+def _port_text(value: Any) -> str:
+    if isinstance(value, str):
+        return ",".join(item.strip(" ") for item in value.split(","))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError("expected a port list like '22,80,8000-8100', a port number like 22, or a list like [22, 80]")
+
+
+Ports = Annotated[str, BeforeValidator(_port_list_text, json_schema_input_type=PortsInput)]
+OptionalPorts = Annotated[str | None, BeforeValidator(_port_list_text, json_schema_input_type=PortsInput | None)]
 
 
 class ParsedResult(BaseModel):

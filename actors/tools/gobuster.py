@@ -3,7 +3,8 @@
 The URL is ours, never the user's: scheme, the policy-resolved address,
 port and path. When the target was a hostname, the name travels in the
 Host header (dir mode) or as the vhost base domain (vhost mode), so the
-web server sees the name while the connection goes to the checked address.
+web server sees the name while the connection goes to the checked address;
+no other name or domain is ever taken from the caller.
 Redirect following, proxies, custom headers, output files and pattern
 files are refused: each could send requests somewhere the policy never saw
 or write where it should not. Wordlists are plain names inside the
@@ -30,7 +31,6 @@ QUIET_FLAGS = ("-q", "--no-color", "-z")
 _STATUS_LIST = r"[1-5][0-9]{2}(-[1-5][0-9]{2})?(,[1-5][0-9]{2}(-[1-5][0-9]{2})?){0,31}"
 _EXTENSIONS = r"[A-Za-z0-9]{1,16}(,[A-Za-z0-9]{1,16}){0,19}"
 _LENGTHS = r"[0-9]{1,9}(,[0-9]{1,9}){0,19}"
-_DOMAIN = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*"
 _PATH = re.compile(r"/[A-Za-z0-9._~%/+-]{0,510}", re.ASCII)
 
 _FIXED = "set by labrecon so results can be parsed"
@@ -45,6 +45,7 @@ FORBIDDEN = {
     "-r": "following redirects could leave the allowed networks",
     "--follow-redirect": "following redirects could leave the allowed networks",
     "-H": "custom headers are not allowed; the Host header comes from the target",
+    "--domain": "the vhost domain comes from the target; give the lab hostname as 'target'",
     "--headers": "custom headers are not allowed; the Host header comes from the target",
     "-c": "cookies are not allowed",
     "--cookies": "cookies are not allowed",
@@ -123,8 +124,8 @@ def grammar(settings: GobusterSettings, mode: str) -> Grammar:
         Option(("--exclude-length",), Pattern(_LENGTHS, "content lengths like 0,1234")),
         Option(("-k", "--no-tls-validation")),
         Option(("-m", "--method"), Choice(("GET", "HEAD"))),
-        Option(("--timeout",), Duration(120)),
-        Option(("--delay",), Duration(10)),
+        Option(("--timeout",), Duration(1, 120)),  # 0s would mean requests without any timeout
+        Option(("--delay",), Duration(0, 10)),  # a delay only slows requests down; 0 is gobuster's default
         Option(("--retry",)),
         Option(("--retry-attempts",), Int(1, 10)),
         Option(("--random-agent",)),
@@ -139,10 +140,7 @@ def grammar(settings: GobusterSettings, mode: str) -> Grammar:
             Option(("--hide-length",)),
         ]
     else:
-        specific = [
-            Option(("--domain",), Pattern(_DOMAIN, "a domain name", max_len=253)),
-            Option(("--append-domain",)),
-        ]
+        specific = [Option(("--append-domain",))]
     return Grammar([*common, *specific], forbidden=FORBIDDEN, tool=f"gobuster {mode}")
 
 
@@ -201,12 +199,20 @@ def build_argv(args: GobusterArguments, target: ResolvedTarget, settings: Gobust
             # gobuster refuses -s next to its default blacklist (404) unless the blacklist is emptied.
             argv.append("--status-codes-blacklist=")
     else:
-        if target.hostname and "--domain" not in names:
-            argv += ["--domain", target.hostname]
-            names.add("--domain")
-        if "--domain" in names and "--append-domain" not in names:
-            argv.append("--append-domain")
+        argv += _vhost_domain(parsed, target)
     return argv + list(QUIET_FLAGS)
+
+
+def _vhost_domain(parsed: list[ParsedOption], target: ResolvedTarget) -> list[str]:
+    """The target's hostname as the domain appended to each word; an address has none."""
+    appended = [item for item in parsed if item.name == "--append-domain"]
+    if target.hostname:
+        return ["--domain", target.hostname] + ([] if appended else ["--append-domain"])
+    if appended:
+        raise InvalidCall(
+            "--append-domain needs a hostname target: the domain comes from the target", field=appended[0].source
+        )
+    return []
 
 
 # ---------------------------------------------------------------- output
@@ -271,8 +277,8 @@ GOBUSTER = ToolSpec(
         "server and sent as the Host header. 'wordlist' is the name of a server-side list (default "
         "'common.txt'), 'extensions' adds file extensions in dir mode, 'threads' is capped by configuration. "
         "extra_args accepts -w, -t, -x, -s, -b, --exclude-length, -k, -m GET|HEAD, --timeout, --delay, "
-        "--retry, --retry-attempts, --random-agent, -f, -d, --hide-length (dir) and --domain, "
-        "--append-domain (vhost). Redirects are not followed; proxies, headers and output files are refused."
+        "--retry, --retry-attempts, --random-agent, -f, -d, --hide-length (dir) and --append-domain (vhost; the "
+        "domain is the target's hostname). Redirects are not followed; proxies, headers and output files are refused."
     ),
     arguments=GobusterArguments,
     result_model=GobusterResult,

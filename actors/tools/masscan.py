@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from actors.flags import Grammar, Int, Option, PortList, render
 from actors.policy import ResolvedTarget
 from actors.settings import MasscanSettings
-from actors.tools.base import ParsedResult, ToolArguments, ToolSpec, split_extra_args
+from actors.tools.base import ParsedResult, Ports, ToolArguments, ToolSpec, split_extra_args
 
 MASSCAN_DEFAULT_RATE = 100
 OUTPUT_FLAGS = ("--output-format", "json", "--output-filename", "-")
@@ -93,9 +93,11 @@ FORBIDDEN = {
 
 
 class MasscanArguments(ToolArguments):
-    ports: str = Field(
-        max_length=1024,
-        description="Ports to scan (required), e.g. '80,443', '1-1024' or 'U:53' for UDP.",
+    ports: Ports = Field(
+        description=(
+            "Ports to scan (required): a string like '80,443', '1-1024' or 'U:53' for UDP, a port number "
+            "like 80, or a list like [80, 443, '8000-8100']."
+        ),
     )
     rate: int | None = Field(
         default=None,
@@ -143,7 +145,7 @@ def grammar(settings: MasscanSettings) -> Grammar:
         Option(("--open-only", "--open")),
         Option(("--ping",)),
         Option(("--retries",), Int(0, 5)),
-        Option(("--wait",), Int(0, 60, "seconds")),
+        Option(("--wait",), Int(0, 60, "seconds")),  # 0 stops listening once sent; masscan's "forever" is refused
         Option(("--connection-timeout",), Int(1, 30, "seconds")),
         Option(("--seed",), Int(0, 2**32 - 1)),
     ]

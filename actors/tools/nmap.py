@@ -25,9 +25,11 @@ from actors.flags import Duration, Grammar, Int, NameList, Option, ParsedOption,
 from actors.policy import ResolvedTarget
 from actors.results import InvalidCall
 from actors.settings import FORBIDDEN_SCRIPT_CATEGORIES, NmapSettings
-from actors.tools.base import ParsedResult, ToolArguments, ToolSpec, split_extra_args
+from actors.tools.base import OptionalPorts, ParsedResult, ToolArguments, ToolSpec, split_extra_args
 
 NMAP_MAX_RATE = 10_000  # packets per second; --min-rate/--max-rate above this are refused
+# --host-timeout 0 switches nmap's per-host limit off, and nmap itself refuses 1.5 s or less.
+NMAP_MIN_HOST_TIMEOUT_SEC = 2
 DEFAULT_PORT_COUNT = 1000  # what nmap scans when no port option is given
 FAST_PORT_COUNT = 100  # -F
 SCAN_TYPES = {"connect": "-sT", "syn": "-sS", "version": "-sV", "ping": "-sn", "udp": "-sU"}
@@ -94,10 +96,12 @@ FORBIDDEN = {
 
 
 class NmapArguments(ToolArguments):
-    ports: str | None = Field(
+    ports: OptionalPorts = Field(
         default=None,
-        max_length=1024,
-        description="Ports to scan, e.g. '22,80,443', '1-1024' or 'T:80,U:53'; '1-65535' for all ports.",
+        description=(
+            "Ports to scan: a string like '22,80,443', '1-1024' or 'T:80,U:53' ('1-65535' for all ports), "
+            "a port number like 22, or a list like [22, 80, '8000-8100']."
+        ),
     )
     scan_type: Literal["connect", "syn", "version", "ping", "udp"] | None = Field(
         default=None,
@@ -189,8 +193,8 @@ def grammar(settings: NmapSettings) -> Grammar:
         Option(("--version-light",)),
         Option(("--version-all",)),
         Option(("--max-retries",), Int(0, 10)),
-        Option(("--host-timeout",), Duration(settings.max_timeout_sec)),
-        Option(("--scan-delay",), Duration(60)),
+        Option(("--host-timeout",), Duration(NMAP_MIN_HOST_TIMEOUT_SEC, settings.max_timeout_sec)),
+        Option(("--scan-delay",), Duration(0, 60)),  # a delay only slows probes down; 0 is nmap's default
         Option(("--min-rate",), Int(1, NMAP_MAX_RATE, "packets per second")),
         Option(("--max-rate",), Int(1, NMAP_MAX_RATE, "packets per second")),
     ]
