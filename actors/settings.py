@@ -16,14 +16,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from actors.nmap_scripts import NMAP_SCRIPTS
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PACKAGED_WORDLISTS = Path(__file__).resolve().parent / "wordlists"
 
-# nmap script names and categories that only observe. Anything that attacks,
-# brute-forces, reaches third parties or broadcasts is never allowed, even if
-# configured (see FORBIDDEN_SCRIPT_CATEGORIES).
+# nmap script and category names an operator lets calls choose from; only vetted
+# scripts ever run, whatever is configured (see actors/nmap_scripts.toml).
 DEFAULT_ALLOWED_SCRIPTS = (
     "default",
     "safe",
@@ -37,9 +38,6 @@ DEFAULT_ALLOWED_SCRIPTS = (
     "ssh-hostkey",
     "smb-os-discovery",
     "dns-service-discovery",
-)
-FORBIDDEN_SCRIPT_CATEGORIES = frozenset(
-    {"external", "intrusive", "exploit", "dos", "brute", "malware", "broadcast", "fuzzer", "vuln", "all"}
 )
 
 
@@ -124,11 +122,11 @@ class NmapSettings(ToolSettings):
 
     @field_validator("allowed_scripts")
     @classmethod
-    def _no_forbidden_categories(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = sorted(set(value) & FORBIDDEN_SCRIPT_CATEGORIES)
-        if bad:
-            raise ValueError(f"script categories {bad} can never be allowed")
-        return value
+    def _only_vetted_scripts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """A narrowing of the vetted scripts: each entry is a vetted script or an offered category."""
+        words = tuple(dict.fromkeys(word.strip().lower() for word in value))
+        NMAP_SCRIPTS.admitted(words)  # raises ValueError naming the entry and why it never runs
+        return words
 
 
 class MasscanSettings(ToolSettings):

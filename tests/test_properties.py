@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from actors.flags import Choice, Duration, FileInDirectory, Grammar, Int, NameList, Option, PortList, render
+from actors.nmap_scripts import NMAP_SCRIPTS
 from actors.policy import TargetPolicy
 from actors.prepare import prepare_call
 from actors.results import CallOutcome, InvalidCall
@@ -300,12 +301,9 @@ def check_argv(tool: str, arguments: dict, argv: list[str], tool_target: str) ->
             value = tail[i]
             i += 1
             assert value and not value.startswith("-"), value
-            if tool == "nmap" and token == "--script":
-                names = re.fullmatch(r"\((.+)\) and not \((.+)\)", value)
-                assert names and names[2] == " or ".join([*nmap._EXCLUDED_SCRIPT_CATEGORIES, *nmap._EXCLUDED_SCRIPTS])
-                assert set(names[1].split(" or ")) <= set(SETTINGS["nmap"].allowed_scripts)
-            else:
-                assert option.value.canonical(value) == value
+            if tool == "nmap" and token == "--script":  # vetted scripts, by name only
+                assert set(value.split(",")) <= NMAP_SCRIPTS.admitted(SETTINGS["nmap"].allowed_scripts), value
+            assert option.value.canonical(value) == value
     assert target_seen == (0 if tool == "gobuster" else 1)
     assert sum(tool_target in token for token in tail) == 1
 

@@ -9,6 +9,7 @@ from jsonschema import Draft202012Validator
 
 from actors.api import ToolInfo
 from actors.flags import Duration, Grammar, Int
+from actors.nmap_scripts import NMAP_SCRIPTS
 from actors.policy import TargetPolicy
 from actors.prepare import PreparedCall, prepare_call, resolve_timeout
 from actors.results import CallOutcome, ErrorType, InvalidCall
@@ -23,7 +24,6 @@ from actors.tools import TOOL_SPECS
 from actors.tools.gobuster import grammar as gobuster_grammar
 from actors.tools.masscan import grammar as masscan_grammar
 from actors.tools.nmap import grammar as nmap_grammar
-from actors.tools.nmap import script_expression
 
 HOSTS = {"web.lab.internal": "10.0.0.7", "v6.lab.internal": "fd00:1::7"}
 POLICY = TargetPolicy(PolicySettings(hosts=HOSTS, dns=False, allowed_networks=["10.0.0.0/8", "fd00:1::/64"]))
@@ -352,22 +352,19 @@ def test_nmap_scan_types(scan_type, flag):
     assert flag in argv("nmap", target="10.0.0.5", scan_type=scan_type)
 
 
-def test_nmap_scripts_become_one_expression_that_excludes_forbidden_categories():
-    args = argv("nmap", target="10.0.0.5", scripts=["default", "banner"], extra_args="-sC --script=http-title")
+def test_nmap_scripts_become_one_list_of_vetted_script_names():
+    args = argv("nmap", target="10.0.0.5", scripts=["banner", "default"], extra_args="-sC --script=http-title")
     assert args.count("--script") == 1
-    expression = args[args.index("--script") + 1]
-    assert expression == script_expression(["default", "banner", "http-title"])
-    assert expression.startswith("(default or banner or http-title) and not (")
-    for category in ("external", "intrusive", "exploit", "dos", "brute", "malware", "broadcast", "vuln", "fuzzer"):
-        assert category in expression.split("and not")[1]
-    assert "-sC" not in args
+    names = args[args.index("--script") + 1].split(",")
+    assert names[0] == "banner" and sorted(names) == sorted({"banner", *NMAP_SCRIPTS.members("default")})
+    assert "default" not in names and "-sC" not in args
 
 
 def test_nmap_scripts_outside_the_allowed_set_are_refused():
     settings = NmapSettings(allowed_scripts=("banner",))
     assert refusal("nmap", settings, target="10.0.0.5", scripts=["http-title"]).field == "scripts"
     assert refusal("nmap", settings, target="10.0.0.5", extra_args="-sC").field == "extra_args"
-    assert argv("nmap", settings, target="10.0.0.5", extra_args="-script banner")[-2] == script_expression(["banner"])
+    assert argv("nmap", settings, target="10.0.0.5", extra_args="-script banner")[-2] == "banner"
 
 
 def test_nmap_ipv6_targets_get_dash_6():

@@ -3,11 +3,13 @@
 nmap parses options with getopt_long_only, so `-script` means `--script`
 and `-p80` means `-p 80`; the grammar reads those forms, and the argv is
 rendered canonically. Timing stops at -T4: -T5 trades accuracy for speed
-and is hard on lab hosts. Script selection is rendered as one boolean
-expression ending in `and not (external or intrusive or ...)`, because
-nmap's own categories overlap: `safe` contains broadcast, external and even
-malware-category scripts, so allowing a category must not allow those.
-IPv6 (`-6`) is added from the target, never taken from the user.
+and is hard on lab hosts. Scripts run only if vetted (actors/nmap_scripts.py):
+a category or -sC becomes the list of its vetted members, and the argv names
+each script, never a category or expression nmap could widen. -sV makes nmap
+add its whole `version` category on its own; every installed version script
+is vetted (a test holds script.db to that), and -sV is refused unless the
+configuration admits them all. IPv6 (`-6`) is added from the target, never
+taken from the user.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from __future__ import annotations
 import functools
 import io
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring, iterparse
 from pydantic import BaseModel, Field
 
-from actors.flags import Duration, Grammar, Int, NameList, Option, ParsedOption, PortList, render
+from actors.flags import Duration, Grammar, Int, Option, ParsedOption, PortList, render
+from actors.nmap_scripts import NMAP_SCRIPTS
 from actors.policy import ResolvedTarget
 from actors.results import InvalidCall
-from actors.settings import FORBIDDEN_SCRIPT_CATEGORIES, NmapSettings
+from actors.settings import NmapSettings
 from actors.tools.base import OptionalPorts, ParsedResult, ToolArguments, ToolSpec, split_extra_args
 
 NMAP_MAX_RATE = 10_000  # packets per second; --min-rate/--max-rate above this are refused
@@ -36,10 +40,7 @@ SCAN_TYPES = {"connect": "-sT", "syn": "-sS", "version": "-sV", "ping": "-sn", "
 # -n always: nmap must never resolve a name itself (reverse DNS feeds the names its
 # scripts follow redirects to); it is given the address the policy checked, nothing else.
 OUTPUT_FLAGS = ("-oX", "-", "--stats-every", "2s", "-n")
-_EXCLUDED_SCRIPT_CATEGORIES = sorted(FORBIDDEN_SCRIPT_CATEGORIES - {"all"})
-# Scripts that act on the target although nmap files them under safe categories:
-# jdwp-info injects and runs a Java class through an open debug port.
-_EXCLUDED_SCRIPTS = ("jdwp-info",)
+VERSION_SCRIPTS = NMAP_SCRIPTS.members("version")  # what -sV makes nmap run besides --script
 
 FORBIDDEN = {
     "-iL": "targets come only from the 'target' field",
@@ -117,8 +118,10 @@ class NmapArguments(ToolArguments):
         max_length=20,
         description=(
             "NSE script names or categories from the server's allowed set (e.g. default, safe, banner, "
-            "http-title). Scripts in the external, intrusive, exploit, dos, brute, malware, broadcast, "
-            "fuzzer and vuln categories never run."
+            "http-title). Only vetted scripts that talk to the target alone ever run; a category runs its "
+            "vetted members. Scripts that resolve names or reach other hosts (ftp-bounce, fcrdns, "
+            "dns-recursion, broadcast-*, targets-*, whois-*) and the external, intrusive, exploit, dos, "
+            "brute, malware, broadcast, fuzzer and vuln categories are refused."
         ),
     )
 
@@ -164,18 +167,34 @@ class NmapResult(ParsedResult):
 # ---------------------------------------------------------------- argv
 
 
+@dataclass(frozen=True)
+class ScriptNames:
+    """`--script` values: vetted script or category names that the configuration admits."""
+
+    admitted: frozenset[str]
+    allowed: tuple[str, ...]  # the configuration's words for `admitted`, for messages
+    description: str = "vetted script names or categories"
+
+    def canonical(self, raw: str) -> str:
+        words: list[str] = []
+        for word in raw.split(","):
+            scripts = NMAP_SCRIPTS.expand(word)  # raises ValueError saying why it never runs
+            word = word.strip().lower()
+            if not self.admitted.issuperset(scripts):
+                raise ValueError(f"{word!r} is not allowed here; this server allows {', '.join(self.allowed) or 'none'}")
+            if word not in words:
+                words.append(word)
+        return ",".join(words)
+
+
 @functools.lru_cache(maxsize=32)  # settings are frozen: one set per configuration
-def _allowed_scripts(settings: NmapSettings) -> frozenset[str]:
-    return frozenset(s.lower() for s in settings.allowed_scripts)
+def _admitted_scripts(settings: NmapSettings) -> frozenset[str]:
+    return NMAP_SCRIPTS.admitted(settings.allowed_scripts)
 
 
 @functools.lru_cache(maxsize=32)  # settings are frozen: one grammar per configuration
 def grammar(settings: NmapSettings) -> Grammar:
-    scripts = NameList(
-        allowed=_allowed_scripts(settings),
-        forbidden=FORBIDDEN_SCRIPT_CATEGORIES,
-        description="script names or categories",
-    )
+    scripts = ScriptNames(_admitted_scripts(settings), settings.allowed_scripts)
     options = [
         Option(("-p",), PortList(settings.max_ports, ("T", "U"))),
         Option(("--top-ports",), Int(1, settings.max_ports, "a port count")),
@@ -217,21 +236,16 @@ def _typed_tokens(args: NmapArguments) -> list[tuple[str, list[str]]]:
     return sources
 
 
-def script_expression(names: list[str]) -> str:
-    """One nmap script expression that can never select a forbidden category."""
-    excluded = [*_EXCLUDED_SCRIPT_CATEGORIES, *_EXCLUDED_SCRIPTS]
-    return f"({' or '.join(names)}) and not ({' or '.join(excluded)})"
-
-
 def _script_selection(parsed: list[ParsedOption], settings: NmapSettings) -> list[str]:
+    """The vetted scripts the call selects, each once, in the order asked for."""
     names: list[str] = []
     for item in parsed:
         if item.name == "-sC":
-            if "default" not in _allowed_scripts(settings):
+            selected = NMAP_SCRIPTS.members("default")
+            if not _admitted_scripts(settings).issuperset(selected):
                 raise InvalidCall("-sC needs the 'default' script category, which is not allowed here", field=item.source)
-            selected = ["default"]
         elif item.name == "--script":
-            selected = (item.value or "").split(",")
+            selected = tuple(n for word in (item.value or "").split(",") for n in NMAP_SCRIPTS.expand(word))
         else:
             continue
         names.extend(n for n in selected if n not in names)
@@ -252,8 +266,8 @@ def _check_port_budget(parsed: list[ParsedOption], settings: NmapSettings) -> li
 def build_argv(args: NmapArguments, target: ResolvedTarget, settings: NmapSettings) -> list[str]:
     parsed = grammar(settings).parse_sources(_typed_tokens(args))
     scripts = _script_selection(parsed, settings)
-    if any(item.name == "-sV" for item in parsed) and "version" not in _allowed_scripts(settings):
-        # -sV makes nmap run its whole `version` script category, outside any --script expression.
+    if any(item.name == "-sV" for item in parsed) and not _admitted_scripts(settings).issuperset(VERSION_SCRIPTS):
+        # -sV makes nmap run its whole `version` script category, whatever --script says.
         raise InvalidCall("version detection (-sV) runs nmap's version scripts, which are not allowed here", field="scan_type")
     plain = [item for item in parsed if item.name not in ("-sC", "--script", "-n")]
     argv = [*OUTPUT_FLAGS]
@@ -262,7 +276,7 @@ def build_argv(args: NmapArguments, target: ResolvedTarget, settings: NmapSettin
     argv += render(plain)
     argv += _check_port_budget(parsed, settings)
     if scripts:
-        argv += ["--script", script_expression(scripts)]
+        argv += ["--script", ",".join(scripts)]
     argv.append(target.tool_target)
     return argv
 
