@@ -6,11 +6,13 @@ output grow the daemon's memory, never leave a process behind and never show
 the tool the daemon's own environment. Everything here serves those four
 promises:
 
-- no shell, ``stdin`` is ``/dev/null``, the environment is `MINIMAL_ENV` and
-  the working directory an empty private one, so the tool sees nothing of ours;
+- no shell, ``stdin`` is ``/dev/null``, the environment is `MINIMAL_ENV`, and
+  ``HOME`` and the working directory are a fresh empty directory (0700) that
+  goes when the run ends, so the tool sees nothing of ours or of other runs;
 - the tool leads its own session (``start_new_session``), so its process
   group holds everything it forks, and the group is what gets signalled:
-  SIGTERM, ``kill_grace_sec``, then SIGKILL, on timeout or cancel;
+  SIGTERM, ``kill_grace_sec``, then SIGKILL, on timeout or cancel; whatever
+  left the group is killed and reaped as the run ends (`RunProcesses`);
 - stdout and stderr are read concurrently by one ``poll`` loop on the calling
   thread (no reader threads to start per run), each kept up to its cap and
   drained and discarded beyond it, so a flood costs CPU but not memory;
@@ -23,7 +25,6 @@ promises:
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
 import os
@@ -37,6 +38,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+
+from actors.containment import RunProcesses
 
 __all__ = ["MINIMAL_ENV", "ProcessRun", "RunRequest", "RunResult"]
 
@@ -55,26 +58,9 @@ AFTER_KILL_WAIT_SEC = 1.0
 # Without pidfds the leader's exit is noticed by polling at this interval.
 _EXIT_POLL_SEC = 0.02
 
-
-def _private_home() -> str:
-    """An empty directory only this user can enter, removed at exit.
-
-    Tools read per-user configuration and scripts from ``$HOME`` (``~/.nmap``);
-    pointing it at the daemon user's real home would let whatever lies there
-    shape a scan.
-    """
-    path = tempfile.mkdtemp(prefix="labrecon-home-")
-    atexit.register(shutil.rmtree, path, True)
-    return path
-
-
-MINIMAL_ENV: Mapping[str, str] = MappingProxyType(
-    {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": _private_home(),
-    }
-)
+# Every run adds HOME: its own directory. Tools read per-user configuration and
+# scripts from there (``~/.nmap``), so no run may see the daemon's or another run's.
+MINIMAL_ENV: Mapping[str, str] = MappingProxyType({"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"})
 
 
 @dataclass(frozen=True)
@@ -82,7 +68,8 @@ class RunRequest:
     """What to run and within which bounds.
 
     ``env`` adds to (or overrides) `MINIMAL_ENV`; it never brings back the
-    daemon's environment. ``cwd`` defaults to the private ``HOME``.
+    daemon's environment, and never sets ``HOME``: that is the run's own
+    directory, also its working directory unless ``cwd`` names another.
     """
 
     argv: Sequence[str]
@@ -105,6 +92,8 @@ class RunRequest:
             raise ValueError("output caps must not be negative")
         if self.kill_grace_sec < 0:
             raise ValueError("kill_grace_sec must not be negative")
+        if self.env is not None and "HOME" in self.env:
+            raise ValueError("HOME is the run's own directory and cannot be set")
 
 
 @dataclass(frozen=True)
@@ -183,6 +172,8 @@ class ProcessRun:
         self._ran = False
         self._started_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
+        self._home: str | None = None  # the run's HOME and working directory, until removed
+        self._processes: RunProcesses | None = None
         self._not_run: RunResult | None = None  # why there is no process: cancelled first, or the spawn failed
         self._wake_r: int | None = None
         self._wake_w: int | None = None
@@ -217,11 +208,10 @@ class ProcessRun:
             if self._cancelled:
                 self._not_run = _not_run(self._started_at, cancelled=True)
                 return
-            env = dict(MINIMAL_ENV)
-            if request.env:
-                env.update(request.env)
             wake: tuple[int, int] | None = None
             try:
+                self._home = tempfile.mkdtemp(prefix="labrecon-run-")
+                env = {**MINIMAL_ENV, **(request.env or {}), "HOME": self._home}
                 wake = os.pipe()
                 self._proc = subprocess.Popen(
                     request.argv,
@@ -232,15 +222,19 @@ class ProcessRun:
                     close_fds=True,
                     start_new_session=True,
                     env=env,
-                    cwd=request.cwd or MINIMAL_ENV["HOME"],
+                    cwd=request.cwd or self._home,
                 )
             except Exception as exc:  # whatever failed, no process exists: the run ends as a spawn error
                 for fd in wake or ():
                     os.close(fd)
                 self._not_run = _not_run(self._started_at, spawn_error=str(exc) or type(exc).__name__)
+                if self._home is not None:
+                    _remove_directory(self._home)
+                    self._home = None
                 return
             self._wake_r, self._wake_w = wake
             self.pid = self._proc.pid
+            self._processes = RunProcesses(self._proc.pid, self._home)
 
     def run(self) -> RunResult:
         """Spawn (unless that happened already), supervise to the end, reap; returns how the run ended."""
@@ -252,11 +246,12 @@ class ProcessRun:
         if self._proc is None:
             assert self._not_run is not None
             return self._not_run
-        assert self._wake_r is not None
+        assert self._wake_r is not None and self._processes is not None
         try:
-            return self._supervise(self._proc, self._started_at, self._wake_r)
+            return self._supervise(self._proc, self._processes, self._started_at, self._wake_r)
         finally:
             self._close_wake_pipe()
+            self._remove_home()
 
     def abandon(self) -> None:
         """End a spawned run that no runner will supervise: kill its process group at once and reap it.
@@ -266,9 +261,11 @@ class ProcessRun:
         """
         with self._lock:
             self._ran = True
-            proc = self._proc
-        if proc is not None:
+            proc, processes = self._proc, self._processes
+        if proc is not None and processes is not None:
+            processes.observe()
             _signal_group(proc.pid, signal.SIGKILL)  # before the reap, while the group id is still ours
+            processes.end(AFTER_KILL_WAIT_SEC)
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
                     pipe.close()
@@ -277,6 +274,7 @@ class ProcessRun:
             except subprocess.TimeoutExpired:
                 _log.warning("process %d did not exit after SIGKILL", proc.pid)
         self._close_wake_pipe()
+        self._remove_home()
 
     def _close_wake_pipe(self) -> None:
         with self._lock:
@@ -286,7 +284,15 @@ class ProcessRun:
             if fd is not None:
                 os.close(fd)
 
-    def _supervise(self, proc: subprocess.Popen[bytes], started: float, wake_r: int) -> RunResult:
+    def _remove_home(self) -> None:
+        with self._lock:
+            home, self._home = self._home, None
+        if home is not None:
+            _remove_directory(home)
+
+    def _supervise(
+        self, proc: subprocess.Popen[bytes], processes: RunProcesses, started: float, wake_r: int
+    ) -> RunResult:
         request = self.request
         assert proc.stdout is not None and proc.stderr is not None
         out = _Capture(proc.stdout.fileno(), request.stdout_cap)
@@ -334,6 +340,8 @@ class ProcessRun:
                 if not stopping:
                     timed_out = not cancelled and not leader_exited and now >= deadline
                     if cancelled or timed_out or (drain_until is not None and now >= drain_until):
+                        if not leader_exited:
+                            processes.observe()  # while the leader lives, what it started still descends from it
                         kill_at = self._terminate(proc.pid)
                         stopping = True
                 if kill_at is not None and now >= kill_at:
@@ -343,9 +351,13 @@ class ProcessRun:
                 if give_up_at is not None and now >= give_up_at:
                     break
         finally:
-            # Whatever of the group is still alive dies with the run. The
-            # leader is not reaped yet, so its group id still means this group.
+            # Whatever of the group is still alive dies with the run, and so
+            # does what left it. The leader is not reaped yet, so its pid and
+            # group id still mean this run.
+            if not leader_exited:
+                processes.observe()
             _signal_group(proc.pid, signal.SIGKILL)
+            processes.end(AFTER_KILL_WAIT_SEC)
             for capture in streams.values():
                 self._deliver(capture.partial)
             proc.stdout.close()
@@ -418,6 +430,12 @@ def _not_run(started: float, *, cancelled: bool = False, spawn_error: str | None
         spawn_error=spawn_error,
         pid=None,
     )
+
+
+def _remove_directory(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        _log.warning("could not remove the run directory %s", path)
 
 
 def _signal_group(pgid: int, signum: int) -> None:

@@ -12,6 +12,9 @@ process. What is accepted is handed to the tool's actor with a one-shot
 reply, and the caller waits on that reply in whatever way suits it — a
 blocking future from any thread, or an asyncio future that never blocks the
 loop.
+
+A runtime changes nothing process-wide unless told it owns the process
+(`Runtime.start(..., owns_process=True)`, as ``labrecon serve`` does): see `start`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from actors.api import ProgressSink, ToolInfo, UnknownTool
+from actors.containment import end_leftovers, set_subreaper
 from actors.policy import Resolver, TargetPolicy
 from actors.prepare import PreparedCall, prepare_call
 from actors.reply import AsyncReply, Reply, ThreadReply
@@ -43,8 +47,9 @@ class RuntimeStopped(RuntimeError):
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, resolver: Resolver | None = None) -> None:
+    def __init__(self, settings: Settings, *, resolver: Resolver | None = None, owns_process: bool = False) -> None:
         self.settings = settings
+        self.owns_process = owns_process and set_subreaper(True)
         self.policy = TargetPolicy(settings.policy, resolver=resolver)
         self.specs = {
             name: TOOL_SPECS[name] for name, tool_settings in settings.tools.items() if tool_settings.enabled
@@ -69,9 +74,17 @@ class Runtime:
         config: Settings | Mapping[str, Any] | str | Path | None = None,
         *,
         resolver: Resolver | None = None,
+        owns_process: bool = False,
     ) -> Runtime:
-        """Start from a Settings object, a dict shaped like the TOML file, or a path to one."""
-        return cls(settings_from(config), resolver=resolver)
+        """Start from a Settings object, a dict shaped like the TOML file, or a path to one.
+
+        Every run ends the processes it can trace: its group, and what
+        descends from its tool. A process a tool detaches by forking twice is
+        re-parented away and traced only when this process is a child
+        subreaper. With `owns_process` (this process runs nothing else) the
+        runtime makes it one (Linux), and `stop` ends every child process left.
+        """
+        return cls(settings_from(config), resolver=resolver, owns_process=owns_process)
 
     def stop(self, grace: float = 10.0) -> None:
         """Admit nothing new, let running calls finish within `grace` seconds, then end them.
@@ -83,6 +96,8 @@ class Runtime:
             if not self._stopped:
                 self._stopped = True
                 self.supervisor.shutdown(grace)
+                if self.owns_process:
+                    end_leftovers()  # whatever got past the runs, zombies included
                 if self.audit is not None:
                     self.audit.close()
 

@@ -1,5 +1,6 @@
 import pytest
 
+from actors.containment import is_subreaper, set_subreaper
 from tests.runtimes import fake_runtime
 
 
@@ -16,3 +17,12 @@ def make_runtime(tmp_path):
     yield make
     for context in reversed(contexts):
         context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def subreaper():
+    """This test process as `labrecon serve` runs: a child subreaper, so what a tool detaches comes back to it."""
+    before = is_subreaper()
+    assert set_subreaper(True)
+    yield
+    set_subreaper(before)

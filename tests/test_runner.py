@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import stat
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from actors.containment import is_subreaper, set_subreaper
 from actors.runner import MAX_LINE_BYTES, MINIMAL_ENV, ProcessRun, RunRequest, RunResult
 from tests.fakes.install import install_fake, read_calls
 from tests.helpers import process_alive, wait_until
@@ -102,26 +103,74 @@ def test_stdin_is_empty(tmp_path):
     assert result.returncode == 0 and result.stdout == b"" and not result.timed_out
 
 
+def environment(result: RunResult) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in result.stdout.decode().splitlines())
+
+
 def test_the_environment_is_minimal(monkeypatch):
     monkeypatch.setenv("LABRECON_SECRET_TOKEN", "do-not-leak")
-    result = run(["/usr/bin/env"])
-    env = dict(line.split("=", 1) for line in result.stdout.decode().splitlines())
-    assert env == dict(MINIMAL_ENV)
+    env = environment(run(["/usr/bin/env"]))
     assert set(env) == {"PATH", "LANG", "HOME"}
-    home = Path(env["HOME"])
-    assert home.is_dir() and stat.S_IMODE(home.stat().st_mode) == 0o700
-    assert str(home) != os.environ.get("HOME")
+    assert {key: env[key] for key in MINIMAL_ENV} == dict(MINIMAL_ENV)
+    assert env["HOME"] != os.environ.get("HOME")
 
 
 def test_extra_variables_add_to_the_minimal_environment():
-    result = run(["/usr/bin/env"], env={"NMAPDIR": "/opt/nmap"})
-    env = dict(line.split("=", 1) for line in result.stdout.decode().splitlines())
-    assert env == {**MINIMAL_ENV, "NMAPDIR": "/opt/nmap"}
+    env = environment(run(["/usr/bin/env"], env={"NMAPDIR": "/opt/nmap"}))
+    assert env == {**MINIMAL_ENV, "NMAPDIR": "/opt/nmap", "HOME": env["HOME"]}
 
 
-def test_the_working_directory_is_private_unless_given(tmp_path):
-    assert run(["/bin/pwd"]).stdout.decode().strip() == MINIMAL_ENV["HOME"]
-    assert run(["/bin/pwd"], cwd=str(tmp_path)).stdout.decode().strip() == str(tmp_path)
+def test_each_run_gets_its_own_empty_home_and_working_directory(tmp_path):
+    planter = script(
+        tmp_path,
+        'echo "$HOME"; pwd; stat -c %a .; ls -A\n'
+        'mkdir "$HOME/.nmap" && echo "planted" > "$HOME/.nmap/script.nse" && echo "left" > here\n',
+    )
+    first, second = (run([planter]).stdout.decode().splitlines() for _ in range(2))
+    home, cwd, mode, *listing = first
+    assert cwd == home and home != os.environ.get("HOME")
+    assert mode == "700" and listing == []
+    assert second[0] != home and second[3:] == []  # nothing the first run left is there for the second
+    assert not Path(home).exists() and not Path(second[0]).exists()
+
+
+def test_a_given_working_directory_keeps_home_private(tmp_path):
+    lines = run(["/bin/sh", "-c", 'pwd; echo "$HOME"'], cwd=str(tmp_path)).stdout.decode().splitlines()
+    assert lines[0] == str(tmp_path) and lines[1] != str(tmp_path)
+    assert not Path(lines[1]).exists()
+
+
+def test_the_run_directory_goes_with_a_timed_out_run(tmp_path):
+    program = script(tmp_path, 'echo "$HOME"; touch "$HOME/file"; exec sleep 60\n')
+    result = run([program], timeout_sec=READY_SEC)
+    assert result.timed_out
+    assert not Path(result.stdout.decode().strip()).exists()
+
+
+def test_the_run_directory_goes_with_a_cancelled_run(tmp_path):
+    program = script(tmp_path, 'echo "$HOME"; touch "$HOME/file"; exec sleep 60\n')
+    homes: list[str] = []
+
+    def on_line(line: str) -> None:
+        homes.append(line)
+        process_run.cancel()
+
+    process_run = ProcessRun(RunRequest([program], timeout_sec=60), on_line=on_line)
+    result = process_run.run()
+    assert result.cancelled and homes
+    assert not Path(homes[0]).exists()
+
+
+def test_a_run_that_never_starts_leaves_no_directory(tmp_path, monkeypatch):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    assert run([tmp_path / "no-such-scanner"]).spawn_error
+    cancelled = ProcessRun(RunRequest(["/bin/true"], timeout_sec=5))
+    cancelled.cancel()
+    assert cancelled.run().cancelled
+    assert run(["/bin/true"]).returncode == 0
+    assert list(temporary.iterdir()) == []
 
 
 def test_the_program_leads_its_own_session_and_group():
@@ -173,6 +222,7 @@ def test_an_argument_with_a_nul_byte_is_a_spawn_error():
         ({"argv": ["/bin/true"], "timeout_sec": 0}, ValueError),
         ({"argv": ["/bin/true"], "timeout_sec": 1, "stdout_cap": -1}, ValueError),
         ({"argv": ["/bin/true"], "timeout_sec": 1, "kill_grace_sec": -1}, ValueError),
+        ({"argv": ["/bin/true"], "timeout_sec": 1, "env": {"HOME": "/root"}}, ValueError),
     ],
 )
 def test_requests_that_cannot_describe_a_run_are_refused(kwargs, error):
@@ -420,6 +470,68 @@ def test_every_process_is_reaped_and_no_descriptor_leaks(tmp_path):
     assert len(os.listdir("/proc/self/fd")) == fds_before
     children = {child.pid for child in psutil.Process().children(recursive=True)}
     assert not children & set(pids)  # not even as zombies
+
+
+# --------------------------------------------------------------------------- processes that leave the group
+
+
+def our_children() -> set[int]:
+    return {child.pid for child in psutil.Process().children()}
+
+
+def test_a_process_detached_from_a_timed_out_run_is_killed_and_reaped(tmp_path, subreaper, exit_watch):
+    nmap = install_fake(tmp_path, "nmap", mode="detach")
+    result = run([nmap, "10.0.0.5"], timeout_sec=READY_SEC)
+    assert result.timed_out
+    (call,) = read_calls(nmap)
+    assert not process_alive(call["detached_pid"])  # ended by the run, not eventually
+    assert call["detached_pid"] not in our_children()  # and reaped: not even a zombie
+
+
+def test_a_process_detached_from_a_run_that_ended_by_itself_is_killed(tmp_path, subreaper, exit_watch):
+    nmap = install_fake(tmp_path, "nmap", mode="detach", parent_exits=True)
+    result = run([nmap, "-oX", "-", "10.0.0.5"], timeout_sec=30)
+    assert result.returncode == 0 and result.stdout.endswith(b"</nmaprun>\n")
+    (call,) = read_calls(nmap)
+    assert not process_alive(call["detached_pid"])
+    assert call["detached_pid"] not in our_children()
+
+
+def test_a_process_detached_from_a_cancelled_run_is_killed(tmp_path, subreaper):
+    nmap = install_fake(tmp_path, "nmap", mode="detach")
+    process_run = ProcessRun(RunRequest([str(nmap), "10.0.0.5"], timeout_sec=60))
+    thread, results = run_in_thread(process_run)
+    (call,) = wait_until(lambda: read_calls(nmap), what="the fake to start")
+    assert process_alive(call["detached_pid"])
+    process_run.cancel()
+    thread.join(10)
+    assert results[0].cancelled
+    assert not process_alive(call["detached_pid"])
+
+
+def test_an_abandoned_run_kills_what_it_detached(tmp_path, subreaper):
+    nmap = install_fake(tmp_path, "nmap", mode="detach")
+    process_run = ProcessRun(RunRequest([str(nmap), "10.0.0.5"], timeout_sec=60))
+    process_run.spawn()
+    (call,) = wait_until(lambda: read_calls(nmap), what="the fake to start")
+    process_run.abandon()
+    assert not process_alive(call["detached_pid"])
+    assert call["detached_pid"] not in our_children()
+
+
+def test_a_detached_process_still_under_the_leader_is_killed_without_a_subreaper(tmp_path):
+    assert not is_subreaper()
+    nmap = install_fake(tmp_path, "nmap", mode="detach", detach_child_stays=True)
+    result = run([nmap, "10.0.0.5"], timeout_sec=READY_SEC)
+    assert result.timed_out
+    (call,) = read_calls(nmap)
+    assert not process_alive(call["child_pid"]) and not process_alive(call["detached_pid"])
+
+
+def test_the_subreaper_is_linux_only_and_says_so_elsewhere(monkeypatch, caplog):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert set_subreaper(True) is False
+    assert "subreaper" in caplog.text
 
 
 # --------------------------------------------------------------------------- cancel

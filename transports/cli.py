@@ -83,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from transports.daemon import with_http_options
 
         settings = with_http_options(settings, ops_socket=args.ops_socket)
-    runtime = Runtime.start(settings)
+    runtime = Runtime.start(settings, owns_process=True)
     ops = None
     try:
         ops = serve_ops_socket(runtime, settings)

@@ -331,7 +331,7 @@ def run_http_daemon(
     """`labrecon serve --transport sse|http`: refuse an unsafe bind, start the runtime, serve."""
     settings = with_http_options(settings, host=host, port=port, ops_socket=ops_socket)
     require_token_for(settings.http.host, settings.auth.token)  # before any actor or process starts
-    runtime = Runtime.start(settings)
+    runtime = Runtime.start(settings, owns_process=True)
     try:
         status = serve_http(runtime, settings, grace=grace)
     except ServerStartError as exc:

@@ -21,6 +21,13 @@ Modes (``"mode"`` in the scenario, default ``"ok"``):
   as ``child_pid``; with ``parent_exits`` the parent prints its output and
   exits while the child keeps the pipes open, with ``child_closes_pipes`` the
   child lets go of stdout and stderr first;
+- ``detach``: start a process that leaves the group the way a daemon does
+  (fork, ``setsid``, fork again, stdio on ``/dev/null``) and waits forever,
+  recorded as ``detached_pid``; the process in between exits at once, so the
+  detached one is re-parented, unless ``detach_child_stays`` (then it waits
+  too, recorded as ``child_pid``). With ``detached_unmarked`` the detached
+  process drops the environment it was given. Then the fake hangs, or with
+  ``parent_exits`` prints its output and exits;
 - ``flood``: write ``flood_bytes`` (default 200 MB) to ``flood_stream``
   (``stdout`` or ``stderr``) and exit 0;
 - ``crash``: print part of the output, then die of ``signal`` (default SIGSEGV).
@@ -305,6 +312,15 @@ def main(tool_class: Callable[[list[str], dict], Tool]) -> None:
             finish(0)
         _wait_forever()
 
+    if mode == "detach":
+        detached, child = _detach(scenario)
+        record("start", detached_pid=detached, child_pid=child, **start)
+        _emit(tool.opening())
+        if scenario.get("parent_exits"):
+            _emit(tool.results() + tool.closing())
+            finish(0)
+        _wait_forever()
+
     record("start", **start)
     if mode == "fail":
         _emit([(ERR, scenario.get("stderr", tool.failure()))])
@@ -365,6 +381,41 @@ def _flood(fd: int, total: int) -> None:
     while total > 0:
         _write(fd, chunk[:total])
         total -= len(chunk)
+
+
+def _detach(scenario: dict) -> tuple[int, int | None]:
+    """Fork, ``setsid``, fork again: the grandchild leads no group of ours. Returns its pid and the middle one's."""
+    readable, writable = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(readable)
+            os.setsid()
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.close(writable)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, OUT, ERR):
+                    os.dup2(devnull, fd)
+                if scenario.get("detached_unmarked"):
+                    os.execve(sys.executable, [sys.executable, "-c", WAIT_FOREVER], {})
+                _wait_forever()
+            os.write(writable, str(grandchild).encode())
+            os.close(writable)
+            if scenario.get("detach_child_stays"):
+                _wait_forever()
+        finally:
+            os._exit(0)
+    os.close(writable)
+    with os.fdopen(readable, "rb") as pipe:
+        detached = int(pipe.read())
+    if scenario.get("detach_child_stays"):
+        return detached, child
+    os.waitpid(child, 0)
+    return detached, None
+
+
+WAIT_FOREVER = "import signal\nwhile True: signal.pause()"
 
 
 def _wait_forever() -> None:

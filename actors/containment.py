@@ -1,0 +1,175 @@
+"""Every process a run starts ends with the run, also one that left the run's process group.
+
+A tool may detach a process (``setsid``, a double fork) that the group signal
+then misses. So a run also kills what descends from its leader when it stops,
+and whatever the kernel re-parented to this process (a child subreaper) still
+carrying the run's mark, its private ``HOME``; it reaps what is its child. What
+got past that (a process that dropped the mark) the process's owner ends at exit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+import psutil
+
+__all__ = ["RunProcesses", "end_leftovers", "is_subreaper", "set_subreaper"]
+
+_log = logging.getLogger(__name__)
+
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+# How often a sweep looks again whether what it killed has gone.
+_SETTLE_POLL_SEC = 0.005
+
+
+def set_subreaper(enabled: bool) -> bool:
+    """Have orphaned descendants of this process re-parent to it instead of init (Linux); True if that holds now.
+
+    Elsewhere nothing changes, and a warning says what that costs. A subreaper
+    must reap what it inherits: `RunProcesses.end` and `end_leftovers` do.
+    """
+    if not sys.platform.startswith("linux"):
+        _log.warning("no child subreaper on %s: a process a tool detaches may outlive its run", sys.platform)
+        return False
+    try:
+        _prctl(_PR_SET_CHILD_SUBREAPER, int(enabled))
+    except OSError as exc:
+        _log.warning("could not become a child subreaper (%s): a process a tool detaches may outlive its run", exc)
+        return False
+    return True
+
+
+def is_subreaper() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    flag = ctypes.c_int(0)
+    _prctl(_PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag))
+    return bool(flag.value)
+
+
+def _prctl(option: int, argument: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, ctypes.c_ulong(argument), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+class RunProcesses:
+    """The processes of one run besides its leader, for the run's own thread.
+
+    `observe` notes the leader's descendants; call it only while the leader is
+    unreaped (its pid is then still its own). `end` kills what was noted and
+    what comes back marked with the run's ``home``, and reaps what is ours.
+    """
+
+    def __init__(self, leader_pid: int, home: str) -> None:
+        self.leader_pid = leader_pid
+        self.home = home
+        self._seen: dict[int, psutil.Process] = {}
+
+    def observe(self) -> None:
+        try:
+            descendants = psutil.Process(self.leader_pid).children(recursive=True)
+        except psutil.Error:
+            return
+        for process in descendants:
+            self._seen.setdefault(process.pid, process)
+
+    def end(self, timeout: float) -> list[int]:
+        """Kill every process of the run but the leader and wait until each is reaped or gone; returns their pids."""
+        return _end(self._find, timeout)
+
+    def _find(self) -> list[psutil.Process]:
+        marked = [child for child in _children() if child.pid != self.leader_pid and _home_of(child) == self.home]
+        return _with_descendants([*self._seen.values(), *marked])
+
+
+def end_leftovers(timeout: float = 1.0) -> list[int]:
+    """Kill every process still descending from this one and reap this one's children, zombies included.
+
+    For the owner of the whole process, once no run is left (``labrecon serve``
+    at exit): an embedding program's own children would go too.
+    """
+    ended = _end(lambda: psutil.Process().children(recursive=True), timeout)
+    if ended:
+        _log.warning("ended %d processes the runs left behind: %s", len(ended), ended)
+    return ended
+
+
+def _end(find: Callable[[], list[psutil.Process]], timeout: float) -> list[int]:
+    """SIGKILL what `find` returns, again until it finds nothing new, then wait until all of it is reaped or gone."""
+    deadline = time.monotonic() + timeout
+    killed: dict[int, psutil.Process] = {}
+    while True:
+        new = [process for process in find() if process.pid not in killed]
+        for process in new:
+            _kill(process)
+            killed[process.pid] = process
+        waiting = [process for process in killed.values() if not _finished(process, killed)]
+        if not new and not waiting:
+            return sorted(killed)
+        if time.monotonic() >= deadline:
+            _log.warning("processes %s were still there %.1fs after SIGKILL", [p.pid for p in waiting], timeout)
+            return sorted(killed)
+        time.sleep(_SETTLE_POLL_SEC)
+
+
+def _children() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children()
+    except psutil.Error:
+        return []
+
+
+def _home_of(process: psutil.Process) -> str | None:
+    """The ``HOME`` a process was started with; None if unreadable (a zombie, another user's)."""
+    try:
+        return process.environ().get("HOME")
+    except psutil.Error:
+        return None
+
+
+def _with_descendants(roots: Iterable[psutil.Process]) -> list[psutil.Process]:
+    found: dict[int, psutil.Process] = {}
+    for root in roots:
+        found.setdefault(root.pid, root)
+        try:
+            if root.is_running():  # its pid is still its own: what lists it as parent descends from it
+                for process in root.children(recursive=True):
+                    found.setdefault(process.pid, process)
+        except psutil.Error:
+            pass
+    return list(found.values())
+
+
+def _kill(process: psutil.Process) -> None:
+    try:
+        if process.is_running():
+            process.kill()
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.AccessDenied:
+        _log.warning("not permitted to kill process %d", process.pid)
+
+
+def _finished(process: psutil.Process, killed: dict[int, psutil.Process]) -> bool:
+    """Whether `process` is reaped now, or gone, or a zombie that someone outside this sweep will reap."""
+    try:
+        if not process.is_running():
+            return True
+        parent = process.ppid()
+        if parent == os.getpid():
+            # Our child: nobody else can reap it, so its pid is still its own.
+            return os.waitpid(process.pid, os.WNOHANG)[0] != 0
+        # A zombie whose parent is being killed too is re-parented, maybe to us: wait for that.
+        return process.status() == psutil.STATUS_ZOMBIE and parent not in killed
+    except (psutil.NoSuchProcess, ChildProcessError):
+        return True
+    except psutil.AccessDenied:
+        return False
