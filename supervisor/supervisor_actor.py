@@ -18,7 +18,6 @@ import pykka
 
 from actors.breaker import BreakerState
 from actors.events import ActorCrashed, ActorStarted, BreakerChanged, CallFinished, CallQueued, CallStarted
-from actors.inbox import DeferringInbox
 from actors.results import CallOutcome
 from actors.tool import Call, ForceBreaker, outcome_label
 from supervisor.config import Settings
@@ -45,15 +44,8 @@ from supervisor.version import VERSION
 
 logger = logging.getLogger(__name__)
 
-# Events that only update the ledger: they wait in the inbox for the next message that wakes the supervisor.
-_BOOKKEEPING = (CallQueued, CallStarted, CallFinished, Refused)
-
 
 class SupervisorActor(pykka.ThreadingActor):
-    @staticmethod
-    def _create_actor_inbox() -> Any:
-        return DeferringInbox(lambda message: isinstance(message, _BOOKKEEPING))
-
     def __init__(
         self,
         settings: Settings,
