@@ -1,4 +1,4 @@
-"""Prometheus metrics for one runtime, fed only by the supervisor's event stream.
+"""Prometheus metrics for one runtime: a projection of the call ledger, updated as it changes.
 
 Each runtime owns its registry (never the process-global one), so two
 embedded runtimes, or a test's runtime beside the daemon's, never mix their
@@ -9,7 +9,6 @@ histogram's buckets span 10 ms to an hour because a scan can be either.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -20,10 +19,11 @@ from actors.results import ErrorType
 OUTCOMES = ("ok", *(e.value for e in ErrorType))
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 RESTART_REASONS = ("crash", "hang", "operator")
-RESERVOIR = 1024  # recent durations kept per tool for p50/p95
 
 
 class Metrics:
+    """The ledger's observer (`supervisor.ledger.LedgerObserver`): it counts nothing of its own."""
+
     def __init__(self, tools: Iterable[str], version: str) -> None:
         tools = list(tools)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -49,15 +49,11 @@ class Metrics:
         )
         self.tool_up = Gauge("labrecon_tool_up", "1 when the tool's actor is serving, 0 when restarting or failed.", ["tool"], registry=r)
         Info("labrecon_build", "labrecon build information.", registry=r).info({"version": version})
-        self._recent: dict[str, deque[float]] = {}
-        self._restarts: dict[str, deque[float]] = {}
         # Children looked up once: every call touches these, and labels() takes a lock each time.
         self._call_counters = {tool: {o: self.calls.labels(tool, o) for o in OUTCOMES} for tool in tools}
         self._durations = {tool: self.duration.labels(tool) for tool in tools}
         self._load_gauges = {tool: (self.in_flight.labels(tool), self.queue_depth.labels(tool)) for tool in tools}
         for tool in tools:
-            self._recent[tool] = deque(maxlen=RESERVOIR)
-            self._restarts[tool] = deque(maxlen=RESERVOIR)
             for outcome in OUTCOMES:
                 self.calls.labels(tool, outcome)
             for reason in RESTART_REASONS:
@@ -65,41 +61,31 @@ class Metrics:
             self.in_flight.labels(tool).set(0)
             self.queue_depth.labels(tool).set(0)
             self.tool_up.labels(tool).set(1)
-            self.set_breaker(tool, BreakerState.CLOSED.value)
+            self.breaker_changed(tool, BreakerState.CLOSED.value)
 
-    def call_finished(self, tool: str, outcome: str, duration_sec: float, ran: bool) -> None:
+    def call_counted(self, tool: str, outcome: str, duration_sec: float, ran: bool) -> None:
         self._call_counters[tool][outcome].inc()
         if ran:
             self._durations[tool].observe(duration_sec)
-            self._recent[tool].append(duration_sec)
 
-    def set_load(self, tool: str, *, in_flight: int, queued: int) -> None:
+    def load_changed(self, tool: str, *, in_flight: int, queued: int) -> None:
         in_flight_gauge, queued_gauge = self._load_gauges[tool]
         in_flight_gauge.set(in_flight)
         queued_gauge.set(queued)
 
-    def set_breaker(self, tool: str, state: str) -> None:
+    def breaker_changed(self, tool: str, state: str) -> None:
         for s in BreakerState:
             self.breaker.labels(tool, s.value).set(1 if s.value == state else 0)
 
-    def restart_finished(self, tool: str, seconds: float) -> None:
+    def serving_changed(self, tool: str, serving: bool) -> None:
+        self.tool_up.labels(tool).set(1 if serving else 0)
+
+    def restart_counted(self, tool: str, reason: str) -> None:
+        self.restarts.labels(tool, reason).inc()
+
+    def restart_timed(self, tool: str, seconds: float) -> None:
         self.restart_seconds.labels(tool).observe(seconds)
-        self._restarts[tool].append(seconds)
-
-    def percentiles(self, tool: str) -> tuple[float | None, float | None]:
-        values = sorted(self._recent.get(tool, ()))
-        if not values:
-            return None, None
-        return _nearest_rank(values, 0.50), _nearest_rank(values, 0.95)
-
-    def restart_percentile(self, tool: str, q: float) -> float | None:
-        values = sorted(self._restarts.get(tool, ()))
-        return _nearest_rank(values, q) if values else None
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
 
-
-def _nearest_rank(sorted_values: list[float], q: float) -> float:
-    index = max(0, min(len(sorted_values) - 1, int(round(q * len(sorted_values) + 0.5)) - 1))
-    return sorted_values[index]

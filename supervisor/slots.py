@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pykka
 
 from actors.breaker import CircuitBreaker
+from actors.reply import ThreadReply
+from actors.results import CallOutcome
 from actors.tool import Call, Submit
-from supervisor.restarts import RestartPolicy
+from supervisor.config import Settings
+from supervisor.restarts import RestartPolicy, RestartType
 
 SlotState = Literal["running", "restarting", "failed", "stopped"]
+
+Settle = Callable[[Call, CallOutcome], None]
+"""Answer a call the slot held, and count it, unless somebody answered it already."""
 
 
 @dataclass
@@ -54,12 +61,9 @@ class ToolSlot:
         self.retired = threading.Event()
         self.pending: dict[str, Call] = {}
         self.stash: deque[Call] = deque()
-        self.restarts = 0
-        self.last_restart_reason: str | None = None
         self.failed_reason: str | None = None
-        self.died_at: float | None = None  # when the last death was seen, until a successor serves
         self.restart_requested = False  # the next death is an operator's restart, not a crash
-        self.ping: Any = None
+        self.ping: ThreadReply[float] | None = None  # the last ping sent to the serving incarnation
         self.ping_sent_at = 0.0
 
     def route(self, call: Call, stash_limit: int) -> Refusal | None:
@@ -77,7 +81,12 @@ class ToolSlot:
 
     def _watch(self, call: Call) -> None:
         """Once a call is answered, it is no longer pending with any incarnation."""
-        call.reply.on_resolved(lambda _value, call_id=call.call_id: self._forget(call_id))
+        call_id = call.call_id
+
+        def forget(_outcome: CallOutcome) -> None:
+            self._forget(call_id)
+
+        call.reply.on_resolved(forget)
 
     def _hand_over(self, call: Call) -> None:
         self.pending[call.call_id] = call
@@ -157,17 +166,41 @@ class ToolSlot:
         (None, None) if the slot does not hold it.
         """
         with self.lock:
-            for call in self.stash:
-                if call.call_id == call_id:
-                    self.stash.remove(call)
-                    return call, None
-            call = self.pending.get(call_id)
-            if call is None:
+            for stashed in self.stash:
+                if stashed.call_id == call_id:
+                    self.stash.remove(stashed)
+                    return stashed, None
+            pending = self.pending.get(call_id)
+            if pending is None:
                 return None, None
-            call.cancel_requested = True  # if the incarnation dies first, the sweep answers it
+            pending.cancel_requested = True  # if the incarnation dies first, the sweep answers it
             return None, self.ref
 
     def set_state(self, state: SlotState, reason: str | None = None) -> None:
         with self.lock:
             self.state = state
             self.failed_reason = reason
+
+
+def build_slots(settings: Settings, specs: dict[str, Any], clock: Callable[[], float]) -> dict[str, ToolSlot]:
+    """One slot per tool, with its restart policy and the breaker every incarnation shares."""
+    sup = settings.supervisor
+    slots = {}
+    for name, spec in specs.items():
+        tool_settings = getattr(settings.tools, name)
+        policy = RestartPolicy(
+            restart_type=RestartType(tool_settings.restart),
+            max_restarts=sup.max_restarts,
+            window_sec=sup.restart_window_sec,
+            backoff_initial_sec=sup.backoff_initial_sec,
+            backoff_max_sec=sup.backoff_max_sec,
+            backoff_reset_sec=sup.backoff_reset_sec,
+        )
+        breaker = CircuitBreaker(tool_settings.breaker, clock=clock)
+        slots[name] = ToolSlot(name, spec, tool_settings, policy, breaker)
+    return slots
+
+
+def failed_message(tool: str, reason: str) -> str:
+    """What a call to a tool the supervisor gave up on is told."""
+    return f"{tool} is disabled ({reason}); an operator can reset it"

@@ -134,6 +134,14 @@ def test_metrics_and_status_match_a_known_workload(make_runtime):
     assert status.faults and status.faults[0]["fired"] == 1
 
 
+def test_the_supervisor_handles_an_event_as_it_arrives_without_waiting_for_another_message(make_runtime):
+    # No pings for an hour: only the refusal's own event is there to be handled.
+    runtime = make_runtime(supervisor={"ping_interval_sec": 3600})
+    assert runtime.call("nmap", {"target": "8.8.8.8"}).error_type is ErrorType.VALIDATION
+    wait_until(runtime.supervisor.ref.actor_inbox.empty, what="the refusal taken from the supervisor's inbox")
+    assert runtime.status().tools["nmap"].calls == {"validation": 1}
+
+
 def test_graceful_stop_lets_running_calls_finish(make_runtime, tmp_path):
     runtime = make_runtime(tools={"nmap": {"scenario": {"mode": "slow", "delay_sec": 0.5}}})
 

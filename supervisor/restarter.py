@@ -1,0 +1,222 @@
+"""Starting tool actors, seeing them die or hang, and restarting them — or giving up on them.
+
+Runs on the supervisor actor's thread only; its timers and its ticker just send that actor a message.
+A death is seen through the actor's crash report, a hang through a ping left unanswered past its
+deadline. What the dead incarnation held is answered or handed on (`ToolSlot.sweep`), and whether and
+when the tool comes back is the pure restart policy's decision (`supervisor.restarts`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from actors.breaker import BreakerState
+from actors.reply import ThreadReply
+from actors.results import ErrorType
+from actors.tool import Ping, Restart, ToolActor
+from supervisor.config import SupervisionSettings
+from supervisor.faults import FaultPlan
+from supervisor.ledger import CallLedger
+from supervisor.messages import StartChild, Tick
+from supervisor.slots import Settle, ToolSlot, failed_message
+
+_PAST = {"crash": "crashed", "hang": "hung", "operator": "was restarted by an operator"}
+
+
+class Restarter:
+    def __init__(
+        self,
+        slots: dict[str, ToolSlot],
+        settings: SupervisionSettings,
+        *,
+        parent: pykka.ActorRef[Any],
+        plan: FaultPlan,
+        ledger: CallLedger,
+        settle: Settle,
+        on_escalate: Callable[[str], None] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.slots = slots
+        self.settings = settings
+        self.parent = parent
+        self.plan = plan
+        self.ledger = ledger
+        self.settle = settle
+        self.on_escalate = on_escalate
+        self.clock = clock
+        self._timers: set[threading.Timer] = set()
+        self._ticker = Ticker(parent, settings.ping_interval_sec)
+
+    def start(self) -> None:
+        """Start every tool's first incarnation, and the pings that look for hangs."""
+        for slot in self.slots.values():
+            self.start_child(slot)
+        self._ticker.start()
+
+    def stop(self) -> None:
+        """Start nothing more: pending restarts and pings are called off."""
+        self._ticker.stop()
+        for timer in list(self._timers):
+            timer.cancel()
+        self._timers.clear()
+
+    # --- starting -------------------------------------------------------------------
+
+    def start_child(self, slot: ToolSlot) -> None:
+        incarnation = slot.incarnation + 1
+        retired = threading.Event()
+        ref = ToolActor.start(
+            slot.spec,
+            slot.settings,
+            parent=self.parent,
+            incarnation=incarnation,
+            breaker=slot.breaker,
+            faults=self.plan,
+            retired=retired,
+            clock=self.clock,
+        )
+        if slot.install(ref, incarnation, retired):
+            self.ledger.child_installed(slot.name)
+        else:
+            retired.set()  # stopped meanwhile: this incarnation never serves
+            ref.stop(block=False)
+
+    def child_reading(self, tool: str, incarnation: int, at: float) -> None:
+        """An incarnation reads its mailbox: if it is the current one, the tool's restart is over."""
+        if incarnation == self.slots[tool].incarnation:
+            self.ledger.child_reading(tool, at)
+
+    def backoff_over(self, tool: str, after_incarnation: int) -> None:
+        slot = self.slots[tool]
+        if slot.incarnation == after_incarnation and slot.state == "restarting":
+            self.start_child(slot)
+
+    # --- deaths ---------------------------------------------------------------------
+
+    def child_crashed(self, tool: str, incarnation: int, reason: str) -> None:
+        slot = self.slots[tool]
+        if slot.restart_requested:
+            self._child_died(slot, incarnation, "operator", "restart requested")
+        else:
+            self._child_died(slot, incarnation, "crash", reason)
+
+    def check_pings(self) -> None:
+        """Ping every serving incarnation; one that left the last ping unanswered too long has hung."""
+        now = self.clock()
+        for slot in self.slots.values():
+            if slot.state != "running" or slot.ref is None:
+                continue
+            if slot.ping is not None and not slot.ping.done:
+                waited = now - slot.ping_sent_at
+                if waited > self.settings.ping_deadline_sec:
+                    self._child_died(slot, slot.incarnation, "hang", f"no answer to a ping for {waited:.1f}s")
+                continue
+            slot.ping = ThreadReply()
+            slot.ping_sent_at = now
+            try:
+                slot.ref.tell(Ping(slot.ping))
+            except pykka.ActorDeadError:
+                pass  # its crash report is on the way
+
+    def _child_died(self, slot: ToolSlot, incarnation: int, kind: str, reason: str) -> None:
+        old = slot.ref
+        swept = slot.sweep(incarnation)
+        if swept is None:
+            return  # a report from an incarnation already replaced, or the runtime is stopping
+        slot.restart_requested = False
+        # A trial call lost with its actor must not leave the breaker waiting for it forever.
+        slot.breaker.record_neutral()
+        self.ledger.child_died(slot.name, kind, reason)
+        for call in swept.running:
+            message = f"{slot.name} {_PAST[kind]} while the call ran; retry it"
+            self.settle(call, call.failure(ErrorType.ACTOR_RESTARTED, message, retry_after_sec=0.0))
+        for call in swept.cancelled:
+            self.settle(call, call.failure(ErrorType.CANCELLED, "the call was cancelled"))
+        if kind == "hang" and old is not None:
+            old.stop(block=False)  # taken up if the hang ever ends; retired, it touches nothing
+        if kind == "operator":
+            self.start_child(slot)
+            return
+        decision = slot.policy.on_death(self.clock())
+        if decision.restart:
+            self._start_after(slot, decision.delay_sec)
+            return
+        self._give_up(slot, decision.reason or f"{slot.settings.restart} tools are not restarted")
+        if decision.intensity_exceeded and self.settings.on_intensity_exceeded == "escalate":
+            self._escalate(f"{slot.name}: {decision.reason}")
+
+    def _start_after(self, slot: ToolSlot, delay: float) -> None:
+        if delay <= 0:
+            self.start_child(slot)
+            return
+        message = StartChild(slot.name, slot.incarnation)
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            try:
+                self.parent.tell(message)
+            except pykka.ActorDeadError:
+                pass
+
+        timer = threading.Timer(delay, fire)
+        timer.daemon = True
+        self._timers.add(timer)
+        timer.start()
+
+    def _give_up(self, slot: ToolSlot, reason: str) -> None:
+        slot.set_state("failed", reason)
+        for call in slot.take_stash():
+            self.settle(call, call.failure(ErrorType.TOOL_FAILED, failed_message(slot.name, reason)))
+
+    def _escalate(self, reason: str) -> None:
+        """Hand the whole runtime's fate to its owner, on a thread of its own: it stops the supervisor."""
+        if self.on_escalate is not None:
+            threading.Thread(target=self.on_escalate, args=(reason,), name="labrecon-escalate", daemon=True).start()
+
+    # --- operators ------------------------------------------------------------------
+
+    def reset(self, slot: ToolSlot) -> str:
+        if slot.state != "failed":
+            return f"{slot.name} is {slot.state}, not failed; nothing to reset"
+        slot.policy.reset()
+        slot.breaker.force(BreakerState.CLOSED, "operator reset")
+        self.ledger.breaker_changed(slot.name, slot.breaker.state.value)
+        slot.set_state("restarting")
+        self.start_child(slot)
+        return f"{slot.name} reset and serving again"
+
+    def restart(self, slot: ToolSlot) -> str:
+        if slot.state != "running" or slot.ref is None:
+            return f"{slot.name} is {slot.state}; use reset for a failed tool"
+        # The actor is made to fail on its own thread, after what it is doing now,
+        # so the restart takes the crash path and no call is caught half-started.
+        slot.restart_requested = True
+        slot.ref.tell(Restart("restart requested by an operator"))
+        return f"{slot.name} restarting (incarnation {slot.incarnation} is being replaced)"
+
+
+class Ticker:
+    """A daemon thread that tells the supervisor `Tick` every `interval` seconds until stopped."""
+
+    def __init__(self, parent: pykka.ActorRef[Any], interval: float) -> None:
+        self._parent = parent
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="labrecon-supervisor-tick", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self._parent.tell(Tick())
+            except pykka.ActorDeadError:
+                return

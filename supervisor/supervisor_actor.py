@@ -1,0 +1,189 @@
+"""The supervisor actor: one thread that keeps the tool actors alive and answers for them.
+
+Every message — a tool actor's event, a tick, an operator's query — is handled here one at a time,
+so the restart bookkeeping (`Restarter`) and the numbers (`CallLedger`) have a single owner and need
+no locks. A call the supervisor answers itself is counted as it is answered, and only if that answer
+wins (`Call.settle`), so each call is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from actors.breaker import BreakerState
+from actors.events import ActorCrashed, ActorStarted, BreakerChanged, CallFinished, CallQueued, CallStarted
+from actors.results import CallOutcome
+from actors.tool import Call, ForceBreaker, outcome_label
+from supervisor.config import Settings
+from supervisor.faults import FaultPlan
+from supervisor.health import HealthChecker
+from supervisor.ledger import CallLedger
+from supervisor.messages import (
+    QUERIES,
+    BeginShutdown,
+    Control,
+    FinishShutdown,
+    GetMetrics,
+    GetStatus,
+    Refused,
+    StartChild,
+    Tick,
+)
+from supervisor.metrics import Metrics
+from supervisor.restarter import Restarter
+from supervisor.shutdown import answer_what_is_left, stop_serving
+from supervisor.slots import ToolSlot
+from supervisor.status import BreakerStatus, RuntimeInfo, Status, ToolStatus
+from supervisor.version import VERSION
+
+logger = logging.getLogger(__name__)
+
+
+class SupervisorActor(pykka.ThreadingActor):
+    def __init__(
+        self,
+        settings: Settings,
+        specs: dict[str, Any],
+        slots: dict[str, ToolSlot],
+        plan: FaultPlan,
+        health: HealthChecker,
+        *,
+        on_escalate: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.slots = slots
+        self.plan = plan
+        self.health = health
+        self.metrics = Metrics(specs, VERSION)
+        self.ledger = CallLedger(specs, clock=clock, observer=self.metrics)
+        self.restarter = Restarter(
+            slots,
+            settings.supervisor,
+            parent=self.actor_ref,
+            plan=plan,
+            ledger=self.ledger,
+            settle=self.settle,
+            on_escalate=on_escalate,
+            clock=clock,
+        )
+
+    def on_start(self) -> None:
+        self.restarter.start()
+
+    def on_stop(self) -> None:
+        self.restarter.stop()
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            return self._handle(message)
+        except Exception:
+            if isinstance(message, QUERIES):
+                raise  # the asker gets the exception; the supervisor carries on
+            # An event the supervisor cannot digest must not take supervision down with it.
+            logger.exception("supervisor could not handle %s", type(message).__name__)
+            return None
+
+    def _handle(self, message: Any) -> Any:
+        match message:
+            case CallQueued(tool, call_id):
+                self.ledger.call_queued(tool, call_id)
+            case CallStarted(tool, call_id):
+                self.ledger.call_started(tool, call_id)
+            case CallFinished(tool, call_id, outcome, duration, ran):
+                self.ledger.call_finished(tool, call_id, outcome, duration, ran)
+            case Refused(tool, outcome):
+                self.ledger.call_refused(tool, outcome)
+            case BreakerChanged(tool, _old, new, _reason):
+                self.ledger.breaker_changed(tool, new)
+            case ActorStarted(tool, incarnation, at):
+                self.restarter.child_reading(tool, incarnation, at)
+            case ActorCrashed(tool, incarnation, reason):
+                self.restarter.child_crashed(tool, incarnation, reason)
+            case StartChild(tool, after):
+                self.restarter.backoff_over(tool, after)
+            case Tick():
+                self.restarter.check_pings()
+            case Control(action, tool):
+                return self._control(action, self.slots[tool])
+            case GetStatus():
+                return self._status()
+            case GetMetrics():
+                return self.metrics.text()
+            case BeginShutdown():
+                self.restarter.stop()
+                return stop_serving(self.slots, self.settle)
+            case FinishShutdown():
+                answer_what_is_left(self.slots, self.settle)
+            case _:
+                raise TypeError(f"supervisor got an unknown message {message!r}")
+        return None
+
+    def settle(self, call: Call, outcome: CallOutcome) -> None:
+        """Answer a call an actor held, and count it, unless somebody answered it already."""
+        tool = call.prepared.tool
+
+        def count(answer: CallOutcome) -> None:
+            self.ledger.call_answered(tool, outcome_label(answer), call.admitted_at, call.started)
+
+        call.settle(outcome, count)
+
+    def _control(self, action: str, slot: ToolSlot) -> str:
+        if action == "reset":
+            return self.restarter.reset(slot)
+        if action == "restart":
+            return self.restarter.restart(slot)
+        if action in ("breaker_open", "breaker_closed"):
+            state = BreakerState.OPEN if action == "breaker_open" else BreakerState.CLOSED
+            if slot.state == "running" and slot.ref is not None:
+                slot.ref.tell(ForceBreaker(state))  # the actor owns the breaker while it serves
+            else:
+                slot.breaker.force(state, "operator")  # no actor serves: nobody else touches it
+                self.ledger.breaker_changed(slot.name, slot.breaker.state.value)
+            return f"{slot.name} breaker forced {state.value}"
+        raise ValueError(f"unknown control action {action!r}")
+
+    def _status(self) -> Status:
+        tools = {}
+        for name, slot in self.slots.items():
+            numbers = self.ledger.numbers(name)
+            breaker = slot.breaker
+            tools[name] = ToolStatus(
+                name=name,
+                state=slot.state,
+                incarnation=slot.incarnation,
+                restarts=numbers.restarts,
+                last_restart_reason=numbers.last_restart_reason,
+                failed_reason=slot.failed_reason,
+                breaker=BreakerStatus(
+                    state=breaker.state.value,
+                    consecutive_failures=breaker.consecutive_failures,
+                    retry_after_sec=breaker.retry_after(),
+                ),
+                in_flight=numbers.in_flight,
+                queued=numbers.queued,
+                stashed=len(slot.stash),
+                calls=numbers.calls,
+                p50_sec=numbers.p50_sec,
+                p95_sec=numbers.p95_sec,
+                restart_p50_sec=numbers.restart_p50_sec,
+                restart_p99_sec=numbers.restart_p99_sec,
+            )
+        return Status(
+            runtime=RuntimeInfo(
+                version=VERSION,
+                pid=os.getpid(),
+                uptime_sec=round(self.ledger.uptime_sec(), 3),
+                config_digest=self.settings.digest(),
+            ),
+            tools=tools,
+            faults=self.plan.list(),
+            health=self.health.evaluate(tools),
+        )
