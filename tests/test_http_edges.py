@@ -144,7 +144,8 @@ def test_the_session_table_is_bounded(served):
     _, daemon = served(http={"max_sessions": 2})
     with httpx.Client(base_url=daemon.url, timeout=10) as client:
         first = open_session(client, daemon.url)
-        with client.stream("GET", "/sse") as stream:
+        # Both sessions hold a stream, so neither may be closed to make room.
+        with client.stream("GET", "/sse") as stream, client.stream("GET", "/mcp", headers=session_headers(first)):
             _, replies = sse_session(stream)  # keep the iterator: dropping it would close the stream
             refused = client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)
             assert refused.status_code == 503 and refused.headers["retry-after"]
