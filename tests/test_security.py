@@ -167,13 +167,14 @@ def test_serve_beyond_loopback_behind_a_token_from_labrecon_token(tmp_path, caps
         stderr=log.open("wb"),
     )
     try:
-        wait_until(lambda: ops.exists() or process.poll() is not None, 20.0, what="the ops socket")
+        wait_until(lambda: ops.exists() or process.poll() is not None, 60.0, what="the ops socket")
         assert process.poll() is None, log.read_text()
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(ops)), base_url="http://labrecon") as client:
+        uds = httpx.HTTPTransport(uds=str(ops))
+        with httpx.Client(transport=uds, base_url="http://labrecon", timeout=30) as client:
             assert client.get("/status").status_code == 401
             assert client.get("/status", headers={"authorization": f"Bearer {token}"}).status_code == 200
         process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0, log.read_text()
+        assert process.wait(60) == 0, log.read_text()
     finally:
         if process.poll() is None:
             process.kill()
