@@ -99,6 +99,12 @@ class HttpSettings(Strict):
     allowed_hosts: tuple[str, ...] = ()
     max_sessions: int = Field(default=64, ge=1)
     session_idle_sec: float = Field(default=600.0, gt=0)
+    # A session that carried nothing but initialize goes this soon, so clients that vanish after it
+    # cannot fill the table; one with an open stream or a call in flight stays.
+    session_unused_sec: float = Field(default=30.0, gt=0)
+    # Sessions one client address may hold (IPv6: one /64). Loopback clients are not capped: every
+    # local agent connects from 127.0.0.1.
+    max_sessions_per_client: int = Field(default=16, ge=1)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
 

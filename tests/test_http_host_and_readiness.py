@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.http_support import running_daemon
+from tests.http_support import INITIALIZE, running_daemon
 
 TOKEN = "host-check-token-9c2f"
 
@@ -31,6 +31,23 @@ def test_a_rebound_host_cannot_open_a_legacy_sse_session(make_runtime):
         with client.stream("GET", "/sse", headers={**_foreign_host(daemon), "accept": "text/event-stream"}) as r:
             status = r.status_code
         assert status in (400, 403, 421), status
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["[::1].evil.com", "localhost:80@evil", "localhost:evil", "localhost:80:80", "localhost:", "::1", "[::1]evil"],
+)
+def test_a_host_that_only_starts_like_loopback_is_refused(make_runtime, host):
+    runtime = make_runtime()
+    with running_daemon(runtime) as daemon, httpx.Client(base_url=daemon.url, timeout=10) as client:
+        port = daemon.address.port
+        for loopback in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost"):
+            assert client.get("/status", headers={"host": loopback}).status_code == 200, loopback
+        refused = client.get("/status", headers={"host": host})
+        assert refused.status_code == 403 and refused.json()["error"] == "forbidden_host", refused.text
+        opened = client.post("/mcp", json=INITIALIZE, headers={"host": host, "accept": "application/json"})
+        assert opened.status_code == 403 and "mcp-session-id" not in opened.headers
+        assert daemon.mcp.counts()["http"] == 0
 
 
 def test_verbose_readiness_needs_the_token(make_runtime):

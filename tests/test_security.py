@@ -3,26 +3,42 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from ops_support import TOKEN, start_runtime
 from supervisor.config import ConfigError, load_settings
+from tests.fakes.install import install_fake
+from tests.helpers import wait_until
 from transports import security
+from transports.cli import main
 from transports.ops import build_ops_app
 from transports.security import (
+    MIN_TOKEN_LENGTH,
+    HostHeader,
     InsecureBind,
     SecurityMiddleware,
+    WeakToken,
     bearer_token,
+    host_allowed,
     is_loopback,
     origin_allowed,
+    parse_host_header,
     require_token_for,
     token_matches,
+    token_problem,
 )
 
 DEFAULT_ORIGINS = ("http://localhost", "http://127.0.0.1")
+STRONG_TOKEN = "Vd3q-strong-bind-token-8Kx2"
 
 
 # --- loopback and binding ------------------------------------------------------------------------
@@ -58,11 +74,112 @@ def test_the_refusal_is_a_config_error_so_the_cli_exits_2():
     assert issubclass(InsecureBind, ConfigError)
 
 
-def test_binding_beyond_loopback_with_a_token_and_loopback_without_are_fine():
-    require_token_for("0.0.0.0", SecretStr(TOKEN))
-    require_token_for("10.0.0.5", TOKEN)
+def test_binding_beyond_loopback_with_a_strong_token_and_loopback_without_are_fine():
+    require_token_for("0.0.0.0", SecretStr(STRONG_TOKEN))
+    require_token_for("10.0.0.5", STRONG_TOKEN)
     require_token_for("127.0.0.1", None)
     require_token_for("::1", None)
+    require_token_for("127.0.0.1", "short")  # on loopback any token is an extra lock, not the only one
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("x" * (MIN_TOKEN_LENGTH - 1), "shorter than 24 characters"),
+        ("changeme", "shorter than 24 characters"),
+        ("correct horse battery staple", "contains whitespace"),
+        ("a" * 30 + "\t", "contains whitespace"),
+        (" " + "a" * 30, "contains whitespace"),
+        ("a" * 15 + "\u00a0" + "b" * 15, "contains whitespace"),
+    ],
+)
+def test_a_weak_token_cannot_guard_a_bind_beyond_loopback(token, problem):
+    assert token_problem(token) is not None and problem in token_problem(token)
+    with pytest.raises(WeakToken) as caught:
+        require_token_for("0.0.0.0", SecretStr(token))
+    assert problem in str(caught.value) and "labrecon token" in str(caught.value)
+    assert token not in str(caught.value)
+    assert isinstance(caught.value, InsecureBind)
+
+
+def test_tokens_of_24_characters_without_whitespace_are_strong_enough():
+    assert token_problem("x" * MIN_TOKEN_LENGTH) is None
+    assert token_problem(STRONG_TOKEN) is None
+
+
+# --- tokens from the command line ------------------------------------------------------------------
+
+
+def test_labrecon_token_prints_a_fresh_strong_token_each_time(capsys):
+    printed = []
+    for _ in range(3):
+        assert main(["token"]) == 0
+        out = capsys.readouterr().out
+        assert out.endswith("\n") and out.count("\n") == 1
+        printed.append(out.strip())
+    assert len(set(printed)) == 3
+    for token in printed:
+        assert len(token) >= 40 and token_problem(token) is None
+        assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        require_token_for("0.0.0.0", token)
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [("short-lab-token", "shorter than 24 characters"), ("lab token with some spaces in it", "whitespace")],
+)
+def test_serve_beyond_loopback_behind_a_weak_token_exits_2_naming_the_problem(capsys, monkeypatch, token, problem):
+    monkeypatch.setattr("transports.logs.configure_logging", lambda *args, **kwargs: None)  # keep pytest's handlers
+    monkeypatch.setenv("LABRECON_AUTH__TOKEN", token)
+    assert main(["serve", "--transport", "http", "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "refuses to start" in err and "labrecon token" in err
+    assert token not in err
+
+
+def _can_unshare_network() -> bool:
+    try:
+        return subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare_network(), reason="needs a private network namespace (unshare -n)")
+def test_serve_beyond_loopback_behind_a_token_from_labrecon_token(tmp_path, capsys):
+    """All interfaces, but in a namespace whose only interface is loopback: nothing outside can be reached."""
+    assert main(["token"]) == 0
+    token = capsys.readouterr().out.strip()
+    config = tmp_path / "labrecon.toml"
+    lines = ["[policy]", "dns = false"]
+    for tool in ("nmap", "masscan", "gobuster"):
+        lines += [f"[tools.{tool}]", f'binary = "{install_fake(tmp_path / "bin", tool)}"']
+    config.write_text("\n".join(lines) + "\n")
+    ops = tmp_path / "ops.sock"
+    log = tmp_path / "stderr.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABRECON_")}
+    env["LABRECON_AUTH__TOKEN"] = token
+    process = subprocess.Popen(
+        ["unshare", "-n", sys.executable, "-m", "transports.cli", "serve", "--config", str(config),
+         "--transport", "http", "--host", "0.0.0.0", "--port", "0", "--ops-socket", str(ops), "--grace", "1"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    try:
+        wait_until(lambda: ops.exists() or process.poll() is not None, 60.0, what="the ops socket")
+        assert process.poll() is None, log.read_text()
+        uds = httpx.HTTPTransport(uds=str(ops))
+        with httpx.Client(transport=uds, base_url="http://labrecon", timeout=30) as client:
+            assert client.get("/status").status_code == 401
+            assert client.get("/status", headers={"authorization": f"Bearer {token}"}).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert token not in log.read_text()
 
 
 def test_the_refusal_never_contains_a_token():
@@ -265,21 +382,92 @@ def test_without_a_token_configured_only_the_origin_is_checked(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("header", "parsed"),
+    [
+        ("localhost", HostHeader("localhost", None)),
+        ("LOCALHOST:8765", HostHeader("localhost", 8765)),
+        ("localhost.:80", HostHeader("localhost.", 80)),
+        ("127.0.0.1:8765", HostHeader("127.0.0.1", 8765)),
+        ("[::1]", HostHeader("::1", None)),
+        ("[::1]:8765", HostHeader("::1", 8765)),
+        ("[::FFFF:127.0.0.1]:1", HostHeader("::ffff:127.0.0.1", 1)),
+        ("labrecon.lab.internal:65535", HostHeader("labrecon.lab.internal", 65535)),
+        ("my_host-1:0", HostHeader("my_host-1", 0)),
+        # Everything else is not a Host at all.
+        ("[::1].evil.com", None),
+        ("[::1]evil", None),
+        ("[::1]:80.evil.com", None),
+        ("localhost:80@evil", None),
+        ("user@localhost", None),
+        ("localhost:evil", None),
+        ("localhost:80:80", None),
+        ("localhost:", None),
+        ("localhost:65536", None),
+        ("localhost:123456", None),
+        ("localhost:-1", None),
+        ("localhost:+80", None),
+        ("::1", None),
+        ("::1:8765", None),
+        ("[::1", None),
+        ("::1]", None),
+        ("[]", None),
+        ("[localhost]", None),
+        ("[127.0.0.1]", None),
+        ("[fe80::1%25lo]:80", None),
+        ("[::1%lo]", None),
+        ("[:::1]", None),
+        ("localhost..", None),
+        (".localhost", None),
+        ("local host", None),
+        (" localhost", None),
+        ("localhost ", None),
+        ("localhost\t", None),
+        ("localhost/", None),
+        ("localhost/path", None),
+        ("localhost?x", None),
+        ("localhost#x", None),
+        ("localhost,evil.com", None),
+        ("http://localhost", None),
+        ("locaLHost\u212a", None),  # KELVIN SIGN lowercases to an ASCII k
+        ("l\u00f6calhost", None),
+        ("a" * 64 + ".lab", None),
+        (".".join(["a" * 63] * 4) + ".b", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_the_host_header_is_a_name_or_ip_literal_with_an_optional_port_and_nothing_else(header, parsed):
+    assert parse_host_header(header) == parsed
+
+
+@pytest.mark.parametrize(
     "host, allowed",
     [
         ("127.0.0.1:8765", True),
         ("localhost:8765", True),
         ("LOCALHOST", True),
+        ("localhost.", True),
         ("[::1]:8765", True),
+        ("[::ffff:127.0.0.1]:8765", True),
         ("127.9.9.9", True),
         ("labrecon.lab.internal:8765", True),  # listed in allowed_hosts
+        ("LABRECON.lab.internal", True),
+        ("[2001:db8::5]:8765", True),  # listed in allowed_hosts, with its brackets
         ("rebind.attacker.example:8765", False),
         ("127.0.0.1.attacker.example", False),
+        ("127.1", False),
+        ("0177.0.0.1", False),
+        ("[::1].evil.com", False),
+        ("localhost:80@evil", False),
+        ("localhost:evil", False),
+        ("localhost:80:80", False),
+        ("localhost:", False),
+        ("::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("labrecon.lab.internal:80@evil", False),
         ("", False),
         (None, False),
     ],
 )
 def test_host_allowed(host, allowed):
-    from transports.security import host_allowed
-
-    assert host_allowed(host, ("labrecon.lab.internal",)) is allowed
+    assert host_allowed(host, ("labrecon.lab.internal", "[2001:db8::5]")) is allowed

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
     check.set_defaults(handler=cmd_check)
 
+    token = sub.add_parser("token", help="print a fresh random bearer token for auth.token")
+    token.set_defaults(handler=cmd_token)
+
     ops_cli.register(sub)  # status, faults, tools: operating a running daemon
     return parser
 
@@ -95,6 +98,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if runtime.escalated.is_set():
         print(f"labrecon: stopped after escalation: {runtime.escalation_reason}", file=sys.stderr)
         return EXIT_ESCALATED
+    return EXIT_OK
+
+
+# --- token -------------------------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from transports.security import new_token
+
+    print(new_token())
     return EXIT_OK
 
 

@@ -106,7 +106,13 @@ def build_http_app(
     """SSE + Streamable HTTP + ops routes under the security middleware; `app.state.mcp` is the `McpHttp`."""
     http = settings.http
     dispatcher = dispatcher or McpDispatcher(runtime)
-    sessions = SessionTable(dispatcher, max_sessions=http.max_sessions, idle_sec=http.session_idle_sec)
+    sessions = SessionTable(
+        dispatcher,
+        max_sessions=http.max_sessions,
+        idle_sec=http.session_idle_sec,
+        unused_sec=http.session_unused_sec,
+        max_per_client=http.max_sessions_per_client,
+    )
     sse = LegacySseTransport(dispatcher, sessions, max_body_bytes=http.max_body_bytes, ping_sec=keepalive_sec)
     streamable = StreamableHttpTransport(
         dispatcher, sessions, max_body_bytes=http.max_body_bytes, keepalive_sec=keepalive_sec

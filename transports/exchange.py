@@ -29,6 +29,7 @@ __all__ = [
     "BodyTooLarge",
     "ClientGone",
     "busy_response",
+    "client_address",
     "event_frame",
     "json_response",
     "read_body",
@@ -130,10 +131,10 @@ def rpc_error_response(
     return json_response(jsonrpc.error_response(request_id, code, message, data), status, headers)
 
 
-def busy_response(message: str, request_id: str | int | None = None) -> Response:
-    """503 with a Retry-After: the server cannot take this message now (at its session limit, or stopping)."""
+def busy_response(message: str, request_id: str | int | None = None, status: int = 503) -> Response:
+    """503 (or `status`) with a Retry-After: the server cannot take this message now (a session limit, or stopping)."""
     return rpc_error_response(
-        503, jsonrpc.INTERNAL_ERROR, message, request_id=request_id, headers={"Retry-After": RETRY_AFTER_SEC}
+        status, jsonrpc.INTERNAL_ERROR, message, request_id=request_id, headers={"Retry-After": RETRY_AFTER_SEC}
     )
 
 
@@ -151,6 +152,12 @@ async def send_chunk(send: Send, chunk: bytes, *, more: bool = True, timeout: fl
     """Write part of a streamed body; a client that stops reading for `timeout` seconds raises TimeoutError."""
     async with asyncio.timeout(timeout):
         await send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+
+def client_address(scope: Any) -> str | None:
+    """The client's address without its port, as the ASGI server saw the connection; None if unknown."""
+    client = scope.get("client") if isinstance(scope, dict) else None
+    return str(client[0]) if client else None
 
 
 def peer_of(scope: Any) -> str:

@@ -35,7 +35,8 @@ and its answer could only be wasted. Other refusals: 406 when the client
 accepts neither JSON nor an event stream, 415 for a body that is not
 `application/json`, 413 over `max_body_bytes`, 400 for unparseable JSON
 (the JSON-RPC parse error is the body), 503 with `Retry-After` when the
-session table is full or the server is shutting down.
+session table is full of sessions in use or the server is shutting down, 429
+with `Retry-After` when this client address already holds its share.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from transports.exchange import (
     BodyTooLarge,
     ClientGone,
     busy_response,
+    client_address,
     event_frame,
     json_response,
     peer_of,
@@ -87,7 +89,8 @@ from transports.http_rules import (
 )
 from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
 from transports.mcp import McpDispatcher, Session
-from transports.sessions import HttpSession, NotAccepting, Outbox, SessionKind, SessionLimit, SessionTable
+from transports.session_policy import counts_as_use
+from transports.sessions import HttpSession, Outbox, SessionKind, SessionRefused, SessionTable
 
 __all__ = ["StreamableHttpTransport"]
 
@@ -165,7 +168,7 @@ class StreamableHttpTransport:
             return
         if session_id is None:
             if is_initialize(message):
-                response = await self._initialize(message, peer_of(scope))
+                response = await self._initialize(message, scope)
             else:
                 response = _refuse(
                     400,
@@ -179,16 +182,17 @@ class StreamableHttpTransport:
         if isinstance(found, Response):
             await found(scope, receive, send)
             return
-        self.sessions.touch(found)
+        self.sessions.touch(found, used=counts_as_use(message))
         await self._exchange(
             scope, receive, send, found.mcp, message, accept, owner=found, headers={SESSION_HEADER: found.id}
         )
 
-    async def _initialize(self, message: Any, peer: str) -> Response:
+    async def _initialize(self, message: Any, scope: Scope) -> Response:
+        mcp = Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer_of(scope))
         try:
-            session = self.sessions.open(SessionKind.HTTP, Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer))
-        except (SessionLimit, NotAccepting) as exc:
-            return busy_response(str(exc), request_id_of(message))
+            session = self.sessions.open(SessionKind.HTTP, mcp, client=client_address(scope))
+        except SessionRefused as exc:
+            return busy_response(str(exc), request_id_of(message), exc.status)
         reply = await self.dispatcher.handle(session.mcp, message, _nowhere)
         if isinstance(reply, dict) and "result" in reply:
             return json_response(reply, 200, {SESSION_HEADER: session.id})

@@ -6,9 +6,11 @@ even one it cannot name), so any request that carries an `Origin` header
 must come from an allowed origin — browsers always send it on cross-origin
 requests, while real MCP clients, curl and Prometheus do not. Anyone else
 on the network is kept out by a bearer token, required whenever one is
-configured; binding beyond loopback without one is refused outright,
+configured; binding beyond loopback without one, or with one short enough
+to guess (under 24 characters, or holding whitespace), is refused outright,
 because a scanner that anyone on the network can drive is the one thing
-this project must never become.
+this project must never become. The Host header is parsed strictly (a name
+or IP literal and an optional port, nothing else) before it is trusted.
 
 `/livez` and `/readyz` stay open so process managers and load balancers can
 probe without credentials; they reveal only whether the daemon is up. The
@@ -22,6 +24,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -34,16 +38,22 @@ from supervisor.config import ConfigError, Settings
 
 __all__ = [
     "AUTHENTICATED",
+    "MIN_TOKEN_LENGTH",
     "OPEN_PATHS",
+    "HostHeader",
     "InsecureBind",
     "SecurityMiddleware",
-    "host_allowed",
+    "WeakToken",
     "bearer_token",
+    "host_allowed",
     "is_loopback",
+    "new_token",
     "origin_allowed",
+    "parse_host_header",
     "require_token_for",
     "security_middleware",
     "token_matches",
+    "token_problem",
 ]
 
 # Probes that must work without credentials (and say nothing worth protecting).
@@ -52,9 +62,16 @@ OPEN_PATHS = frozenset({"/livez", "/readyz"})
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
+MIN_TOKEN_LENGTH = 24
+"""The shortest bearer token that may guard a daemon listening beyond loopback."""
+
 
 class InsecureBind(ConfigError):
     """The daemon was asked to listen beyond loopback without a bearer token."""
+
+
+class WeakToken(InsecureBind):
+    """The daemon was asked to listen beyond loopback behind a token too weak to guard it."""
 
 
 # --- binding ---------------------------------------------------------------------------
@@ -82,14 +99,42 @@ def is_loopback(host: str) -> bool:
 
 
 def require_token_for(host: str, token: SecretStr | str | None) -> None:
-    """Refuse to serve on a non-loopback address unless a bearer token is configured."""
-    if is_loopback(host) or _secret(token):
+    """Refuse to serve on a non-loopback address unless a strong bearer token is configured.
+
+    Raises:
+        InsecureBind: no token is configured.
+        WeakToken: the token is too short or holds whitespace (`token_problem`).
+    """
+    if is_loopback(host):
         return
-    raise InsecureBind(
-        f"binding to {host or 'all interfaces'!s} exposes labrecon beyond this machine, and no bearer token "
-        "is configured; labrecon refuses to start without one. Set auth.token in the config file "
-        "(or LABRECON_AUTH__TOKEN), or bind to 127.0.0.1."
-    )
+    where = host or "all interfaces"
+    secret = _secret(token)
+    if secret is None:
+        raise InsecureBind(
+            f"binding to {where} exposes labrecon beyond this machine, and no bearer token "
+            "is configured; labrecon refuses to start without one. Set auth.token in the config file "
+            "(or LABRECON_AUTH__TOKEN; `labrecon token` prints a fresh one), or bind to 127.0.0.1."
+        )
+    if (problem := token_problem(secret)) is not None:
+        raise WeakToken(
+            f"binding to {where} exposes labrecon beyond this machine, and auth.token {problem}; labrecon "
+            f"refuses to start behind a token that can be guessed. Use at least {MIN_TOKEN_LENGTH} characters "
+            "and no whitespace (`labrecon token` prints a fresh one), or bind to 127.0.0.1."
+        )
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot guard a non-loopback bind, or None when it can. Never quotes the token."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"is shorter than {MIN_TOKEN_LENGTH} characters"
+    if any(character.isspace() for character in token):
+        return "contains whitespace"
+    return None
+
+
+def new_token() -> str:
+    """A fresh random token: 32 bytes from the OS, URL-safe base64 (43 characters)."""
+    return secrets.token_urlsafe(32)
 
 
 # --- origins ---------------------------------------------------------------------------
@@ -172,16 +217,53 @@ def _secret(token: SecretStr | str | None) -> str | None:
 # --- middleware ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class HostHeader:
+    """A `Host` header that parsed: the name or address (lowercased, IPv6 without brackets) and the port."""
+
+    name: str
+    port: int | None
+
+
+# RFC 9110 `Host = uri-host [ ":" port ]`, narrowed to what a client of this daemon sends: a DNS name
+# (labels of letters, digits, `-` and `_`, an optional final dot) or an IPv4 address, or an IPv6
+# address in brackets; then an optional port of 1 to 5 digits. No userinfo, no zone, no empty port.
+_HOST_HEADER = re.compile(
+    r"(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*\.?))(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
+def parse_host_header(value: str | None) -> HostHeader | None:
+    """The `Host` header as a name and port, or None unless it is exactly that and nothing else.
+
+    `[::1].evil.com`, `localhost:80@evil`, `localhost:evil`, `localhost:80:80`,
+    `localhost:`, an IPv6 address without brackets, whitespace or a port over
+    65535 all fail, so none of them can pass for a loopback name.
+    """
+    if not value or not value.isascii():  # lower() maps some non-ASCII letters to ASCII ones
+        return None
+    match = _HOST_HEADER.fullmatch(value.lower())
+    if match is None:
+        return None
+    port = int(match["port"]) if match["port"] is not None else None
+    if port is not None and port > 65535:
+        return None
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            return None
+        return HostHeader(match["ipv6"], port)
+    name = match["name"]
+    return HostHeader(name, port) if len(name.rstrip(".")) <= 253 else None
+
+
 def host_allowed(host_header: str | None, allowed_hosts: Iterable[str]) -> bool:
     """Is this Host header one a loopback-only daemon answers to? Loopback names always are."""
-    if not host_header:
+    host = parse_host_header(host_header)
+    if host is None:
         return False
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        name = host[1 : host.find("]")] if "]" in host else host
-    else:
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return is_loopback(name) or name in {h.lower() for h in allowed_hosts}
+    return is_loopback(host.name) or host.name in {h.strip().strip("[]").lower() for h in allowed_hosts}
 
 
 class SecurityMiddleware:

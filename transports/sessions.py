@@ -7,13 +7,20 @@ tasks and scanner processes. This table is where all of that is owned, so
 that no session, task or process outlives its client:
 
 * the table is bounded (`max_sessions`, legacy SSE and Streamable HTTP
-  together); opening one more raises `SessionLimit`, which the transports
-  answer 503 with a `Retry-After`, because the condition is temporary and
-  server-wide rather than the client's fault (429 would blame it);
+  together). When it is full, the session least likely to be missed that
+  has no call in flight and no open stream is closed to make room
+  (`session_policy.eviction_victim`); only when every session is held does
+  opening one more raise `SessionLimit`, answered 503 with a `Retry-After`:
+  the condition is temporary and server-wide, not the client's fault;
+* one client address holds at most `max_per_client` sessions (loopback is
+  exempt, see `session_policy.client_key`); one more raises
+  `ClientSessionLimit`, answered 429 with a `Retry-After`, because this time
+  it is that client's doing;
 * a session is idle when the client has sent nothing and no call of its has
   been running for `session_idle_sec`; the reaper closes it. An open event
   stream does not count as activity: a client that hung with its stream
-  open is exactly what idle expiry is for;
+  open is exactly what idle expiry is for. A session that carried nothing
+  but its handshake, and holds no stream, goes after `unused_sec` already;
 * closing a session (client disconnect, DELETE, expiry, shutdown) cancels its
   calls through the dispatcher (`cancel_all`), which kills their process
   groups; a task still running `cancel_timeout` later is cancelled outright.
@@ -38,14 +45,17 @@ from typing import Any
 
 from transports.http_rules import new_session_id
 from transports.mcp import McpDispatcher, Session
+from transports.session_policy import Lifetimes, client_key, eviction_victim, expiry, sessions_of
 
 __all__ = [
     "STATELESS",
+    "ClientSessionLimit",
     "HttpSession",
     "NotAccepting",
     "Outbox",
     "SessionKind",
     "SessionLimit",
+    "SessionRefused",
     "SessionTable",
 ]
 
@@ -62,15 +72,37 @@ class SessionKind(StrEnum):
     HTTP = "http"
 
 
-class SessionLimit(Exception):
-    """`max_sessions` sessions are open; a new one must wait until one ends."""
+class SessionRefused(Exception):
+    """No session can be opened now; `status` is the HTTP status the transports answer with."""
+
+    status = 503
+
+
+class SessionLimit(SessionRefused):
+    """`max_sessions` sessions are open and every one is held; a new one must wait until one ends."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"{limit} sessions are open, the configured maximum; retry shortly")
+        super().__init__(
+            f"{limit} sessions are open, the configured maximum, each with a call in flight or an open stream; "
+            "retry shortly"
+        )
         self.limit = limit
 
 
-class NotAccepting(Exception):
+class ClientSessionLimit(SessionRefused):
+    """This client address already holds `max_per_client` sessions."""
+
+    status = 429
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this client address already holds {limit} sessions, the most one address may; end one (DELETE) "
+            "or retry later"
+        )
+        self.limit = limit
+
+
+class NotAccepting(SessionRefused):
     """The server is shutting down and opens nothing new."""
 
 
@@ -138,6 +170,8 @@ class HttpSession:
     kind: SessionKind
     mcp: Session
     last_active: float
+    client: str | None = None  # whose sessions this one counts against (`session_policy.client_key`)
+    used: bool = False  # carried a message other than the handshake
     outbox: Outbox = field(default_factory=Outbox)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
     streams: int = 0  # open standalone event streams (Streamable HTTP GET)
@@ -149,12 +183,20 @@ class HttpSession:
         return any(not task.done() for task in self.tasks)
 
     @property
+    def has_stream(self) -> bool:
+        """A legacy SSE session is its stream; a Streamable HTTP one may hold a standalone stream."""
+        return self.kind is SessionKind.SSE or self.streams > 0
+
+    @property
     def short_id(self) -> str:
         return self.id[:8]
 
 
 class SessionTable:
-    """All open sessions of one HTTP server, bounded, expiring, and cancelled as a whole on shutdown."""
+    """All open sessions of one HTTP server, bounded, expiring, and cancelled as a whole on shutdown.
+
+    `unused_sec` defaults to `idle_sec` (no earlier expiry), `max_per_client` to no cap.
+    """
 
     def __init__(
         self,
@@ -162,6 +204,8 @@ class SessionTable:
         *,
         max_sessions: int,
         idle_sec: float,
+        unused_sec: float | None = None,
+        max_per_client: int | None = None,
         cancel_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -169,9 +213,14 @@ class SessionTable:
             raise ValueError("max_sessions must be >= 1")
         if idle_sec <= 0:
             raise ValueError("idle_sec must be > 0")
+        if unused_sec is not None and unused_sec <= 0:
+            raise ValueError("unused_sec must be > 0")
+        if max_per_client is not None and max_per_client < 1:
+            raise ValueError("max_per_client must be >= 1")
         self.dispatcher = dispatcher
         self.max_sessions = max_sessions
-        self.idle_sec = idle_sec
+        self.lifetimes = Lifetimes(idle_sec=idle_sec, unused_sec=unused_sec if unused_sec is not None else idle_sec)
+        self.max_per_client = max_per_client
         self.cancel_timeout = cancel_timeout
         self._clock = clock
         self._sessions: dict[str, HttpSession] = {}
@@ -229,17 +278,30 @@ class SessionTable:
 
     # --- sessions ---------------------------------------------------------------------
 
-    def open(self, kind: SessionKind, mcp: Session) -> HttpSession:
+    def open(self, kind: SessionKind, mcp: Session, client: str | None = None) -> HttpSession:
+        """A new session for the client at address `client`, making room for it if the table is full.
+
+        Raises:
+            NotAccepting: the server is shutting down.
+            ClientSessionLimit: this client already holds `max_per_client` sessions.
+            SessionLimit: the table is full and every session in it is held.
+        """
         if not self._accepting:
             raise NotAccepting("the server is shutting down")
+        self.expire()  # an expired session should not cost a live client its place
+        key = client_key(client)
+        if key is not None and self.max_per_client is not None:
+            if sessions_of(self._sessions.values(), key) >= self.max_per_client:
+                raise ClientSessionLimit(self.max_per_client)
         if len(self._sessions) >= self.max_sessions:
-            self.expire()  # an expired session should not cost a live client its place
-            if len(self._sessions) >= self.max_sessions:
+            victim = eviction_victim(self._sessions.values())
+            if victim is None:
                 raise SessionLimit(self.max_sessions)
+            self.close(victim, "evicted to make room for a new session")
         session_id = new_session_id()
         while session_id in self._sessions:  # pragma: no cover - 128 random bits
             session_id = new_session_id()
-        session = HttpSession(id=session_id, kind=kind, mcp=mcp, last_active=self._clock())
+        session = HttpSession(id=session_id, kind=kind, mcp=mcp, last_active=self._clock(), client=key)
         self._sessions[session_id] = session
         log.info("session opened", extra={"session": session.short_id, "transport": kind.value})
         return session
@@ -251,8 +313,10 @@ class SessionTable:
             return None
         return session
 
-    def touch(self, session: HttpSession) -> None:
+    def touch(self, session: HttpSession, *, used: bool = False) -> None:
+        """The client sent a message on `session`; `used` unless it was part of the handshake."""
         session.last_active = self._clock()
+        session.used = session.used or used
 
     def spawn(self, session: HttpSession | None, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as a task the table owns: cancelled with its session, or at shutdown."""
@@ -304,15 +368,15 @@ class SessionTable:
         )
 
     def expire(self) -> int:
-        """Close every session idle for `idle_sec` or longer; returns how many."""
+        """Close every session idle for `idle_sec`, or unused for `unused_sec`; returns how many."""
         now = self._clock()
         stale = [
-            session
+            (session, reason)
             for session in list(self._sessions.values())
-            if not session.busy and now - session.last_active >= self.idle_sec
+            if (reason := expiry(session, now, self.lifetimes)) is not None
         ]
-        for session in stale:
-            self.close(session, f"idle for {self.idle_sec:g}s")
+        for session, reason in stale:
+            self.close(session, reason)
         return len(stale)
 
     def counts(self) -> dict[str, int]:
@@ -336,7 +400,7 @@ class SessionTable:
         return {task for task in self._tasks if not task.done()}
 
     async def _reap_forever(self) -> None:
-        interval = max(0.05, min(self.idle_sec / 4, 5.0))
+        interval = max(0.05, min(self.lifetimes.idle_sec / 4, self.lifetimes.unused_sec / 4, 5.0))
         while True:
             await asyncio.sleep(interval)
             try:

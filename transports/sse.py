@@ -39,6 +39,7 @@ from transports.exchange import (
     BodyTooLarge,
     ClientGone,
     busy_response,
+    client_address,
     peer_of,
     read_body,
     rpc_error_response,
@@ -46,7 +47,8 @@ from transports.exchange import (
 from transports.http_rules import accepts, is_session_id
 from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
 from transports.mcp import McpDispatcher, Session
-from transports.sessions import HttpSession, NotAccepting, SessionKind, SessionLimit, SessionTable
+from transports.session_policy import counts_as_use
+from transports.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
 
 __all__ = ["DEFAULT_MAX_PENDING", "LegacySseTransport"]
 
@@ -97,10 +99,11 @@ class LegacySseTransport:
                 scope, receive, send
             )
             return
+        mcp = Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer_of(scope))
         try:
-            session = self.sessions.open(SessionKind.SSE, Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer_of(scope)))
-        except (SessionLimit, NotAccepting) as exc:
-            await busy_response(str(exc))(scope, receive, send)
+            session = self.sessions.open(SessionKind.SSE, mcp, client=client_address(scope))
+        except SessionRefused as exc:
+            await busy_response(str(exc), status=exc.status)(scope, receive, send)
             return
         endpoint = f"{scope.get('root_path', '').rstrip('/')}{self.messages_path}?session_id={session.id}"
         response = EventSourceResponse(
@@ -154,7 +157,7 @@ class LegacySseTransport:
                 "and retry",
                 headers={"Retry-After": RETRY_AFTER_SEC},
             )
-        self.sessions.touch(session)
+        self.sessions.touch(session, used=counts_as_use(message))
         self.sessions.spawn(session, self._serve(session, message))
         return Response("Accepted", status_code=202, media_type="text/plain")
 
