@@ -240,6 +240,53 @@ def test_accept_and_content_type_rules(served):
         assert len(parse_events(only_events.text)[0].json()["result"]["tools"]) == 3
 
 
+def test_a_request_reusing_an_in_flight_id_is_refused_without_a_reply_carrying_that_id(served):
+    runtime, daemon = served(tools=HANG)
+    nmap = binary(runtime, "nmap")
+    call = {"name": "nmap", "arguments": {"target": "10.0.0.5"}}
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
+            session_id = (await client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)).headers["mcp-session-id"]
+            headers = {**session_headers(session_id), "accept": "application/json"}
+            calling = client.post("/mcp", json=request("tools/call", call, "scan"), headers=headers)
+            first = asyncio.ensure_future(calling)
+            await asyncio.to_thread(wait_until, lambda: running(scan_calls(nmap)), what="the fake running")
+            refusals = [
+                (await client.post("/mcp", json=request(method, params, "scan"), headers=headers)).json()
+                for method, params in (("tools/call", call), ("ping", None))
+            ]
+            assert (await client.delete("/mcp", headers=headers)).status_code == 204
+            return refusals, [(await first).json()]
+
+    refusals, answers = asyncio.run(scenario())
+    assert [refusal["id"] for refusal in refusals] == [None, None]
+    assert all(refusal["error"]["code"] == -32600 for refusal in refusals)
+    # The call itself was not disturbed: its one answer (cancelled by the DELETE) carries its id.
+    assert answers[0]["id"] == "scan"
+    assert answers[0]["result"]["structuredContent"]["error"]["error_type"] == "cancelled"
+    assert len(scan_calls(nmap)) == 1
+
+
+def test_over_legacy_sse_a_reused_in_flight_id_is_refused_with_a_null_id(served):
+    runtime, daemon = served(tools=HANG)
+    nmap = binary(runtime, "nmap")
+    call = {"name": "nmap", "arguments": {"target": "10.0.0.5"}}
+    with httpx.Client(base_url=daemon.url, timeout=10) as client:
+        with client.stream("GET", "/sse") as stream:
+            endpoint, replies = sse_session(stream)
+            assert client.post(endpoint, json=INITIALIZE).status_code == 202
+            assert next(replies).json()["id"] == 0
+            assert client.post(endpoint, json=request("tools/call", call, "scan")).status_code == 202
+            wait_until(lambda: running(scan_calls(nmap)), what="the fake running")
+            assert client.post(endpoint, json=request("ping", None, "scan")).status_code == 202
+            refusal = next(replies).json()
+            assert refusal["id"] is None and refusal["error"]["code"] == -32600
+            cancel = notification("notifications/cancelled", {"requestId": "scan"})
+            assert client.post(endpoint, json=cancel).status_code == 202
+            wait_until(lambda: idle(runtime))
+
+
 def test_the_standalone_stream_is_single_and_ends_with_its_session(served):
     _, daemon = served()
     with httpx.Client(base_url=daemon.url, timeout=10) as client:
