@@ -160,20 +160,50 @@ def test_the_session_table_is_bounded(served):
 # --- headers ----------------------------------------------------------------------------------
 
 
-def test_the_protocol_version_header_must_be_known_and_match_the_session(served):
+def test_the_protocol_version_header_may_name_any_version_we_speak(served):
     _, daemon = served()
     with httpx.Client(base_url=daemon.url, timeout=10) as client:
         session_id = open_session(client, daemon.url)
         headers = session_headers(session_id)
-        unknown = client.post("/mcp", json=request("ping"), headers={**headers, "mcp-protocol-version": "1999-01-01"})
+        unknown = client.post(
+            "/mcp", json=request("ping", request_id="p1"), headers={**headers, "mcp-protocol-version": "1999-01-01"}
+        )
         assert unknown.status_code == 400 and unknown.json()["error"]["code"] == -32022
+        assert unknown.json()["id"] == "p1"
         assert HANDSHAKE in unknown.json()["error"]["data"]["supported"]
-        other = client.post("/mcp", json=request("ping"), headers={**headers, "mcp-protocol-version": "2025-03-26"})
-        assert other.status_code == 400 and "negotiated" in other.json()["error"]["message"]
+        # Another version this server speaks is not the negotiated one, but it is neither invalid nor
+        # unsupported: the request is served, at the version the session negotiated.
+        older = {**headers, "mcp-protocol-version": "2025-03-26"}
+        listed = client.post("/mcp", json=request("tools/list", request_id=2), headers=older)
+        assert listed.status_code == 200 and listed.json()["id"] == 2
+        assert "outputSchema" in listed.json()["result"]["tools"][0]  # a 2025-11-25 field, as negotiated
         without = {k: v for k, v in headers.items() if k != "mcp-protocol-version"}
         assert client.post("/mcp", json=request("ping"), headers=without).json()["result"] == {}
         assert client.post("/mcp", json=request("ping"), headers=headers).json()["result"] == {}
         assert client.get("/mcp", headers={**headers, "mcp-protocol-version": "1999-01-01"}).status_code == 400
+        with client.stream("GET", "/mcp", headers=older) as stream:
+            assert stream.status_code == 200
+            assert client.delete("/mcp", headers=older).status_code == 204
+        # Refusals name the request they refuse whenever its id could be read.
+        gone = client.post("/mcp", json=request("ping", request_id="p2"), headers=headers)
+        assert gone.status_code == 404 and gone.json()["id"] == "p2"
+
+
+def test_three_concurrent_posts_at_another_supported_version_are_all_served(served):
+    """What the conformance scenario server-sse-multiple-streams does after its handshake."""
+    _, daemon = served()
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
+            initialized = await client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)
+            headers = {**session_headers(initialized.headers["mcp-session-id"]), "mcp-protocol-version": "2025-03-26"}
+            posts = [client.post("/mcp", json=request("tools/list", request_id=1000 + i), headers=headers)
+                     for i in range(3)]
+            return list(await asyncio.gather(*posts))
+
+    responses = asyncio.run(scenario())
+    assert [response.status_code for response in responses] == [200, 200, 200]
+    assert [response.json()["id"] for response in responses] == [1000, 1001, 1002]
 
 
 def test_modern_requests_repeat_their_envelope_in_the_routing_headers(served):
@@ -238,6 +268,25 @@ def test_accept_and_content_type_rules(served):
         only_events = client.post("/mcp", json=body, headers={**headers, "accept": "text/event-stream"})
         assert only_events.headers["content-type"].startswith("text/event-stream")
         assert len(parse_events(only_events.text)[0].json()["result"]["tools"]) == 3
+
+
+def test_initialize_from_a_client_reading_only_events_is_answered_as_an_event(served):
+    _, daemon = served()
+    with httpx.Client(base_url=daemon.url, timeout=10) as client:
+        answered = client.post("/mcp", json=INITIALIZE, headers={"accept": "text/event-stream"})
+        assert answered.status_code == 200
+        assert answered.headers["content-type"].startswith("text/event-stream")
+        (event,) = parse_events(answered.text)
+        assert event.json()["id"] == 0 and event.json()["result"]["protocolVersion"] == HANDSHAKE
+        session_id = answered.headers["mcp-session-id"]
+        listed = client.post("/mcp", json=request("tools/list"), headers=session_headers(session_id))
+        assert len(listed.json()["result"]["tools"]) == 3
+        bad_initialize = request("initialize", {"protocolVersion": 7})
+        refused = client.post("/mcp", json=bad_initialize, headers={"accept": "text/event-stream"})
+        assert refused.headers["content-type"].startswith("text/event-stream")
+        assert parse_events(refused.text)[0].json()["error"]["code"] == -32602
+        assert "mcp-session-id" not in refused.headers
+    assert counts(daemon)["http"] == 1
 
 
 def test_a_request_reusing_an_in_flight_id_is_refused_without_a_reply_carrying_that_id(served):

@@ -30,6 +30,7 @@ __all__ = [
     "ClientGone",
     "busy_response",
     "event_frame",
+    "event_stream_response",
     "json_response",
     "read_body",
     "rpc_error_response",
@@ -38,11 +39,11 @@ __all__ = [
     "wait_disconnect",
 ]
 
-_SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-store"),
-    (b"x-accel-buffering", b"no"),
-)
+_SSE_HEADERS: Mapping[str, str] = {
+    "content-type": "text/event-stream",
+    "cache-control": "no-store",
+    "x-accel-buffering": "no",
+}
 
 KEEPALIVE_FRAME = b": keepalive\r\n\r\n"
 
@@ -142,9 +143,15 @@ def event_frame(message: Any, event: str = "message") -> bytes:
     return b"event: " + event.encode("ascii") + b"\r\ndata: " + jsonrpc.encode(message) + b"\r\n\r\n"
 
 
+def event_stream_response(message: Any, headers: Mapping[str, str] | None = None) -> Response:
+    """A whole event stream of one event: the answer for a client that reads only event streams."""
+    return Response(event_frame(message), headers={**_SSE_HEADERS, **(headers or {})})
+
+
 async def start_event_stream(send: Send, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
-    extra = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": [*_SSE_HEADERS, *extra]})
+    merged = {**_SSE_HEADERS, **{name.lower(): value for name, value in (headers or {}).items()}}
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in merged.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
 
 
 async def send_chunk(send: Send, chunk: bytes, *, more: bool = True, timeout: float = SEND_TIMEOUT_SEC) -> None:

@@ -3,8 +3,9 @@
 Handshake era (2025-03-26 … 2025-11-25). `initialize`, posted without a
 session, opens one: the reply carries `Mcp-Session-Id`, which every later
 request must send (400 without it, 404 once the session is unknown, expired
-or deleted). A `MCP-Protocol-Version` header, when sent, must name the
-negotiated version. `GET` opens the session's standalone event stream (one
+or deleted). A `MCP-Protocol-Version` header, when sent, must name a version
+this server speaks (400 otherwise); the session is served at the version it
+negotiated. `GET` opens the session's standalone event stream (one
 at a time, 409 for a second; this server never sends on it, but a client
 may hold it), and `DELETE` ends the session and cancels its calls.
 
@@ -23,7 +24,8 @@ a `tools/call` that sent a `progressToken`, a log message) switches the
 response to `text/event-stream`, which carries the notifications in order
 and then the reply. A request running silently for `keepalive_sec` switches
 too, so keepalive comments can hold the connection open through proxies. A
-client that accepts only JSON gets the reply alone; only notifications,
+client that accepts only JSON gets the reply alone, and one that accepts
+only event streams gets even a quick reply as an event; only notifications,
 responses, or a request the client cancelled get 202 and no body. In the
 2026-07-28 era a JSON-RPC error sent as JSON carries the status its code
 maps to (400, 404); handshake-era errors are 200, as those revisions expect.
@@ -35,7 +37,8 @@ and its answer could only be wasted. Other refusals: 406 when the client
 accepts neither JSON nor an event stream, 415 for a body that is not
 `application/json`, 413 over `max_body_bytes`, 400 for unparseable JSON
 (the JSON-RPC parse error is the body), 503 with `Retry-After` when the
-session table is full or the server is shutting down.
+session table is full or the server is shutting down. Refusals carry the
+request's id whenever it could be read.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from transports.exchange import (
     ClientGone,
     busy_response,
     event_frame,
+    event_stream_response,
     json_response,
     peer_of,
     read_body,
@@ -142,10 +146,6 @@ class StreamableHttpTransport:
         if not is_json_content(headers.get("content-type")):
             await _refuse(415, "Unsupported Media Type: the body must be application/json")(scope, receive, send)
             return
-        version = headers.get(VERSION_HEADER)
-        if (problem := version_problem(version)) is not None:
-            await _rpc_refusal(400, problem)(scope, receive, send)
-            return
         try:
             body = await read_body(receive, self.max_body_bytes, headers.get("content-length"))
         except BodyTooLarge as exc:
@@ -158,6 +158,11 @@ class StreamableHttpTransport:
         except RpcError as exc:
             await _rpc_refusal(400, exc)(scope, receive, send)
             return
+        request_id = request_id_of(message)
+        version = headers.get(VERSION_HEADER)
+        if (problem := version_problem(version)) is not None:
+            await _rpc_refusal(400, problem, request_id)(scope, receive, send)
+            return
 
         session_id = headers.get(SESSION_HEADER)
         if version in MODERN_VERSIONS or (version is None and session_id is None and is_modern_request(message)):
@@ -165,17 +170,17 @@ class StreamableHttpTransport:
             return
         if session_id is None:
             if is_initialize(message):
-                response = await self._initialize(message, peer_of(scope))
+                response = await self._initialize(message, accept, peer_of(scope))
             else:
                 response = _refuse(
                     400,
                     "Bad Request: the Mcp-Session-Id header is required; send initialize first (or use the "
                     "2026-07-28 per-request envelope)",
-                    request_id=request_id_of(message),
+                    request_id=request_id,
                 )
             await response(scope, receive, send)
             return
-        found = self._session(session_id, version)
+        found = self._session(session_id, request_id)
         if isinstance(found, Response):
             await found(scope, receive, send)
             return
@@ -184,16 +189,16 @@ class StreamableHttpTransport:
             scope, receive, send, found.mcp, message, accept, owner=found, headers={SESSION_HEADER: found.id}
         )
 
-    async def _initialize(self, message: Any, peer: str) -> Response:
+    async def _initialize(self, message: Any, accept: Accepts, peer: str) -> Response:
         try:
             session = self.sessions.open(SessionKind.HTTP, Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer))
         except (SessionLimit, NotAccepting) as exc:
             return busy_response(str(exc), request_id_of(message))
         reply = await self.dispatcher.handle(session.mcp, message, _nowhere)
         if isinstance(reply, dict) and "result" in reply:
-            return json_response(reply, 200, {SESSION_HEADER: session.id})
+            return _reply_response(reply, accept, {SESSION_HEADER: session.id})
         self.sessions.close(session, "initialize was refused")
-        return json_response(reply, 200)
+        return _reply_response(reply, accept)
 
     async def _stateless(
         self, scope: Scope, receive: Receive, send: Send, headers: Headers, message: Any, accept: Accepts
@@ -271,8 +276,7 @@ class StreamableHttpTransport:
             elif accept.json:
                 await json_response(reply, reply_status(reply, modern=modern), headers)(scope, receive, send)
             else:
-                await start_event_stream(send, headers=headers)
-                await send_chunk(send, event_frame(reply), more=False)
+                await event_stream_response(reply, headers)(scope, receive, send)
             return
         await start_event_stream(send, headers=headers)
         while True:
@@ -355,18 +359,13 @@ class StreamableHttpTransport:
         session_id = headers.get(SESSION_HEADER)
         if session_id is None:
             return _refuse(400, "Bad Request: the Mcp-Session-Id header is required")
-        return self._session(session_id, version)
+        return self._session(session_id)
 
-    def _session(self, session_id: str, version: str | None) -> HttpSession | Response:
+    def _session(self, session_id: str, request_id: str | int | None = None) -> HttpSession | Response:
         session = self.sessions.get(session_id, SessionKind.HTTP) if is_session_id(session_id) else None
         if session is None:
-            return _refuse(404, "Not Found: no such session (it expired, was deleted, or never existed)")
-        negotiated = session.mcp.protocol_version
-        if version is not None and negotiated is not None and version != negotiated:
             return _refuse(
-                400,
-                f"Bad Request: {VERSION_HEADER} {version} does not match the version this session negotiated "
-                f"({negotiated})",
+                404, "Not Found: no such session (it expired, was deleted, or never existed)", request_id=request_id
             )
         return session
 
@@ -387,6 +386,11 @@ def _outcome(task: asyncio.Task[Any], message: Any) -> Any:
         log.error("request failed inside the server", exc_info=exc)
         return jsonrpc.error_response(request_id_of(message), INTERNAL_ERROR, "Internal error")
     return task.result()
+
+
+def _reply_response(reply: Any, accept: Accepts, headers: Mapping[str, str] | None = None) -> Response:
+    """A reply ready at once: JSON, or one event for a client that reads only event streams."""
+    return json_response(reply, 200, headers) if accept.json else event_stream_response(reply, headers)
 
 
 def _short(session: HttpSession | None) -> str | None:
