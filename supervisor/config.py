@@ -100,6 +100,10 @@ class HttpSettings(Strict):
     max_sessions: int = Field(default=64, ge=1)
     session_idle_sec: float = Field(default=600.0, gt=0)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # Streamable HTTP sessions at 2025-11-25 or later: close a request's event stream after this long (0: never);
+    # the client resumes it with GET + Last-Event-ID. A stream nobody resumes in resume_window_sec is cancelled.
+    stream_close_sec: float = Field(default=0.0, ge=0)
+    resume_window_sec: float = Field(default=60.0, gt=0)
 
 
 class AuthSettings(Strict):

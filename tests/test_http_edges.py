@@ -31,6 +31,7 @@ from tests.http_support import (
     events,
     fake_pids,
     idle,
+    messages_in,
     modern,
     notification,
     open_session,
@@ -442,7 +443,7 @@ def test_delete_cancels_the_sessions_running_calls(served):
             assert (await client.delete("/mcp", headers=session_headers(session_id))).status_code == 204
             answer = await pending
             assert answer.status_code == 200
-            return [event.json() for event in parse_events(answer.text)][-1] if answer.headers[
+            return messages_in(answer.text)[-1] if answer.headers[
                 "content-type"
             ].startswith("text/event-stream") else answer.json()
 
@@ -479,10 +480,13 @@ def test_status_counts_sessions_and_stateless_requests_in_progress(served):
 
 
 def test_two_hundred_clients_that_vanish_mid_call_leave_nothing_behind(served):
-    """Legacy SSE, handshake and 2026-07-28 clients start a hanging scan each, then drop their connections."""
+    """Legacy SSE, handshake and 2026-07-28 clients start a hanging scan each, then drop their connections.
+
+    The handshake clients (2025-11-25) hold event ids, so their calls wait `resume_window_sec` for them first.
+    """
     runtime, daemon = served(
         tools={"nmap": {"concurrency": 8, "max_queue": 300, "scenario": {"mode": "hang"}}},
-        http={"max_sessions": 300, "session_idle_sec": 2.0},
+        http={"max_sessions": 300, "session_idle_sec": 2.0, "resume_window_sec": 0.5},
     )
     kinds = ["sse"] * 70 + ["http"] * 65 + ["modern"] * 65
     call = {"name": "nmap", "arguments": {"target": "10.0.0.5"}}

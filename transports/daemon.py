@@ -109,7 +109,12 @@ def build_http_app(
     sessions = SessionTable(dispatcher, max_sessions=http.max_sessions, idle_sec=http.session_idle_sec)
     sse = LegacySseTransport(dispatcher, sessions, max_body_bytes=http.max_body_bytes, ping_sec=keepalive_sec)
     streamable = StreamableHttpTransport(
-        dispatcher, sessions, max_body_bytes=http.max_body_bytes, keepalive_sec=keepalive_sec
+        dispatcher,
+        sessions,
+        max_body_bytes=http.max_body_bytes,
+        keepalive_sec=keepalive_sec,
+        stream_close_sec=http.stream_close_sec,
+        resume_window_sec=http.resume_window_sec,
     )
 
     @contextlib.asynccontextmanager
