@@ -106,6 +106,10 @@ class HttpSettings(Strict):
     # local agent connects from 127.0.0.1.
     max_sessions_per_client: int = Field(default=16, ge=1)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # Streamable HTTP sessions at 2025-11-25 or later: close a request's event stream after this long (0: never);
+    # the client resumes it with GET + Last-Event-ID. A stream nobody resumes in resume_window_sec is cancelled.
+    stream_close_sec: float = Field(default=0.0, ge=0)
+    resume_window_sec: float = Field(default=60.0, gt=0)
 
 
 class AuthSettings(Strict):

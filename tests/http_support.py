@@ -125,41 +125,50 @@ def session_headers(session_id: str) -> dict[str, str]:
 class Event:
     event: str
     data: str
+    id: str | None = None
+    retry: int | None = None
 
     def json(self) -> Any:
         return json.loads(self.data)
 
-
-def parse_events(text: str) -> list[Event]:
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        event, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if data:
-            events.append(Event(event, "\n".join(data)))
-    return events
+    @property
+    def priming(self) -> bool:
+        """The empty event that opens a resumable stream: an id to resume from, and no message."""
+        return self.id is not None and self.data == ""
 
 
 class _EventReader:
     """Server-sent events from lines: fed one line at a time, it returns each event as it completes."""
 
     def __init__(self) -> None:
-        self.event, self.data = "message", []
+        self.event, self.data, self.id, self.retry = "message", [], None, None
 
     def feed(self, line: str) -> Event | None:
         if not line:
-            done = Event(self.event, "\n".join(self.data)) if self.data else None
-            self.event, self.data = "message", []
+            done = Event(self.event, "\n".join(self.data), self.id, self.retry) if self.data else None
+            self.event, self.data, self.id, self.retry = "message", [], None, None
             return done
         if line.startswith("event:"):
             self.event = line[6:].strip()
         elif line.startswith("data:"):
             self.data.append(line[5:].strip())
+        elif line.startswith("id:"):
+            self.id = line[3:].strip()
+        elif line.startswith("retry:"):
+            self.retry = int(line[6:].strip())
         return None
+
+
+def parse_events(text: str) -> list[Event]:
+    """Every event of a whole event stream, priming events included (keepalive comments are not events)."""
+    reader = _EventReader()
+    parsed = [reader.feed(line) for line in [*text.replace("\r\n", "\n").split("\n"), ""]]
+    return [event for event in parsed if event is not None]
+
+
+def messages_in(text: str) -> list[Any]:
+    """The JSON-RPC messages an event stream carried, in order."""
+    return [event.json() for event in parse_events(text) if not event.priming]
 
 
 async def aevents(response: httpx.Response) -> AsyncIterator[Event]:

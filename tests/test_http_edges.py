@@ -31,6 +31,7 @@ from tests.http_support import (
     events,
     fake_pids,
     idle,
+    messages_in,
     modern,
     notification,
     open_session,
@@ -161,20 +162,50 @@ def test_the_session_table_is_bounded(served):
 # --- headers ----------------------------------------------------------------------------------
 
 
-def test_the_protocol_version_header_must_be_known_and_match_the_session(served):
+def test_the_protocol_version_header_may_name_any_version_we_speak(served):
     _, daemon = served()
     with httpx.Client(base_url=daemon.url, timeout=10) as client:
         session_id = open_session(client, daemon.url)
         headers = session_headers(session_id)
-        unknown = client.post("/mcp", json=request("ping"), headers={**headers, "mcp-protocol-version": "1999-01-01"})
+        unknown = client.post(
+            "/mcp", json=request("ping", request_id="p1"), headers={**headers, "mcp-protocol-version": "1999-01-01"}
+        )
         assert unknown.status_code == 400 and unknown.json()["error"]["code"] == -32022
+        assert unknown.json()["id"] == "p1"
         assert HANDSHAKE in unknown.json()["error"]["data"]["supported"]
-        other = client.post("/mcp", json=request("ping"), headers={**headers, "mcp-protocol-version": "2025-03-26"})
-        assert other.status_code == 400 and "negotiated" in other.json()["error"]["message"]
+        # Another version this server speaks is not the negotiated one, but it is neither invalid nor
+        # unsupported: the request is served, at the version the session negotiated.
+        older = {**headers, "mcp-protocol-version": "2025-03-26"}
+        listed = client.post("/mcp", json=request("tools/list", request_id=2), headers=older)
+        assert listed.status_code == 200 and listed.json()["id"] == 2
+        assert "outputSchema" in listed.json()["result"]["tools"][0]  # a 2025-11-25 field, as negotiated
         without = {k: v for k, v in headers.items() if k != "mcp-protocol-version"}
         assert client.post("/mcp", json=request("ping"), headers=without).json()["result"] == {}
         assert client.post("/mcp", json=request("ping"), headers=headers).json()["result"] == {}
         assert client.get("/mcp", headers={**headers, "mcp-protocol-version": "1999-01-01"}).status_code == 400
+        with client.stream("GET", "/mcp", headers=older) as stream:
+            assert stream.status_code == 200
+            assert client.delete("/mcp", headers=older).status_code == 204
+        # Refusals name the request they refuse whenever its id could be read.
+        gone = client.post("/mcp", json=request("ping", request_id="p2"), headers=headers)
+        assert gone.status_code == 404 and gone.json()["id"] == "p2"
+
+
+def test_three_concurrent_posts_at_another_supported_version_are_all_served(served):
+    """What the conformance scenario server-sse-multiple-streams does after its handshake."""
+    _, daemon = served()
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
+            initialized = await client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)
+            headers = {**session_headers(initialized.headers["mcp-session-id"]), "mcp-protocol-version": "2025-03-26"}
+            posts = [client.post("/mcp", json=request("tools/list", request_id=1000 + i), headers=headers)
+                     for i in range(3)]
+            return list(await asyncio.gather(*posts))
+
+    responses = asyncio.run(scenario())
+    assert [response.status_code for response in responses] == [200, 200, 200]
+    assert [response.json()["id"] for response in responses] == [1000, 1001, 1002]
 
 
 def test_modern_requests_repeat_their_envelope_in_the_routing_headers(served):
@@ -239,6 +270,72 @@ def test_accept_and_content_type_rules(served):
         only_events = client.post("/mcp", json=body, headers={**headers, "accept": "text/event-stream"})
         assert only_events.headers["content-type"].startswith("text/event-stream")
         assert len(parse_events(only_events.text)[0].json()["result"]["tools"]) == 3
+
+
+def test_initialize_from_a_client_reading_only_events_is_answered_as_an_event(served):
+    _, daemon = served()
+    with httpx.Client(base_url=daemon.url, timeout=10) as client:
+        answered = client.post("/mcp", json=INITIALIZE, headers={"accept": "text/event-stream"})
+        assert answered.status_code == 200
+        assert answered.headers["content-type"].startswith("text/event-stream")
+        (event,) = parse_events(answered.text)
+        assert event.json()["id"] == 0 and event.json()["result"]["protocolVersion"] == HANDSHAKE
+        session_id = answered.headers["mcp-session-id"]
+        listed = client.post("/mcp", json=request("tools/list"), headers=session_headers(session_id))
+        assert len(listed.json()["result"]["tools"]) == 3
+        bad_initialize = request("initialize", {"protocolVersion": 7})
+        refused = client.post("/mcp", json=bad_initialize, headers={"accept": "text/event-stream"})
+        assert refused.headers["content-type"].startswith("text/event-stream")
+        assert parse_events(refused.text)[0].json()["error"]["code"] == -32602
+        assert "mcp-session-id" not in refused.headers
+    assert counts(daemon)["http"] == 1
+
+
+def test_a_request_reusing_an_in_flight_id_is_refused_without_a_reply_carrying_that_id(served):
+    runtime, daemon = served(tools=HANG)
+    nmap = binary(runtime, "nmap")
+    call = {"name": "nmap", "arguments": {"target": "10.0.0.5"}}
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
+            session_id = (await client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)).headers["mcp-session-id"]
+            headers = {**session_headers(session_id), "accept": "application/json"}
+            calling = client.post("/mcp", json=request("tools/call", call, "scan"), headers=headers)
+            first = asyncio.ensure_future(calling)
+            await asyncio.to_thread(wait_until, lambda: running(scan_calls(nmap)), what="the fake running")
+            refusals = [
+                (await client.post("/mcp", json=request(method, params, "scan"), headers=headers)).json()
+                for method, params in (("tools/call", call), ("ping", None))
+            ]
+            assert (await client.delete("/mcp", headers=headers)).status_code == 204
+            return refusals, [(await first).json()]
+
+    refusals, answers = asyncio.run(scenario())
+    assert [refusal["id"] for refusal in refusals] == [None, None]
+    assert all(refusal["error"]["code"] == -32600 for refusal in refusals)
+    # The call itself was not disturbed: its one answer (cancelled by the DELETE) carries its id.
+    assert answers[0]["id"] == "scan"
+    assert answers[0]["result"]["structuredContent"]["error"]["error_type"] == "cancelled"
+    assert len(scan_calls(nmap)) == 1
+
+
+def test_over_legacy_sse_a_reused_in_flight_id_is_refused_with_a_null_id(served):
+    runtime, daemon = served(tools=HANG)
+    nmap = binary(runtime, "nmap")
+    call = {"name": "nmap", "arguments": {"target": "10.0.0.5"}}
+    with httpx.Client(base_url=daemon.url, timeout=10) as client:
+        with client.stream("GET", "/sse") as stream:
+            endpoint, replies = sse_session(stream)
+            assert client.post(endpoint, json=INITIALIZE).status_code == 202
+            assert next(replies).json()["id"] == 0
+            assert client.post(endpoint, json=request("tools/call", call, "scan")).status_code == 202
+            wait_until(lambda: running(scan_calls(nmap)), what="the fake running")
+            assert client.post(endpoint, json=request("ping", None, "scan")).status_code == 202
+            refusal = next(replies).json()
+            assert refusal["id"] is None and refusal["error"]["code"] == -32600
+            cancel = notification("notifications/cancelled", {"requestId": "scan"})
+            assert client.post(endpoint, json=cancel).status_code == 202
+            wait_until(lambda: idle(runtime))
 
 
 def test_the_standalone_stream_is_single_and_ends_with_its_session(served):
@@ -347,7 +444,7 @@ def test_delete_cancels_the_sessions_running_calls(served):
             assert (await client.delete("/mcp", headers=session_headers(session_id))).status_code == 204
             answer = await pending
             assert answer.status_code == 200
-            return [event.json() for event in parse_events(answer.text)][-1] if answer.headers[
+            return messages_in(answer.text)[-1] if answer.headers[
                 "content-type"
             ].startswith("text/event-stream") else answer.json()
 
@@ -384,11 +481,14 @@ def test_status_counts_sessions_and_stateless_requests_in_progress(served):
 
 
 def test_two_hundred_clients_that_vanish_mid_call_leave_nothing_behind(served):
-    """Legacy SSE, handshake and 2026-07-28 clients start a hanging scan each, then drop their connections."""
+    """Legacy SSE, handshake and 2026-07-28 clients start a hanging scan each, then drop their connections.
+
+    The handshake clients (2025-11-25) hold event ids, so their calls wait `resume_window_sec` for them first.
+    """
     runtime, daemon = served(
         tools={"nmap": {"concurrency": 8, "max_queue": 300, "scenario": {"mode": "hang"}}},
         # Idle sessions must expire within the final wait, but not before a loaded machine gets to their first POST.
-        http={"max_sessions": 300, "session_idle_sec": 10.0},
+        http={"max_sessions": 300, "session_idle_sec": 10.0, "resume_window_sec": 0.5},
     )
     kinds = ["sse"] * 70 + ["http"] * 65 + ["modern"] * 65
     call = {"name": "nmap", "arguments": {"target": "10.0.0.5"}}

@@ -562,10 +562,14 @@ def test_a_request_id_cannot_be_reused_while_in_flight() -> None:
         await peer.initialize()
         task = peer.start("tools/call", hold_params(5), id=5)
         await peer.until(holding(5))
-        reply = await peer.send({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": hold_params(5)})
-        assert error_of(reply)["code"] == -32600
+        # Whatever the method, the refusal carries no id: the only reply with id 5 is the call's own.
+        for method, params in (("tools/call", hold_params(5)), ("ping", None), ("no/such/method", None)):
+            reply = await peer.send({"jsonrpc": "2.0", "id": "5", "method": method, "params": params})
+            assert error_of(reply)["code"] == -32600 and reply["id"] is None, method
+            assert error_of(reply)["data"] == {"id": "5"}
         peer.backend.release()
         assert (await asyncio.wait_for(task, 10))["result"]["isError"] is False
+        assert (await peer.send({"jsonrpc": "2.0", "id": 5, "method": "ping"}))["id"] == 5  # free again
 
     run(scenario())
 

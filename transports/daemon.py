@@ -115,7 +115,12 @@ def build_http_app(
     )
     sse = LegacySseTransport(dispatcher, sessions, max_body_bytes=http.max_body_bytes, ping_sec=keepalive_sec)
     streamable = StreamableHttpTransport(
-        dispatcher, sessions, max_body_bytes=http.max_body_bytes, keepalive_sec=keepalive_sec
+        dispatcher,
+        sessions,
+        max_body_bytes=http.max_body_bytes,
+        keepalive_sec=keepalive_sec,
+        stream_close_sec=http.stream_close_sec,
+        resume_window_sec=http.resume_window_sec,
     )
 
     @contextlib.asynccontextmanager

@@ -23,6 +23,7 @@ from transports import jsonrpc
 
 __all__ = [
     "KEEPALIVE_FRAME",
+    "RECONNECT_MS",
     "RETRY_AFTER_SEC",
     "SEND_TIMEOUT_SEC",
     "AsgiEndpoint",
@@ -31,24 +32,30 @@ __all__ = [
     "busy_response",
     "client_address",
     "event_frame",
+    "event_stream_response",
     "json_response",
+    "priming_frame",
     "read_body",
+    "retry_frame",
     "rpc_error_response",
     "send_chunk",
     "start_event_stream",
     "wait_disconnect",
 ]
 
-_SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-store"),
-    (b"x-accel-buffering", b"no"),
-)
+_SSE_HEADERS: Mapping[str, str] = {
+    "content-type": "text/event-stream",
+    "cache-control": "no-store",
+    "x-accel-buffering": "no",
+}
 
 KEEPALIVE_FRAME = b": keepalive\r\n\r\n"
 
 RETRY_AFTER_SEC = "5"
 """The Retry-After a client is given when the server is too busy, or shutting down, to take its message."""
+
+RECONNECT_MS = 500
+"""The `retry` a resumable event stream announces: how long a client waits before it resumes a closed stream."""
 
 SEND_TIMEOUT_SEC = 30.0
 """How long one write to an event stream may wait for a client that stopped reading before it is dropped."""
@@ -138,14 +145,31 @@ def busy_response(message: str, request_id: str | int | None = None, status: int
     )
 
 
-def event_frame(message: Any, event: str = "message") -> bytes:
-    """One server-sent event carrying a JSON-RPC message (a single `data:` line)."""
-    return b"event: " + event.encode("ascii") + b"\r\ndata: " + jsonrpc.encode(message) + b"\r\n\r\n"
+def event_frame(message: Any, event: str = "message", event_id: str | None = None) -> bytes:
+    """One server-sent event carrying a JSON-RPC message (a single `data:` line), with its id if given."""
+    head = b"id: " + event_id.encode("ascii") + b"\r\n" if event_id is not None else b""
+    return head + b"event: " + event.encode("ascii") + b"\r\ndata: " + jsonrpc.encode(message) + b"\r\n\r\n"
+
+
+def priming_frame(event_id: str, retry_ms: int = RECONNECT_MS) -> bytes:
+    """The empty event that opens a resumable stream: the id to resume from, and how long to wait first."""
+    return b"id: " + event_id.encode("ascii") + b"\r\nretry: " + str(retry_ms).encode("ascii") + b"\r\ndata: \r\n\r\n"
+
+
+def retry_frame(retry_ms: int = RECONNECT_MS) -> bytes:
+    """A `retry` field alone, sent before the server closes a stream the client should resume."""
+    return b"retry: " + str(retry_ms).encode("ascii") + b"\r\n\r\n"
+
+
+def event_stream_response(message: Any, headers: Mapping[str, str] | None = None) -> Response:
+    """A whole event stream of one event: the answer for a client that reads only event streams."""
+    return Response(event_frame(message), headers={**_SSE_HEADERS, **(headers or {})})
 
 
 async def start_event_stream(send: Send, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
-    extra = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": [*_SSE_HEADERS, *extra]})
+    merged = {**_SSE_HEADERS, **{name.lower(): value for name, value in (headers or {}).items()}}
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in merged.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
 
 
 async def send_chunk(send: Send, chunk: bytes, *, more: bool = True, timeout: float = SEND_TIMEOUT_SEC) -> None:

@@ -3,10 +3,12 @@
 Handshake era (2025-03-26 … 2025-11-25). `initialize`, posted without a
 session, opens one: the reply carries `Mcp-Session-Id`, which every later
 request must send (400 without it, 404 once the session is unknown, expired
-or deleted). A `MCP-Protocol-Version` header, when sent, must name the
-negotiated version. `GET` opens the session's standalone event stream (one
-at a time, 409 for a second; this server never sends on it, but a client
-may hold it), and `DELETE` ends the session and cancels its calls.
+or deleted). A `MCP-Protocol-Version` header, when sent, must name a version
+this server speaks (400 otherwise); the session is served at the version it
+negotiated. `GET` opens the session's standalone event stream (one at a
+time, 409 for a second; this server never sends on it, but a client may
+hold it), or, with `Last-Event-ID`, resumes a request's stream; `DELETE`
+ends the session and cancels its calls.
 
 2026-07-28. There are no sessions: each request carries its `_meta`
 envelope, `MCP-Protocol-Version` / `Mcp-Method` / `Mcp-Name` must repeat
@@ -23,20 +25,31 @@ a `tools/call` that sent a `progressToken`, a log message) switches the
 response to `text/event-stream`, which carries the notifications in order
 and then the reply. A request running silently for `keepalive_sec` switches
 too, so keepalive comments can hold the connection open through proxies. A
-client that accepts only JSON gets the reply alone; only notifications,
+client that accepts only JSON gets the reply alone, and one that accepts
+only event streams gets even a quick reply as an event; only notifications,
 responses, or a request the client cancelled get 202 and no body. In the
 2026-07-28 era a JSON-RPC error sent as JSON carries the status its code
 maps to (400, 404); handshake-era errors are 200, as those revisions expect.
 
-Whatever the era, a client that disconnects while its request is running
-gets that request cancelled (its tool call too, process group included):
-this server keeps no event ids, so a closed response can never be resumed
-and its answer could only be wasted. Other refusals: 406 when the client
-accepts neither JSON nor an event stream, 415 for a body that is not
-`application/json`, 413 over `max_body_bytes`, 400 for unparseable JSON
-(the JSON-RPC parse error is the body), 503 with `Retry-After` when the
-session table is full of sessions in use or the server is shutting down, 429
-with `Retry-After` when this client address already holds its share.
+Resumable streams (sessions at 2025-11-25 or later). A tool call is always
+answered as an event stream there, opened by a priming event (an id, a
+`retry`, no data), and every event carries an id naming its stream (see
+`response_streams`). Losing that connection does not cancel the call: its
+events are kept (the newest `REPLAY_EVENTS` of them), the client resumes with
+`GET` + `Last-Event-ID` and gets the rest, reply included. The server itself
+closes such a connection after `stream_close_sec` (0: never) to be resumed
+the same way; a stream nobody resumes within `resume_window_sec` has its
+request cancelled. Anywhere else, a client that disconnects while its
+request is running gets that request cancelled (its tool call too, process
+group included): it was given no way back to the answer.
+
+Other refusals: 406 when the client accepts neither JSON nor an event
+stream, 415 for a body that is not `application/json`, 413 over
+`max_body_bytes`, 400 for unparseable JSON (the JSON-RPC parse error is the
+body), 503 with `Retry-After` when the session table is full of sessions in
+use or the server is shutting down, 429 with `Retry-After` when this client
+address already holds its share. Refusals carry the request's id whenever it
+could be read.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any, Final
 
 from mcp_types import HEADER_MISMATCH
@@ -63,16 +77,19 @@ from transports.exchange import (
     ClientGone,
     busy_response,
     client_address,
-    event_frame,
+    event_stream_response,
     json_response,
     peer_of,
+    priming_frame,
     read_body,
+    retry_frame,
     rpc_error_response,
     send_chunk,
     start_event_stream,
     wait_disconnect,
 )
 from transports.http_rules import (
+    LAST_EVENT_ID_HEADER,
     SESSION_HEADER,
     VERSION_HEADER,
     Accepts,
@@ -82,21 +99,34 @@ from transports.http_rules import (
     is_json_content,
     is_modern_request,
     is_session_id,
+    is_tool_call,
     modern_header_problem,
     reply_status,
     request_id_of,
+    resumable_at,
     version_problem,
 )
 from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
 from transports.mcp import McpDispatcher, Session
+from transports.response_streams import Reader, ResponseStream
 from transports.session_policy import counts_as_use
-from transports.sessions import HttpSession, Outbox, SessionKind, SessionRefused, SessionTable
+from transports.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
 
 __all__ = ["StreamableHttpTransport"]
 
 log = logging.getLogger("labrecon.http.mcp")
 
 _ALLOW: Final = "GET, POST, DELETE"
+
+
+class _Pause(Enum):
+    """Why a connection reading a response stream stopped waiting."""
+
+    NEWS = "an event arrived or the stream finished"
+    QUIET = "nothing happened for keepalive_sec"
+    CLOSING = "the server closes this connection now; the client resumes the stream"
+    REPLACED = "another connection resumed the stream"
+    GONE = "the client left"
 
 
 class StreamableHttpTransport:
@@ -109,11 +139,15 @@ class StreamableHttpTransport:
         *,
         max_body_bytes: int,
         keepalive_sec: float = 15.0,
+        stream_close_sec: float = 0.0,
+        resume_window_sec: float = 60.0,
     ) -> None:
         self.dispatcher = dispatcher
         self.sessions = sessions
         self.max_body_bytes = max_body_bytes
         self.keepalive_sec = keepalive_sec
+        self.stream_close_sec = stream_close_sec
+        self.resume_window_sec = resume_window_sec
 
     def route(self, path: str = "/mcp") -> Route:
         return Route(path, self)  # an instance, not a function: Starlette hands it the raw ASGI call
@@ -145,10 +179,6 @@ class StreamableHttpTransport:
         if not is_json_content(headers.get("content-type")):
             await _refuse(415, "Unsupported Media Type: the body must be application/json")(scope, receive, send)
             return
-        version = headers.get(VERSION_HEADER)
-        if (problem := version_problem(version)) is not None:
-            await _rpc_refusal(400, problem)(scope, receive, send)
-            return
         try:
             body = await read_body(receive, self.max_body_bytes, headers.get("content-length"))
         except BodyTooLarge as exc:
@@ -161,6 +191,11 @@ class StreamableHttpTransport:
         except RpcError as exc:
             await _rpc_refusal(400, exc)(scope, receive, send)
             return
+        request_id = request_id_of(message)
+        version = headers.get(VERSION_HEADER)
+        if (problem := version_problem(version)) is not None:
+            await _rpc_refusal(400, problem, request_id)(scope, receive, send)
+            return
 
         session_id = headers.get(SESSION_HEADER)
         if version in MODERN_VERSIONS or (version is None and session_id is None and is_modern_request(message)):
@@ -168,17 +203,17 @@ class StreamableHttpTransport:
             return
         if session_id is None:
             if is_initialize(message):
-                response = await self._initialize(message, scope)
+                response = await self._initialize(message, accept, scope)
             else:
                 response = _refuse(
                     400,
                     "Bad Request: the Mcp-Session-Id header is required; send initialize first (or use the "
                     "2026-07-28 per-request envelope)",
-                    request_id=request_id_of(message),
+                    request_id=request_id,
                 )
             await response(scope, receive, send)
             return
-        found = self._session(session_id, version)
+        found = self._session(session_id, request_id)
         if isinstance(found, Response):
             await found(scope, receive, send)
             return
@@ -187,7 +222,7 @@ class StreamableHttpTransport:
             scope, receive, send, found.mcp, message, accept, owner=found, headers={SESSION_HEADER: found.id}
         )
 
-    async def _initialize(self, message: Any, scope: Scope) -> Response:
+    async def _initialize(self, message: Any, accept: Accepts, scope: Scope) -> Response:
         mcp = Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer_of(scope))
         try:
             session = self.sessions.open(SessionKind.HTTP, mcp, client=client_address(scope))
@@ -195,9 +230,9 @@ class StreamableHttpTransport:
             return busy_response(str(exc), request_id_of(message), exc.status)
         reply = await self.dispatcher.handle(session.mcp, message, _nowhere)
         if isinstance(reply, dict) and "result" in reply:
-            return json_response(reply, 200, {SESSION_HEADER: session.id})
+            return _reply_response(reply, accept, {SESSION_HEADER: session.id})
         self.sessions.close(session, "initialize was refused")
-        return json_response(reply, 200)
+        return _reply_response(reply, accept)
 
     async def _stateless(
         self, scope: Scope, receive: Receive, send: Send, headers: Headers, message: Any, accept: Accepts
@@ -232,88 +267,148 @@ class StreamableHttpTransport:
         headers: Mapping[str, str],
         modern: bool = False,
     ) -> None:
-        """Run one message and answer it (see the module notes), cancelling it if the client leaves."""
-        notes = Outbox()
+        """Run one message and answer it; a client that leaves cancels it unless it can resume (see the notes)."""
+        resumable = accept.event_stream and resumable_at(mcp.protocol_version)
+        stream = owner.resumable.open() if owner is not None and resumable else ResponseStream()
 
         def notify(note: dict[str, Any]) -> None:
             if accept.event_stream:
-                notes.put(note, droppable=note.get("method") == "notifications/progress")
+                stream.append(note)
 
         task = self.sessions.spawn(owner, self.dispatcher.handle(mcp, message, notify))
+        stream.request = task
+        task.add_done_callback(lambda done: stream.finish(_outcome(done, message)))
         gone = asyncio.ensure_future(wait_disconnect(receive))
         try:
-            await self._answer(scope, receive, send, task, gone, notes, message, accept, headers, modern)
+            await self._answer(scope, receive, send, stream, gone, message, accept, headers, owner, modern)
         except TimeoutError:
             log.info("client stopped reading its event stream; dropped", extra={"session": _short(owner)})
         finally:
             gone.cancel()
-            if not task.done():
-                # The client left (or stopped reading): nobody can receive this answer any more.
-                task.cancel()
-                log.info("client gone; request cancelled", extra={"session": _short(owner)})
+            if not stream.primed:
+                if owner is not None:
+                    owner.resumable.forget(stream)
+                if not task.done():
+                    # The client left (or stopped reading) holding no event id: it cannot come back for the answer.
+                    task.cancel()
+                    log.info("client gone; request cancelled", extra={"session": _short(owner)})
 
     async def _answer(
         self,
         scope: Scope,
         receive: Receive,
         send: Send,
-        task: asyncio.Task[Any],
+        stream: ResponseStream,
         gone: asyncio.Future[None],
-        notes: Outbox,
         message: Any,
         accept: Accepts,
         headers: Mapping[str, str],
+        owner: HttpSession | None,
         modern: bool,
     ) -> None:
         """JSON if the reply comes first; otherwise an event stream of the notifications, then the reply."""
-        if not await self._wait(task, gone, notes if accept.event_stream else None):
-            return
-        if task.done() and not (accept.event_stream and len(notes)):
-            reply = _outcome(task, message)
-            if reply is None:
-                await Response(status_code=202, headers=dict(headers))(scope, receive, send)
-            elif accept.json:
-                await json_response(reply, reply_status(reply, modern=modern), headers)(scope, receive, send)
-            else:
-                await start_event_stream(send, headers=headers)
-                await send_chunk(send, event_frame(reply), more=False)
-            return
-        await start_event_stream(send, headers=headers)
-        while True:
-            for note in notes.take_all():
-                await send_chunk(send, event_frame(note))
-            if task.done():
-                break
-            if not await self._wait(task, gone, notes, keepalive=send):
+        if not (stream.resumable and is_tool_call(message)):
+            if not await self._first_news(stream, gone, listening=accept.event_stream):
                 return
-        for note in notes.take_all():
-            await send_chunk(send, event_frame(note))
-        reply = _outcome(task, message)
-        await send_chunk(send, event_frame(reply) if reply is not None else b"", more=False)
+            if stream.holds_only_its_reply:
+                reply = stream.reply
+                if reply is None:
+                    response = Response(status_code=202, headers=dict(headers))
+                elif accept.json:
+                    response = json_response(reply, reply_status(reply, modern=modern), headers)
+                else:
+                    response = event_stream_response(reply, headers)
+                await response(scope, receive, send)
+                return
+        await start_event_stream(send, headers=headers)
+        if stream.resumable:
+            await send_chunk(send, priming_frame(stream.priming_id))
+            stream.primed = True
+        await self._relay(send, stream, 0, gone, owner)
 
-    async def _wait(
-        self, task: asyncio.Task[Any], gone: asyncio.Future[None], notes: Outbox | None, keepalive: Send | None = None
-    ) -> bool:
-        """Wait for the reply, a notification or `keepalive_sec`; False once the client has gone.
+    async def _first_news(self, stream: ResponseStream, gone: asyncio.Future[None], *, listening: bool) -> bool:
+        """Wait for the reply, a notification or (for a client `listening` to events) `keepalive_sec`.
 
-        Passed `keepalive`, a quiet period sends a keepalive comment on that stream.
+        False once the client has gone.
         """
-        waiters: set[asyncio.Future[Any]] = {task, gone}
-        ready = asyncio.ensure_future(notes.wait()) if notes is not None else None
-        if ready is not None:
-            waiters.add(ready)
+        news = asyncio.ensure_future(stream.wait_beyond(0))
         try:
             done, _ = await asyncio.wait(
-                waiters, timeout=self.keepalive_sec if notes is not None else None, return_when=asyncio.FIRST_COMPLETED
+                {news, gone}, timeout=self.keepalive_sec if listening else None, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            if ready is not None:
-                ready.cancel()
+            news.cancel()
+        return gone not in done
+
+    async def _relay(
+        self, send: Send, stream: ResponseStream, cursor: int, gone: asyncio.Future[None], owner: HttpSession | None
+    ) -> None:
+        """Send the stream's events after `cursor` as they come, to its end or until this connection ends.
+
+        A connection ends when its client leaves, when another connection
+        resumes the stream, or, for a resumable stream, `stream_close_sec`
+        after it began (with a `retry` field: the client resumes it).
+        """
+        reader = stream.attach()
+        loop = asyncio.get_running_loop()
+        closes_at = loop.time() + self.stream_close_sec if stream.primed and self.stream_close_sec > 0 else None
+        try:
+            while True:
+                for number, frame in stream.after(cursor):
+                    await send_chunk(send, frame)
+                    cursor = number
+                if stream.ended_for(cursor):
+                    await send_chunk(send, b"", more=False)
+                    if owner is not None:
+                        owner.resumable.forget(stream)  # delivered: nothing left to resume
+                    return
+                pause = await self._pause(stream, cursor, gone, reader, closes_at)
+                if pause is _Pause.GONE:
+                    if stream.primed:
+                        log.info(
+                            "client left a resumable stream; it has %gs to resume it",
+                            self.resume_window_sec,
+                            extra={"session": _short(owner), "stream": stream.number},
+                        )
+                    return
+                if pause is _Pause.QUIET:
+                    await send_chunk(send, KEEPALIVE_FRAME)
+                elif pause is _Pause.CLOSING:
+                    await send_chunk(send, retry_frame(), more=False)
+                    return
+                elif pause is _Pause.REPLACED:
+                    await send_chunk(send, b"", more=False)
+                    return
+        finally:
+            stream.detach(reader, self.resume_window_sec)
+
+    async def _pause(
+        self,
+        stream: ResponseStream,
+        cursor: int,
+        gone: asyncio.Future[None],
+        reader: Reader,
+        closes_at: float | None,
+    ) -> _Pause:
+        """Wait until there is something to send, a reason to stop, or a keepalive is due."""
+        timeout, closing = self.keepalive_sec, False
+        if closes_at is not None and (left := closes_at - asyncio.get_running_loop().time()) <= timeout:
+            timeout, closing = max(0.0, left), True
+        news = asyncio.ensure_future(stream.wait_beyond(cursor))
+        replaced = asyncio.ensure_future(reader.replaced.wait())
+        waiters: set[asyncio.Future[Any]] = {news, replaced, gone}
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            news.cancel()
+            replaced.cancel()
         if gone in done:
-            return False
-        if not done and keepalive is not None:
-            await send_chunk(keepalive, KEEPALIVE_FRAME)
-        return True
+            return _Pause.GONE
+        if replaced in done:
+            return _Pause.REPLACED
+        if news in done:
+            return _Pause.NEWS
+        return _Pause.CLOSING if closing else _Pause.QUIET
 
     # --- GET and DELETE ---------------------------------------------------------------
 
@@ -324,6 +419,9 @@ class StreamableHttpTransport:
         found = self._session_from(headers)
         if isinstance(found, Response):
             return found
+        last_event_id = headers.get(LAST_EVENT_ID_HEADER, "").strip()
+        if last_event_id:  # an empty one means "no event seen yet", as browsers' EventSource sends it
+            return await self._resume(scope, receive, send, found, last_event_id)
         if found.streams:
             return _refuse(409, "Conflict: this session already has its standalone event stream open")
         found.streams += 1
@@ -339,6 +437,25 @@ class StreamableHttpTransport:
             log.info("session %s stopped reading its standalone stream; dropped", found.short_id)
         finally:
             found.streams -= 1
+        return None
+
+    async def _resume(
+        self, scope: Scope, receive: Receive, send: Send, session: HttpSession, last_event_id: str
+    ) -> Response | None:
+        """Replay a request's stream from the event after `last_event_id`, then carry on with it."""
+        found = session.resumable.find(last_event_id)
+        if found is None or found[0].ended_for(found[1]):
+            return _refuse(400, "Bad Request: Last-Event-ID names no event stream of this session left to resume")
+        stream, cursor = found
+        self.sessions.touch(session)
+        gone = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            await start_event_stream(send, headers={SESSION_HEADER: session.id})
+            await self._relay(send, stream, cursor, gone, session)
+        except TimeoutError:
+            log.info("client stopped reading a resumed event stream; dropped", extra={"session": session.short_id})
+        finally:
+            gone.cancel()
         return None
 
     def _delete(self, scope: Scope) -> Response:
@@ -359,18 +476,13 @@ class StreamableHttpTransport:
         session_id = headers.get(SESSION_HEADER)
         if session_id is None:
             return _refuse(400, "Bad Request: the Mcp-Session-Id header is required")
-        return self._session(session_id, version)
+        return self._session(session_id)
 
-    def _session(self, session_id: str, version: str | None) -> HttpSession | Response:
+    def _session(self, session_id: str, request_id: str | int | None = None) -> HttpSession | Response:
         session = self.sessions.get(session_id, SessionKind.HTTP) if is_session_id(session_id) else None
         if session is None:
-            return _refuse(404, "Not Found: no such session (it expired, was deleted, or never existed)")
-        negotiated = session.mcp.protocol_version
-        if version is not None and negotiated is not None and version != negotiated:
             return _refuse(
-                400,
-                f"Bad Request: {VERSION_HEADER} {version} does not match the version this session negotiated "
-                f"({negotiated})",
+                404, "Not Found: no such session (it expired, was deleted, or never existed)", request_id=request_id
             )
         return session
 
@@ -385,12 +497,19 @@ async def _until_closed(session: HttpSession) -> Any:
 def _outcome(task: asyncio.Task[Any], message: Any) -> Any:
     if task.cancelled():
         return jsonrpc.error_response(
-            request_id_of(message), INVALID_REQUEST, "the session was closed while this request was running"
+            request_id_of(message),
+            INVALID_REQUEST,
+            "the request was cancelled before it finished: its session closed, or no client was left to answer",
         )
     if (exc := task.exception()) is not None:
         log.error("request failed inside the server", exc_info=exc)
         return jsonrpc.error_response(request_id_of(message), INTERNAL_ERROR, "Internal error")
     return task.result()
+
+
+def _reply_response(reply: Any, accept: Accepts, headers: Mapping[str, str] | None = None) -> Response:
+    """A reply ready at once: JSON, or one event for a client that reads only event streams."""
+    return json_response(reply, 200, headers) if accept.json else event_stream_response(reply, headers)
 
 
 def _short(session: HttpSession | None) -> str | None:
@@ -414,4 +533,3 @@ def _refuse(
 
 def _rpc_refusal(status: int, error: RpcError, request_id: str | int | None = None) -> Response:
     return rpc_error_response(status, error.code, error.message, request_id=request_id, data=error.data)
-

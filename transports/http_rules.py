@@ -16,7 +16,11 @@ Where the specification leaves room, the choices are:
   refused with the typed -32022 error, listing the versions it does speak;
 * a JSON-RPC error answered as plain JSON to a 2026-07-28 request carries
   the HTTP status that revision assigns to its code (400, 404); everything
-  else is 200, as the handshake-era revisions expect.
+  else is 200, as the handshake-era revisions expect;
+* event streams are resumable in sessions that negotiated 2025-11-25 or
+  later (older clients were never told what a priming event is), and there
+  a tool call is always answered as a stream, so that it can be resumed
+  from its first moment.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from mcp_types import (
     PROTOCOL_VERSION_META_KEY,
     UNSUPPORTED_PROTOCOL_VERSION,
 )
+from mcp_types.version import is_version_at_least
 
 from transports import eras
 from transports.jsonrpc import RpcError
@@ -47,6 +52,7 @@ __all__ = [
     "EVENT_STREAM",
     "JSON",
     "KNOWN_VERSIONS",
+    "LAST_EVENT_ID_HEADER",
     "METHOD_HEADER",
     "NAME_HEADER",
     "SESSION_HEADER",
@@ -59,10 +65,12 @@ __all__ = [
     "is_json_content",
     "is_modern_request",
     "is_session_id",
+    "is_tool_call",
     "modern_header_problem",
     "new_session_id",
     "reply_status",
     "request_id_of",
+    "resumable_at",
     "version_problem",
 ]
 
@@ -70,12 +78,15 @@ SESSION_HEADER: Final = "mcp-session-id"
 VERSION_HEADER: Final = "mcp-protocol-version"
 METHOD_HEADER: Final = "mcp-method"
 NAME_HEADER: Final = "mcp-name"
+LAST_EVENT_ID_HEADER: Final = "last-event-id"
 _ROUTING_HEADERS: Final = frozenset({VERSION_HEADER, METHOD_HEADER, NAME_HEADER})
 
 JSON: Final = "application/json"
 EVENT_STREAM: Final = "text/event-stream"
 
 KNOWN_VERSIONS: Final[tuple[str, ...]] = (*eras.HANDSHAKE_VERSIONS, *eras.MODERN_VERSIONS)
+
+_RESUMABLE_SINCE: Final = "2025-11-25"
 
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 _B64_SENTINEL = re.compile(r"=\?base64\?(?P<payload>.*)\?=")
@@ -215,6 +226,15 @@ def decode_header_value(value: str | None) -> str | None:
 
 def is_initialize(message: Any) -> bool:
     return isinstance(message, dict) and message.get("method") == "initialize" and "id" in message
+
+
+def is_tool_call(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("method") == "tools/call" and "id" in message
+
+
+def resumable_at(version: str | None) -> bool:
+    """Whether a session that negotiated `version` gets resumable event streams (see the module notes)."""
+    return version in eras.HANDSHAKE_VERSIONS and is_version_at_least(version, _RESUMABLE_SINCE)
 
 
 def request_id_of(message: Any) -> str | int | None:

@@ -22,7 +22,9 @@ changes (initialize, logging/setLevel, cancellation) still take effect in
 arrival order; the elements of a batch run concurrently, as JSON-RPC allows.
 
 Error policy, from the outside in: undecodable text is -32700 with a null
-id; a message that is not a request is -32600; a method this server does not
+id; a message that is not a request is -32600; so is a request reusing the
+id of one still in flight, answered with a null id so that the running
+request's reply stays the only one carrying it; a method this server does not
 serve is -32601 before anything else is looked at; params that do not fit
 the method's schema at the requested version, or an unknown tool, are
 -32602; a refused or failed tool run is a normal result with `isError:
@@ -308,6 +310,12 @@ class McpDispatcher:
     async def _on_request(
         self, session: Session, msg: jsonrpc.Request, notify: NotificationSink, *, in_batch: bool
     ) -> dict[str, Any] | None:
+        if jsonrpc.request_key(msg.id) in session.calls:
+            # Answering with this id would be a second reply to the request already running under it.
+            logger.info("request refused: its id is already in flight", extra={"method": _short(msg.method)})
+            return jsonrpc.error_response(
+                None, INVALID_REQUEST, "Invalid Request: a request with this id is already in flight", {"id": msg.id}
+            )
         if msg.method not in SERVED_METHODS:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {_short(msg.method)!r}", _short(msg.method))
         if in_batch and msg.method == "initialize":
@@ -451,8 +459,6 @@ class McpDispatcher:
                 {"available": known},
             )
         key = jsonrpc.request_key(ctx.request.id)
-        if key in session.calls:
-            raise RpcError(INVALID_REQUEST, "Invalid Request: a request with this id is already in flight")
         call = _Call(
             call_id=self._new_call_id(),
             tool=name,

@@ -46,6 +46,7 @@ from typing import Any
 from transports.http_rules import new_session_id
 from transports.mcp import McpDispatcher, Session
 from transports.session_policy import Lifetimes, client_key, eviction_victim, expiry, sessions_of
+from transports.response_streams import SessionStreams
 
 __all__ = [
     "STATELESS",
@@ -137,17 +138,6 @@ class Outbox:
         self._closed = True
         self._ready.set()
 
-    def take_all(self) -> list[Any]:
-        items = list(self._items)
-        self._items.clear()
-        if not self._closed:
-            self._ready.clear()
-        return items
-
-    async def wait(self) -> None:
-        """Return when a message is waiting or the outbox is closed."""
-        await self._ready.wait()
-
     async def get(self) -> Any | None:
         """The next message, or None once the outbox is closed and empty."""
         while True:
@@ -175,6 +165,7 @@ class HttpSession:
     outbox: Outbox = field(default_factory=Outbox)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
     streams: int = 0  # open standalone event streams (Streamable HTTP GET)
+    resumable: SessionStreams = field(default_factory=SessionStreams, repr=False)  # POST streams a GET may resume
     closed: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
