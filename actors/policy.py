@@ -10,7 +10,9 @@ range; a form we do not parse exactly like the tool is a form we refuse.
 Hostnames must end in an allowed domain (on a label boundary) and are
 resolved here, static `[policy.hosts]` map first; every address must be
 allowed and the tool is given the address, so a DNS answer that changes
-between our check and the tool's own lookup cannot redirect the scan.
+between our check and the tool's own lookup cannot redirect the scan. The
+resolver is the one thing that may block: `lookup_name` says, purely, whether
+a target will need it.
 """
 
 from __future__ import annotations
@@ -83,17 +85,17 @@ class TargetPolicy:
         self.settings = settings
         self._networks = tuple(settings.allowed_networks)
         self._ipv6 = any(n.version == 6 for n in self._networks)
-        self._resolver = resolver
+        # Names missing from the static map are asked of this (the system's DNS unless one is given).
+        self.resolver = resolver or dns_resolver(ipv6=self._ipv6)
+
+    def with_resolver(self, resolver: Resolver) -> TargetPolicy:
+        """The same policy, asking `resolver` for names."""
+        return TargetPolicy(self.settings, resolver)
 
     # -- public ------------------------------------------------------------
 
     def check(self, target: str) -> ResolvedTarget:
-        if not isinstance(target, str) or not target:
-            raise InvalidCall("target must be a non-empty string", field="target")
-        if len(target) > MAX_TARGET_LEN or not target.isascii() or not target.isprintable() or " " in target:
-            raise InvalidCall(
-                "target must be one IPv4 address, CIDR network or hostname without spaces", field="target"
-            )
+        _one_token(target)
         if _IPV4.fullmatch(target):
             return self._address(target, ipaddress.IPv4Address(target))
         if match := _IPV4_CIDR.fullmatch(target):
@@ -101,6 +103,21 @@ class TargetPolicy:
         if ":" in target:
             return self._ipv6_target(target)
         return self._hostname(target)
+
+    def lookup_name(self, target: object) -> str | None:
+        """The name `check(target)` will ask the resolver for; None when it asks none.
+
+        None for addresses, networks, names in the static map, with DNS off,
+        and for targets `check` refuses before any look-up.
+        """
+        try:
+            text = _one_token(target)
+            if _IPV4.fullmatch(text) or _IPV4_CIDR.fullmatch(text) or ":" in text:
+                return None
+            name = self._allowed_name(text)
+        except InvalidCall:
+            return None
+        return name if self.settings.dns and name not in self.settings.hosts else None
 
     def is_allowed(self, address: IPAddress) -> bool:
         return any(address.version == n.version and address in n for n in self._networks)
@@ -158,8 +175,19 @@ class TargetPolicy:
         return address
 
     def _hostname(self, given: str) -> ResolvedTarget:
+        name = self._allowed_name(given)
+        addresses = self._resolve(name)
+        for address in addresses:
+            if not self.is_allowed(address):
+                raise InvalidCall(
+                    f"{name} resolves to {address}, which is outside the allowed networks", field="target"
+                )
+        return ResolvedTarget(given, "host", str(addresses[0]), addresses=addresses, hostname=name)
+
+    def _allowed_name(self, given: str) -> str:
+        """The normalised hostname, if `given` is one inside an allowed domain."""
         name = given.lower()
-        name = name[:-1] if name.endswith(".") else name
+        name = name.removesuffix(".")
         if not _HOSTNAME.fullmatch(name):
             raise InvalidCall(
                 f"{given!r} is not a dotted-quad IPv4 address, a CIDR network or a hostname "
@@ -178,13 +206,7 @@ class TargetPolicy:
             raise InvalidCall(
                 f"hostname {name} is outside the allowed domains ({', '.join(domains) or 'none'})", field="target"
             )
-        addresses = self._resolve(name)
-        for address in addresses:
-            if not self.is_allowed(address):
-                raise InvalidCall(
-                    f"{name} resolves to {address}, which is outside the allowed networks", field="target"
-                )
-        return ResolvedTarget(given, "host", str(addresses[0]), addresses=addresses, hostname=name)
+        return name
 
     # -- resolution --------------------------------------------------------------
 
@@ -194,9 +216,8 @@ class TargetPolicy:
             return (static,)
         if not self.settings.dns:
             raise InvalidCall(f"{name} is not in the static hosts map and DNS lookups are disabled", field="target")
-        resolver = self._resolver or dns_resolver(ipv6=self._ipv6)
         try:
-            raw = list(resolver(name))
+            raw = list(self.resolver(name))
         except (OSError, LookupError, UnicodeError) as exc:
             raise InvalidCall(f"could not resolve {name}: {exc}", field="target") from None
         addresses: list[IPAddress] = []
@@ -217,3 +238,11 @@ class TargetPolicy:
 
     def _allowed_text(self) -> str:
         return ", ".join(str(n) for n in self._networks) or "none configured"
+
+
+def _one_token(target: object) -> str:
+    if not isinstance(target, str) or not target:
+        raise InvalidCall("target must be a non-empty string", field="target")
+    if len(target) > MAX_TARGET_LEN or not target.isascii() or not target.isprintable() or " " in target:
+        raise InvalidCall("target must be one IPv4 address, CIDR network or hostname without spaces", field="target")
+    return target

@@ -59,6 +59,10 @@ class PolicySettings(Strict):
     hosts: dict[str, IPAddress] = Field(default_factory=dict)
     # Whether names missing from `hosts` may be looked up in DNS at all.
     dns: bool = True
+    # A call whose look-up has not answered within this is refused; the look-up is left to finish alone.
+    dns_timeout_sec: float = Field(default=2.0, gt=0, le=60)
+    # Look-ups running at once; more wait in line within their own deadline.
+    dns_concurrency: int = Field(default=8, ge=1, le=256)
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

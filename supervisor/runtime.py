@@ -8,10 +8,12 @@ Every transport (stdio, HTTP, the CLI) is built on this same object, so an
 embedding program gets exactly the behaviour an MCP client gets. Calls are
 validated here, on the caller's side, before anything reaches an actor:
 input that the policy refuses never touches a mailbox, a breaker or a
-process. What is accepted is handed to the tool's actor with a one-shot
-reply, and the caller waits on that reply in whatever way suits it — a
-blocking future from any thread, or an asyncio future that never blocks the
-loop.
+process. A target's DNS look-up runs on a look-up thread with a deadline
+(`actors.lookups`); `acall` awaits it without blocking the loop, and a call
+that needs none never waits for one. What is accepted is handed to the
+tool's actor with a one-shot reply, and the caller waits on that reply in
+whatever way suits it — a blocking future from any thread, or an asyncio
+future that never blocks the loop.
 
 A runtime changes nothing process-wide unless told it owns the process
 (`Runtime.start(..., owns_process=True)`, as ``labrecon serve`` does): see `start`.
@@ -30,12 +32,14 @@ from pydantic import ValidationError
 
 from actors.api import ProgressSink, ToolInfo, UnknownTool
 from actors.containment import end_leftovers, set_subreaper
+from actors.lookups import Lookups
 from actors.policy import Resolver, TargetPolicy
 from actors.prepare import PreparedCall, prepare_call
 from actors.reply import AsyncReply, Reply, ThreadReply
 from actors.results import CallOutcome, ErrorType, InvalidCall
 from actors.tool import Call
 from actors.tools import TOOL_SPECS
+from actors.tools.base import ToolSpec
 from supervisor.audit import AuditLog
 from supervisor.config import FaultSettings, Settings, settings_from
 from supervisor.status import Status
@@ -50,7 +54,12 @@ class Runtime:
     def __init__(self, settings: Settings, *, resolver: Resolver | None = None, owns_process: bool = False) -> None:
         self.settings = settings
         self.owns_process = owns_process and set_subreaper(True)
-        self.policy = TargetPolicy(settings.policy, resolver=resolver)
+        policy = TargetPolicy(settings.policy, resolver=resolver)
+        self.lookups = Lookups(
+            policy.resolver, timeout_sec=settings.policy.dns_timeout_sec, limit=settings.policy.dns_concurrency
+        )
+        # Blocking calls wait on a look-up here, at most its deadline; `acall` settles it first, on the loop.
+        self.policy = policy.with_resolver(self.lookups.resolve)
         self.specs = {
             name: TOOL_SPECS[name] for name, tool_settings in settings.tools.items() if tool_settings.enabled
         }
@@ -133,7 +142,7 @@ class Runtime:
         `cancelled` answer returned, so nothing is left running behind the caller.
         """
         reply: ThreadReply[CallOutcome] = ThreadReply()
-        call_id, early = self._submit(tool, arguments, reply, call_id=call_id, progress=None, caller=caller)
+        call_id, early = self._submit(tool, arguments, reply, self.policy, call_id=call_id, progress=None, caller=caller)
         if early is not None:
             return early
         try:
@@ -152,10 +161,12 @@ class Runtime:
         caller: str | None = None,
     ) -> CallOutcome:
         """Run a call from asyncio. Cancelling the awaiting task cancels the call (and kills its process)."""
+        self._spec(tool)
+        policy = await self._looked_up(arguments)
         loop = asyncio.get_running_loop()
         reply: AsyncReply[CallOutcome] = AsyncReply(loop)
         sink = _on_loop(loop, progress) if progress is not None else None
-        call_id, early = self._submit(tool, arguments, reply, call_id=call_id, progress=sink, caller=caller)
+        call_id, early = self._submit(tool, arguments, reply, policy, call_id=call_id, progress=sink, caller=caller)
         if early is not None:
             return early
         try:
@@ -225,24 +236,39 @@ class Runtime:
 
     # --- internals --------------------------------------------------------------
 
+    def _spec(self, tool: str) -> ToolSpec:
+        spec = self.specs.get(tool)
+        if spec is None:
+            raise UnknownTool(tool, sorted(self.specs))
+        return spec
+
+    async def _looked_up(self, arguments: Mapping[str, Any]) -> TargetPolicy:
+        """The policy for one call from asyncio, with its target's look-up (if any) already settled."""
+        target = arguments.get("target") if isinstance(arguments, Mapping) else None
+        name = self.policy.lookup_name(target)
+        if name is None:
+            return self.policy
+        lookup = self.lookups.start(name)
+        await lookup.settled()
+        return self.policy.with_resolver(lookup.answer)
+
     def _submit(
         self,
         tool: str,
         arguments: Mapping[str, Any],
         reply: Reply[CallOutcome],
+        policy: TargetPolicy,
         *,
         call_id: str | None,
         progress: ProgressSink | None,
         caller: str | None,
     ) -> tuple[str, CallOutcome | None]:
-        spec = self.specs.get(tool)
-        if spec is None:
-            raise UnknownTool(tool, sorted(self.specs))
+        spec = self._spec(tool)
         call_id = call_id or uuid.uuid4().hex
         if self._stopped:
             return call_id, CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, "the runtime is stopping")
         try:
-            prepared = self._prepare(tool, arguments)
+            prepared = self._prepare(spec, arguments, policy)
             with self._calls_lock:
                 if call_id in self._calls:
                     raise InvalidCall(f"call id {call_id!r} is already in use by a call in flight", field="call_id")
@@ -258,12 +284,10 @@ class Runtime:
         self.supervisor.submit(call)
         return call_id, None
 
-    def _prepare(self, tool: str, arguments: Mapping[str, Any]) -> PreparedCall:
+    def _prepare(self, spec: ToolSpec, arguments: Mapping[str, Any], policy: TargetPolicy) -> PreparedCall:
         if not isinstance(arguments, Mapping):
             raise InvalidCall("arguments must be an object", field="arguments")
-        return prepare_call(
-            self.specs[tool], arguments, settings=getattr(self.settings.tools, tool), policy=self.policy
-        )
+        return prepare_call(spec, arguments, settings=getattr(self.settings.tools, spec.name), policy=policy)
 
     def _answered(self, call_id: str, outcome: CallOutcome, caller: str | None) -> None:
         with self._calls_lock:

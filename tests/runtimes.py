@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from actors.policy import Resolver
 from supervisor import Runtime
 from tests.fakes.install import install_fake, read_calls
 
@@ -36,8 +37,9 @@ def fake_config(directory: Path, *, tools: dict[str, dict[str, Any]] | None = No
 
 
 @contextmanager
-def fake_runtime(directory: Path, **kwargs: Any) -> Iterator[Runtime]:
-    runtime = Runtime.start(fake_config(directory, **kwargs))
+def fake_runtime(directory: Path, *, resolver: Resolver | None = None, **kwargs: Any) -> Iterator[Runtime]:
+    """A started runtime on fakes (`kwargs` as for `fake_config`); `resolver` answers its DNS look-ups."""
+    runtime = Runtime.start(fake_config(directory, **kwargs), resolver=resolver)
     try:
         yield runtime
     finally:

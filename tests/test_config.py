@@ -27,6 +27,7 @@ def test_defaults_are_the_lab_ranges_and_per_tool_limits():
     assert [str(n) for n in s.policy.allowed_networks] == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
     assert s.policy.allowed_domains == ("lab.internal",)
     assert s.policy.max_hosts == 256
+    assert (s.policy.dns_timeout_sec, s.policy.dns_concurrency) == (2.0, 8)
     assert (s.tools.nmap.concurrency, s.tools.masscan.concurrency, s.tools.gobuster.concurrency) == (2, 1, 2)
     assert s.tools.nmap.max_queue == 16 and s.tools.nmap.timeout_sec == 300
     assert s.tools.masscan.max_rate == 1000
@@ -74,6 +75,8 @@ def test_static_hosts_map(tmp_path):
         ("[tools.nmap]\nbinry = 'x'\n", "tools.nmap.binry: unknown key"),
         ("[policy]\nallowed_networks = ['10.0.0.1/8']\n", "policy.allowed_networks"),
         ("[policy]\nmax_hosts = -1\n", "policy.max_hosts"),
+        ("[policy]\ndns_timeout_sec = 0\n", "policy.dns_timeout_sec"),
+        ("[policy]\ndns_concurrency = 0\n", "policy.dns_concurrency"),
         ("[tools.nmap]\nallowed_scripts = ['exploit']\n", "tools.nmap.allowed_scripts"),
         ("[tools.nmap]\ntimeout_sec = 500\nmax_timeout_sec = 100\n", "tools.nmap"),
         ("[[faults]]\ntool = 'nmap'\nkind = 'explode'\n", "faults.0.kind"),

@@ -283,6 +283,53 @@ def test_the_allowed_domain_itself_and_deep_subdomains_are_names_in_the_domain()
     assert p.check("a.b.c.lab.internal").tool_target == "10.0.0.2"
 
 
+# ---------------------------------------------------------------- which targets need a look-up
+
+
+LOOKUP_PROBES = [
+    "db.lab.internal",
+    "DB.Lab.Internal.",
+    "web.lab.internal",  # in the static map
+    "WEB.lab.internal.",
+    "lab.internal",
+    "10.0.0.5",
+    "10.0.0.0/24",
+    "fd00:1::5",
+    "10.1",
+    "0x0a.0.0.1",
+    "example.com",
+    "web.lab.internal:8080",
+    "web.lab.internal/24",
+    "*.lab.internal",
+    "",
+    " db.lab.internal",
+    "a" * 300,
+    None,
+    7,
+]
+
+
+@pytest.mark.parametrize("dns", [True, False])
+@pytest.mark.parametrize("target", LOOKUP_PROBES)
+def test_lookup_name_is_the_name_check_asks_the_resolver_for(target, dns):
+    fake = FakeResolver(error=socket.gaierror(socket.EAI_NONAME, "no such name"))
+    p = TargetPolicy(
+        PolicySettings(dns=dns, hosts={"web.lab.internal": "10.0.0.7"}, allowed_networks=["10.0.0.0/8", "fd00:1::/64"]),
+        resolver=fake,
+    )
+    name = p.lookup_name(target)
+    try:
+        p.check(target)  # type: ignore[arg-type]
+    except InvalidCall:
+        pass
+    assert fake.calls == ([] if name is None else [name])
+
+
+def test_lookup_name_is_normalised_and_none_without_dns():
+    assert policy(FakeResolver()).lookup_name("DB.Lab.Internal.") == "db.lab.internal"
+    assert policy().lookup_name("db.lab.internal") is None
+
+
 # ---------------------------------------------------------------- IPv6
 
 
