@@ -104,6 +104,22 @@ def test_every_version_script_nmap_runs_for_dash_sV_is_vetted(script_db):
     assert unvetted == []
 
 
+# nmap libraries that take a script beyond the host it was given: httpspider follows links to other hosts
+# (its same-host check compares only the port off ports 80 and 443), anyconnect follows redirects anywhere.
+LIBRARIES_THAT_LEAVE_THE_TARGET = ("httpspider", "anyconnect")
+
+
+def test_no_vetted_script_loads_a_library_that_leaves_the_target(script_db):
+    scripts = installed_script_db().parent  # type: ignore[union-attr]  # script_db skipped without nmap
+    loading = {
+        name: library
+        for name in NMAP_SCRIPTS.vetted
+        for library in LIBRARIES_THAT_LEAVE_THE_TARGET
+        if re.search(rf"""require\s*\(?\s*["']{library}["']""", (scripts / f"{name}.nse").read_text(errors="replace"))
+    }
+    assert loading == {}
+
+
 def test_no_vetted_script_carries_a_denied_category_but_wdb_version():
     """wdb-version is filed under vuln too, and -sV runs it whatever the call says: it was read and only reads."""
     carrying = {
