@@ -161,8 +161,7 @@ class Runtime:
         caller: str | None = None,
     ) -> CallOutcome:
         """Run a call from asyncio. Cancelling the awaiting task cancels the call (and kills its process)."""
-        self._spec(tool)
-        policy = await self._looked_up(arguments)
+        policy = await self._looked_up(self._spec(tool), arguments)
         loop = asyncio.get_running_loop()
         reply: AsyncReply[CallOutcome] = AsyncReply(loop)
         sink = _on_loop(loop, progress) if progress is not None else None
@@ -242,9 +241,18 @@ class Runtime:
             raise UnknownTool(tool, sorted(self.specs))
         return spec
 
-    async def _looked_up(self, arguments: Mapping[str, Any]) -> TargetPolicy:
-        """The policy for one call from asyncio, with its target's look-up (if any) already settled."""
-        target = arguments.get("target") if isinstance(arguments, Mapping) else None
+    async def _looked_up(self, spec: ToolSpec, arguments: Mapping[str, Any]) -> TargetPolicy:
+        """The policy for one call from asyncio, with its target's look-up (if any) already settled.
+
+        A call that will be refused anyway (the runtime stopping, arguments that do not validate) looks
+        nothing up: names are resolved only for calls that may run.
+        """
+        if self._stopped or not isinstance(arguments, Mapping):
+            return self.policy
+        try:
+            target = spec.validate_arguments(arguments).target
+        except InvalidCall:
+            return self.policy
         name = self.policy.lookup_name(target)
         if name is None:
             return self.policy

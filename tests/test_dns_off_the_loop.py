@@ -101,3 +101,14 @@ def test_a_blocking_call_gives_its_lookup_up_at_the_deadline_too(make_runtime, r
     assert outcome.error_type == "validation" and "lookup timed out" in outcome.error.message
     assert resolver.finished == []
     assert scan_calls(binary(runtime, "nmap")) == []
+
+
+def test_a_call_refused_for_its_arguments_looks_nothing_up(make_runtime, resolver):
+    runtime = make_runtime(policy={"dns": True, "dns_timeout_sec": 60}, resolver=resolver)
+
+    async def scenario():
+        return await runtime.acall("nmap", {"target": SLOW, "timing": "fast"})
+
+    outcome = asyncio.run(scenario())
+    assert outcome.error_type == "validation" and "timing" in outcome.error.message
+    assert resolver.calls == [], "a call that can never run must not cost a look-up"
