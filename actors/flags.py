@@ -30,7 +30,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 class ValueKind(Protocol):
     """Checks one option value; returns its canonical form or raises ValueError."""
 
-    description: str
+    @property
+    def description(self) -> str:
+        """What a valid value looks like, for messages."""
+        ...
 
     def canonical(self, raw: str) -> str: ...
 
