@@ -7,8 +7,11 @@ import pytest
 from actors.policy import TargetPolicy
 from actors.prepare import prepare_call
 from actors.results import InvalidCall
-from actors.settings import GobusterSettings, MasscanSettings, NmapSettings, PolicySettings
+from actors.settings import PolicySettings
 from actors.tools import TOOL_SPECS
+from actors.tools.gobuster import GobusterSettings
+from actors.tools.masscan import MasscanSettings
+from actors.tools.nmap import NmapSettings
 
 POLICY = TargetPolicy(
     PolicySettings(

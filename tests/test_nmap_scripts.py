@@ -19,8 +19,9 @@ from actors.nmap_scripts import NMAP_SCRIPTS
 from actors.policy import TargetPolicy
 from actors.prepare import prepare_call
 from actors.results import ErrorType, InvalidCall
-from actors.settings import DEFAULT_ALLOWED_SCRIPTS, NmapSettings, PolicySettings
+from actors.settings import PolicySettings
 from actors.tools import TOOL_SPECS
+from actors.tools.nmap import DEFAULT_ALLOWED_SCRIPTS, NmapSettings
 from tests.runtimes import scan_calls
 
 POLICY = TargetPolicy(PolicySettings(dns=False))

@@ -16,8 +16,11 @@ from actors.nmap_scripts import NMAP_SCRIPTS
 from actors.policy import TargetPolicy
 from actors.prepare import prepare_call
 from actors.results import CallOutcome, InvalidCall
-from actors.settings import GobusterSettings, MasscanSettings, NmapSettings, PolicySettings
+from actors.settings import PolicySettings
 from actors.tools import TOOL_SPECS, gobuster, masscan, nmap
+from actors.tools.gobuster import GobusterSettings
+from actors.tools.masscan import MasscanSettings
+from actors.tools.nmap import NmapSettings
 
 PROPERTY = settings(max_examples=300, deadline=None)
 

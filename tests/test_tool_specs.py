@@ -13,16 +13,13 @@ from actors.nmap_scripts import NMAP_SCRIPTS
 from actors.policy import TargetPolicy
 from actors.prepare import PreparedCall, prepare_call, resolve_timeout
 from actors.results import CallOutcome, ErrorType, InvalidCall
-from actors.settings import (
-    PACKAGED_WORDLISTS,
-    GobusterSettings,
-    MasscanSettings,
-    NmapSettings,
-    PolicySettings,
-)
+from actors.settings import PolicySettings
 from actors.tools import TOOL_SPECS
+from actors.tools.gobuster import PACKAGED_WORDLISTS, GobusterSettings
 from actors.tools.gobuster import grammar as gobuster_grammar
+from actors.tools.masscan import MasscanSettings
 from actors.tools.masscan import grammar as masscan_grammar
+from actors.tools.nmap import NmapSettings
 from actors.tools.nmap import grammar as nmap_grammar
 
 HOSTS = {"web.lab.internal": "10.0.0.7", "v6.lab.internal": "fd00:1::7"}
