@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, create_model, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -38,6 +38,10 @@ class ConfigError(ValueError):
 
 class ToolsSettings(Strict):
     """The `[tools]` table: `tools_settings_model` gives it one field per tool, typed by the tool's spec."""
+
+    if TYPE_CHECKING:  # the fields are made at run time; each is a tool's own ToolSettings subclass
+
+        def __getattr__(self, name: str) -> ToolSettings: ...
 
     def items(self) -> list[tuple[str, ToolSettings]]:
         return [(name, getattr(self, name)) for name in type(self).model_fields]

@@ -12,7 +12,9 @@ import pytest
 
 from actors import tools
 from supervisor.config import ConfigError, load_settings
-from tests.extra_tool import HELLO, HELLO_VERSION, write_hello
+from supervisor.runtime import Runtime
+from supervisor.status import CheckResult
+from tests.extra_tool import HELLO, HELLO_VERSION, HelloSettings, write_hello
 from tests.helpers import wait_until
 from tests.http_support import running_daemon, sdk_client
 from transports.cli import main
@@ -33,7 +35,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(key, raising=False)
 
 
-def binary_check(runtime, name: str):  # type: ignore[no-untyped-def]
+def binary_check(runtime: Runtime, name: str) -> CheckResult | None:
     checks = {check.name: check for check in runtime.status().health.checks}
     check = checks[f"binary:{name}"]
     return check if check.data.get("probed") else None
@@ -61,7 +63,8 @@ def test_a_registered_tool_is_listed_called_counted_and_checked_over_mcp(make_ru
 
     status = runtime.status()
     assert status.tools["hello"].state == "running"
-    assert wait_until(lambda: binary_check(runtime, "hello")).detail == HELLO_VERSION
+    probed = wait_until(lambda: binary_check(runtime, "hello"))
+    assert probed is not None and probed.detail == HELLO_VERSION
     metrics = runtime.metrics_text()
     assert 'labrecon_tool_calls_total{outcome="ok",tool="hello"} 1.0' in metrics
     assert 'labrecon_tool_up{tool="hello"} 1.0' in metrics
@@ -84,9 +87,11 @@ def test_labrecon_check_reports_a_registered_tool(tmp_path, capsys):
 
 @pytest.mark.usefixtures("hello")
 def test_a_registered_tool_has_its_own_config_table_and_environment_keys(tmp_path, monkeypatch):
-    assert load_settings().tools.hello.max_repeat == 3  # type: ignore[attr-defined]
+    defaults = load_settings().tools.hello
+    assert isinstance(defaults, HelloSettings) and defaults.max_repeat == 3
     monkeypatch.setenv("LABRECON_TOOLS__HELLO__MAX_REPEAT", "7")
-    assert load_settings().tools.hello.max_repeat == 7  # type: ignore[attr-defined]
+    from_env = load_settings().tools.hello
+    assert isinstance(from_env, HelloSettings) and from_env.max_repeat == 7
     bad = write_config(tmp_path / "bad.toml", "[tools.hello]\nmax_repeat = 0\ngreeting = 'hi'\n")
     monkeypatch.delenv("LABRECON_TOOLS__HELLO__MAX_REPEAT")
     with pytest.raises(ConfigError) as refused:
@@ -97,7 +102,7 @@ def test_a_registered_tool_has_its_own_config_table_and_environment_keys(tmp_pat
 
 def test_an_unregistered_tool_is_an_unknown_key(tmp_path):
     config = write_config(tmp_path / "labrecon.toml", "[tools.hello]\nmax_repeat = 2\n")
-    with pytest.raises(ConfigError, match="tools.hello: unknown key"):
+    with pytest.raises(ConfigError, match=r"tools\.hello: unknown key"):
         load_settings(config)
     assert "hello" not in tools.TOOL_SPECS
 

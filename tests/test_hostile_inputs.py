@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from actors.policy import TargetPolicy
@@ -220,7 +222,7 @@ HOSTILE_GOBUSTER_ARGS = [
     "--no-tls",
 ]
 
-HOSTILE_TYPED = [
+HOSTILE_TYPED: list[tuple[str, dict[str, Any]]] = [
     ("nmap", {"ports": "-"}),
     ("nmap", {"ports": "80 -iL /etc/passwd"}),
     ("nmap", {"ports": "1-65536"}),

@@ -261,8 +261,8 @@ def test_the_ports_schema_admits_strings_numbers_and_lists(tool):
     validator = Draft202012Validator(schema)
     for ports in ("22,80", 22, [22, 80], [22, "8000-8100"]):
         assert validator.is_valid({"target": "10.0.0.5", "ports": ports}), ports
-    for ports in (True, 0, 22.5, [], [True], {"port": 22}, [[22]]):
-        assert not validator.is_valid({"target": "10.0.0.5", "ports": ports}), ports
+    for bad in (True, 0, 22.5, [], [True], {"port": 22}, [[22]]):
+        assert not validator.is_valid({"target": "10.0.0.5", "ports": bad}), bad
     description = schema["properties"]["ports"]["description"]
     assert "a port number" in description and "a list" in description
 
@@ -341,10 +341,14 @@ def test_numeric_options_at_their_bounds_are_accepted():
 
 def test_nmap_argv_shape():
     args = argv("nmap", target="10.0.0.5", ports="22,80", scan_type="connect", timing=4, extra_args="-Pn --open")
-    assert args == ["nmap", "-oX", "-", "--stats-every", "2s", "-n", "-p", "22,80", "-sT", "-T4", "-Pn", "--open", "10.0.0.5"]
+    assert args == [
+        "nmap", "-oX", "-", "--stats-every", "2s", "-n", "-p", "22,80", "-sT", "-T4", "-Pn", "--open", "10.0.0.5"
+    ]  # fmt: skip
 
 
-@pytest.mark.parametrize("scan_type, flag", [("connect", "-sT"), ("syn", "-sS"), ("version", "-sV"), ("ping", "-sn"), ("udp", "-sU")])
+@pytest.mark.parametrize(
+    "scan_type, flag", [("connect", "-sT"), ("syn", "-sS"), ("version", "-sV"), ("ping", "-sn"), ("udp", "-sU")]
+)
 def test_nmap_scan_types(scan_type, flag):
     assert flag in argv("nmap", target="10.0.0.5", scan_type=scan_type)
 
