@@ -30,7 +30,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 class ValueKind(Protocol):
     """Checks one option value; returns its canonical form or raises ValueError."""
 
-    description: str
+    @property
+    def description(self) -> str:
+        """What a valid value looks like, for messages."""
+        ...
 
     def canonical(self, raw: str) -> str: ...
 
@@ -372,7 +375,7 @@ class Grammar:
             raise InvalidCall(f"{name[:80]} is not allowed: {reason}", field=field_name)
         hint = ""
         stem = "--" + name.lstrip("-")
-        prefixed = sorted(n for n in self._by_name if n.startswith(stem) or n.startswith(name))
+        prefixed = sorted(n for n in self._by_name if n.startswith((stem, name)))
         if prefixed and len(name) > 2:
             hint = f" (abbreviations are not accepted; did you mean {' or '.join(prefixed[:3])}?)"
         raise InvalidCall(

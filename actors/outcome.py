@@ -15,6 +15,7 @@ from typing import Any
 from actors.prepare import PreparedCall
 from actors.results import CallOutcome, ErrorType
 from actors.runner import RunResult
+from actors.tools.base import ToolSpec
 
 STDERR_TAIL_CHARS = 4000
 
@@ -25,7 +26,7 @@ class Verdict(Enum):
     NEUTRAL = "neutral"  # says nothing about the tool's health
 
 
-def outcome_from_run(spec: Any, call_id: str, prepared: PreparedCall, run: RunResult) -> tuple[CallOutcome, Verdict]:
+def outcome_from_run(spec: ToolSpec, call_id: str, prepared: PreparedCall, run: RunResult) -> tuple[CallOutcome, Verdict]:
     fields: dict[str, Any] = dict(
         target=prepared.target,
         resolved_targets=list(prepared.resolved_targets),
@@ -65,7 +66,7 @@ def outcome_from_run(spec: Any, call_id: str, prepared: PreparedCall, run: RunRe
     return CallOutcome(tool=tool, call_id=call_id, ok=True, **fields), Verdict.SUCCESS
 
 
-def _parse(spec: Any, run: RunResult) -> tuple[dict[str, Any] | None, str | None]:
+def _parse(spec: ToolSpec, run: RunResult) -> tuple[dict[str, Any] | None, str | None]:
     try:
         return spec.parse(run.stdout, truncated=run.stdout_truncated or run.timed_out or run.cancelled), None
     except Exception as exc:  # a parser must never take the answer down with it

@@ -1,44 +1,21 @@
 """What a tool call needs to know from configuration, as validated models.
 
 These are the leaves of labrecon's configuration; `supervisor.config`
-assembles them with the file and environment sources. Each tool has its own
-settings class so that a partial `[tools.masscan]` table keeps masscan's own
-defaults (concurrency 1, a rate cap) instead of a generic tool's. Unknown keys
-are refused, so a typo in a config file is an error that names the key rather
-than a setting silently ignored.
+assembles them with the file and environment sources. `ToolSettings` holds
+the limits every tool has; each tool's spec subclasses it with its own keys
+and defaults, so a partial `[tools.masscan]` table keeps masscan's defaults.
+Unknown keys are refused: a typo is an error that names the key.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from actors.nmap_scripts import NMAP_SCRIPTS
-
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-PACKAGED_WORDLISTS = Path(__file__).resolve().parent / "wordlists"
-
-# nmap script and category names an operator lets calls choose from; only vetted
-# scripts ever run, whatever is configured (see actors/nmap_scripts.toml).
-DEFAULT_ALLOWED_SCRIPTS = (
-    "default",
-    "safe",
-    "discovery",
-    "version",
-    "banner",
-    "http-title",
-    "http-headers",
-    "http-methods",
-    "ssl-cert",
-    "ssh-hostkey",
-    "smb-os-discovery",
-    "dns-service-discovery",
-)
 
 
 class Strict(BaseModel):
@@ -97,7 +74,7 @@ class BreakerSettings(Strict):
 
 
 class ToolSettings(Strict):
-    """Limits shared by every tool."""
+    """Limits shared by every tool; a tool's own settings class adds its keys and sets `binary`'s default."""
 
     binary: str
     enabled: bool = True
@@ -117,29 +94,3 @@ class ToolSettings(Strict):
         if self.timeout_sec > self.max_timeout_sec:
             raise ValueError("timeout_sec must not exceed max_timeout_sec")
         return self
-
-
-class NmapSettings(ToolSettings):
-    binary: str = "nmap"
-    allowed_scripts: tuple[str, ...] = DEFAULT_ALLOWED_SCRIPTS
-    max_ports: int = Field(default=65535, ge=1, le=65535)
-
-    @field_validator("allowed_scripts")
-    @classmethod
-    def _only_vetted_scripts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        """A narrowing of the vetted scripts: each entry is a vetted script or an offered category."""
-        words = tuple(dict.fromkeys(word.strip().lower() for word in value))
-        NMAP_SCRIPTS.admitted(words)  # raises ValueError naming the entry and why it never runs
-        return words
-
-
-class MasscanSettings(ToolSettings):
-    binary: str = "masscan"
-    concurrency: int = Field(default=1, ge=1, le=64)
-    max_rate: int = Field(default=1000, ge=1, le=1_000_000)
-
-
-class GobusterSettings(ToolSettings):
-    binary: str = "gobuster"
-    max_threads: int = Field(default=10, ge=1, le=200)
-    wordlist_dir: Path = PACKAGED_WORDLISTS

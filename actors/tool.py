@@ -35,6 +35,7 @@ from actors.reply import Reply
 from actors.results import CallOutcome, ErrorType
 from actors.runner import ProcessRun, RunRequest, RunResult
 from actors.settings import ToolSettings
+from actors.tools.base import ToolSpec
 
 
 @dataclass
@@ -139,7 +140,7 @@ class ToolActor(pykka.ThreadingActor):
 
     def __init__(
         self,
-        spec: Any,
+        spec: ToolSpec,
         settings: ToolSettings,
         *,
         parent: Parent | None = None,

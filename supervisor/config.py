@@ -5,27 +5,31 @@ variables override single keys with `__` between levels
 (`LABRECON_TOOLS__NMAP__BINARY=/opt/nmap/bin/nmap`). A config that does not
 validate is refused as a whole with one line per problem, each naming the
 key, because a daemon that starts with half its settings ignored is worse
-than one that does not start.
+than one that does not start. The `[tools]` table has one entry per
+registered tool spec (`actors.tools`), validated by that spec's settings model.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, create_model, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from actors.settings import GobusterSettings, MasscanSettings, NmapSettings, PolicySettings, Strict, ToolSettings
+from actors.settings import PolicySettings, Strict, ToolSettings
+from actors.tools import TOOL_SPECS
 
 CONFIG_ENV = "LABRECON_CONFIG"
 
-_FILE_DATA: ContextVar[Mapping[str, Any]] = ContextVar("labrecon_config_file", default={})
+_FILE_DATA: ContextVar[Mapping[str, Any]] = ContextVar("labrecon_config_file", default=MappingProxyType({}))
 
 
 class ConfigError(ValueError):
@@ -33,12 +37,35 @@ class ConfigError(ValueError):
 
 
 class ToolsSettings(Strict):
-    nmap: NmapSettings = Field(default_factory=NmapSettings)
-    masscan: MasscanSettings = Field(default_factory=MasscanSettings)
-    gobuster: GobusterSettings = Field(default_factory=GobusterSettings)
+    """The `[tools]` table: `tools_settings_model` gives it one field per tool, typed by the tool's spec."""
+
+    if TYPE_CHECKING:  # the fields are made at run time; each is a tool's own ToolSettings subclass
+
+        def __getattr__(self, name: str) -> ToolSettings: ...
 
     def items(self) -> list[tuple[str, ToolSettings]]:
         return [(name, getattr(self, name)) for name in type(self).model_fields]
+
+
+ToolsKey = tuple[tuple[str, type[ToolSettings]], ...]
+
+
+def _registered_tools() -> ToolsKey:
+    return tuple((name, spec.settings) for name, spec in TOOL_SPECS.items())
+
+
+@functools.lru_cache(maxsize=16)  # one model per set of tools: pydantic models are costly to build
+def tools_settings_model(tools: ToolsKey) -> type[ToolsSettings]:
+    """A `[tools]` model with a table per `(name, settings model)`; each table defaults to its model's defaults."""
+    for name, _ in tools:
+        if hasattr(ToolsSettings, name):
+            raise ConfigError(f"a tool cannot be named {name!r}: the [tools] table uses that name itself")
+    fields: dict[str, Any] = {name: (model, Field(default_factory=model)) for name, model in tools}
+    return create_model("ToolsSettings", __base__=ToolsSettings, **fields)
+
+
+def _registered_tools_defaults() -> ToolsSettings:
+    return tools_settings_model(_registered_tools())()
 
 
 class SupervisionSettings(Strict):
@@ -135,7 +162,8 @@ class Settings(BaseSettings):
     )
 
     policy: PolicySettings = Field(default_factory=PolicySettings)
-    tools: ToolsSettings = Field(default_factory=ToolsSettings)
+    # Settings() alone gives every registered tool its defaults; settings_model() also reads a [tools] table.
+    tools: ToolsSettings = Field(default_factory=_registered_tools_defaults)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     supervisor: SupervisionSettings = Field(default_factory=SupervisionSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
@@ -167,6 +195,17 @@ class Settings(BaseSettings):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
 
+def settings_model() -> type[Settings]:
+    """`Settings` whose `[tools]` table holds the tools registered now; what the loaders validate with."""
+    return _settings_model(_registered_tools())
+
+
+@functools.lru_cache(maxsize=16)
+def _settings_model(tools: ToolsKey) -> type[Settings]:
+    model = tools_settings_model(tools)
+    return create_model("Settings", __base__=Settings, tools=(model, Field(default_factory=model)))
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Build the effective settings; `path` falls back to $LABRECON_CONFIG."""
     if path is None:
@@ -174,7 +213,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     data = read_toml(Path(path)) if path is not None else {}
     token = _FILE_DATA.set(data)
     try:
-        return Settings(**overrides)
+        return settings_model()(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
     finally:
@@ -213,7 +252,7 @@ def settings_from(config: Settings | Mapping[str, Any] | str | Path | None) -> S
         raise ConfigError(f"expected Settings, got {type(config).__name__}")
     token = _FILE_DATA.set(dict(config))
     try:
-        return Settings()
+        return settings_model()()
     except ValidationError as exc:
         raise ConfigError(_describe(exc, None)) from None
     finally:

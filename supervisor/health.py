@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psutil
 
 from actors.runner import ProcessRun, RunRequest
+from actors.tools.base import ToolSpec
+from supervisor.config import HealthSettings, Settings
 from supervisor.status import CheckResult, HealthStatus, ToolStatus
 
 
@@ -79,12 +81,16 @@ def probe_binary(
     return info
 
 
+def version_queries(settings: Settings, specs: Mapping[str, ToolSpec]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """For each tool: its configured binary, and what its spec runs after it to learn the version."""
+    tools = dict(settings.tools.items())
+    return {name: (tools[name].binary, spec.version_argv) for name, spec in specs.items()}
+
+
 class HealthChecker:
-    def __init__(self, settings: Any, specs: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, specs: Mapping[str, ToolSpec]) -> None:
         self.thresholds = settings.health
-        self.binaries = BinaryProbe(
-            {name: (getattr(settings.tools, name).binary, tuple(spec.version_argv)) for name, spec in specs.items()}
-        )
+        self.binaries = BinaryProbe(version_queries(settings, specs))
         self._process = psutil.Process()
         psutil.cpu_percent(interval=None)  # primes the counter so the first reading means something
 
@@ -95,26 +101,29 @@ class HealthChecker:
         t = self.thresholds
         checks = [self._system(t), self._process_check(t)]
         for name, info in self.binaries.results.items():
-            ok = bool(info.get("found") and info.get("executable", False)) or not info.get("probed")
-            detail = info.get("version") or ("probing" if not info.get("probed") else f"{info['binary']} not found or not executable")
+            probed = bool(info.get("probed"))
+            ok = bool(info.get("found") and info.get("executable", False)) or not probed
+            missing = f"{info['binary']} not found or not executable"
+            detail = info.get("version") or (missing if probed else "probing")
             checks.append(CheckResult(name=f"binary:{name}", ok=ok, critical=False, detail=detail, data=info))
         for name, tool in tools.items():
             ok = tool.state == "running"
-            detail = tool.state if ok else f"{tool.state}: {tool.failed_reason or tool.last_restart_reason or ''}".rstrip(": ")
+            why = tool.failed_reason or tool.last_restart_reason or ""
+            detail = tool.state if ok else f"{tool.state}: {why}".rstrip(": ")
             checks.append(CheckResult(name=f"actor:{name}", ok=ok, critical=False, detail=detail))
             breaker_ok = tool.breaker.state == "closed"
             checks.append(
                 CheckResult(name=f"breaker:{name}", ok=breaker_ok, critical=False, detail=tool.breaker.state)
             )
         serving = any(tool.state == "running" for tool in tools.values())
-        checks.append(
-            CheckResult(name="tools", ok=serving, detail="at least one tool serving" if serving else "no tool is serving")
-        )
+        serving_detail = "at least one tool serving" if serving else "no tool is serving"
+        checks.append(CheckResult(name="tools", ok=serving, detail=serving_detail))
         ready = all(c.ok for c in checks if c.critical)
-        status = "healthy" if all(c.ok for c in checks) else ("degraded" if ready else "unhealthy")
-        return HealthStatus(live=True, ready=ready, status=status, checks=checks)
+        if all(c.ok for c in checks):
+            return HealthStatus(live=True, ready=ready, status="healthy", checks=checks)
+        return HealthStatus(live=True, ready=ready, status="degraded" if ready else "unhealthy", checks=checks)
 
-    def _system(self, t: Any) -> CheckResult:
+    def _system(self, t: HealthSettings) -> CheckResult:
         cpu = psutil.cpu_percent(interval=None)
         memory = psutil.virtual_memory().percent
         disk = psutil.disk_usage(os.getcwd()).percent
@@ -135,7 +144,7 @@ class HealthChecker:
             data={"cpu_percent": cpu, "memory_percent": memory, "disk_percent": disk},
         )
 
-    def _process_check(self, t: Any) -> CheckResult:
+    def _process_check(self, t: HealthSettings) -> CheckResult:
         with self._process.oneshot():
             rss_mb = self._process.memory_info().rss / (1 << 20)
             threads = self._process.num_threads()

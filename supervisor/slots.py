@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,7 +22,9 @@ import pykka
 from actors.breaker import CircuitBreaker
 from actors.reply import ThreadReply
 from actors.results import CallOutcome
+from actors.settings import ToolSettings
 from actors.tool import Call, Submit
+from actors.tools.base import ToolSpec
 from supervisor.config import Settings
 from supervisor.restarts import RestartPolicy, RestartType
 
@@ -48,7 +50,9 @@ class Refusal:
 
 
 class ToolSlot:
-    def __init__(self, name: str, spec: Any, settings: Any, policy: RestartPolicy, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self, name: str, spec: ToolSpec, settings: ToolSettings, policy: RestartPolicy, breaker: CircuitBreaker
+    ) -> None:
         self.name = name
         self.spec = spec
         self.settings = settings
@@ -182,7 +186,9 @@ class ToolSlot:
             self.failed_reason = reason
 
 
-def build_slots(settings: Settings, specs: dict[str, Any], clock: Callable[[], float]) -> dict[str, ToolSlot]:
+def build_slots(
+    settings: Settings, specs: Mapping[str, ToolSpec], clock: Callable[[], float]
+) -> dict[str, ToolSlot]:
     """One slot per tool, with its restart policy and the breaker every incarnation shares."""
     sup = settings.supervisor
     slots = {}

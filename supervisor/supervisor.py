@@ -8,13 +8,13 @@ message. A call the handle refuses is answered here and counted by the actor (`R
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import pykka
 
 from actors.results import ErrorType
 from actors.tool import Call, Cancel
+from actors.tools.base import ToolSpec
 from supervisor.config import FaultSettings, Settings
 from supervisor.faults import FaultPlan
 from supervisor.health import HealthChecker
@@ -29,7 +29,7 @@ class Supervisor:
     def __init__(
         self,
         settings: Settings,
-        specs: dict[str, Any],
+        specs: Mapping[str, ToolSpec],
         *,
         on_escalate: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pykka
@@ -20,6 +20,7 @@ from actors.breaker import BreakerState
 from actors.events import ActorCrashed, ActorStarted, BreakerChanged, CallFinished, CallQueued, CallStarted
 from actors.results import CallOutcome
 from actors.tool import Call, ForceBreaker, outcome_label
+from actors.tools.base import ToolSpec
 from supervisor.config import Settings
 from supervisor.faults import FaultPlan
 from supervisor.health import HealthChecker
@@ -49,7 +50,7 @@ class SupervisorActor(pykka.ThreadingActor):
     def __init__(
         self,
         settings: Settings,
-        specs: dict[str, Any],
+        specs: Mapping[str, ToolSpec],
         slots: dict[str, ToolSlot],
         plan: FaultPlan,
         health: HealthChecker,

@@ -8,18 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from actors.policy import Resolver
+from actors.tools import TOOL_SPECS
 from supervisor import Runtime
 from tests.fakes.install import install_fake, read_calls
 
-TOOLS = ("nmap", "masscan", "gobuster")
 LAB_HOSTS = {"web.lab.internal": "10.0.0.7", "meta.lab.internal": "169.254.169.254"}
 
 
 def fake_config(directory: Path, *, tools: dict[str, dict[str, Any]] | None = None, **sections: Any) -> dict[str, Any]:
-    """A config dict whose every tool is a fake in `directory`; `tools` adds per-tool keys and scenarios.
+    """A config dict for every registered tool, run by a fake in `directory`; `tools` adds keys and scenarios.
 
     `tools={"nmap": {"concurrency": 1, "scenario": {"mode": "fail"}}}` sets nmap's
-    limits and the fake's behaviour in one place.
+    limits and the fake's behaviour in one place. A tool given a `binary` runs that instead.
     """
     tools = tools or {}
     config: dict[str, Any] = {
@@ -27,10 +27,12 @@ def fake_config(directory: Path, *, tools: dict[str, dict[str, Any]] | None = No
         "tools": {},
         "supervisor": {"backoff_initial_sec": 0},
     }
-    for name in TOOLS:
+    for name in TOOL_SPECS:
         extra = dict(tools.get(name, {}))
         scenario = extra.pop("scenario", {})
-        config["tools"][name] = {"binary": str(install_fake(directory, name, **scenario)), **extra}
+        if "binary" not in extra:
+            extra["binary"] = str(install_fake(directory, name, **scenario))
+        config["tools"][name] = extra
     for key, value in sections.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return config

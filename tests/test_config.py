@@ -4,6 +4,8 @@ import ipaddress
 
 import pytest
 
+from actors.tools.gobuster import GobusterSettings
+from actors.tools.masscan import MasscanSettings
 from supervisor.config import ConfigError, load_settings, settings_from
 
 
@@ -30,7 +32,7 @@ def test_defaults_are_the_lab_ranges_and_per_tool_limits():
     assert (s.policy.dns_timeout_sec, s.policy.dns_concurrency) == (2.0, 8)
     assert (s.tools.nmap.concurrency, s.tools.masscan.concurrency, s.tools.gobuster.concurrency) == (2, 1, 2)
     assert s.tools.nmap.max_queue == 16 and s.tools.nmap.timeout_sec == 300
-    assert s.tools.masscan.max_rate == 1000
+    assert isinstance(s.tools.masscan, MasscanSettings) and s.tools.masscan.max_rate == 1000
 
 
 def test_partial_tool_table_keeps_that_tools_own_defaults(tmp_path):
@@ -100,5 +102,5 @@ def test_unreadable_files_are_refused(tmp_path):
 
 def test_embedders_may_pass_a_dict():
     s = settings_from({"tools": {"gobuster": {"max_threads": 4}}})
-    assert s.tools.gobuster.max_threads == 4
+    assert isinstance(s.tools.gobuster, GobusterSettings) and s.tools.gobuster.max_threads == 4
     assert s.digest() != settings_from(None).digest()

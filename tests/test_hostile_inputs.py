@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from actors.policy import TargetPolicy
 from actors.prepare import prepare_call
 from actors.results import InvalidCall
-from actors.settings import GobusterSettings, MasscanSettings, NmapSettings, PolicySettings
+from actors.settings import PolicySettings
 from actors.tools import TOOL_SPECS
+from actors.tools.gobuster import GobusterSettings
+from actors.tools.masscan import MasscanSettings
+from actors.tools.nmap import NmapSettings
 
 POLICY = TargetPolicy(
     PolicySettings(
@@ -217,7 +222,7 @@ HOSTILE_GOBUSTER_ARGS = [
     "--no-tls",
 ]
 
-HOSTILE_TYPED = [
+HOSTILE_TYPED: list[tuple[str, dict[str, Any]]] = [
     ("nmap", {"ports": "-"}),
     ("nmap", {"ports": "80 -iL /etc/passwd"}),
     ("nmap", {"ports": "1-65536"}),

@@ -19,15 +19,18 @@ from actors.nmap_scripts import NMAP_SCRIPTS
 from actors.policy import TargetPolicy
 from actors.prepare import prepare_call
 from actors.results import ErrorType, InvalidCall
-from actors.settings import DEFAULT_ALLOWED_SCRIPTS, NmapSettings, PolicySettings
+from actors.settings import PolicySettings
 from actors.tools import TOOL_SPECS
+from actors.tools.nmap import DEFAULT_ALLOWED_SCRIPTS, NmapSettings
 from tests.runtimes import scan_calls
 
 POLICY = TargetPolicy(PolicySettings(dns=False))
 OFFERED = ("auth", "default", "discovery", "safe", "version")
 # Named in the issue that led to the vetted list: each reaches beyond the target.
-REACHING_OUT = ("ftp-bounce", "fcrdns", "asn-query", "dns-recursion", "broadcast-dns-service-discovery",
-                "targets-traceroute", "whois-ip", "ip-geolocation-maxmind", "dns-srv-enum", "http-open-proxy")  # fmt: skip
+REACHING_OUT = (
+    "ftp-bounce", "fcrdns", "asn-query", "dns-recursion", "broadcast-dns-service-discovery",
+    "targets-traceroute", "whois-ip", "ip-geolocation-maxmind", "dns-srv-enum", "http-open-proxy",
+)  # fmt: skip
 
 
 def prepare(arguments: dict, settings: NmapSettings | None = None):
@@ -201,8 +204,11 @@ def test_the_default_configuration_admits_only_vetted_scripts():
     assert NMAP_SCRIPTS.admitted(DEFAULT_ALLOWED_SCRIPTS) <= NMAP_SCRIPTS.vetted.keys()
 
 
-@pytest.mark.parametrize("word, why", [("ftp-bounce", "third host"), ("exploit", "category is never run"), ("all", "every script"),
-                                       ("no-such-script", "not a vetted")])  # fmt: skip
+@pytest.mark.parametrize(
+    "word, why",
+    [("ftp-bounce", "third host"), ("exploit", "category is never run"), ("all", "every script"),
+     ("no-such-script", "not a vetted")],
+)  # fmt: skip
 def test_configuration_can_never_admit_a_denied_or_unvetted_script(word, why):
     with pytest.raises(ValidationError, match=why):
         NmapSettings(allowed_scripts=("banner", word))

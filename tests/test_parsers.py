@@ -126,14 +126,16 @@ def test_nmap_empty_or_garbage_output_is_an_empty_result(data):
     ],
 )
 def test_nmap_entities_are_refused_not_expanded(doctype):
-    xml = b'<?xml version="1.0"?><!DOCTYPE nmaprun [' + doctype + b']><nmaprun><host><address addr="&b;"/></host></nmaprun>'
+    body = b']><nmaprun><host><address addr="&b;"/></host></nmaprun>'
+    xml = b'<?xml version="1.0"?><!DOCTYPE nmaprun [' + doctype + body
     result = NMAP.parse(xml, truncated=False)
     assert result["hosts"] == []
     assert "EntitiesForbidden" in result["parse_error"]
 
 
 def test_nmap_progress_reads_taskprogress_lines():
-    assert NMAP.progress('<taskprogress task="SYN Stealth Scan" time="1" percent="12.50" remaining="9" etc="2"/>') == 12.5
+    line = '<taskprogress task="SYN Stealth Scan" time="1" percent="12.50" remaining="9" etc="2"/>'
+    assert NMAP.progress(line) == 12.5
     assert NMAP.progress("Connect Scan Timing: About 45.10% done; ETC: 10:01") == pytest.approx(45.1)
     assert NMAP.progress('<taskprogress task="x" percent="250"/>') == 100.0
     assert NMAP.progress("<host>") is None

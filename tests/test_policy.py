@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 
@@ -113,7 +114,7 @@ def test_only_the_configured_allowlist_counts():
         "10.0.0.1\t",
         "10.0.0.1/24/8",
         "10.0.0.1:80",
-        "١٠.0.0.1",  # non-ASCII digits
+        "\u0661\u0660.0.0.1",  # non-ASCII digits (Arabic-Indic one, zero)
         "10.0.0.1%eth0",
         "",
     ],
@@ -177,7 +178,9 @@ def test_networks_reaching_outside_the_allowlist_are_refused(target):
     refused(policy(max_hosts=65536), target)
 
 
-@pytest.mark.parametrize("target", ["10.0.0.0/024", "10.0.0.0/+24", "10.0.0.0/33", "10.0.0.0/255.255.255.0", "10.0.0.0/"])
+@pytest.mark.parametrize(
+    "target", ["10.0.0.0/024", "10.0.0.0/+24", "10.0.0.0/33", "10.0.0.0/255.255.255.0", "10.0.0.0/"]
+)
 def test_non_canonical_prefixes_are_refused(target):
     refused(policy(), target)
 
@@ -318,10 +321,8 @@ def test_lookup_name_is_the_name_check_asks_the_resolver_for(target, dns):
         resolver=fake,
     )
     name = p.lookup_name(target)
-    try:
-        p.check(target)  # type: ignore[arg-type]
-    except InvalidCall:
-        pass
+    with contextlib.suppress(InvalidCall):
+        p.check(target)
     assert fake.calls == ([] if name is None else [name])
 
 

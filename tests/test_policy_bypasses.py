@@ -30,8 +30,9 @@ import pytest
 from actors.policy import TargetPolicy
 from actors.prepare import prepare_call
 from actors.results import InvalidCall
-from actors.settings import NmapSettings, PolicySettings
+from actors.settings import PolicySettings
 from actors.tools import TOOL_SPECS
+from actors.tools.nmap import NmapSettings
 
 POLICY = TargetPolicy(PolicySettings(hosts={"web.lab.internal": "10.0.0.7"}, dns=False, max_hosts=256))
 NMAP = TOOL_SPECS["nmap"]

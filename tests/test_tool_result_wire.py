@@ -35,7 +35,13 @@ OUTCOMES = {
     "validation": CallOutcome.failure("gobuster", "c2", ErrorType.VALIDATION, "target: 8.8.8.8 is outside the lab"),
     "circuit_open": CallOutcome.failure("masscan", "c3", ErrorType.CIRCUIT_OPEN, "paused", retry_after_sec=12.5),
     "timeout_partial": CallOutcome.failure(
-        "nmap", "c4", ErrorType.TIMEOUT, "stopped", timed_out=True, stderr="ünïcode\n", result={"hosts": [], "complete": False}
+        "nmap",
+        "c4",
+        ErrorType.TIMEOUT,
+        "stopped",
+        timed_out=True,
+        stderr="ünïcode\n",
+        result={"hosts": [], "complete": False},
     ),
 }
 

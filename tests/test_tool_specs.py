@@ -13,16 +13,13 @@ from actors.nmap_scripts import NMAP_SCRIPTS
 from actors.policy import TargetPolicy
 from actors.prepare import PreparedCall, prepare_call, resolve_timeout
 from actors.results import CallOutcome, ErrorType, InvalidCall
-from actors.settings import (
-    PACKAGED_WORDLISTS,
-    GobusterSettings,
-    MasscanSettings,
-    NmapSettings,
-    PolicySettings,
-)
+from actors.settings import PolicySettings
 from actors.tools import TOOL_SPECS
+from actors.tools.gobuster import PACKAGED_WORDLISTS, GobusterSettings
 from actors.tools.gobuster import grammar as gobuster_grammar
+from actors.tools.masscan import MasscanSettings
 from actors.tools.masscan import grammar as masscan_grammar
+from actors.tools.nmap import NmapSettings
 from actors.tools.nmap import grammar as nmap_grammar
 
 HOSTS = {"web.lab.internal": "10.0.0.7", "v6.lab.internal": "fd00:1::7"}
@@ -264,8 +261,8 @@ def test_the_ports_schema_admits_strings_numbers_and_lists(tool):
     validator = Draft202012Validator(schema)
     for ports in ("22,80", 22, [22, 80], [22, "8000-8100"]):
         assert validator.is_valid({"target": "10.0.0.5", "ports": ports}), ports
-    for ports in (True, 0, 22.5, [], [True], {"port": 22}, [[22]]):
-        assert not validator.is_valid({"target": "10.0.0.5", "ports": ports}), ports
+    for bad in (True, 0, 22.5, [], [True], {"port": 22}, [[22]]):
+        assert not validator.is_valid({"target": "10.0.0.5", "ports": bad}), bad
     description = schema["properties"]["ports"]["description"]
     assert "a port number" in description and "a list" in description
 
@@ -344,10 +341,14 @@ def test_numeric_options_at_their_bounds_are_accepted():
 
 def test_nmap_argv_shape():
     args = argv("nmap", target="10.0.0.5", ports="22,80", scan_type="connect", timing=4, extra_args="-Pn --open")
-    assert args == ["nmap", "-oX", "-", "--stats-every", "2s", "-n", "-p", "22,80", "-sT", "-T4", "-Pn", "--open", "10.0.0.5"]
+    assert args == [
+        "nmap", "-oX", "-", "--stats-every", "2s", "-n", "-p", "22,80", "-sT", "-T4", "-Pn", "--open", "10.0.0.5"
+    ]  # fmt: skip
 
 
-@pytest.mark.parametrize("scan_type, flag", [("connect", "-sT"), ("syn", "-sS"), ("version", "-sV"), ("ping", "-sn"), ("udp", "-sU")])
+@pytest.mark.parametrize(
+    "scan_type, flag", [("connect", "-sT"), ("syn", "-sS"), ("version", "-sV"), ("ping", "-sn"), ("udp", "-sU")]
+)
 def test_nmap_scan_types(scan_type, flag):
     assert flag in argv("nmap", target="10.0.0.5", scan_type=scan_type)
 

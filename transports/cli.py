@@ -116,10 +116,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from actors.tools import TOOL_SPECS
-    from supervisor.health import probe_binary
+    from supervisor.health import probe_binary, version_queries
 
     settings = load_settings(args.config)
-    report = check_report(settings, {name: probe_binary(getattr(settings.tools, name).binary, tuple(spec.version_argv)) for name, spec in TOOL_SPECS.items()})
+    queries = version_queries(settings, TOOL_SPECS)
+    report = check_report(settings, {name: probe_binary(*query) for name, query in queries.items()})
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -1,12 +1,10 @@
-"""What every tool is made of: typed MCP arguments, an argv builder, a parser.
+"""What every tool is made of: settings, typed MCP arguments, an argv builder, a parser.
 
-A `ToolSpec` is pure data plus three pure functions, so the tool actor can
-treat nmap, masscan and gobuster alike and each can be tested without a
-process. The MCP input schema is generated from the arguments model and the
-output schema from the result envelope with the tool's own result model
-plugged in, so what `tools/list` advertises is what calls really return.
-Arguments are validated strictly, as the schema says: no value is coerced
-from another JSON type, except that port lists also come as numbers or arrays.
+A `ToolSpec` is everything labrecon knows about one tool, as data and pure
+functions: its `[tools.<name>]` settings, arguments, argv builder, output and
+progress parsers, and version query. `tools/list` schemas are generated from
+its models, so what is advertised is what calls take and return; arguments
+are strict (no coercion, except port lists that also come as numbers or arrays).
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from actors.api import ToolInfo
 from actors.flags import MAX_VALUE_LEN
 from actors.policy import ResolvedTarget
 from actors.results import CallOutcome, InvalidCall
+from actors.settings import ToolSettings
 from actors.tools.schema import compact_schema
 
 MAX_EXTRA_ARGS = 2048
@@ -134,12 +133,15 @@ def validation_message(error: ValidationError) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class ToolSpec:
-    name: str
+    """One tool. `builder` gets the validated `arguments` and the tool's `settings` instance."""
+
+    name: str  # the MCP tool name and the `[tools.<name>]` table: lower case, digits, underscores
     title: str
     description: str
+    settings: type[ToolSettings]  # its defaults (binary first) are the tool's defaults
     arguments: type[ToolArguments]
     result_model: type[ParsedResult]
-    version_argv: tuple[str, ...]
+    version_argv: tuple[str, ...]  # what the health check runs after the binary to learn its version
     builder: Callable[[Any, ResolvedTarget, Any], list[str]]
     parser: Callable[[bytes, bool], ParsedResult]
     progress_parser: Callable[[str], float | None]
@@ -156,7 +158,7 @@ class ToolSpec:
             message, first = validation_message(exc)
             raise InvalidCall(f"invalid {self.name} arguments: {message}", field=first) from None
 
-    def build_argv(self, args: Any, target: ResolvedTarget, settings: Any) -> list[str]:
+    def build_argv(self, args: Any, target: ResolvedTarget, settings: ToolSettings) -> list[str]:
         """The argv after the binary: checked options, our output flags, the target once."""
         return self.builder(self.validate_arguments(args), target, settings)
 
@@ -164,14 +166,14 @@ class ToolSpec:
         """Parse tool output; never raises, a failure is reported in `parse_error`."""
         try:
             result = self.parser(stdout, truncated)
-        except Exception as exc:  # a parser bug must not lose the run's outcome
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not lose the run's outcome
             result = self.result_model(truncated=truncated, parse_error=f"{type(exc).__name__}: {exc}")
         return result.model_dump(mode="json")
 
     def progress(self, line: str) -> float | None:
         try:
             value = self.progress_parser(line)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a progress line the parser trips on is just not progress
             return None
         return None if value is None else max(0.0, min(100.0, value))
 

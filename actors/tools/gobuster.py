@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -22,9 +23,10 @@ from pydantic import BaseModel, Field, field_validator
 from actors.flags import Choice, Duration, FileInDirectory, Grammar, Int, Option, ParsedOption, Pattern, render
 from actors.policy import ResolvedTarget
 from actors.results import InvalidCall
-from actors.settings import GobusterSettings
+from actors.settings import ToolSettings
 from actors.tools.base import ParsedResult, ToolArguments, ToolSpec, split_extra_args
 
+PACKAGED_WORDLISTS = Path(__file__).resolve().parent.parent / "wordlists"
 DEFAULT_WORDLIST = "common.txt"
 DEFAULT_THREADS = 10
 QUIET_FLAGS = ("-q", "--no-color", "-z")
@@ -73,6 +75,14 @@ FORBIDDEN = {
     "--no-progress": _FIXED,
     "--no-color": _FIXED,
 }
+
+
+class GobusterSettings(ToolSettings):
+    """`[tools.gobuster]`: a thread cap, and the one directory wordlists are taken from."""
+
+    binary: str = "gobuster"
+    max_threads: int = Field(default=10, ge=1, le=200)
+    wordlist_dir: Path = PACKAGED_WORDLISTS
 
 
 class GobusterArguments(ToolArguments):
@@ -186,7 +196,8 @@ def _defaults(parsed: list[ParsedOption], g: Grammar, settings: GobusterSettings
 
 def build_argv(args: GobusterArguments, target: ResolvedTarget, settings: GobusterSettings) -> list[str]:
     if target.kind == "cidr":
-        raise InvalidCall("gobuster scans one web server; give an IP address or hostname, not a network", field="target")
+        message = "gobuster scans one web server; give an IP address or hostname, not a network"
+        raise InvalidCall(message, field="target")
     g = grammar(settings, args.mode)
     parsed = g.parse_sources(_typed_tokens(args))
     parsed += _defaults(parsed, g, settings)
@@ -280,6 +291,7 @@ GOBUSTER = ToolSpec(
         "--retry, --retry-attempts, --random-agent, -f, -d, --hide-length (dir) and --append-domain (vhost; the "
         "domain is the target's hostname). Redirects are not followed; proxies, headers and output files are refused."
     ),
+    settings=GobusterSettings,
     arguments=GobusterArguments,
     result_model=GobusterResult,
     version_argv=("version",),

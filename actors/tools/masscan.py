@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from actors.flags import Grammar, Int, Option, PortList, render
 from actors.policy import ResolvedTarget
-from actors.settings import MasscanSettings
+from actors.settings import ToolSettings
 from actors.tools.base import ParsedResult, Ports, ToolArguments, ToolSpec, split_extra_args
 
 MASSCAN_DEFAULT_RATE = 100
@@ -90,6 +90,14 @@ FORBIDDEN = {
     "--interactive": "not supported",
     "--hello-string": "custom payloads are not allowed",
 }
+
+
+class MasscanSettings(ToolSettings):
+    """`[tools.masscan]`: one sweep at a time by default, and a packet rate no call may exceed."""
+
+    binary: str = "masscan"
+    concurrency: int = Field(default=1, ge=1, le=64)
+    max_rate: int = Field(default=1000, ge=1, le=1_000_000)
 
 
 class MasscanArguments(ToolArguments):
@@ -278,6 +286,7 @@ MASSCAN = ToolSpec(
         "ports. Targets must be inside the allowed lab networks. extra_args accepts only --ports/-p, --rate, "
         "--banners, --open-only, --ping, --retries, --wait, --connection-timeout and --seed."
     ),
+    settings=MasscanSettings,
     arguments=MasscanArguments,
     result_model=MasscanResult,
     version_argv=("--version",),

@@ -19,16 +19,17 @@ import io
 import re
 from dataclasses import dataclass
 from typing import Literal
+from xml.etree.ElementTree import Element
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring, iterparse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from actors.flags import Duration, Grammar, Int, Option, ParsedOption, PortList, render
 from actors.nmap_scripts import NMAP_SCRIPTS
 from actors.policy import ResolvedTarget
 from actors.results import InvalidCall
-from actors.settings import NmapSettings
+from actors.settings import ToolSettings
 from actors.tools.base import OptionalPorts, ParsedResult, ToolArguments, ToolSpec, split_extra_args
 
 NMAP_MAX_RATE = 10_000  # packets per second; --min-rate/--max-rate above this are refused
@@ -41,6 +42,22 @@ SCAN_TYPES = {"connect": "-sT", "syn": "-sS", "version": "-sV", "ping": "-sn", "
 # scripts follow redirects to); it is given the address the policy checked, nothing else.
 OUTPUT_FLAGS = ("-oX", "-", "--stats-every", "2s", "-n")
 VERSION_SCRIPTS = NMAP_SCRIPTS.members("version")  # what -sV makes nmap run besides --script
+# nmap script and category names an operator lets calls choose from; only vetted
+# scripts ever run, whatever is configured (see actors/nmap_scripts.toml).
+DEFAULT_ALLOWED_SCRIPTS = (
+    "default",
+    "safe",
+    "discovery",
+    "version",
+    "banner",
+    "http-title",
+    "http-headers",
+    "http-methods",
+    "ssl-cert",
+    "ssh-hostkey",
+    "smb-os-discovery",
+    "dns-service-discovery",
+)
 
 FORBIDDEN = {
     "-iL": "targets come only from the 'target' field",
@@ -94,6 +111,22 @@ FORBIDDEN = {
     "-d": "debug output is not allowed",
     "-T5": "the fastest timing allowed is -T4",
 }
+
+
+class NmapSettings(ToolSettings):
+    """`[tools.nmap]`: which scripts calls may choose, and how many ports one call may scan."""
+
+    binary: str = "nmap"
+    allowed_scripts: tuple[str, ...] = DEFAULT_ALLOWED_SCRIPTS
+    max_ports: int = Field(default=65535, ge=1, le=65535)
+
+    @field_validator("allowed_scripts")
+    @classmethod
+    def _only_vetted_scripts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """A narrowing of the vetted scripts: each entry is a vetted script or an offered category."""
+        words = tuple(dict.fromkeys(word.strip().lower() for word in value))
+        NMAP_SCRIPTS.admitted(words)  # raises ValueError naming the entry and why it never runs
+        return words
 
 
 class NmapArguments(ToolArguments):
@@ -181,7 +214,8 @@ class ScriptNames:
             scripts = NMAP_SCRIPTS.expand(word)  # raises ValueError saying why it never runs
             word = word.strip().lower()
             if not self.admitted.issuperset(scripts):
-                raise ValueError(f"{word!r} is not allowed here; this server allows {', '.join(self.allowed) or 'none'}")
+                allowed = ", ".join(self.allowed) or "none"
+                raise ValueError(f"{word!r} is not allowed here; this server allows {allowed}")
             if word not in words:
                 words.append(word)
         return ",".join(words)
@@ -243,7 +277,8 @@ def _script_selection(parsed: list[ParsedOption], settings: NmapSettings) -> lis
         if item.name == "-sC":
             selected = NMAP_SCRIPTS.members("default")
             if not _admitted_scripts(settings).issuperset(selected):
-                raise InvalidCall("-sC needs the 'default' script category, which is not allowed here", field=item.source)
+                message = "-sC needs the 'default' script category, which is not allowed here"
+                raise InvalidCall(message, field=item.source)
         elif item.name == "--script":
             selected = tuple(n for word in (item.value or "").split(",") for n in NMAP_SCRIPTS.expand(word))
         else:
@@ -255,7 +290,7 @@ def _script_selection(parsed: list[ParsedOption], settings: NmapSettings) -> lis
 def _check_port_budget(parsed: list[ParsedOption], settings: NmapSettings) -> list[str]:
     """Enforce `max_ports` also for -F and for nmap's implicit top 1000."""
     names = {item.name for item in parsed}
-    if "-F" in names and FAST_PORT_COUNT > settings.max_ports:
+    if "-F" in names and settings.max_ports < FAST_PORT_COUNT:
         raise InvalidCall(f"-F scans {FAST_PORT_COUNT} ports; the limit is {settings.max_ports}", field="extra_args")
     chosen = names & {"-p", "--top-ports", "-F", "-sn"}
     if not chosen and settings.max_ports < DEFAULT_PORT_COUNT:
@@ -268,7 +303,8 @@ def build_argv(args: NmapArguments, target: ResolvedTarget, settings: NmapSettin
     scripts = _script_selection(parsed, settings)
     if any(item.name == "-sV" for item in parsed) and not _admitted_scripts(settings).issuperset(VERSION_SCRIPTS):
         # -sV makes nmap run its whole `version` script category, whatever --script says.
-        raise InvalidCall("version detection (-sV) runs nmap's version scripts, which are not allowed here", field="scan_type")
+        message = "version detection (-sV) runs nmap's version scripts, which are not allowed here"
+        raise InvalidCall(message, field="scan_type")
     plain = [item for item in parsed if item.name not in ("-sC", "--script", "-n")]
     argv = [*OUTPUT_FLAGS]
     if target.version == 6:
@@ -292,11 +328,11 @@ def progress(line: str) -> float | None:
     return float(match[1]) if match else None
 
 
-def _scripts(parent) -> list[NmapScript]:  # type: ignore[no-untyped-def]
+def _scripts(parent: Element) -> list[NmapScript]:
     return [NmapScript(id=s.get("id", ""), output=s.get("output", "")) for s in parent.findall("script")]
 
 
-def _port(element) -> NmapPort | None:  # type: ignore[no-untyped-def]
+def _port(element: Element) -> NmapPort | None:
     try:
         number = int(element.get("portid", ""))
     except ValueError:
@@ -316,7 +352,7 @@ def _port(element) -> NmapPort | None:  # type: ignore[no-untyped-def]
     )
 
 
-def _host(element, *, partial: bool = False) -> NmapHost:  # type: ignore[no-untyped-def]
+def _host(element: Element, *, partial: bool = False) -> NmapHost:
     host = NmapHost(partial=partial)
     for address in element.findall("address"):
         kind = address.get("addrtype")
@@ -356,7 +392,7 @@ def parse(stdout: bytes, truncated: bool) -> NmapResult:
     return result
 
 
-def _read_document(root, result: NmapResult) -> None:  # type: ignore[no-untyped-def]
+def _read_document(root: Element, result: NmapResult) -> None:
     for host in root.iter("host"):
         result.hosts.append(_host(host))
     for element in root.iter("finished"):
@@ -369,15 +405,15 @@ def _read_document(root, result: NmapResult) -> None:  # type: ignore[no-untyped
 
 
 def _read_stream(stdout: bytes, result: NmapResult) -> None:
-    current = None
+    current: Element | None = None
     try:
         for event, element in iterparse(io.BytesIO(stdout), events=("start", "end"), forbid_dtd=False):
             if event == "start":
                 if element.tag == "host" and current is None:
                     current = element
                 continue
-            if element.tag == "host" and element is current:
-                result.hosts.append(_host(element))
+            if current is not None and element is current:  # the host record being read has ended
+                result.hosts.append(_host(current))
                 current = None
             elif element.tag == "finished":
                 _finished(element, result)
@@ -393,14 +429,14 @@ def _read_stream(stdout: bytes, result: NmapResult) -> None:
         result.truncated = True
 
 
-def _finished(element, result: NmapResult) -> None:  # type: ignore[no-untyped-def]
+def _finished(element: Element, result: NmapResult) -> None:
     elapsed = element.get("elapsed")
     result.elapsed_sec = float(elapsed) if elapsed and re.fullmatch(r"[0-9.]+", elapsed) else None
     if element.get("exit") == "error":
         result.error = element.get("errormsg") or "nmap reported an error"
 
 
-def _host_counts(element, result: NmapResult) -> None:  # type: ignore[no-untyped-def]
+def _host_counts(element: Element, result: NmapResult) -> None:
     result.hosts_up = _int(element.get("up"))
     result.hosts_down = _int(element.get("down"))
     result.hosts_total = _int(element.get("total"))
@@ -418,6 +454,7 @@ NMAP = ToolSpec(
         "--scan-delay, --min-rate/--max-rate, --script); output, input-file, spoofing and script-argument "
         "options are refused."
     ),
+    settings=NmapSettings,
     arguments=NmapArguments,
     result_model=NmapResult,
     version_argv=("--version",),
