@@ -15,7 +15,7 @@ from mcp.client.sse import sse_client
 
 from supervisor.runtime import Runtime
 from tests.runtimes import scan_calls
-from transports.daemon import HttpDaemon
+from transports.http.daemon import HttpDaemon
 
 TIMEOUT = 30.0
 MODERN = "2026-07-28"

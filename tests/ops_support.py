@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fakes.install import TOOLS, install_fake
+
 from supervisor.runtime import Runtime
 
 TOKEN = "s3cret-ops-token-7f1c"

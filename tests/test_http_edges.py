@@ -41,11 +41,11 @@ from tests.http_support import (
     session_headers,
 )
 from tests.runtimes import scan_calls
-from transports import server as server_module
 from transports.cli import main
-from transports.daemon import HttpDaemon, run_http_daemon, with_http_options
 from transports.exits import EXIT_ESCALATED, EXIT_SERVER_FAILED
-from transports.security import InsecureBind
+from transports.http import server as server_module
+from transports.http.daemon import HttpDaemon, run_http_daemon, with_http_options
+from transports.http.security import InsecureBind
 
 TOKEN = "http-edge-token-5e1d"
 NO_SESSIONS = {"sse": 0, "http": 0, "http_stateless": 0}

@@ -35,7 +35,7 @@ from tests.http_support import (
     session_headers,
 )
 from tests.runtimes import scan_calls
-from transports.exchange import RECONNECT_MS
+from transports.http.exchange import RECONNECT_MS
 
 SLOW = {"nmap": {"scenario": {"mode": "slow", "delay_sec": 1.0, "steps": 4}}}
 

@@ -33,8 +33,8 @@ from tests.http_support import (
     session_headers,
 )
 from tests.runtimes import scan_calls
-from transports.daemon import HttpDaemon, build_http_app
-from transports.sessions import SessionKind
+from transports.http.daemon import HttpDaemon, build_http_app
+from transports.http.sessions import SessionKind
 
 HANG = {"nmap": {"scenario": {"mode": "hang"}}}
 

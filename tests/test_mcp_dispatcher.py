@@ -17,11 +17,11 @@ from mcp_types import methods as mcp_methods
 from actors.api import ProgressSink, ToolInfo, UnknownTool
 from actors.results import CallOutcome, ErrorType
 from tests.backends import TOOLS, FakeBackend
-from transports import jsonrpc, mcp
-from transports.eras import Era
 from transports.framing import LineFramer, Oversized
-from transports.mcp import McpDispatcher, Session
-from transports.tool_results import summarize
+from transports.mcp import jsonrpc
+from transports.mcp.dispatcher import McpDispatcher, Session
+from transports.mcp.eras import Era
+from transports.mcp.tool_results import summarize
 
 HANDSHAKE = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 MODERN = "2026-07-28"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.http_support import parse_events
-from transports.response_streams import REPLAY_EVENTS, ResponseStream, SessionStreams
+from transports.http.response_streams import REPLAY_EVENTS, ResponseStream, SessionStreams
 
 
 def note(n: int) -> dict[str, Any]:

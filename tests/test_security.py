@@ -11,17 +11,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ops_support import TOKEN, start_runtime
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
-from ops_support import TOKEN, start_runtime
 from supervisor.config import ConfigError, load_settings
 from tests.fakes.install import install_fake
 from tests.helpers import wait_until
-from transports import security
 from transports.cli import main
-from transports.ops import build_ops_app
-from transports.security import (
+from transports.http import security
+from transports.http.security import (
     MIN_TOKEN_LENGTH,
     HostHeader,
     InsecureBind,
@@ -36,6 +35,7 @@ from transports.security import (
     token_matches,
     token_problem,
 )
+from transports.ops.endpoints import build_ops_app
 
 DEFAULT_ORIGINS = ("http://localhost", "http://127.0.0.1")
 STRONG_TOKEN = "Vd3q-strong-bind-token-8Kx2"

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from transports.mcp import Session
-from transports.session_policy import Lifetimes, client_key, counts_as_use, eviction_victim, expiry
-from transports.sessions import ClientSessionLimit, SessionKind, SessionLimit, SessionTable
+from transports.http.session_policy import Lifetimes, client_key, counts_as_use, eviction_victim, expiry
+from transports.http.sessions import ClientSessionLimit, SessionKind, SessionLimit, SessionTable
+from transports.mcp.dispatcher import Session
 
 LIFETIMES = Lifetimes(idle_sec=600.0, unused_sec=30.0)
 

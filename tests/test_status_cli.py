@@ -14,19 +14,19 @@ import threading
 
 import anyio.to_thread
 import pytest
+from helpers import wait_until
+from ops_support import TOKEN, start_runtime
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from helpers import wait_until
-from ops_support import TOKEN, start_runtime
 from supervisor.config import Settings
 from supervisor.status import BreakerStatus, CheckResult, HealthStatus, RuntimeInfo, Status, ToolStatus
 from transports.cli import main
-from transports.ops import build_ops_app, serve_ops_socket
-from transports.ops_client import OpsClient, OpsUnreachable
-from transports.server import HttpServer, ServerStartError
-from transports.status_view import describe_fault, format_duration, render_faults, render_status, should_color
+from transports.http.server import HttpServer, ServerStartError
+from transports.ops.client import OpsClient, OpsUnreachable
+from transports.ops.endpoints import build_ops_app, serve_ops_socket
+from transports.ops.status_view import describe_fault, format_duration, render_faults, render_status, should_color
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -123,7 +123,7 @@ def accepts(port: int) -> bool:
 
 
 def test_a_server_that_ends_by_itself_tells_its_owner(monkeypatch):
-    from transports import server as server_module
+    from transports.http import server as server_module
 
     crash = threading.Event()
 

@@ -27,7 +27,7 @@ from mcp import Client, StdioServerParameters
 from tests.backends import TOOLS, FakeBackend
 from tests.helpers import wait_until
 from transports.logs import JsonLineFormatter, configure_logging, correlation
-from transports.mcp import McpDispatcher
+from transports.mcp.dispatcher import McpDispatcher
 from transports.stdio import StdioTransport
 
 SCRIPT = Path(__file__).with_name("serve_fake_backend.py")

@@ -36,10 +36,10 @@ import pykka
 import uvloop
 
 from actors.api import ToolBackend
-from transports import jsonrpc
 from transports.framing import LineFramer, Oversized
-from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
-from transports.mcp import McpDispatcher, Session
+from transports.mcp import jsonrpc
+from transports.mcp.dispatcher import McpDispatcher, Session
+from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "StdioTransport", "serve_stdio"]
 

@@ -38,7 +38,7 @@ from mcp_types.version import (
 )
 from pydantic import ValidationError
 
-from transports.jsonrpc import RpcError
+from transports.mcp.jsonrpc import RpcError
 
 __all__ = [
     "BATCH_VERSIONS",
@@ -209,7 +209,7 @@ def shape_result(method: str, version: str, result: dict[str, Any], server_info:
     as a server bug. Fields newer than the negotiated handshake revision are
     dropped too. Modern results always carry `resultType` and are stamped
     with the server identity, as 2026-07-28 asks. (`tools/call` results are
-    built to their version's shape directly; see `transports.tool_results`.)
+    built to their version's shape directly; see `transports.mcp.tool_results`.)
     """
     shaped = mcp_methods.serialize_server_result(method, version, result)
     if version in MODERN_VERSIONS:

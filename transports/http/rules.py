@@ -45,8 +45,8 @@ from mcp_types import (
 )
 from mcp_types.version import is_version_at_least
 
-from transports import eras
-from transports.jsonrpc import RpcError
+from transports.mcp import eras
+from transports.mcp.jsonrpc import RpcError
 
 __all__ = [
     "EVENT_STREAM",

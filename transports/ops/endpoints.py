@@ -34,11 +34,11 @@ from starlette.routing import Route
 
 from actors.api import UnknownTool
 from actors.results import InvalidCall
-from supervisor.runtime import RuntimeStopped
 from supervisor.config import Settings
+from supervisor.runtime import RuntimeStopped
 from supervisor.status import Status
-from transports.security import AUTHENTICATED, security_middleware
-from transports.server import HttpServer
+from transports.http.security import AUTHENTICATED, security_middleware
+from transports.http.server import HttpServer
 
 __all__ = [
     "METRICS_CONTENT_TYPE",

@@ -43,13 +43,13 @@ from starlette.exceptions import HTTPException
 from supervisor.config import ConfigError, HttpSettings, Settings
 from supervisor.runtime import Runtime
 from transports.exits import EXIT_ESCALATED, EXIT_OK, EXIT_SERVER_FAILED
-from transports.http import StreamableHttpTransport
-from transports.mcp import McpDispatcher
-from transports.ops import http_error, ops_routes, serve_ops_socket
-from transports.security import require_token_for, security_middleware
-from transports.server import BoundAddress, HttpServer, ServerStartError
-from transports.sessions import SessionTable
-from transports.sse import LegacySseTransport
+from transports.http.security import require_token_for, security_middleware
+from transports.http.server import BoundAddress, HttpServer, ServerStartError
+from transports.http.sessions import SessionTable
+from transports.http.sse import LegacySseTransport
+from transports.http.streamable import StreamableHttpTransport
+from transports.mcp.dispatcher import McpDispatcher
+from transports.ops.endpoints import http_error, ops_routes, serve_ops_socket
 
 __all__ = [
     "HttpDaemon",

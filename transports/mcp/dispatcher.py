@@ -47,11 +47,11 @@ from pydantic import ValidationError
 
 from actors.api import ToolBackend, ToolInfo, UnknownTool
 from actors.results import CallOutcome, ErrorType, InvalidCall
-from transports import eras, jsonrpc
-from transports.eras import Era
-from transports.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
 from transports.logs import correlation
-from transports.tool_results import call_tool_result
+from transports.mcp import eras, jsonrpc
+from transports.mcp.eras import Era
+from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
+from transports.mcp.tool_results import call_tool_result
 
 __all__ = [
     "DEFAULT_INSTRUCTIONS",

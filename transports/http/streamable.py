@@ -68,9 +68,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from transports import jsonrpc
-from transports.eras import MODERN_VERSIONS, Era
-from transports.exchange import (
+from transports.http.exchange import (
     KEEPALIVE_FRAME,
     SEND_TIMEOUT_SEC,
     BodyTooLarge,
@@ -88,7 +86,8 @@ from transports.exchange import (
     start_event_stream,
     wait_disconnect,
 )
-from transports.http_rules import (
+from transports.http.response_streams import Reader, ResponseStream
+from transports.http.rules import (
     LAST_EVENT_ID_HEADER,
     SESSION_HEADER,
     VERSION_HEADER,
@@ -106,11 +105,12 @@ from transports.http_rules import (
     resumable_at,
     version_problem,
 )
-from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
-from transports.mcp import McpDispatcher, Session
-from transports.response_streams import Reader, ResponseStream
-from transports.session_policy import counts_as_use
-from transports.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
+from transports.http.session_policy import counts_as_use
+from transports.http.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
+from transports.mcp import jsonrpc
+from transports.mcp.dispatcher import McpDispatcher, Session
+from transports.mcp.eras import MODERN_VERSIONS, Era
+from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
 
 __all__ = ["StreamableHttpTransport"]
 

@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from transports.http_rules import new_session_id
-from transports.mcp import McpDispatcher, Session
-from transports.session_policy import Lifetimes, client_key, eviction_victim, expiry, sessions_of
-from transports.response_streams import SessionStreams
+from transports.http.response_streams import SessionStreams
+from transports.http.rules import new_session_id
+from transports.http.session_policy import Lifetimes, client_key, eviction_victim, expiry, sessions_of
+from transports.mcp.dispatcher import McpDispatcher, Session
 
 __all__ = [
     "STATELESS",

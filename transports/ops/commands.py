@@ -23,8 +23,8 @@ from typing import Any, get_args
 
 from supervisor.config import FaultSettings, load_settings
 from transports.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
-from transports.ops_client import OpsClient, OpsClientError, OpsRequestFailed
-from transports.status_view import describe_fault, render_faults, render_status, should_color
+from transports.ops.client import OpsClient, OpsClientError, OpsRequestFailed
+from transports.ops.status_view import describe_fault, render_faults, render_status, should_color
 
 __all__ = ["TOKEN_ENV", "client_from", "register"]
 

@@ -30,9 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from transports import jsonrpc
-from transports.eras import Era
-from transports.exchange import (
+from transports.http.exchange import (
     RETRY_AFTER_SEC,
     SEND_TIMEOUT_SEC,
     AsgiEndpoint,
@@ -44,11 +42,13 @@ from transports.exchange import (
     read_body,
     rpc_error_response,
 )
-from transports.http_rules import accepts, is_session_id
-from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
-from transports.mcp import McpDispatcher, Session
-from transports.session_policy import counts_as_use
-from transports.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
+from transports.http.rules import accepts, is_session_id
+from transports.http.session_policy import counts_as_use
+from transports.http.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
+from transports.mcp import jsonrpc
+from transports.mcp.dispatcher import McpDispatcher, Session
+from transports.mcp.eras import Era
+from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
 
 __all__ = ["DEFAULT_MAX_PENDING", "LegacySseTransport"]
 

@@ -19,7 +19,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from transports import jsonrpc
+from transports.mcp import jsonrpc
 
 __all__ = [
     "KEEPALIVE_FRAME",
