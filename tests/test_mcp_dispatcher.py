@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +18,9 @@ from actors.results import CallOutcome, ErrorType
 from tests.backends import TOOLS, FakeBackend
 from transports.framing import LineFramer, Oversized
 from transports.mcp import jsonrpc
-from transports.mcp.dispatcher import McpDispatcher, Session
+from transports.mcp.dispatcher import McpDispatcher
 from transports.mcp.eras import Era
+from transports.mcp.session import Session
 from transports.mcp.tool_results import summarize
 
 HANDSHAKE = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")

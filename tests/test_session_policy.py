@@ -8,7 +8,7 @@ import pytest
 
 from transports.http.session_policy import Lifetimes, client_key, counts_as_use, eviction_victim, expiry
 from transports.http.sessions import ClientSessionLimit, SessionKind, SessionLimit, SessionTable
-from transports.mcp.dispatcher import Session
+from transports.mcp.session import Session
 
 LIFETIMES = Lifetimes(idle_sec=600.0, unused_sec=30.0)
 

@@ -38,8 +38,9 @@ import uvloop
 from actors.api import ToolBackend
 from transports.framing import LineFramer, Oversized
 from transports.mcp import jsonrpc
-from transports.mcp.dispatcher import McpDispatcher, Session
+from transports.mcp.dispatcher import McpDispatcher
 from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
+from transports.mcp.session import Session
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "StdioTransport", "serve_stdio"]
 

@@ -46,7 +46,8 @@ from typing import Any
 from transports.http.response_streams import SessionStreams
 from transports.http.rules import new_session_id
 from transports.http.session_policy import Lifetimes, client_key, eviction_victim, expiry, sessions_of
-from transports.mcp.dispatcher import McpDispatcher, Session
+from transports.mcp.dispatcher import McpDispatcher
+from transports.mcp.session import Session
 
 __all__ = [
     "STATELESS",

@@ -108,9 +108,10 @@ from transports.http.rules import (
 from transports.http.session_policy import counts_as_use
 from transports.http.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
 from transports.mcp import jsonrpc
-from transports.mcp.dispatcher import McpDispatcher, Session
+from transports.mcp.dispatcher import McpDispatcher
 from transports.mcp.eras import MODERN_VERSIONS, Era
 from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
+from transports.mcp.session import Session
 
 __all__ = ["StreamableHttpTransport"]
 
