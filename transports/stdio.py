@@ -1,18 +1,8 @@
 """MCP over stdio: newline-delimited JSON-RPC on stdin and stdout.
 
-stdout carries protocol messages and nothing else; logs go to stderr.
-Every line is handled concurrently (a long scan never holds up a `ping` or a
-cancellation) and every malformed line is answered with its JSON-RPC error
-while the server carries on. EOF on stdin is the client's way of shutting
-the server down (SIGTERM too): calls still running get a short grace period to finish, are
-then cancelled (their processes killed, their cancelled results written to
-whoever still reads), and the server exits with status 0.
-
-The transport is a pykka actor, like every other long-lived part, so the
-runtime can start it, query it and stop it through one interface. The
-protocol runs on an asyncio loop in a thread the actor owns, because tool
-calls are awaited concurrently: the loop reads stdin, dispatches, and hands
-every outgoing line to the one writer thread, which owns stdout.
+stdout carries protocol messages and nothing else; logs go to stderr. Every line is handled
+concurrently and every malformed line answered with its JSON-RPC error. EOF on stdin (or SIGTERM)
+shuts the server down: running calls get a grace period, then are cancelled and still answered.
 """
 
 from __future__ import annotations
@@ -355,6 +345,10 @@ class _StdioConnection:
 
 class StdioTransport(pykka.ThreadingActor):
     """The stdio transport as an actor: `start()` begins serving, `stop()` ends it.
+
+    The protocol runs on an asyncio loop in a thread the actor owns, because tool calls are awaited
+    concurrently: the loop reads stdin, dispatches, and hands every outgoing line to the one writer
+    thread, which owns stdout.
 
     After EOF on stdin, calls still running get `grace` seconds to finish
     before they are cancelled; `stop()` cancels them at once. Either way each

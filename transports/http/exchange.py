@@ -1,12 +1,7 @@
 """One HTTP exchange at the ASGI level: a bounded body in, JSON or events out, and the client leaving.
 
-The MCP HTTP transports need three things Starlette's request/response
-helpers do not give them together: a body read that stops at a byte limit
-instead of buffering whatever arrives, a way to notice that the client has
-gone while its call is still running (so the call can be cancelled rather
-than finish for nobody), and event-stream frames written as they happen.
-These helpers work on raw ASGI `receive`/`send`, which is also what keeps
-them from buffering a stream the way a middleware-wrapped response could.
+On raw ASGI `receive`/`send`, so a body read stops at a byte limit instead of buffering, a client
+that leaves is noticed while its call still runs, and event-stream frames go out as they happen.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """`labrecon status`, `labrecon faults …` and `labrecon tools …`: operating a running daemon.
 
-These commands are clients of the ops endpoints, never of the runtime
-itself, so they work against a daemon started any way — HTTP, or stdio with
-an ops socket beside it. Where to connect comes from `--url` or `--socket`,
-or else from the same config the daemon reads (its `http.ops_socket`, or
-its host and port); the token from `--token`, else `LABRECON_AUTH__TOKEN`,
-else the config — the environment variable is the better choice, since a
-command line is visible to every user on the machine.
-
-Exit codes: 0 done (for `status`: the daemon is ready); 1 the daemon
-answered with an error, or `status` found it not ready; 2 usage or config
-error; 4 the daemon could not be reached or refused the credentials.
+These are clients of the ops endpoints, never of the runtime, so they work against a daemon started
+any way. Exit codes: 0 done (`status`: ready); 1 the daemon answered with an error, or is not ready;
+2 usage or config error; 4 the daemon could not be reached or refused the credentials.
 """
 
 from __future__ import annotations
@@ -96,7 +88,12 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def client_from(args: argparse.Namespace) -> OpsClient:
-    """Where and how to connect: the flags first, then the environment, then the daemon's config."""
+    """Where and how to connect: the flags first, then the environment, then the daemon's config.
+
+    The place is `--url` or `--socket`, else the config's `http.ops_socket`, else its host and port;
+    the token `--token`, else `LABRECON_AUTH__TOKEN` (better: a command line is visible to every
+    user on the machine), else the config.
+    """
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.url:
         return OpsClient(url=args.url, token=token, timeout=args.timeout)
