@@ -711,7 +711,7 @@ def test_single_era_sessions_for_stateless_transports() -> None:
         listing = (await legacy.request("tools/list"))["result"]
         assert "outputSchema" in listing["tools"][0] and "ttlMs" not in listing
         assert error_of(await legacy.request("tools/list", envelope()))["code"] == -32600
-        assert error_of((await legacy.initialize()))["code"] == -32600
+        assert error_of(await legacy.initialize())["code"] == -32600
 
         modern = Peer(session=Session.modern())
         error = error_of(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -80,7 +81,9 @@ def write_config(tmp_path: Path, **nmap) -> Path:
 
 
 def server(config: Path) -> StdioServerParameters:
-    return StdioServerParameters(command=LABRECON, args=["serve", "--config", str(config)], env={"PATH": os.environ["PATH"]})
+    return StdioServerParameters(
+        command=LABRECON, args=["serve", "--config", str(config)], env={"PATH": os.environ["PATH"]}
+    )
 
 
 @needs_real_tools
@@ -207,7 +210,9 @@ def start_calls(proc, count: int) -> None:
     assert b'"id":0' in proc.stdout.readline()
     rpc(proc, '{"jsonrpc":"2.0","method":"notifications/initialized"}')
     for i in range(1, count + 1):
-        rpc(proc, f'{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"nmap","arguments":{{"target":"10.0.0.{i}"}}}}}}')
+        call = {"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                "params": {"name": "nmap", "arguments": {"target": f"10.0.0.{i}"}}}
+        rpc(proc, json.dumps(call, separators=(",", ":")))
 
 
 @pytest.mark.parametrize("how", ["eof", "sigterm"])
@@ -246,8 +251,8 @@ def test_shutdown_after_grace_kills_and_answers(tmp_path):
     assert proc.wait(timeout=20) == 0
     assert out.count('"isError":true') == 2
     assert out.count('"error_type":"cancelled"') >= 2
-    for call in calls:
-        wait_until(lambda: not process_alive(call["pid"]) and not process_alive(call["child_pid"]))
+    pids = [pid for call in calls for pid in (call["pid"], call["child_pid"])]
+    wait_until(lambda: not any(process_alive(pid) for pid in pids))
 
 
 def test_audit_log_records_who_ran_what_and_how_it_ended(tmp_path):

@@ -6,12 +6,12 @@ import asyncio
 
 import httpx
 import pytest
-from helpers import wait_until
-from ops_support import BlockingRuntime, start_runtime
 from starlette.testclient import TestClient
 
 from supervisor.config import Settings
 from supervisor.status import Status
+from tests.helpers import wait_until
+from tests.ops_support import BlockingRuntime, start_runtime
 from transports.ops.endpoints import METRICS_CONTENT_TYPE, build_ops_app, ops_routes
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ops_support import TOKEN, start_runtime
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from supervisor.config import ConfigError, load_settings
 from tests.fakes.install import install_fake
 from tests.helpers import wait_until
+from tests.ops_support import TOKEN, start_runtime
 from transports.cli import main
 from transports.http import security
 from transports.http.security import (
@@ -54,7 +54,10 @@ def test_loopback_hosts(host):
 
 @pytest.mark.parametrize(
     "host",
-    ["0.0.0.0", "::", "", "10.0.0.5", "192.168.1.10", "lab.internal", "localhost.evil.com", "0177.0.0.1", "127.1", "fe80::1"],
+    [
+        "0.0.0.0", "::", "", "10.0.0.5", "192.168.1.10", "lab.internal", "localhost.evil.com", "0177.0.0.1", "127.1",
+        "fe80::1",
+    ],
 )
 def test_anything_not_provably_loopback_is_exposed(host):
     assert not is_loopback(host)

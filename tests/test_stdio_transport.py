@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import json
@@ -198,10 +199,8 @@ def is_progress(token: Any) -> Callable[[Any], bool]:
 
 
 def wait_gone(pid: int) -> None:
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess):
         psutil.Process(pid).wait(timeout=TIMEOUT)
-    except psutil.NoSuchProcess:
-        pass
     assert not psutil.pid_exists(pid)
 
 
@@ -401,7 +400,8 @@ def test_a_client_that_stops_reading_loses_progress_but_never_a_reply() -> None:
     steps = 20_000  # ~3 MB of notifications: far more than the pipe and the writer's backlog hold
     peer = None
     try:
-        os.write(stdin_w, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}).encode() + b"\n")
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+        os.write(stdin_w, json.dumps(initialize).encode() + b"\n")
         assert json.loads(reader.readline())["id"] == 1
         # From here on nobody reads stdout until the call is over.
         os.write(stdin_w, json.dumps({

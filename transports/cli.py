@@ -119,7 +119,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from supervisor.health import probe_binary
 
     settings = load_settings(args.config)
-    report = check_report(settings, {name: probe_binary(getattr(settings.tools, name).binary, tuple(spec.version_argv)) for name, spec in TOOL_SPECS.items()})
+    probes = {
+        name: probe_binary(getattr(settings.tools, name).binary, tuple(spec.version_argv))
+        for name, spec in TOOL_SPECS.items()
+    }
+    report = check_report(settings, probes)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -80,10 +80,13 @@ class _StdoutWriter:
             return
         self._queue.put((line + b"\n", what))
 
-    async def close(self, timeout: float) -> None:
-        """Flush what is queued, then end the thread (bounded, for a client that stopped reading)."""
+    async def close(self, join_within: float) -> None:
+        """Flush what is queued, then end the thread (bounded, for a client that stopped reading).
+
+        The bound is the thread join's own: cancelling an await would leave the join blocking its worker.
+        """
         self._queue.put(None)
-        await asyncio.to_thread(self._thread.join, timeout)
+        await asyncio.to_thread(self._thread.join, join_within)
         if self._thread.is_alive():
             logger.warning("stdout writer did not drain in time; abandoning unsent messages")
 
@@ -264,7 +267,7 @@ class _StdioConnection:
             stop_wait.cancel()
             drain_wait.cancel()
             reader.close()
-            await self._writer.close(timeout=self._cancel_timeout)
+            await self._writer.close(join_within=self._cancel_timeout)
         logger.info("stdio transport stopped", extra=self.stats())
         return status
 
@@ -326,8 +329,9 @@ class _StdioConnection:
         if running and grace > 0:
             all_done = asyncio.gather(*running, return_exceptions=True)
             stop_wait = asyncio.ensure_future(self._stopping.wait())
+            waiters: set[asyncio.Future[Any]] = {all_done, stop_wait}
             try:
-                await asyncio.wait({all_done, stop_wait}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stop_wait.cancel()
         running = {task for task in self._tasks if not task.done()}
@@ -460,7 +464,9 @@ def serve_stdio(
         )
         restore = _drain_on_sigterm(ref) if threading.current_thread() is threading.main_thread() else None
         if until is not None:
-            threading.Thread(target=_drain_when, args=(until, ref, finished), name="labrecon-stdio-until", daemon=True).start()
+            threading.Thread(
+                target=_drain_when, args=(until, ref, finished), name="labrecon-stdio-until", daemon=True
+            ).start()
         try:
             status = finished.result()
         except KeyboardInterrupt:

@@ -167,9 +167,9 @@ async def start_event_stream(send: Send, status: int = 200, headers: Mapping[str
     await send({"type": "http.response.start", "status": status, "headers": raw})
 
 
-async def send_chunk(send: Send, chunk: bytes, *, more: bool = True, timeout: float = SEND_TIMEOUT_SEC) -> None:
-    """Write part of a streamed body; a client that stops reading for `timeout` seconds raises TimeoutError."""
-    async with asyncio.timeout(timeout):
+async def send_chunk(send: Send, chunk: bytes, *, more: bool = True) -> None:
+    """Write part of a streamed body; a client that stops reading for `SEND_TIMEOUT_SEC` raises TimeoutError."""
+    async with asyncio.timeout(SEND_TIMEOUT_SEC):
         await send({"type": "http.response.body", "body": chunk, "more_body": more})
 
 

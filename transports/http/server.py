@@ -252,7 +252,7 @@ class HttpServer:
             listener.close()
             raise
         try:
-            address = ref.ask(_WaitListening(startup_timeout))
+            address: BoundAddress = ref.ask(_WaitListening(startup_timeout), block=True)
         except BaseException:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=graceful_timeout + 15.0)

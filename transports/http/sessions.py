@@ -270,9 +270,12 @@ class SessionTable:
             raise NotAccepting("the server is shutting down")
         self.expire()  # an expired session should not cost a live client its place
         key = client_key(client)
-        if key is not None and self.max_per_client is not None:
-            if sessions_of(self._sessions.values(), key) >= self.max_per_client:
-                raise ClientSessionLimit(self.max_per_client)
+        if (
+            key is not None
+            and self.max_per_client is not None
+            and sessions_of(self._sessions.values(), key) >= self.max_per_client
+        ):
+            raise ClientSessionLimit(self.max_per_client)
         if len(self._sessions) >= self.max_sessions:
             victim = eviction_victim(self._sessions.values())
             if victim is None:

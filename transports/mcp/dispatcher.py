@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from importlib import metadata
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import mcp_types as types
 from pydantic import ValidationError
@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 Answer = dict[str, Any] | list[dict[str, Any]] | None
 """What `handle()` gives back: one response, a batch's responses, or None when nothing is to be sent."""
+
+CacheScope = Literal["public", "private"]
+"""Who may cache a tools/list or server/discover answer (2026-07-28)."""
 
 SERVED_METHODS: Final[frozenset[str]] = frozenset(
     {"initialize", "ping", "logging/setLevel", "server/discover", "tools/list", "tools/call"}
@@ -71,7 +74,7 @@ class McpDispatcher:
         server_info: types.Implementation | None = None,
         instructions: str | None = DEFAULT_INSTRUCTIONS,
         list_ttl_ms: int = 60_000,
-        cache_scope: str = "public",
+        cache_scope: CacheScope = "public",
         new_call_id: Callable[[], str] | None = None,
     ) -> None:
         if list_ttl_ms < 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from mcp_types import (
     INTERNAL_ERROR,
@@ -121,7 +121,7 @@ def decode(data: str | bytes) -> Any:
         raise RpcError(PARSE_ERROR, f"Parse error: {exc}") from None
 
 
-def _valid_id(value: Any) -> bool:
+def _valid_id(value: Any) -> TypeGuard[RequestId]:
     return isinstance(value, str | int) and not isinstance(value, bool)
 
 

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 _LOGGER_NAME: Final[str] = "labrecon"
 
-ClientLog = Callable[[str, dict[str, Any]], None]
+ClientLog = Callable[[types.LoggingLevel, dict[str, Any]], None]
 
 
 class ToolCalls:
@@ -220,7 +220,7 @@ class ToolCalls:
         this request's envelope; without one, nothing is sent.
         """
 
-        def emit(level: str, data: dict[str, Any]) -> None:
+        def emit(level: types.LoggingLevel, data: dict[str, Any]) -> None:
             threshold = ctx.log_level if ctx.era is Era.MODERN else session.log_level
             if not eras.log_level_enabled(threshold, level):
                 return

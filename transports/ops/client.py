@@ -6,6 +6,7 @@ bearer token is sent in a header only and never appears in an exception message.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -162,10 +163,8 @@ class OpsClient:
             connection.close()
         data: Any = raw.decode("utf-8", "replace")
         if content_type.startswith("application/json"):
-            try:
+            with contextlib.suppress(ValueError):
                 data = json.loads(raw)
-            except ValueError:
-                pass
         if 200 <= response.status < 300:
             return data
         error, message = "http_error", f"HTTP {response.status}"

@@ -83,7 +83,9 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--url", help="the daemon's HTTP address, e.g. http://127.0.0.1:8765")
     where.add_argument("--socket", metavar="PATH", help="the daemon's ops Unix socket")
     parser.add_argument("--token", help=f"bearer token (prefer ${TOKEN_ENV}: a command line is visible to others)")
-    parser.add_argument("--config", "-c", metavar="FILE", help="find the daemon from this config (default: $LABRECON_CONFIG)")
+    parser.add_argument(
+        "--config", "-c", metavar="FILE", help="find the daemon from this config (default: $LABRECON_CONFIG)"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SEC", help="how long to wait for an answer")
 
 

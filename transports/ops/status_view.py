@@ -93,7 +93,7 @@ def format_duration(seconds: float | None) -> str:
 
 def _tool_row(tool: ToolStatus) -> list[Cell]:
     breaker = tool.breaker
-    breaker_text = breaker.state
+    breaker_text: str = breaker.state
     if breaker.state == "open" and breaker.retry_after_sec is not None:
         breaker_text += f" {format_duration(breaker.retry_after_sec)}"
     elif breaker.consecutive_failures:
