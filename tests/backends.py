@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,7 +226,7 @@ class FakeBackend:
                 progress(1, None, "holding")
             seconds = args.get("seconds")
             released = self._release_event().wait()
-            waiters = [released, call.cancelled.wait()]
+            waiters: list[Coroutine[Any, Any, object]] = [released, call.cancelled.wait()]
             if seconds is not None:
                 waiters.append(asyncio.sleep(seconds))
             await _first(*waiters)
@@ -328,6 +329,4 @@ async def _first(*awaitables: Any) -> bool:
             if not task.done():
                 task.cancel()
     winner = tasks[0]
-    if winner in done and not winner.cancelled():
-        return True
-    return False
+    return winner in done and not winner.cancelled()

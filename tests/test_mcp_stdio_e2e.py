@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -101,7 +102,7 @@ def test_sdk_lists_and_calls_every_tool(tmp_path, tcp_listener, web_root, mode):
             for tool in tools.values():
                 assert tool.title and tool.description and tool.output_schema
                 assert tool.input_schema["required"][0] == "target"
-                assert tool.annotations.read_only_hint is True
+                assert tool.annotations is not None and tool.annotations.read_only_hint is True
 
             # The port as a number, the way the MCP Inspector sends it.
             nmap = await client.call_tool(
@@ -154,7 +155,7 @@ def test_sdk_arguments_are_checked_as_their_schema_says(tmp_path):
     and a caller's vhost domain are refused before anything runs."""
     nmap = install_fake(tmp_path / "fakes", "nmap", ports=[22, 80, 443])
     config = write_config(tmp_path, binary=str(nmap))
-    refusals = [
+    refusals: list[tuple[str, dict[str, Any], str]] = [
         ("nmap", {"target": "10.0.0.5", "timeout_sec": "30"}, "timeout_sec"),
         ("nmap", {"target": "10.0.0.5", "top_ports": True}, "top_ports"),
         ("nmap", {"target": "10.0.0.5", "ports": True}, "ports"),
@@ -185,9 +186,9 @@ def test_sdk_arguments_are_checked_as_their_schema_says(tmp_path):
     assert [call["argv"][call["argv"].index("-p") + 1] for call in scan_calls(nmap)] == ["22", "22,80-81"]
 
 
-def spawn_raw(config: Path) -> subprocess.Popen:
+def spawn_raw(config: Path, grace: str = "5") -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [LABRECON, "serve", "--config", str(config), "--grace", "5"],
+        [LABRECON, "serve", "--config", str(config), "--grace", grace],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -220,6 +221,7 @@ def test_shutdown_with_calls_in_flight_answers_every_call(tmp_path, how):
     release = tmp_path / "release"
     nmap = install_fake(tmp_path / "fakes", "nmap", mode="block", release_file=str(release))
     proc = spawn_raw(write_config(tmp_path, binary=str(nmap), concurrency=2))
+    assert proc.stdin is not None and proc.stdout is not None
     start_calls(proc, 3)
     wait_until(lambda: len(scan_calls(nmap)) == 2, what="two calls running")
     if how == "eof":
@@ -238,14 +240,11 @@ def test_shutdown_with_calls_in_flight_answers_every_call(tmp_path, how):
 def test_shutdown_after_grace_kills_and_answers(tmp_path):
     nmap = install_fake(tmp_path / "fakes", "nmap", mode="hang_with_child")
     config = write_config(tmp_path, binary=str(nmap))
-    proc = subprocess.Popen(
-        [LABRECON, "serve", "--config", str(config), "--grace", "0.5"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = spawn_raw(config, grace="0.5")
+    assert proc.stdout is not None
     start_calls(proc, 2)
     calls = wait_until(lambda: len(c := scan_calls(nmap)) == 2 and all(x.get("child_pid") for x in c) and c)
+    assert calls
     proc.send_signal(signal.SIGTERM)
     out = proc.stdout.read().decode()
     assert proc.wait(timeout=20) == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import SecretStr
+from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 
 from supervisor.config import ConfigError, load_settings
@@ -97,7 +98,8 @@ def test_binding_beyond_loopback_with_a_strong_token_and_loopback_without_are_fi
     ],
 )
 def test_a_weak_token_cannot_guard_a_bind_beyond_loopback(token, problem):
-    assert token_problem(token) is not None and problem in token_problem(token)
+    found = token_problem(token)
+    assert found is not None and problem in found
     with pytest.raises(WeakToken) as caught:
         require_token_for("0.0.0.0", SecretStr(token))
     assert problem in str(caught.value) and "labrecon token" in str(caught.value)
@@ -367,7 +369,7 @@ def test_the_token_appears_in_no_status_body_or_log(client, caplog):
 
 
 def test_the_middleware_and_settings_keep_the_token_out_of_their_repr(monkeypatch):
-    middleware = SecurityMiddleware(lambda *a: None, allowed_origins=DEFAULT_ORIGINS, token=SecretStr(TOKEN))
+    middleware = SecurityMiddleware(PlainTextResponse("x"), allowed_origins=DEFAULT_ORIGINS, token=SecretStr(TOKEN))
     assert TOKEN not in repr(middleware) and "token=set" in repr(middleware)
     monkeypatch.setenv("LABRECON_AUTH__TOKEN", TOKEN)
     settings = load_settings()

@@ -114,7 +114,8 @@ def test_stop_lets_an_open_request_finish():
     assert not srv.running
 
 
-def accepts(port: int) -> bool:
+def accepts(port: int | None) -> bool:
+    assert port is not None
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except OSError:
@@ -134,8 +135,12 @@ def test_a_server_that_ends_by_itself_tells_its_owner(monkeypatch):
     monkeypatch.setattr(server_module._NotifyingServer, "main_loop", main_loop)
     exits: list[BaseException | None] = []
     told = threading.Event()
-    srv = HttpServer.start(PlainTextResponse("x"), host="127.0.0.1", port=0,
-                           on_exit=lambda error: (exits.append(error), told.set()))
+
+    def on_exit(error: BaseException | None) -> None:
+        exits.append(error)
+        told.set()
+
+    srv = HttpServer.start(PlainTextResponse("x"), host="127.0.0.1", port=0, on_exit=on_exit)
     assert srv.running
     crash.set()
     assert told.wait(10.0)

@@ -55,7 +55,7 @@ class LinePeer:
     them); anything else fails the test on the spot.
     """
 
-    def __init__(self, write: Callable[[bytes], None], lines: Iterator[bytes]) -> None:
+    def __init__(self, write: Callable[[bytes], object], lines: Iterator[bytes]) -> None:
         self._write = write
         self._inbox: queue.Queue[Any] = queue.Queue()
         self.received: list[Any] = []
@@ -153,8 +153,8 @@ class ServerProcess(LinePeer):
         for line in list(self.stderr_lines):
             if line.startswith("{") and predicate(json.loads(line)):
                 return json.loads(line)
-        while (line := self._logs.get(timeout=TIMEOUT)) is not None:
-            if line.startswith("{") and predicate(record := json.loads(line)):
+        while (arrived := self._logs.get(timeout=TIMEOUT)) is not None:
+            if arrived.startswith("{") and predicate(record := json.loads(arrived)):
                 return record
         raise AssertionError("stderr closed before the log record appeared")
 
@@ -517,7 +517,8 @@ async def list_and_call_each(client: Client) -> None:
         result = await client.call_tool(tool.name, ARGUMENTS[tool.name])
         assert result.is_error is (tool.name == "broken"), result
         assert result.structured_content["tool"] == tool.name
-        assert result.content[0].text.startswith(tool.name)
+        summary = result.content[0]
+        assert isinstance(summary, types.TextContent) and summary.text.startswith(tool.name)
     seen: list[float] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
