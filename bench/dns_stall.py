@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.fast_fakes import install_fast_fakes  # noqa: E402
 from bench.report import percentile, report  # noqa: E402
 from supervisor import Runtime  # noqa: E402
-from transports.daemon import HttpDaemon  # noqa: E402
+from transports.http.daemon import HttpDaemon  # noqa: E402
 
 NAME = "slow.lab.internal"
 

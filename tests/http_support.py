@@ -15,7 +15,7 @@ from mcp.client.sse import sse_client
 
 from supervisor.runtime import Runtime
 from tests.runtimes import scan_calls
-from transports.daemon import HttpDaemon
+from transports.http.daemon import HttpDaemon
 
 TIMEOUT = 30.0
 MODERN = "2026-07-28"
@@ -136,12 +136,21 @@ class Event:
         """The empty event that opens a resumable stream: an id to resume from, and no message."""
         return self.id is not None and self.data == ""
 
+    @property
+    def event_id(self) -> str:
+        """The id of an event that must carry one (every event of a resumable stream does)."""
+        assert self.id is not None, f"an event without an id: {self}"
+        return self.id
+
 
 class _EventReader:
     """Server-sent events from lines: fed one line at a time, it returns each event as it completes."""
 
     def __init__(self) -> None:
-        self.event, self.data, self.id, self.retry = "message", [], None, None
+        self.event = "message"
+        self.data: list[str] = []
+        self.id: str | None = None
+        self.retry: int | None = None
 
     def feed(self, line: str) -> Event | None:
         if not line:

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fakes.install import TOOLS, install_fake
 from supervisor.runtime import Runtime
+from tests.fakes.install import TOOLS, install_fake
 
 TOKEN = "s3cret-ops-token-7f1c"
 

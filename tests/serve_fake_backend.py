@@ -8,9 +8,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.backends import FakeBackend  # noqa: E402
-from transports.logs import configure_logging  # noqa: E402
-from transports.stdio import DEFAULT_MAX_MESSAGE_BYTES, serve_stdio  # noqa: E402
+from tests.backends import FakeBackend
+from transports.logs import configure_logging
+from transports.stdio import DEFAULT_MAX_MESSAGE_BYTES, serve_stdio
 
 
 def main() -> int:

@@ -41,11 +41,11 @@ from tests.http_support import (
     session_headers,
 )
 from tests.runtimes import scan_calls
-from transports import server as server_module
 from transports.cli import main
-from transports.daemon import HttpDaemon, run_http_daemon, with_http_options
 from transports.exits import EXIT_ESCALATED, EXIT_SERVER_FAILED
-from transports.security import InsecureBind
+from transports.http import server as server_module
+from transports.http.daemon import HttpDaemon, run_http_daemon, with_http_options
+from transports.http.security import InsecureBind
 
 TOKEN = "http-edge-token-5e1d"
 NO_SESSIONS = {"sse": 0, "http": 0, "http_stateless": 0}
@@ -323,19 +323,18 @@ def test_over_legacy_sse_a_reused_in_flight_id_is_refused_with_a_null_id(served)
     runtime, daemon = served(tools=HANG)
     nmap = binary(runtime, "nmap")
     call = {"name": "nmap", "arguments": {"target": "10.0.0.5"}}
-    with httpx.Client(base_url=daemon.url, timeout=10) as client:
-        with client.stream("GET", "/sse") as stream:
-            endpoint, replies = sse_session(stream)
-            assert client.post(endpoint, json=INITIALIZE).status_code == 202
-            assert next(replies).json()["id"] == 0
-            assert client.post(endpoint, json=request("tools/call", call, "scan")).status_code == 202
-            wait_until(lambda: running(scan_calls(nmap)), what="the fake running")
-            assert client.post(endpoint, json=request("ping", None, "scan")).status_code == 202
-            refusal = next(replies).json()
-            assert refusal["id"] is None and refusal["error"]["code"] == -32600
-            cancel = notification("notifications/cancelled", {"requestId": "scan"})
-            assert client.post(endpoint, json=cancel).status_code == 202
-            wait_until(lambda: idle(runtime))
+    with httpx.Client(base_url=daemon.url, timeout=10) as client, client.stream("GET", "/sse") as stream:
+        endpoint, replies = sse_session(stream)
+        assert client.post(endpoint, json=INITIALIZE).status_code == 202
+        assert next(replies).json()["id"] == 0
+        assert client.post(endpoint, json=request("tools/call", call, "scan")).status_code == 202
+        wait_until(lambda: running(scan_calls(nmap)), what="the fake running")
+        assert client.post(endpoint, json=request("ping", None, "scan")).status_code == 202
+        refusal = next(replies).json()
+        assert refusal["id"] is None and refusal["error"]["code"] == -32600
+        cancel = notification("notifications/cancelled", {"requestId": "scan"})
+        assert client.post(endpoint, json=cancel).status_code == 202
+        wait_until(lambda: idle(runtime))
 
 
 def test_the_standalone_stream_is_single_and_ends_with_its_session(served):
@@ -399,32 +398,31 @@ def test_binding_beyond_loopback_without_a_token_is_refused_before_anything_list
 def test_oversized_and_malformed_bodies_are_refused_and_the_server_keeps_serving(served):
     _, daemon = served(http={"max_body_bytes": 2048})
     big = request("ping", {"pad": "x" * 4096})
-    with httpx.Client(base_url=daemon.url, timeout=10) as client:
-        with client.stream("GET", "/sse") as stream:
-            endpoint, replies = sse_session(stream)
-            session_id = open_session(client, daemon.url)
-            for url, headers in (("/mcp", session_headers(session_id)), (endpoint, {})):
-                too_big = client.post(url, json=big, headers=headers)
-                assert too_big.status_code == 413, url
-                assert too_big.json()["error"]["data"] == {"limit": 2048}
-                chunks = iter([b"[" + b" " * 1500, b" " * 1500 + b"]"])  # no Content-Length: counted as it arrives
-                chunked = client.post(url, content=chunks, headers={**headers, "content-type": "application/json"})
-                assert chunked.status_code == 413, url
-                for garbage in (b"{not json", b"\xff\xfe", b"NaN", b""):
-                    refused = client.post(url, content=garbage, headers={**headers, "content-type": "application/json"})
-                    assert refused.status_code in (400, 413), (url, garbage)
-                    if refused.status_code == 400:
-                        assert refused.json()["error"]["code"] == -32700 and refused.json()["id"] is None
-            # Decodable but invalid JSON-RPC is answered by the dispatcher, on the stream for legacy sessions.
-            assert client.post(endpoint, json=[1]).status_code == 202
-            assert client.post(endpoint, json=INITIALIZE).status_code == 202
-            replies_seen = [next(replies).json(), next(replies).json()]
-            assert replies_seen[0]["error"]["code"] == -32600
-            assert replies_seen[1]["result"]["protocolVersion"] == HANDSHAKE
-            assert client.post(endpoint, json=request("ping", request_id="after")).status_code == 202
-            assert next(replies).json()["id"] == "after"
-            ok = client.post("/mcp", json=request("tools/list"), headers=session_headers(session_id))
-            assert ok.status_code == 200 and len(ok.json()["result"]["tools"]) == 3
+    with httpx.Client(base_url=daemon.url, timeout=10) as client, client.stream("GET", "/sse") as stream:
+        endpoint, replies = sse_session(stream)
+        session_id = open_session(client, daemon.url)
+        for url, headers in (("/mcp", session_headers(session_id)), (endpoint, {})):
+            too_big = client.post(url, json=big, headers=headers)
+            assert too_big.status_code == 413, url
+            assert too_big.json()["error"]["data"] == {"limit": 2048}
+            chunks = iter([b"[" + b" " * 1500, b" " * 1500 + b"]"])  # no Content-Length: counted as it arrives
+            chunked = client.post(url, content=chunks, headers={**headers, "content-type": "application/json"})
+            assert chunked.status_code == 413, url
+            for garbage in (b"{not json", b"\xff\xfe", b"NaN", b""):
+                refused = client.post(url, content=garbage, headers={**headers, "content-type": "application/json"})
+                assert refused.status_code in (400, 413), (url, garbage)
+                if refused.status_code == 400:
+                    assert refused.json()["error"]["code"] == -32700 and refused.json()["id"] is None
+        # Decodable but invalid JSON-RPC is answered by the dispatcher, on the stream for legacy sessions.
+        assert client.post(endpoint, json=[1]).status_code == 202
+        assert client.post(endpoint, json=INITIALIZE).status_code == 202
+        replies_seen = [next(replies).json(), next(replies).json()]
+        assert replies_seen[0]["error"]["code"] == -32600
+        assert replies_seen[1]["result"]["protocolVersion"] == HANDSHAKE
+        assert client.post(endpoint, json=request("ping", request_id="after")).status_code == 202
+        assert next(replies).json()["id"] == "after"
+        ok = client.post("/mcp", json=request("tools/list"), headers=session_headers(session_id))
+        assert ok.status_code == 200 and len(ok.json()["result"]["tools"]) == 3
 
 
 # --- cancellation and lifetimes ---------------------------------------------------------------
@@ -461,19 +459,21 @@ def test_status_counts_sessions_and_stateless_requests_in_progress(served):
     runtime, daemon = served(tools=HANG)
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
-            async with client.stream("GET", "/sse") as stream:
-                iterator = aevents(stream)
-                assert (await anext(iterator)).event == "endpoint"
-                await client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)
-                call, headers = modern("tools/call", {"name": "nmap", "arguments": {"target": "10.0.0.5"}})
-                pending = asyncio.ensure_future(client.post("/mcp", json=call, headers=headers))
-                await asyncio.to_thread(wait_until, lambda: counts(daemon)["http_stateless"] == 1)
-                status = (await client.get("/status")).json()
-                assert status["sessions"] == {"sse": 1, "http": 1, "http_stateless": 1}
-                pending.cancel()  # the modern client walks away: its request is cancelled
-                await asyncio.gather(pending, return_exceptions=True)
-                await asyncio.to_thread(wait_until, lambda: counts(daemon)["http_stateless"] == 0)
+        async with (
+            httpx.AsyncClient(base_url=daemon.url, timeout=10) as client,
+            client.stream("GET", "/sse") as stream,
+        ):
+            iterator = aevents(stream)
+            assert (await anext(iterator)).event == "endpoint"
+            await client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)
+            call, headers = modern("tools/call", {"name": "nmap", "arguments": {"target": "10.0.0.5"}})
+            pending = asyncio.ensure_future(client.post("/mcp", json=call, headers=headers))
+            await asyncio.to_thread(wait_until, lambda: counts(daemon)["http_stateless"] == 1)
+            status = (await client.get("/status")).json()
+            assert status["sessions"] == {"sse": 1, "http": 1, "http_stateless": 1}
+            pending.cancel()  # the modern client walks away: its request is cancelled
+            await asyncio.gather(pending, return_exceptions=True)
+            await asyncio.to_thread(wait_until, lambda: counts(daemon)["http_stateless"] == 0)
 
     asyncio.run(scenario())
     wait_until(lambda: idle(runtime))

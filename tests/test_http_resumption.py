@@ -35,7 +35,7 @@ from tests.http_support import (
     session_headers,
 )
 from tests.runtimes import scan_calls
-from transports.exchange import RECONNECT_MS
+from transports.http.exchange import RECONNECT_MS
 
 SLOW = {"nmap": {"scenario": {"mode": "slow", "delay_sec": 1.0, "steps": 4}}}
 
@@ -80,15 +80,15 @@ def test_a_call_streams_from_a_priming_event_and_every_event_names_its_stream(se
     assert first.headers["content-type"].startswith("text/event-stream")
     priming, *rest = parse_events(first.text)
     assert priming.priming and priming.retry == RECONNECT_MS
-    stream, _, number = priming.id.partition("-")
+    stream, _, number = priming.event_id.partition("-")
     assert number == "0"
     assert [event.id for event in rest] == [f"{stream}-{n}" for n in range(1, len(rest) + 1)]
     assert progress_values([event.json() for event in rest]) == [0.0, 33.33, 66.67, 100.0]
     assert rest[-1].json()["id"] == "a" and rest[-1].json()["result"]["isError"] is False
     # A call without progress streams too (it may run for minutes), on a stream of its own.
     second_priming, reply = parse_events(second.text)
-    assert second_priming.priming and second_priming.id.split("-")[0] != stream
-    assert reply.id == second_priming.id.split("-")[0] + "-1" and reply.json()["id"] == "b"
+    assert second_priming.priming and second_priming.event_id.split("-")[0] != stream
+    assert reply.id == second_priming.event_id.split("-")[0] + "-1" and reply.json()["id"] == "b"
     # Quick answers are plain JSON as before.
     assert ping.headers["content-type"] == "application/json" and ping.json()["result"] == {}
 
@@ -124,15 +124,15 @@ def test_a_dropped_stream_resumes_after_its_last_event_id_and_nothing_is_lost(se
         # The connection is gone; the scan is not: it runs to the end, its events kept for the client.
         wait_until(lambda: idle(runtime), what="the scan finished")
         assert runtime.status().tools["nmap"].calls.get("cancelled") is None
-        resumed = resume(client, session_id, first.id)
+        resumed = resume(client, session_id, first.event_id)
         assert resumed.status_code == 200 and resumed.headers["content-type"].startswith("text/event-stream")
         replayed = parse_events(resumed.text)
         # Delivered to the end: the stream is forgotten, and a second resume finds nothing left.
-        again = resume(client, session_id, first.id)
+        again = resume(client, session_id, first.event_id)
         assert again.status_code == 400 and again.json()["error"]["code"] == -32600
     assert progress_values([first.json()]) == [0.0]
     assert progress_values([event.json() for event in replayed[:-1]]) == [20.0, 40.0, 60.0, 80.0, 100.0]
-    stream_number = priming.id.split("-")[0]
+    stream_number = priming.event_id.split("-")[0]
     assert [event.id for event in replayed] == [f"{stream_number}-{n}" for n in range(2, 2 + len(replayed))]
     assert replayed[-1].json()["id"] == "scan" and replayed[-1].json()["result"]["isError"] is False
 
@@ -147,14 +147,14 @@ def test_a_resume_takes_the_stream_over_from_a_connection_still_open(served, tmp
             priming = next(stream)
             wait_until(lambda: running(scan_calls(binary(runtime, "nmap"))), what="the fake running")
             with client.stream(
-                "GET", "/mcp", headers={**session_headers(session_id), "last-event-id": priming.id}
+                "GET", "/mcp", headers={**session_headers(session_id), "last-event-id": priming.event_id}
             ) as resumed:
                 assert resumed.status_code == 200
                 assert list(stream) == []  # the old connection was ended, without the reply
                 release.touch()
                 (reply,) = list(events(resumed))
     assert reply.json()["id"] == "scan" and reply.json()["result"]["isError"] is False
-    assert reply.id == priming.id.split("-")[0] + "-1"
+    assert reply.id == priming.event_id.split("-")[0] + "-1"
 
 
 def test_a_last_event_id_naming_no_stream_of_this_session_is_refused(served, tmp_path):
@@ -165,12 +165,12 @@ def test_a_last_event_id_naming_no_stream_of_this_session_is_refused(served, tmp
         with client.stream("POST", "/mcp", json=scan("scan"), headers=session_headers(mine)) as posted:
             stream = events(posted)
             priming = next(stream)
-            for bad in ("garbage", "1-", "01-0", "99-0", priming.id.split("-")[0] + "-7", "1-0-0"):
+            for bad in ("garbage", "1-", "01-0", "99-0", priming.event_id.split("-")[0] + "-7", "1-0-0"):
                 refused = resume(client, mine, bad)
                 assert refused.status_code == 400 and refused.json()["error"]["code"] == -32600, bad
             # Another session's ids mean nothing here: its streams are never replayed to this one.
-            assert resume(client, other, priming.id).status_code == 400
-            assert resume(client, "0" * 32, priming.id).status_code == 404
+            assert resume(client, other, priming.event_id).status_code == 400
+            assert resume(client, "0" * 32, priming.event_id).status_code == 404
             release.touch()
             assert [event.json()["id"] for event in stream] == ["scan"]
     wait_until(lambda: idle(runtime))
@@ -203,12 +203,12 @@ def test_the_server_closes_a_long_stream_with_a_retry_and_the_client_resumes_it(
         wait_until(lambda: running(scan_calls(binary(runtime, "nmap"))), what="the fake running")
         release.touch()
         # Each resumed connection is closed the same way; the client resumes from the newest id it holds.
-        last_id, replayed = priming.id, []
+        last_id, replayed = priming.event_id, []
         for _ in range(100):
             resumed = resume(client, session_id, last_id)
             assert resumed.status_code == 200
             replayed += messages_in(resumed.text)
-            last_id = ([event.id for event in parse_events(resumed.text)] or [last_id])[-1]
+            last_id = ([event.event_id for event in parse_events(resumed.text)] or [last_id])[-1]
             if replayed:
                 break
     assert [m["id"] for m in replayed] == ["scan"]

@@ -33,8 +33,8 @@ from tests.http_support import (
     session_headers,
 )
 from tests.runtimes import scan_calls
-from transports.daemon import HttpDaemon, build_http_app
-from transports.sessions import SessionKind
+from transports.http.daemon import HttpDaemon, build_http_app
+from transports.http.sessions import SessionKind
 
 HANG = {"nmap": {"scenario": {"mode": "hang"}}}
 
@@ -81,7 +81,11 @@ def test_a_session_with_a_call_in_flight_or_an_open_stream_is_never_evicted(make
                 assert refused.json()["id"] == 0 and "2 sessions" in refused.json()["error"]["message"]
                 assert http_sessions(daemon) == 2
             # The stream has closed: that session may now make room, the scanning one still may not.
-            await asyncio.to_thread(wait_until, lambda: daemon.mcp.sessions.get(listening, SessionKind.HTTP).streams == 0)
+            def stream_closed() -> bool:
+                session = daemon.mcp.sessions.get(listening, SessionKind.HTTP)
+                return session is not None and session.streams == 0
+
+            await asyncio.to_thread(wait_until, stream_closed)
             newcomer = await client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)
             assert newcomer.status_code == 200
             evicted = await client.post("/mcp", json=request("ping"), headers=session_headers(listening))

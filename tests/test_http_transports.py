@@ -55,8 +55,8 @@ def test_lists_and_calls_every_tool(make_runtime, kind):
                     assert result.structured_content["tool"] == tool.name
                     assert result.structured_content["ok"] is True
                 sessions = await anyio.to_thread.run_sync(status_sessions, daemon.url)
-                if SESSION_KEY[kind] is not None:
-                    assert sessions[SESSION_KEY[kind]] == 1
+                if (key := SESSION_KEY[kind]) is not None:
+                    assert sessions[key] == 1
 
         asyncio.run(scenario())
         # Closing the client ends its session (stream closed, or DELETE): nothing is left open.

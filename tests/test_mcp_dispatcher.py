@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -17,11 +16,12 @@ from mcp_types import methods as mcp_methods
 from actors.api import ProgressSink, ToolInfo, UnknownTool
 from actors.results import CallOutcome, ErrorType
 from tests.backends import TOOLS, FakeBackend
-from transports import jsonrpc, mcp
-from transports.eras import Era
 from transports.framing import LineFramer, Oversized
-from transports.mcp import McpDispatcher, Session
-from transports.tool_results import summarize
+from transports.mcp import jsonrpc
+from transports.mcp.dispatcher import McpDispatcher
+from transports.mcp.eras import Era
+from transports.mcp.session import Session
+from transports.mcp.tool_results import summarize
 
 HANDSHAKE = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 MODERN = "2026-07-28"
@@ -711,7 +711,7 @@ def test_single_era_sessions_for_stateless_transports() -> None:
         listing = (await legacy.request("tools/list"))["result"]
         assert "outputSchema" in listing["tools"][0] and "ttlMs" not in listing
         assert error_of(await legacy.request("tools/list", envelope()))["code"] == -32600
-        assert error_of((await legacy.initialize()))["code"] == -32600
+        assert error_of(await legacy.initialize())["code"] == -32600
 
         modern = Peer(session=Session.modern())
         error = error_of(

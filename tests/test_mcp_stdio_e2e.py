@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -80,7 +82,9 @@ def write_config(tmp_path: Path, **nmap) -> Path:
 
 
 def server(config: Path) -> StdioServerParameters:
-    return StdioServerParameters(command=LABRECON, args=["serve", "--config", str(config)], env={"PATH": os.environ["PATH"]})
+    return StdioServerParameters(
+        command=LABRECON, args=["serve", "--config", str(config)], env={"PATH": os.environ["PATH"]}
+    )
 
 
 @needs_real_tools
@@ -98,7 +102,7 @@ def test_sdk_lists_and_calls_every_tool(tmp_path, tcp_listener, web_root, mode):
             for tool in tools.values():
                 assert tool.title and tool.description and tool.output_schema
                 assert tool.input_schema["required"][0] == "target"
-                assert tool.annotations.read_only_hint is True
+                assert tool.annotations is not None and tool.annotations.read_only_hint is True
 
             # The port as a number, the way the MCP Inspector sends it.
             nmap = await client.call_tool(
@@ -151,7 +155,7 @@ def test_sdk_arguments_are_checked_as_their_schema_says(tmp_path):
     and a caller's vhost domain are refused before anything runs."""
     nmap = install_fake(tmp_path / "fakes", "nmap", ports=[22, 80, 443])
     config = write_config(tmp_path, binary=str(nmap))
-    refusals = [
+    refusals: list[tuple[str, dict[str, Any], str]] = [
         ("nmap", {"target": "10.0.0.5", "timeout_sec": "30"}, "timeout_sec"),
         ("nmap", {"target": "10.0.0.5", "top_ports": True}, "top_ports"),
         ("nmap", {"target": "10.0.0.5", "ports": True}, "ports"),
@@ -182,9 +186,9 @@ def test_sdk_arguments_are_checked_as_their_schema_says(tmp_path):
     assert [call["argv"][call["argv"].index("-p") + 1] for call in scan_calls(nmap)] == ["22", "22,80-81"]
 
 
-def spawn_raw(config: Path) -> subprocess.Popen:
+def spawn_raw(config: Path, grace: str = "5") -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [LABRECON, "serve", "--config", str(config), "--grace", "5"],
+        [LABRECON, "serve", "--config", str(config), "--grace", grace],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -207,7 +211,9 @@ def start_calls(proc, count: int) -> None:
     assert b'"id":0' in proc.stdout.readline()
     rpc(proc, '{"jsonrpc":"2.0","method":"notifications/initialized"}')
     for i in range(1, count + 1):
-        rpc(proc, f'{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"nmap","arguments":{{"target":"10.0.0.{i}"}}}}}}')
+        call = {"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                "params": {"name": "nmap", "arguments": {"target": f"10.0.0.{i}"}}}
+        rpc(proc, json.dumps(call, separators=(",", ":")))
 
 
 @pytest.mark.parametrize("how", ["eof", "sigterm"])
@@ -215,6 +221,7 @@ def test_shutdown_with_calls_in_flight_answers_every_call(tmp_path, how):
     release = tmp_path / "release"
     nmap = install_fake(tmp_path / "fakes", "nmap", mode="block", release_file=str(release))
     proc = spawn_raw(write_config(tmp_path, binary=str(nmap), concurrency=2))
+    assert proc.stdin is not None and proc.stdout is not None
     start_calls(proc, 3)
     wait_until(lambda: len(scan_calls(nmap)) == 2, what="two calls running")
     if how == "eof":
@@ -233,21 +240,18 @@ def test_shutdown_with_calls_in_flight_answers_every_call(tmp_path, how):
 def test_shutdown_after_grace_kills_and_answers(tmp_path):
     nmap = install_fake(tmp_path / "fakes", "nmap", mode="hang_with_child")
     config = write_config(tmp_path, binary=str(nmap))
-    proc = subprocess.Popen(
-        [LABRECON, "serve", "--config", str(config), "--grace", "0.5"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = spawn_raw(config, grace="0.5")
+    assert proc.stdout is not None
     start_calls(proc, 2)
     calls = wait_until(lambda: len(c := scan_calls(nmap)) == 2 and all(x.get("child_pid") for x in c) and c)
+    assert calls
     proc.send_signal(signal.SIGTERM)
     out = proc.stdout.read().decode()
     assert proc.wait(timeout=20) == 0
     assert out.count('"isError":true') == 2
     assert out.count('"error_type":"cancelled"') >= 2
-    for call in calls:
-        wait_until(lambda: not process_alive(call["pid"]) and not process_alive(call["child_pid"]))
+    pids = [pid for call in calls for pid in (call["pid"], call["child_pid"])]
+    wait_until(lambda: not any(process_alive(pid) for pid in pids))
 
 
 def test_audit_log_records_who_ran_what_and_how_it_ended(tmp_path):

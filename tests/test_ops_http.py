@@ -8,11 +8,11 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from helpers import wait_until
-from ops_support import BlockingRuntime, start_runtime
 from supervisor.config import Settings
 from supervisor.status import Status
-from transports.ops import METRICS_CONTENT_TYPE, build_ops_app, ops_routes
+from tests.helpers import wait_until
+from tests.ops_support import BlockingRuntime, start_runtime
+from transports.ops.endpoints import METRICS_CONTENT_TYPE, build_ops_app, ops_routes
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.http_support import parse_events
-from transports.response_streams import REPLAY_EVENTS, ResponseStream, SessionStreams
+from transports.http.response_streams import REPLAY_EVENTS, ResponseStream, SessionStreams
 
 
 def note(n: int) -> dict[str, Any]:
@@ -85,8 +85,8 @@ async def timers_due_now_have_run() -> None:
     await later
 
 
-def hanging_request() -> asyncio.Future[Any]:
-    return asyncio.ensure_future(asyncio.Event().wait())
+def hanging_request() -> asyncio.Task[Any]:
+    return asyncio.get_running_loop().create_task(asyncio.Event().wait())
 
 
 def test_a_new_reader_takes_the_stream_over_and_an_unread_primed_stream_is_given_up():

@@ -12,16 +12,16 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import SecretStr
+from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 
-from ops_support import TOKEN, start_runtime
 from supervisor.config import ConfigError, load_settings
 from tests.fakes.install import install_fake
 from tests.helpers import wait_until
-from transports import security
+from tests.ops_support import TOKEN, start_runtime
 from transports.cli import main
-from transports.ops import build_ops_app
-from transports.security import (
+from transports.http import security
+from transports.http.security import (
     MIN_TOKEN_LENGTH,
     HostHeader,
     InsecureBind,
@@ -36,6 +36,7 @@ from transports.security import (
     token_matches,
     token_problem,
 )
+from transports.ops.endpoints import build_ops_app
 
 DEFAULT_ORIGINS = ("http://localhost", "http://127.0.0.1")
 STRONG_TOKEN = "Vd3q-strong-bind-token-8Kx2"
@@ -54,7 +55,10 @@ def test_loopback_hosts(host):
 
 @pytest.mark.parametrize(
     "host",
-    ["0.0.0.0", "::", "", "10.0.0.5", "192.168.1.10", "lab.internal", "localhost.evil.com", "0177.0.0.1", "127.1", "fe80::1"],
+    [
+        "0.0.0.0", "::", "", "10.0.0.5", "192.168.1.10", "lab.internal", "localhost.evil.com", "0177.0.0.1", "127.1",
+        "fe80::1",
+    ],
 )
 def test_anything_not_provably_loopback_is_exposed(host):
     assert not is_loopback(host)
@@ -94,7 +98,8 @@ def test_binding_beyond_loopback_with_a_strong_token_and_loopback_without_are_fi
     ],
 )
 def test_a_weak_token_cannot_guard_a_bind_beyond_loopback(token, problem):
-    assert token_problem(token) is not None and problem in token_problem(token)
+    found = token_problem(token)
+    assert found is not None and problem in found
     with pytest.raises(WeakToken) as caught:
         require_token_for("0.0.0.0", SecretStr(token))
     assert problem in str(caught.value) and "labrecon token" in str(caught.value)
@@ -364,7 +369,7 @@ def test_the_token_appears_in_no_status_body_or_log(client, caplog):
 
 
 def test_the_middleware_and_settings_keep_the_token_out_of_their_repr(monkeypatch):
-    middleware = SecurityMiddleware(lambda *a: None, allowed_origins=DEFAULT_ORIGINS, token=SecretStr(TOKEN))
+    middleware = SecurityMiddleware(PlainTextResponse("x"), allowed_origins=DEFAULT_ORIGINS, token=SecretStr(TOKEN))
     assert TOKEN not in repr(middleware) and "token=set" in repr(middleware)
     monkeypatch.setenv("LABRECON_AUTH__TOKEN", TOKEN)
     settings = load_settings()

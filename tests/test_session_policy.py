@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from transports.mcp import Session
-from transports.session_policy import Lifetimes, client_key, counts_as_use, eviction_victim, expiry
-from transports.sessions import ClientSessionLimit, SessionKind, SessionLimit, SessionTable
+from transports.http.session_policy import Lifetimes, client_key, counts_as_use, eviction_victim, expiry
+from transports.http.sessions import ClientSessionLimit, SessionKind, SessionLimit, SessionTable
+from transports.mcp.session import Session
 
 LIFETIMES = Lifetimes(idle_sec=600.0, unused_sec=30.0)
 
@@ -56,8 +56,13 @@ def test_the_victim_is_never_used_first_then_least_recently_active():
         Fake("unused earlier", last_active=40.0),
         Fake("used recently", last_active=60.0, used=True),
     ]
-    assert eviction_victim(sessions).name == "unused earlier"
-    assert eviction_victim(sessions[:1] + sessions[3:]).name == "used long ago"
+    assert name_of(eviction_victim(sessions)) == "unused earlier"
+    assert name_of(eviction_victim(sessions[:1] + sessions[3:])) == "used long ago"
+
+
+def name_of(victim: Fake | None) -> str:
+    assert victim is not None, "no session was chosen"
+    return victim.name
 
 
 def test_a_session_with_a_call_in_flight_or_an_open_stream_is_never_the_victim():
@@ -67,7 +72,7 @@ def test_a_session_with_a_call_in_flight_or_an_open_stream_is_never_the_victim()
         Fake("both", last_active=0.0, busy=True, has_stream=True),
     ]
     assert eviction_victim(held) is None
-    assert eviction_victim([*held, Fake("free", last_active=99.0, used=True)]).name == "free"
+    assert name_of(eviction_victim([*held, Fake("free", last_active=99.0, used=True)])) == "free"
     assert eviction_victim([]) is None
 
 

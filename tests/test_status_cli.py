@@ -1,4 +1,4 @@
-"""`labrecon status`, `faults` and `tools` against a real server (TCP on 127.0.0.1, and a Unix socket), and the tables."""
+"""`labrecon status`, `faults` and `tools` against a real server (TCP on 127.0.0.1, a Unix socket), and the tables."""
 
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from helpers import wait_until
-from ops_support import TOKEN, start_runtime
 from supervisor.config import Settings
 from supervisor.status import BreakerStatus, CheckResult, HealthStatus, RuntimeInfo, Status, ToolStatus
+from tests.helpers import wait_until
+from tests.ops_support import TOKEN, start_runtime
 from transports.cli import main
-from transports.ops import build_ops_app, serve_ops_socket
-from transports.ops_client import OpsClient, OpsUnreachable
-from transports.server import HttpServer, ServerStartError
-from transports.status_view import describe_fault, format_duration, render_faults, render_status, should_color
+from transports.http.server import HttpServer, ServerStartError
+from transports.ops.client import OpsClient, OpsUnreachable
+from transports.ops.endpoints import build_ops_app, serve_ops_socket
+from transports.ops.status_view import describe_fault, format_duration, render_faults, render_status, should_color
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -114,7 +114,8 @@ def test_stop_lets_an_open_request_finish():
     assert not srv.running
 
 
-def accepts(port: int) -> bool:
+def accepts(port: int | None) -> bool:
+    assert port is not None
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except OSError:
@@ -123,7 +124,7 @@ def accepts(port: int) -> bool:
 
 
 def test_a_server_that_ends_by_itself_tells_its_owner(monkeypatch):
-    from transports import server as server_module
+    from transports.http import server as server_module
 
     crash = threading.Event()
 
@@ -134,8 +135,12 @@ def test_a_server_that_ends_by_itself_tells_its_owner(monkeypatch):
     monkeypatch.setattr(server_module._NotifyingServer, "main_loop", main_loop)
     exits: list[BaseException | None] = []
     told = threading.Event()
-    srv = HttpServer.start(PlainTextResponse("x"), host="127.0.0.1", port=0,
-                           on_exit=lambda error: (exits.append(error), told.set()))
+
+    def on_exit(error: BaseException | None) -> None:
+        exits.append(error)
+        told.set()
+
+    srv = HttpServer.start(PlainTextResponse("x"), host="127.0.0.1", port=0, on_exit=on_exit)
     assert srv.running
     crash.set()
     assert told.wait(10.0)
@@ -309,7 +314,9 @@ def test_the_token_and_address_come_from_the_config(capsys, tmp_path, guarded_se
 
 
 def test_inject_list_and_clear_faults(capsys, server, runtime):
-    code, out, _ = run(capsys, "faults", "inject", "--url", server.url, "--tool", "nmap", "--kind", "crash", "--count", "2")
+    code, out, _ = run(
+        capsys, "faults", "inject", "--url", server.url, "--tool", "nmap", "--kind", "crash", "--count", "2"
+    )
     assert (code, out) == (0, "added fault 1: nmap crash, next 2\n")
     code, out, _ = run(capsys, "faults", "inject", "--url", server.url, "--tool", "masscan", "--kind", "delay",
                        "--probability", "0.5", "--seed", "7", "--delay-sec", "2.5")
@@ -342,7 +349,9 @@ def test_a_bad_fault_is_explained(capsys, server):
 
 def test_conflicting_triggers_are_a_usage_error(capsys, server):
     with pytest.raises(SystemExit) as caught:
-        main(["faults", "inject", "--url", server.url, "--tool", "nmap", "--kind", "crash", "--count", "1", "--every", "2"])
+        main([
+            "faults", "inject", "--url", server.url, "--tool", "nmap", "--kind", "crash", "--count", "1", "--every", "2"
+        ])
     assert caught.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
 
@@ -366,8 +375,8 @@ def test_tools_restart_and_breaker(capsys, server, runtime):
 
 def make_status(**tool_overrides) -> Status:
     def tool(name, **fields):
-        base = dict(name=name, state="running", incarnation=1, restarts=0, breaker=BreakerStatus(state="closed"),
-                    in_flight=0, queued=0)
+        base = {"name": name, "state": "running", "incarnation": 1, "restarts": 0,
+                "breaker": BreakerStatus(state="closed"), "in_flight": 0, "queued": 0}
         base.update(fields)
         return ToolStatus(**base)
 
@@ -403,7 +412,9 @@ def test_the_table_reads_at_a_glance():
     assert lines[2] == "sessions: sse 1, streamable_http 2"
     header = lines[4]
     nmap, masscan, gobuster = lines[5:8]
-    columns = ["TOOL", "STATE", "BREAKER", "IN-FLIGHT", "QUEUED", "P50", "P95", "OK", "FAILED", "RESTARTS", "LAST RESTART"]
+    columns = [
+        "TOOL", "STATE", "BREAKER", "IN-FLIGHT", "QUEUED", "P50", "P95", "OK", "FAILED", "RESTARTS", "LAST RESTART"
+    ]
     starts = [header.index(name) for name in columns]
     assert starts == sorted(starts)
     # Every value starts under its header.
@@ -466,9 +477,12 @@ def test_durations(seconds, text):
 
 def test_fault_descriptions():
     assert describe_fault({"id": 1, "tool": "nmap", "kind": "crash", "every": 3}) == "fault 1: nmap crash, every 3"
-    assert describe_fault({"id": 2, "tool": "nmap", "kind": "hang", "delay_sec": 1.0}) == "fault 2: nmap hang, every call"
+    hang = {"id": 2, "tool": "nmap", "kind": "hang", "delay_sec": 1.0}
+    assert describe_fault(hang) == "fault 2: nmap hang, every call"
     assert render_faults([]) == "no fault rules"
-    spent = render_faults([{"id": 1, "tool": "nmap", "kind": "fail", "count": 1, "fired": 1, "seen": 1, "active": False}])
+    spent = render_faults(
+        [{"id": 1, "tool": "nmap", "kind": "fail", "count": 1, "fired": 1, "seen": 1, "active": False}]
+    )
     assert spent.splitlines()[1].split()[-1] == "spent"
 
 

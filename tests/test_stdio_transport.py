@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import json
@@ -27,7 +28,7 @@ from mcp import Client, StdioServerParameters
 from tests.backends import TOOLS, FakeBackend
 from tests.helpers import wait_until
 from transports.logs import JsonLineFormatter, configure_logging, correlation
-from transports.mcp import McpDispatcher
+from transports.mcp.dispatcher import McpDispatcher
 from transports.stdio import StdioTransport
 
 SCRIPT = Path(__file__).with_name("serve_fake_backend.py")
@@ -54,7 +55,7 @@ class LinePeer:
     them); anything else fails the test on the spot.
     """
 
-    def __init__(self, write: Callable[[bytes], None], lines: Iterator[bytes]) -> None:
+    def __init__(self, write: Callable[[bytes], object], lines: Iterator[bytes]) -> None:
         self._write = write
         self._inbox: queue.Queue[Any] = queue.Queue()
         self.received: list[Any] = []
@@ -152,8 +153,8 @@ class ServerProcess(LinePeer):
         for line in list(self.stderr_lines):
             if line.startswith("{") and predicate(json.loads(line)):
                 return json.loads(line)
-        while (line := self._logs.get(timeout=TIMEOUT)) is not None:
-            if line.startswith("{") and predicate(record := json.loads(line)):
+        while (arrived := self._logs.get(timeout=TIMEOUT)) is not None:
+            if arrived.startswith("{") and predicate(record := json.loads(arrived)):
                 return record
         raise AssertionError("stderr closed before the log record appeared")
 
@@ -198,10 +199,8 @@ def is_progress(token: Any) -> Callable[[Any], bool]:
 
 
 def wait_gone(pid: int) -> None:
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess):
         psutil.Process(pid).wait(timeout=TIMEOUT)
-    except psutil.NoSuchProcess:
-        pass
     assert not psutil.pid_exists(pid)
 
 
@@ -401,7 +400,8 @@ def test_a_client_that_stops_reading_loses_progress_but_never_a_reply() -> None:
     steps = 20_000  # ~3 MB of notifications: far more than the pipe and the writer's backlog hold
     peer = None
     try:
-        os.write(stdin_w, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}).encode() + b"\n")
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+        os.write(stdin_w, json.dumps(initialize).encode() + b"\n")
         assert json.loads(reader.readline())["id"] == 1
         # From here on nobody reads stdout until the call is over.
         os.write(stdin_w, json.dumps({
@@ -517,7 +517,8 @@ async def list_and_call_each(client: Client) -> None:
         result = await client.call_tool(tool.name, ARGUMENTS[tool.name])
         assert result.is_error is (tool.name == "broken"), result
         assert result.structured_content["tool"] == tool.name
-        assert result.content[0].text.startswith(tool.name)
+        summary = result.content[0]
+        assert isinstance(summary, types.TextContent) and summary.text.startswith(tool.name)
     seen: list[float] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:

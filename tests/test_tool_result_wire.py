@@ -15,8 +15,8 @@ from mcp_types import SERVER_INFO_META_KEY
 from mcp_types import methods as mcp_methods
 
 from actors.results import CallOutcome, ErrorType
-from transports import eras
-from transports.tool_results import call_tool_result
+from transports.mcp import eras
+from transports.mcp.tool_results import call_tool_result
 
 SERVER = {"name": "labrecon", "version": "1.0.0"}
 

@@ -11,7 +11,7 @@ from typing import Any
 from supervisor.config import ConfigError, Settings, load_settings
 from supervisor.version import VERSION
 from transports.exits import EXIT_CONFIG, EXIT_ESCALATED, EXIT_FAILED, EXIT_OK
-from transports import ops_cli
+from transports.ops import commands as ops_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="print a fresh random bearer token for auth.token")
     token.set_defaults(handler=cmd_token)
 
-    ops_cli.register(sub)  # status, faults, tools: operating a running daemon
+    ops_commands.register(sub)  # status, faults, tools: operating a running daemon
     return parser
 
 
@@ -73,17 +73,17 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from supervisor.runtime import Runtime
     from transports.logs import configure_logging
-    from transports.ops import serve_ops_socket
+    from transports.ops.endpoints import serve_ops_socket
     from transports.stdio import serve_stdio
 
     settings = load_settings(args.config)
     configure_logging(settings.logging.level)
     if args.transport in ("sse", "http"):
-        from transports.daemon import run_http_daemon
+        from transports.http.daemon import run_http_daemon
 
         return run_http_daemon(settings, host=args.host, port=args.port, ops_socket=args.ops_socket, grace=args.grace)
     if args.ops_socket is not None:
-        from transports.daemon import with_http_options
+        from transports.http.daemon import with_http_options
 
         settings = with_http_options(settings, ops_socket=args.ops_socket)
     runtime = Runtime.start(settings, owns_process=True)
@@ -105,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from transports.security import new_token
+    from transports.http.security import new_token
 
     print(new_token())
     return EXIT_OK

@@ -1,11 +1,7 @@
 """Newline-delimited framing with a hard cap on message size.
 
-A stdio peer can send anything, including a line that never ends. The
-framer turns a byte stream into complete lines while holding at most
-`max_bytes` of any one line in memory: once a line outgrows the cap, the
-rest of it is discarded as it arrives and the line is reported as
-`Oversized`, so the server answers it with an error and carries on with the
-next line.
+At most `max_bytes` of any one line is held in memory: the rest of a longer line is discarded as it
+arrives and the line is reported as `Oversized`, so the server answers it and carries on.
 """
 
 from __future__ import annotations

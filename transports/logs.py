@@ -1,12 +1,8 @@
 """Logs as JSON lines on stderr, each stamped with the call it belongs to.
 
-On stdio, stdout is the protocol channel and nothing else may ever reach it,
-so every log record goes to stderr, one JSON object per line, where a
-supervisor or a human with `jq` can follow one tool call across the
-dispatcher, the tool actor and the runner by its correlation id (the call
-id). The id travels in a context variable, so code running inside a call's
-asyncio task is stamped without passing it around; code on other threads
-passes `extra={"call_id": ...}`.
+stdout may carry the protocol, so every record goes to stderr, one JSON object per line. The call id
+travels in a context variable, so code inside a call's asyncio task is stamped without passing it
+around; code on other threads passes `extra={"call_id": ...}`.
 """
 
 from __future__ import annotations

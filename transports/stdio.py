@@ -1,18 +1,8 @@
 """MCP over stdio: newline-delimited JSON-RPC on stdin and stdout.
 
-stdout carries protocol messages and nothing else; logs go to stderr.
-Every line is handled concurrently (a long scan never holds up a `ping` or a
-cancellation) and every malformed line is answered with its JSON-RPC error
-while the server carries on. EOF on stdin is the client's way of shutting
-the server down (SIGTERM too): calls still running get a short grace period to finish, are
-then cancelled (their processes killed, their cancelled results written to
-whoever still reads), and the server exits with status 0.
-
-The transport is a pykka actor, like every other long-lived part, so the
-runtime can start it, query it and stop it through one interface. The
-protocol runs on an asyncio loop in a thread the actor owns, because tool
-calls are awaited concurrently: the loop reads stdin, dispatches, and hands
-every outgoing line to the one writer thread, which owns stdout.
+stdout carries protocol messages and nothing else; logs go to stderr. Every line is handled
+concurrently and every malformed line answered with its JSON-RPC error. EOF on stdin (or SIGTERM)
+shuts the server down: running calls get a grace period, then are cancelled and still answered.
 """
 
 from __future__ import annotations
@@ -36,10 +26,11 @@ import pykka
 import uvloop
 
 from actors.api import ToolBackend
-from transports import jsonrpc
 from transports.framing import LineFramer, Oversized
-from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
-from transports.mcp import McpDispatcher, Session
+from transports.mcp import jsonrpc
+from transports.mcp.dispatcher import McpDispatcher
+from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
+from transports.mcp.session import Session
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "StdioTransport", "serve_stdio"]
 
@@ -89,10 +80,13 @@ class _StdoutWriter:
             return
         self._queue.put((line + b"\n", what))
 
-    async def close(self, timeout: float) -> None:
-        """Flush what is queued, then end the thread (bounded, for a client that stopped reading)."""
+    async def close(self, join_within: float) -> None:
+        """Flush what is queued, then end the thread (bounded, for a client that stopped reading).
+
+        The bound is the thread join's own: cancelling an await would leave the join blocking its worker.
+        """
         self._queue.put(None)
-        await asyncio.to_thread(self._thread.join, timeout)
+        await asyncio.to_thread(self._thread.join, join_within)
         if self._thread.is_alive():
             logger.warning("stdout writer did not drain in time; abandoning unsent messages")
 
@@ -273,7 +267,7 @@ class _StdioConnection:
             stop_wait.cancel()
             drain_wait.cancel()
             reader.close()
-            await self._writer.close(timeout=self._cancel_timeout)
+            await self._writer.close(join_within=self._cancel_timeout)
         logger.info("stdio transport stopped", extra=self.stats())
         return status
 
@@ -335,8 +329,9 @@ class _StdioConnection:
         if running and grace > 0:
             all_done = asyncio.gather(*running, return_exceptions=True)
             stop_wait = asyncio.ensure_future(self._stopping.wait())
+            waiters: set[asyncio.Future[Any]] = {all_done, stop_wait}
             try:
-                await asyncio.wait({all_done, stop_wait}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stop_wait.cancel()
         running = {task for task in self._tasks if not task.done()}
@@ -354,6 +349,10 @@ class _StdioConnection:
 
 class StdioTransport(pykka.ThreadingActor):
     """The stdio transport as an actor: `start()` begins serving, `stop()` ends it.
+
+    The protocol runs on an asyncio loop in a thread the actor owns, because tool calls are awaited
+    concurrently: the loop reads stdin, dispatches, and hands every outgoing line to the one writer
+    thread, which owns stdout.
 
     After EOF on stdin, calls still running get `grace` seconds to finish
     before they are cancelled; `stop()` cancels them at once. Either way each
@@ -465,7 +464,9 @@ def serve_stdio(
         )
         restore = _drain_on_sigterm(ref) if threading.current_thread() is threading.main_thread() else None
         if until is not None:
-            threading.Thread(target=_drain_when, args=(until, ref, finished), name="labrecon-stdio-until", daemon=True).start()
+            threading.Thread(
+                target=_drain_when, args=(until, ref, finished), name="labrecon-stdio-until", daemon=True
+            ).start()
         try:
             status = finished.result()
         except KeyboardInterrupt:

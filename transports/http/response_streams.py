@@ -14,7 +14,7 @@ import re
 from collections import deque
 from typing import Any, Final
 
-from transports.exchange import event_frame
+from transports.http.exchange import event_frame
 
 __all__ = ["KEEP_FINISHED", "REPLAY_EVENTS", "Reader", "ResponseStream", "SessionStreams"]
 

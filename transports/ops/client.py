@@ -1,14 +1,12 @@
 """A small client for a running daemon's ops endpoints, over TCP or a Unix socket.
 
-This is what `labrecon status`, `faults` and `tools` use. It is built on the
-standard library's `http.client` so the command-line tools need nothing
-beyond labrecon's runtime dependencies, and because `http.client` connects
-to a Unix socket with a three-line subclass. The bearer token is sent in a
-header only and never appears in an exception message.
+Built on the standard library's `http.client`, so the command-line tools need nothing more. The
+bearer token is sent in a header only and never appears in an exception message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -165,10 +163,8 @@ class OpsClient:
             connection.close()
         data: Any = raw.decode("utf-8", "replace")
         if content_type.startswith("application/json"):
-            try:
+            with contextlib.suppress(ValueError):
                 data = json.loads(raw)
-            except ValueError:
-                pass
         if 200 <= response.status < 300:
             return data
         error, message = "http_error", f"HTTP {response.status}"

@@ -1,25 +1,9 @@
 """The HTTP daemon: MCP over legacy SSE and Streamable HTTP, and the ops endpoints, on one port.
 
-`build_http_app` assembles the Starlette app: `/sse` + `/messages/`
-(legacy HTTP+SSE), `/mcp` (Streamable HTTP, both eras), `/livez`,
-`/readyz`, `/metrics`, `/status` and the control routes, all behind the
-Origin and bearer-token checks. The two MCP transports share one
-dispatcher and one session table, so `max_sessions` bounds them together
-and `/status` shows their sessions.
-
-`HttpDaemon` runs that app in an `HttpServer` actor (a uvicorn loop in its
-own thread), plus the ops-only app on `http.ops_socket` when one is
-configured, and decides when the daemon must end: when asked
-(`request_stop`, or SIGTERM/SIGINT under `serve_http`), when the runtime
-escalates (exit status 3), or when the HTTP server's thread dies without
-being asked to. In that last case the server actor's `on_exit` hook fires
-and the daemon stops with exit status 4 rather than live on deaf: a
-process manager restarts a daemon that exits, never one that hangs.
-
-Stopping is ordered so nothing is left behind: sessions are closed first
-(calls still running get `grace` seconds, then are cancelled and their
-process groups killed; event streams end), then the servers stop, and
-`serve_http` finally stops the runtime.
+`build_http_app` assembles the app; the two MCP transports share one dispatcher and one session
+table. `HttpDaemon` runs it in an `HttpServer` actor and ends when asked, when the runtime escalates
+(exit 3), or when the server's thread dies unasked (exit 4: a process manager restarts a daemon
+that exits, never one that hangs). Stopping closes sessions first, then the servers.
 """
 
 from __future__ import annotations
@@ -43,13 +27,13 @@ from starlette.exceptions import HTTPException
 from supervisor.config import ConfigError, HttpSettings, Settings
 from supervisor.runtime import Runtime
 from transports.exits import EXIT_ESCALATED, EXIT_OK, EXIT_SERVER_FAILED
-from transports.http import StreamableHttpTransport
-from transports.mcp import McpDispatcher
-from transports.ops import http_error, ops_routes, serve_ops_socket
-from transports.security import require_token_for, security_middleware
-from transports.server import BoundAddress, HttpServer, ServerStartError
-from transports.sessions import SessionTable
-from transports.sse import LegacySseTransport
+from transports.http.security import require_token_for, security_middleware
+from transports.http.server import BoundAddress, HttpServer, ServerStartError
+from transports.http.sessions import SessionTable
+from transports.http.sse import LegacySseTransport
+from transports.http.streamable import StreamableHttpTransport
+from transports.mcp.dispatcher import McpDispatcher
+from transports.ops.endpoints import http_error, ops_routes, serve_ops_socket
 
 __all__ = [
     "HttpDaemon",
@@ -142,7 +126,12 @@ def build_http_app(
 
 
 class HttpDaemon:
-    """A running HTTP daemon: `start`, then `wait` for a reason to end, then `stop`."""
+    """A running HTTP daemon: `start`, then `wait` for a reason to end, then `stop`.
+
+    It serves the app on `http.host`/`http.port`, plus the ops-only app on `http.ops_socket` when one
+    is configured. A reason to end is `request_stop` (or SIGTERM/SIGINT under `serve_http`), the
+    runtime escalating, or the server actor's `on_exit` hook firing.
+    """
 
     def __init__(self, runtime: Runtime, settings: Settings, app: Starlette) -> None:
         self.runtime = runtime
@@ -203,7 +192,11 @@ class HttpDaemon:
         return self._wake.wait(timeout)
 
     def stop(self, grace: float = 10.0) -> int:
-        """Close the sessions (calls get `grace` seconds), stop the servers; returns the exit status."""
+        """Close the sessions, stop the servers; returns the exit status.
+
+        Calls still running get `grace` seconds, then are cancelled and their process groups killed;
+        event streams end. `serve_http` stops the runtime after this.
+        """
         with self._lock:
             if self._stopped:
                 return self.exit_status

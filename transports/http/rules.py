@@ -1,26 +1,8 @@
 """What an MCP message sent over HTTP must carry, decided without any I/O.
 
-Both HTTP transports (legacy SSE and Streamable HTTP) check the same few
-things before a message reaches the dispatcher: which media types the
-client can read, which protocol version its headers claim, whether the
-routing headers of a 2026-07-28 request repeat what its body says, and
-what a session id looks like. Keeping those rules pure keeps the transports
-about moving bytes, and lets the rules be read (and tested) in one place.
-
-Where the specification leaves room, the choices are:
-
-* a missing or empty `Accept` header accepts everything (RFC 9110), so
-  curl and simple clients work; a header that names neither JSON nor an
-  event stream is refused (406);
-* a `MCP-Protocol-Version` header naming no version this server speaks is
-  refused with the typed -32022 error, listing the versions it does speak;
-* a JSON-RPC error answered as plain JSON to a 2026-07-28 request carries
-  the HTTP status that revision assigns to its code (400, 404); everything
-  else is 200, as the handshake-era revisions expect;
-* event streams are resumable in sessions that negotiated 2025-11-25 or
-  later (older clients were never told what a priming event is), and there
-  a tool call is always answered as a stream, so that it can be resumed
-  from its first moment.
+Both HTTP transports check the same few things before a message reaches the dispatcher: the media
+types the client reads, the protocol version its headers claim, whether a 2026-07-28 request's
+routing headers repeat its body, and what a session id looks like. Pure, so read and tested in one place.
 """
 
 from __future__ import annotations
@@ -45,8 +27,8 @@ from mcp_types import (
 )
 from mcp_types.version import is_version_at_least
 
-from transports import eras
-from transports.jsonrpc import RpcError
+from transports.mcp import eras
+from transports.mcp.jsonrpc import RpcError
 
 __all__ = [
     "EVENT_STREAM",

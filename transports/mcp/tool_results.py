@@ -1,18 +1,8 @@
 """A call's envelope as an MCP tool result a model can read at a glance.
 
-The `CallOutcome` envelope goes out whole as `structuredContent`, which is
-what programs and schema-validating clients consume. Models read `content`,
-so the first text block is a one-line summary that leads with what matters
-(what ran, what it found, or why it failed and what to do next), and the
-second is the same envelope as compact JSON for clients that predate
-structured content. `isError` mirrors `ok`, so a refused or failed scan is
-something the model sees and can correct, never a protocol error.
-
-Every tool call ends here, so the result is built as the wire dictionary
-directly and serialised once, rather than passed through the wire models:
-the envelope is already a validated `CallOutcome`, and a second and third
-validation of the same bytes cost more than the rest of the reply. The test
-suite checks the output against the `mcp_types` schema of every version.
+The whole `CallOutcome` goes out as `structuredContent`; `content` leads with a one-line summary
+(what ran, what it found, or why it failed and what to do next), then the envelope as JSON for
+older clients. `isError` mirrors `ok`: a refused or failed scan is never a protocol error.
 """
 
 from __future__ import annotations
@@ -27,6 +17,10 @@ __all__ = ["call_tool_result", "summarize"]
 
 def call_tool_result(outcome: CallOutcome, *, structured_content: bool = True) -> dict[str, Any]:
     """The `CallToolResult` for `outcome`, as JSON-ready wire fields.
+
+    Built as the wire dictionary directly rather than through the wire models: the envelope is
+    already a validated `CallOutcome`, and validating it again costs more than the rest of the
+    reply. The tests check the output against every version's `mcp_types` schema.
 
     `structured_content` is False for protocol revisions that predate
     `structuredContent`; their clients read the JSON text block instead.

@@ -1,16 +1,8 @@
 """`labrecon status`, `labrecon faults …` and `labrecon tools …`: operating a running daemon.
 
-These commands are clients of the ops endpoints, never of the runtime
-itself, so they work against a daemon started any way — HTTP, or stdio with
-an ops socket beside it. Where to connect comes from `--url` or `--socket`,
-or else from the same config the daemon reads (its `http.ops_socket`, or
-its host and port); the token from `--token`, else `LABRECON_AUTH__TOKEN`,
-else the config — the environment variable is the better choice, since a
-command line is visible to every user on the machine.
-
-Exit codes: 0 done (for `status`: the daemon is ready); 1 the daemon
-answered with an error, or `status` found it not ready; 2 usage or config
-error; 4 the daemon could not be reached or refused the credentials.
+These are clients of the ops endpoints, never of the runtime, so they work against a daemon started
+any way. Exit codes: 0 done (`status`: ready); 1 the daemon answered with an error, or is not ready;
+2 usage or config error; 4 the daemon could not be reached or refused the credentials.
 """
 
 from __future__ import annotations
@@ -23,8 +15,8 @@ from typing import Any, get_args
 
 from supervisor.config import FaultSettings, load_settings
 from transports.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
-from transports.ops_client import OpsClient, OpsClientError, OpsRequestFailed
-from transports.status_view import describe_fault, render_faults, render_status, should_color
+from transports.ops.client import OpsClient, OpsClientError, OpsRequestFailed
+from transports.ops.status_view import describe_fault, render_faults, render_status, should_color
 
 __all__ = ["TOKEN_ENV", "client_from", "register"]
 
@@ -91,12 +83,19 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--url", help="the daemon's HTTP address, e.g. http://127.0.0.1:8765")
     where.add_argument("--socket", metavar="PATH", help="the daemon's ops Unix socket")
     parser.add_argument("--token", help=f"bearer token (prefer ${TOKEN_ENV}: a command line is visible to others)")
-    parser.add_argument("--config", "-c", metavar="FILE", help="find the daemon from this config (default: $LABRECON_CONFIG)")
+    parser.add_argument(
+        "--config", "-c", metavar="FILE", help="find the daemon from this config (default: $LABRECON_CONFIG)"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SEC", help="how long to wait for an answer")
 
 
 def client_from(args: argparse.Namespace) -> OpsClient:
-    """Where and how to connect: the flags first, then the environment, then the daemon's config."""
+    """Where and how to connect: the flags first, then the environment, then the daemon's config.
+
+    The place is `--url` or `--socket`, else the config's `http.ops_socket`, else its host and port;
+    the token `--token`, else `LABRECON_AUTH__TOKEN` (better: a command line is visible to every
+    user on the machine), else the config.
+    """
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.url:
         return OpsClient(url=args.url, token=token, timeout=args.timeout)

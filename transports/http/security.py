@@ -1,22 +1,9 @@
-"""Who may talk to labrecon over HTTP: Origin validation and bearer-token auth.
+"""Who may talk to labrecon over HTTP: Host and Origin validation and bearer-token auth.
 
-Two different attackers are kept out here. A web page in the operator's own
-browser can reach a daemon bound to 127.0.0.1 (and, through DNS rebinding,
-even one it cannot name), so any request that carries an `Origin` header
-must come from an allowed origin — browsers always send it on cross-origin
-requests, while real MCP clients, curl and Prometheus do not. Anyone else
-on the network is kept out by a bearer token, required whenever one is
-configured; binding beyond loopback without one, or with one short enough
-to guess (under 24 characters, or holding whitespace), is refused outright,
-because a scanner that anyone on the network can drive is the one thing
-this project must never become. The Host header is parsed strictly (a name
-or IP literal and an optional port, nothing else) before it is trusted.
-
-`/livez` and `/readyz` stay open so process managers and load balancers can
-probe without credentials; they reveal only whether the daemon is up. The
-token is held as bytes inside the middleware and is never logged, echoed in
-an error or rendered anywhere: a wrong token and a missing one get the same
-kind of answer.
+A request carrying an `Origin` must come from an allowed origin (a browser page can reach
+127.0.0.1); anyone else is kept out by a bearer token, which binding beyond loopback requires.
+`/livez` and `/readyz` stay open. The token is never logged, echoed or rendered, and a wrong
+token and a missing one get the same kind of answer.
 """
 
 from __future__ import annotations
@@ -100,6 +87,9 @@ def is_loopback(host: str) -> bool:
 
 def require_token_for(host: str, token: SecretStr | str | None) -> None:
     """Refuse to serve on a non-loopback address unless a strong bearer token is configured.
+
+    A token short enough to guess (under 24 characters, or holding whitespace) is no token: a
+    scanner that anyone on the network can drive is the one thing this project must never become.
 
     Raises:
         InsecureBind: no token is configured.

@@ -1,23 +1,9 @@
 """An HTTP server as an actor: one uvicorn loop in its own thread, started and stopped by messages.
 
-labrecon serves HTTP beside other work (the supervisor, tool actors, maybe
-a stdio transport), so uvicorn cannot own the main thread or the process's
-signals. `HttpServerActor` owns one uvicorn server and the thread its event
-loop runs in; `HttpServer` is the handle callers hold. It serves any ASGI
-app it is given — the MCP transports, the ops app — on a TCP host/port or a
-Unix domain socket.
-
-The listening socket is created here, before uvicorn runs, for two reasons.
-A bind error (port taken, path too long) then surfaces in the caller's
-thread as a clear `ServerStartError` instead of a `sys.exit` inside a
-background thread. And a Unix socket is made owner-only (0600) between
-`bind` and `listen`, so there is no moment in which another local user
-could connect to the control endpoints — uvicorn's own `uds=` would leave it
-world-writable (0666).
-
-`HttpServer.start` returns once uvicorn reports itself started (an event
-set from its `startup`, never a sleep), with the bound address read back
-from the server's sockets, so `port=0` yields a usable ephemeral port.
+uvicorn cannot own the main thread or the signals here (the supervisor and tool actors run beside
+it), so `HttpServerActor` owns one uvicorn server and its thread, and `HttpServer` is the handle.
+The listening socket is made before uvicorn runs, so a bind error reaches the caller as
+`ServerStartError` and a Unix socket is owner-only from its first moment.
 """
 
 from __future__ import annotations
@@ -245,7 +231,11 @@ class HttpServer:
         access_log: bool = False,
         on_exit: Callable[[BaseException | None], None] | None = None,
     ) -> HttpServer:
-        """Listen on `uds` if given, else on `host:port` (0: any free port); return once serving."""
+        """Listen on `uds` if given, else on `host:port` (0: any free port); return once serving.
+
+        "Serving" is uvicorn's own `startup` setting an event, never a sleep; the bound address is
+        read back from the server's sockets, so `port=0` yields a usable ephemeral port.
+        """
         listener = bind_unix(Path(uds)) if uds is not None else bind_tcp(host, port)
         closed = threading.Event()
         try:
@@ -262,7 +252,7 @@ class HttpServer:
             listener.close()
             raise
         try:
-            address = ref.ask(_WaitListening(startup_timeout))
+            address: BoundAddress = ref.ask(_WaitListening(startup_timeout), block=True)
         except BaseException:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=graceful_timeout + 15.0)
@@ -318,7 +308,11 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 
 
 def bind_unix(path: Path) -> socket.socket:
-    """A listening Unix socket at `path`, owner-only, replacing only a stale socket file."""
+    """A listening Unix socket at `path`, owner-only, replacing only a stale socket file.
+
+    The mode is set between `bind` and `listen`, so no other local user can ever connect to the
+    control endpoints (uvicorn's own `uds=` would leave the socket world-writable).
+    """
     _clear_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

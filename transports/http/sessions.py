@@ -1,34 +1,8 @@
 """The HTTP session table: who is connected, what they are running, and when they are gone.
 
-Over stdio a session ends when the pipe closes. Over HTTP nothing closes by
-itself: a legacy SSE client may vanish mid-call, a Streamable HTTP client
-may never send its DELETE, and every one of them holds tool calls, asyncio
-tasks and scanner processes. This table is where all of that is owned, so
-that no session, task or process outlives its client:
-
-* the table is bounded (`max_sessions`, legacy SSE and Streamable HTTP
-  together). When it is full, the session least likely to be missed that
-  has no call in flight and no open stream is closed to make room
-  (`session_policy.eviction_victim`); only when every session is held does
-  opening one more raise `SessionLimit`, answered 503 with a `Retry-After`:
-  the condition is temporary and server-wide, not the client's fault;
-* one client address holds at most `max_per_client` sessions (loopback is
-  exempt, see `session_policy.client_key`); one more raises
-  `ClientSessionLimit`, answered 429 with a `Retry-After`, because this time
-  it is that client's doing;
-* a session is idle when the client has sent nothing and no call of its has
-  been running for `session_idle_sec`; the reaper closes it. An open event
-  stream does not count as activity: a client that hung with its stream
-  open is exactly what idle expiry is for. A session that carried nothing
-  but its handshake, and holds no stream, goes after `unused_sec` already;
-* closing a session (client disconnect, DELETE, expiry, shutdown) cancels its
-  calls through the dispatcher (`cancel_all`), which kills their process
-  groups; a task still running `cancel_timeout` later is cancelled outright.
-
-2026-07-28 requests are stateless and own no session, but each one in
-progress is registered too (`stateless`), so shutdown can cancel them and
-`counts()` can show them. Everything here runs on the server's event loop,
-except `counts()`, which is safe to call from any thread.
+Nothing over HTTP closes by itself, so this table owns every session, its tasks and their processes,
+and no session, task or process outlives its client: closing a session (disconnect, DELETE, expiry,
+shutdown) cancels its calls. Everything here runs on the server's event loop, except `counts()`.
 """
 
 from __future__ import annotations
@@ -43,10 +17,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from transports.http_rules import new_session_id
-from transports.mcp import McpDispatcher, Session
-from transports.session_policy import Lifetimes, client_key, eviction_victim, expiry, sessions_of
-from transports.response_streams import SessionStreams
+from transports.http.response_streams import SessionStreams
+from transports.http.rules import new_session_id
+from transports.http.session_policy import Lifetimes, client_key, eviction_victim, expiry, sessions_of
+from transports.mcp.dispatcher import McpDispatcher
+from transports.mcp.session import Session
 
 __all__ = [
     "STATELESS",
@@ -186,6 +161,15 @@ class HttpSession:
 class SessionTable:
     """All open sessions of one HTTP server, bounded, expiring, and cancelled as a whole on shutdown.
 
+    `max_sessions` bounds legacy SSE and Streamable HTTP together; one client address holds at most
+    `max_per_client` (loopback is exempt, see `session_policy.client_key`). A session is idle when
+    the client has sent nothing and no call of its has run for `idle_sec` (an open event stream is
+    not activity: a client that hung with its stream open is what idle expiry is for); one that
+    carried nothing but its handshake and holds no stream goes after `unused_sec`. Closing a session
+    cancels its calls through the dispatcher (`cancel_all`), which kills their process groups; a
+    task still running `cancel_timeout` later is cancelled outright. 2026-07-28 requests own no
+    session but are registered while in progress (`stateless`), so shutdown cancels them too.
+
     `unused_sec` defaults to `idle_sec` (no earlier expiry), `max_per_client` to no cap.
     """
 
@@ -272,6 +256,11 @@ class SessionTable:
     def open(self, kind: SessionKind, mcp: Session, client: str | None = None) -> HttpSession:
         """A new session for the client at address `client`, making room for it if the table is full.
 
+        A full table closes the session least likely to be missed that no call or stream holds
+        (`session_policy.eviction_victim`); only when every session is held is `SessionLimit`
+        raised (503 with `Retry-After`: temporary and server-wide). One session too many for this
+        client raises `ClientSessionLimit` (429 with `Retry-After`: this time it is the client's doing).
+
         Raises:
             NotAccepting: the server is shutting down.
             ClientSessionLimit: this client already holds `max_per_client` sessions.
@@ -281,9 +270,12 @@ class SessionTable:
             raise NotAccepting("the server is shutting down")
         self.expire()  # an expired session should not cost a live client its place
         key = client_key(client)
-        if key is not None and self.max_per_client is not None:
-            if sessions_of(self._sessions.values(), key) >= self.max_per_client:
-                raise ClientSessionLimit(self.max_per_client)
+        if (
+            key is not None
+            and self.max_per_client is not None
+            and sessions_of(self._sessions.values(), key) >= self.max_per_client
+        ):
+            raise ClientSessionLimit(self.max_per_client)
         if len(self._sessions) >= self.max_sessions:
             victim = eviction_victim(self._sessions.values())
             if victim is None:

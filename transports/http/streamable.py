@@ -1,55 +1,9 @@
 """MCP over Streamable HTTP: one endpoint (`/mcp`) serving both protocol eras.
 
-Handshake era (2025-03-26 … 2025-11-25). `initialize`, posted without a
-session, opens one: the reply carries `Mcp-Session-Id`, which every later
-request must send (400 without it, 404 once the session is unknown, expired
-or deleted). A `MCP-Protocol-Version` header, when sent, must name a version
-this server speaks (400 otherwise); the session is served at the version it
-negotiated. `GET` opens the session's standalone event stream (one at a
-time, 409 for a second; this server never sends on it, but a client may
-hold it), or, with `Last-Event-ID`, resumes a request's stream; `DELETE`
-ends the session and cancels its calls.
-
-2026-07-28. There are no sessions: each request carries its `_meta`
-envelope, `MCP-Protocol-Version` / `Mcp-Method` / `Mcp-Name` must repeat
-what the body says (400 HEADER_MISMATCH otherwise), and a request's own
-response is its whole life: closing it cancels the request. A request is
-routed here when its version header names a 2026-07-28 version, or, with
-no version header and no session, when its body carries an envelope (so a
-client that forgot the header is told so rather than asked to initialize).
-`GET` and `DELETE` answer 405 at that version.
-
-Every POST is answered the same way in both eras. The reply is plain JSON
-when it comes before any notification; the first notification (progress of
-a `tools/call` that sent a `progressToken`, a log message) switches the
-response to `text/event-stream`, which carries the notifications in order
-and then the reply. A request running silently for `keepalive_sec` switches
-too, so keepalive comments can hold the connection open through proxies. A
-client that accepts only JSON gets the reply alone, and one that accepts
-only event streams gets even a quick reply as an event; only notifications,
-responses, or a request the client cancelled get 202 and no body. In the
-2026-07-28 era a JSON-RPC error sent as JSON carries the status its code
-maps to (400, 404); handshake-era errors are 200, as those revisions expect.
-
-Resumable streams (sessions at 2025-11-25 or later). A tool call is always
-answered as an event stream there, opened by a priming event (an id, a
-`retry`, no data), and every event carries an id naming its stream (see
-`response_streams`). Losing that connection does not cancel the call: its
-events are kept (the newest `REPLAY_EVENTS` of them), the client resumes with
-`GET` + `Last-Event-ID` and gets the rest, reply included. The server itself
-closes such a connection after `stream_close_sec` (0: never) to be resumed
-the same way; a stream nobody resumes within `resume_window_sec` has its
-request cancelled. Anywhere else, a client that disconnects while its
-request is running gets that request cancelled (its tool call too, process
-group included): it was given no way back to the answer.
-
-Other refusals: 406 when the client accepts neither JSON nor an event
-stream, 415 for a body that is not `application/json`, 413 over
-`max_body_bytes`, 400 for unparseable JSON (the JSON-RPC parse error is the
-body), 503 with `Retry-After` when the session table is full of sessions in
-use or the server is shutting down, 429 with `Retry-After` when this client
-address already holds its share. Refusals carry the request's id whenever it
-could be read.
+Handshake-era clients live in sessions (`Mcp-Session-Id`, opened by `initialize`); a 2026-07-28
+request stands alone. Every request gets one answer: JSON when the reply comes before any
+notification, else an event stream of the notifications and then the reply. A client that leaves
+cancels its request, unless it holds an event id to resume the stream with.
 """
 
 from __future__ import annotations
@@ -68,9 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from transports import jsonrpc
-from transports.eras import MODERN_VERSIONS, Era
-from transports.exchange import (
+from transports.http.exchange import (
     KEEPALIVE_FRAME,
     SEND_TIMEOUT_SEC,
     BodyTooLarge,
@@ -88,7 +40,8 @@ from transports.exchange import (
     start_event_stream,
     wait_disconnect,
 )
-from transports.http_rules import (
+from transports.http.response_streams import Reader, ResponseStream
+from transports.http.rules import (
     LAST_EVENT_ID_HEADER,
     SESSION_HEADER,
     VERSION_HEADER,
@@ -106,11 +59,13 @@ from transports.http_rules import (
     resumable_at,
     version_problem,
 )
-from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
-from transports.mcp import McpDispatcher, Session
-from transports.response_streams import Reader, ResponseStream
-from transports.session_policy import counts_as_use
-from transports.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
+from transports.http.session_policy import counts_as_use
+from transports.http.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
+from transports.mcp import jsonrpc
+from transports.mcp.dispatcher import McpDispatcher
+from transports.mcp.eras import MODERN_VERSIONS, Era
+from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
+from transports.mcp.session import Session
 
 __all__ = ["StreamableHttpTransport"]
 
@@ -171,6 +126,18 @@ class StreamableHttpTransport:
     # --- POST -------------------------------------------------------------------------
 
     async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the request, then serve it statelessly (2026-07-28) or in its session.
+
+        A request is 2026-07-28 when its version header names such a version, or, with no version
+        header and no session, when its body carries an envelope (so a client that forgot the header
+        is told so rather than asked to initialize). Otherwise `initialize` without a session opens
+        one and anything else needs `Mcp-Session-Id` (400 without it, 404 once the session is
+        unknown, expired or deleted); a version header must name a version this server speaks (400).
+        Refusals: 406 accepting neither JSON nor events, 415 a body that is not JSON, 413 over
+        `max_body_bytes`, 400 unparseable JSON (the parse error is the body), 503 with `Retry-After`
+        when the table is full of sessions in use or the server is stopping, 429 with `Retry-After`
+        when this client address holds its share. They carry the request's id whenever it was read.
+        """
         headers = Headers(scope=scope)
         accept = accepts(headers.get("accept"))
         if not accept.anything:
@@ -237,6 +204,8 @@ class StreamableHttpTransport:
     async def _stateless(
         self, scope: Scope, receive: Receive, send: Send, headers: Headers, message: Any, accept: Accepts
     ) -> None:
+        """A 2026-07-28 request: no session; `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` must
+        repeat what the body says (400 HEADER_MISMATCH otherwise), and closing the response cancels it."""
         duplicated = duplicated_routing_header(scope.get("headers", ()))
         problem = (
             RpcError(HEADER_MISMATCH, f"the {duplicated} header appears more than once")
@@ -267,7 +236,14 @@ class StreamableHttpTransport:
         headers: Mapping[str, str],
         modern: bool = False,
     ) -> None:
-        """Run one message and answer it; a client that leaves cancels it unless it can resume (see the notes)."""
+        """Run one message and answer it; a client that leaves cancels it unless it can resume.
+
+        At 2025-11-25 and later a session's tool call is answered as a resumable event stream (see
+        `response_streams`): losing the connection does not cancel the call, the client resumes with
+        `GET` + `Last-Event-ID`, and a stream nobody resumes within `resume_window_sec` has its request
+        cancelled. Anywhere else the client was given no way back to the answer, so leaving cancels the
+        request (its tool call too, process group included).
+        """
         resumable = accept.event_stream and resumable_at(mcp.protocol_version)
         stream = owner.resumable.open() if owner is not None and resumable else ResponseStream()
 
@@ -306,7 +282,14 @@ class StreamableHttpTransport:
         owner: HttpSession | None,
         modern: bool,
     ) -> None:
-        """JSON if the reply comes first; otherwise an event stream of the notifications, then the reply."""
+        """JSON if the reply comes first; otherwise an event stream of the notifications, then the reply.
+
+        The first notification (progress, a log message) switches the response to an event stream,
+        and so does `keepalive_sec` of silence, so keepalive comments hold the connection through
+        proxies. A client accepting only JSON gets the reply alone, one accepting only events gets
+        even a quick reply as an event; a message with no reply gets 202. At 2026-07-28 a JSON-RPC
+        error sent as JSON carries the status its code maps to; handshake-era errors are 200.
+        """
         if not (stream.resumable and is_tool_call(message)):
             if not await self._first_news(stream, gone, listening=accept.event_stream):
                 return
@@ -413,6 +396,11 @@ class StreamableHttpTransport:
     # --- GET and DELETE ---------------------------------------------------------------
 
     async def _get(self, scope: Scope, receive: Receive, send: Send) -> Response | None:
+        """Resume a request's stream (`Last-Event-ID`), or open the session's standalone stream.
+
+        One standalone stream per session (409 for a second); this server never sends on it, but a
+        client may hold it. At 2026-07-28 there are no sessions, so `GET` and `DELETE` are 405.
+        """
         headers = Headers(scope=scope)
         if not accepts(headers.get("accept")).event_stream:
             return _refuse(406, "Not Acceptable: the standalone stream is text/event-stream")

@@ -1,17 +1,9 @@
 """The ops endpoints: probes, metrics, status, fault injection and tool control over HTTP.
 
-These are what a process manager, Prometheus and an operator (through
-`labrecon status`, `faults` and `tools`) talk to. They are plain routes so
-the MCP HTTP transports mount them on their own app, and `build_ops_app`
-serves them alone, e.g. on a Unix socket beside a stdio server.
-
-Every runtime call goes through `anyio.to_thread`: status, metrics and the
-control actions ask the supervisor actor and wait for its answer, and an
-event loop that waits on an actor stops serving every other client —
-including the MCP sessions sharing this app. Errors are JSON bodies
-`{"error": kind, "message": ...}` with the status code saying whose fault
-it was: 400 bad input, 404 unknown tool or rule, 503 the runtime cannot
-answer.
+Plain routes, mounted on the MCP HTTP app or served alone by `build_ops_app` (e.g. on a Unix socket
+beside stdio). Every runtime call goes through `anyio.to_thread`, so waiting on the supervisor never
+stalls the loop's other clients. Errors are `{"error", "message"}` bodies: 400 bad input, 404
+unknown tool or rule, 503 the runtime cannot answer.
 """
 
 from __future__ import annotations
@@ -34,11 +26,11 @@ from starlette.routing import Route
 
 from actors.api import UnknownTool
 from actors.results import InvalidCall
-from supervisor.runtime import RuntimeStopped
 from supervisor.config import Settings
+from supervisor.runtime import RuntimeStopped
 from supervisor.status import Status
-from transports.security import AUTHENTICATED, security_middleware
-from transports.server import HttpServer
+from transports.http.security import AUTHENTICATED, security_middleware
+from transports.http.server import HttpServer
 
 __all__ = [
     "METRICS_CONTENT_TYPE",

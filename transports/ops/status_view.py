@@ -1,12 +1,8 @@
-"""The status snapshot as tables an operator reads at a glance.
+"""The status snapshot as tables an operator reads at a glance, like `kubectl get` and `systemctl status`.
 
-Laid out like `kubectl get` and `systemctl status`: a one-line summary of the
-daemon, then one row per tool (state, breaker, load, call latency and
-counts, restarts and why — free text last, so a long reason never pushes
-the numbers apart), then one row per health check, then the fault rules. Plain text, aligned columns, so it survives `less`, `watch` and a
-copy into a ticket; colour only when writing to a terminal and `NO_COLOR`
-is not set (https://no-color.org), and the colour codes never change the
-alignment. Pure functions: they take the `Status` model and return text.
+Pure functions from the `Status` model to plain text in aligned columns, so it survives `less`,
+`watch` and a copy into a ticket; colour only on a terminal without `NO_COLOR`, never changing the
+alignment. Free text goes last in a row, so a long reason never pushes the numbers apart.
 """
 
 from __future__ import annotations
@@ -97,7 +93,7 @@ def format_duration(seconds: float | None) -> str:
 
 def _tool_row(tool: ToolStatus) -> list[Cell]:
     breaker = tool.breaker
-    breaker_text = breaker.state
+    breaker_text: str = breaker.state
     if breaker.state == "open" and breaker.retry_after_sec is not None:
         breaker_text += f" {format_duration(breaker.retry_after_sec)}"
     elif breaker.consecutive_failures:

@@ -1,12 +1,7 @@
 """One HTTP exchange at the ASGI level: a bounded body in, JSON or events out, and the client leaving.
 
-The MCP HTTP transports need three things Starlette's request/response
-helpers do not give them together: a body read that stops at a byte limit
-instead of buffering whatever arrives, a way to notice that the client has
-gone while its call is still running (so the call can be cancelled rather
-than finish for nobody), and event-stream frames written as they happen.
-These helpers work on raw ASGI `receive`/`send`, which is also what keeps
-them from buffering a stream the way a middleware-wrapped response could.
+On raw ASGI `receive`/`send`, so a body read stops at a byte limit instead of buffering, a client
+that leaves is noticed while its call still runs, and event-stream frames go out as they happen.
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from transports import jsonrpc
+from transports.mcp import jsonrpc
 
 __all__ = [
     "KEEPALIVE_FRAME",
@@ -172,9 +167,9 @@ async def start_event_stream(send: Send, status: int = 200, headers: Mapping[str
     await send({"type": "http.response.start", "status": status, "headers": raw})
 
 
-async def send_chunk(send: Send, chunk: bytes, *, more: bool = True, timeout: float = SEND_TIMEOUT_SEC) -> None:
-    """Write part of a streamed body; a client that stops reading for `timeout` seconds raises TimeoutError."""
-    async with asyncio.timeout(timeout):
+async def send_chunk(send: Send, chunk: bytes, *, more: bool = True) -> None:
+    """Write part of a streamed body; a client that stops reading for `SEND_TIMEOUT_SEC` raises TimeoutError."""
+    async with asyncio.timeout(SEND_TIMEOUT_SEC):
         await send({"type": "http.response.body", "body": chunk, "more_body": more})
 
 

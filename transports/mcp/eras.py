@@ -1,14 +1,9 @@
 """Which protocol revision a message speaks, and what the reply may contain at it.
 
-MCP has two eras. Up to 2025-11-25 a connection negotiates one version once,
-in the `initialize` handshake. From 2026-07-28 there is no handshake: every
-request carries its own envelope in `params._meta` (protocol version, client
-capabilities, optionally client info and a log level) and `server/discover`
-replaces the capability exchange. A server that serves both must tell them
-apart per message, refuse envelopes it cannot serve with the typed -32022
-error the client's fallback logic keys on, and shape each result to the
-schema of the version that asked for it. Those rules live here, free of any
-session or transport state.
+Up to 2025-11-25 a connection negotiates one version in the `initialize` handshake; from 2026-07-28
+every request carries its own envelope in `params._meta` and `server/discover` replaces the
+handshake. These rules tell the eras apart per message, refuse unservable envelopes with the typed
+-32022 error, and shape each result to its version's schema, free of session or transport state.
 """
 
 from __future__ import annotations
@@ -38,7 +33,7 @@ from mcp_types.version import (
 )
 from pydantic import ValidationError
 
-from transports.jsonrpc import RpcError
+from transports.mcp.jsonrpc import RpcError
 
 __all__ = [
     "BATCH_VERSIONS",
@@ -209,7 +204,7 @@ def shape_result(method: str, version: str, result: dict[str, Any], server_info:
     as a server bug. Fields newer than the negotiated handshake revision are
     dropped too. Modern results always carry `resultType` and are stamped
     with the server identity, as 2026-07-28 asks. (`tools/call` results are
-    built to their version's shape directly; see `transports.tool_results`.)
+    built to their version's shape directly; see `transports.mcp.tool_results`.)
     """
     shaped = mcp_methods.serialize_server_result(method, version, result)
     if version in MODERN_VERSIONS:

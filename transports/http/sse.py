@@ -1,21 +1,9 @@
 """MCP over the legacy HTTP+SSE transport (protocol 2024-11-05), for clients that still speak it.
 
-The client opens `GET /sse` and keeps it open: that event stream *is* the
-session. Its first event, `endpoint`, names where to post messages
-(`/messages/?session_id=<hex>`); every reply and notification then travels
-back as a `message` event on the stream, while each POST is only
-acknowledged (202 Accepted). When the stream closes, for whatever reason,
-the session is closed with it and its calls are cancelled: nothing else
-could ever carry their answers.
-
-Answers to a POST: 400 for a missing or malformed session id, 404 for an
-unknown or closed one, 413 for a body over `max_body_bytes`, 400 with the
-JSON-RPC parse error for a body that is not JSON (the official client
-treats any non-2xx as a failed send, and an error with a null id on the
-stream would match no request), and 429 when the session already has
-`max_pending` messages being served or waiting for its stream. Anything
-that decodes is handed to the dispatcher, whose replies, errors included,
-travel on the stream. Legacy sessions speak only the handshake era.
+The `GET /sse` event stream *is* the session: its first event names where to post messages, every
+reply and notification travels back on it, and each POST is only acknowledged (202). When the
+stream closes the session closes with it and its calls are cancelled: nothing else could carry
+their answers. Legacy sessions speak only the handshake era.
 """
 
 from __future__ import annotations
@@ -30,9 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from transports import jsonrpc
-from transports.eras import Era
-from transports.exchange import (
+from transports.http.exchange import (
     RETRY_AFTER_SEC,
     SEND_TIMEOUT_SEC,
     AsgiEndpoint,
@@ -44,11 +30,14 @@ from transports.exchange import (
     read_body,
     rpc_error_response,
 )
-from transports.http_rules import accepts, is_session_id
-from transports.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
-from transports.mcp import McpDispatcher, Session
-from transports.session_policy import counts_as_use
-from transports.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
+from transports.http.rules import accepts, is_session_id
+from transports.http.session_policy import counts_as_use
+from transports.http.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
+from transports.mcp import jsonrpc
+from transports.mcp.dispatcher import McpDispatcher
+from transports.mcp.eras import Era
+from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
+from transports.mcp.session import Session
 
 __all__ = ["DEFAULT_MAX_PENDING", "LegacySseTransport"]
 
@@ -128,6 +117,10 @@ class LegacySseTransport:
         await response(scope, receive, send)
 
     async def _post(self, scope: Scope, receive: Receive) -> Response:
+        """202, or: 400 a missing or malformed session id, 404 an unknown or closed one, 413 a body over
+        `max_body_bytes`, 400 with the parse error for a body that is not JSON (the official client
+        treats any non-2xx as a failed send, and a null-id error on the stream would match no
+        request), 429 when `max_pending` messages of the session are already being served."""
         session_id = QueryParams(scope.get("query_string", b"")).get("session_id")
         if session_id is None:
             return rpc_error_response(400, INVALID_REQUEST, "the session_id query parameter is required")

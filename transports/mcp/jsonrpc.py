@@ -1,15 +1,7 @@
 """JSON-RPC 2.0 envelopes: decoding untrusted text, classifying it, building replies.
 
-Everything a client sends is untrusted bytes. This module turns them into one
-of three shapes (request, notification, response) or a typed `RpcError`
-that already knows which code and which id its reply must carry, so no
-transport ever has to decide what "garbage" means on its own.
-
-Decoding is strict where lenient parsers would let ambiguity through: no
-`NaN`/`Infinity`, no non-finite numbers, no invalid UTF-8, and nesting
-deep enough to blow the recursion limit is a parse error rather than a
-crash. Encoding is ASCII-only and single-line, which is what
-newline-delimited transports need.
+Every message becomes a request, a notification, a response, or a typed `RpcError` that already
+knows which code and id its reply carries, so no transport decides what "garbage" means on its own.
 """
 
 from __future__ import annotations
@@ -17,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from mcp_types import (
     INTERNAL_ERROR,
@@ -108,7 +100,11 @@ def _finite_float(text: str) -> float:
 
 
 def decode(data: str | bytes) -> Any:
-    """Parse one JSON text; any failure is a PARSE_ERROR with a short reason."""
+    """Parse one JSON text; any failure is a PARSE_ERROR with a short reason.
+
+    Stricter than `json.loads`: no `NaN`/`Infinity`, no non-finite numbers, no invalid UTF-8, and
+    nesting deep enough to blow the recursion limit is a parse error rather than a crash.
+    """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
     except UnicodeDecodeError as exc:
@@ -125,7 +121,7 @@ def decode(data: str | bytes) -> Any:
         raise RpcError(PARSE_ERROR, f"Parse error: {exc}") from None
 
 
-def _valid_id(value: Any) -> bool:
+def _valid_id(value: Any) -> TypeGuard[RequestId]:
     return isinstance(value, str | int) and not isinstance(value, bool)
 
 

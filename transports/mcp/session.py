@@ -1,0 +1,111 @@
+"""What one client connection has agreed on, and the tool calls it has in flight.
+
+A `Session` is owned by its transport's event loop and changed only by the dispatcher, one message at a
+time. Its era, once decided by the first era-distinctive request, never changes; a request id stays in
+`calls` from arrival until its reply is built, so no second request can claim it meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import mcp_types as types
+
+from transports.mcp import eras, jsonrpc
+from transports.mcp.eras import Era
+
+__all__ = ["NotificationSink", "PendingCall", "RequestContext", "Session", "clip"]
+
+NotificationSink = Callable[[dict[str, Any]], None]
+"""Receives a ready-to-send JSON-RPC notification; must not block (transports enqueue)."""
+
+_MAX_ECHO: Final[int] = 120
+
+
+def clip(text: str) -> str:
+    """Client-supplied text echoed in an error or log, clipped so a huge value is not reflected."""
+    return text if len(text) <= _MAX_ECHO else text[:_MAX_ECHO] + "..."
+
+
+@dataclass(eq=False)
+class PendingCall:
+    """A tools/call between arrival and reply."""
+
+    call_id: str
+    tool: str
+    task: asyncio.Task[Any] | None
+    progress_token: types.ProgressToken | None
+    last_progress: float | None = None
+    finished: bool = False
+    cancelled_by_client: bool = False
+    task_cancelled: bool = False
+
+
+@dataclass(eq=False)
+class Session:
+    """What one client connection has agreed on, and the calls it has in flight.
+
+    `era` is decided by the first era-distinctive request (`initialize` for
+    the handshake era, an enveloped request such as `server/discover` for
+    2026-07-28). `allowed_eras` lets a transport serve only one era (legacy
+    SSE: handshake; stateless HTTP: modern).
+    """
+
+    allowed_eras: frozenset[Era] = frozenset(Era)
+    era: Era | None = None
+    protocol_version: str | None = None
+    initialize_answered: bool = False
+    initialized: bool = False
+    client_info: dict[str, Any] | None = None
+    client_capabilities: dict[str, Any] | None = None
+    log_level: str | None = None
+    calls: dict[str, PendingCall] = field(default_factory=dict, repr=False)
+    peer: str = ""  # set by the transport: "stdio", or the HTTP client's address
+
+    @classmethod
+    def handshake(cls, protocol_version: str) -> Session:
+        """A session already past the handshake, for transports where each request stands alone."""
+        if protocol_version not in eras.HANDSHAKE_VERSIONS:
+            raise ValueError(f"{protocol_version!r} is not a handshake-era protocol version")
+        return cls(
+            allowed_eras=frozenset({Era.HANDSHAKE}),
+            era=Era.HANDSHAKE,
+            protocol_version=protocol_version,
+            initialize_answered=True,
+            initialized=True,
+        )
+
+    @classmethod
+    def modern(cls) -> Session:
+        """A session that accepts only 2026-07-28 enveloped requests."""
+        return cls(allowed_eras=frozenset({Era.MODERN}))
+
+    @property
+    def in_flight(self) -> int:
+        # list() snapshots the dict in one step, so a status reader on another thread is safe.
+        return sum(1 for call in list(self.calls.values()) if not call.finished)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """One admitted request: the version it is served at and where its notifications go."""
+
+    request: jsonrpc.Request
+    version: str
+    era: Era
+    log_level: str | None
+    notify: NotificationSink
+    client_info: dict[str, Any] | None = None  # 2026-07-28: each request names its client
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.request.params or {}
+
+    def caller_in(self, session: Session) -> str:
+        """Who is asking, as the audit log records it: the transport's peer and the client's name."""
+        info = self.client_info or session.client_info or {}
+        client = f"{info.get('name', '?')}/{info.get('version', '?')}" if info else "unknown client"
+        return f"{session.peer or 'unknown peer'} {client}"

@@ -1,0 +1,265 @@
+"""The `tools/call` path: a call from admission to its result, with cancellation, progress and client logs.
+
+Each call is a `PendingCall` on its session from the moment it is admitted until its result is built,
+and it settles exactly once: with the backend's outcome, or - when the client cancelled it - with no
+reply at all. A refused or failed run is a normal result with `isError: true`, so the model can read
+why and correct itself. Like the dispatcher, this module does no I/O and starts no threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from typing import Any, Final
+
+import mcp_types as types
+
+from actors.api import ToolBackend, UnknownTool
+from actors.results import CallOutcome, ErrorType, InvalidCall
+from transports.logs import correlation
+from transports.mcp import eras, jsonrpc
+from transports.mcp.eras import Era
+from transports.mcp.jsonrpc import INVALID_PARAMS, RpcError
+from transports.mcp.session import NotificationSink, PendingCall, RequestContext, Session, clip
+from transports.mcp.tool_results import call_tool_result
+
+__all__ = ["ToolCalls"]
+
+logger = logging.getLogger(__name__)
+
+_LOGGER_NAME: Final[str] = "labrecon"
+
+ClientLog = Callable[[types.LoggingLevel, dict[str, Any]], None]
+
+
+class ToolCalls:
+    """Runs `tools/call` requests on a `ToolBackend` and keeps each one on its session until it settles."""
+
+    def __init__(
+        self, backend: ToolBackend, *, server_info_stamp: dict[str, Any], new_call_id: Callable[[], str]
+    ) -> None:
+        self._backend = backend
+        self._server_info_stamp = server_info_stamp
+        self._new_call_id = new_call_id
+
+    async def call(self, session: Session, ctx: RequestContext) -> dict[str, Any] | None:
+        """The result of one admitted `tools/call`, or None when the client cancelled it."""
+        name: str = ctx.params["name"]
+        arguments: dict[str, Any] = ctx.params.get("arguments") or {}
+        known = [info.name for info in self._backend.list_tools()]
+        if name not in known:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"Invalid params: unknown tool {clip(name)!r}; available: {', '.join(known) or 'none'}",
+                {"available": known},
+            )
+        key = jsonrpc.request_key(ctx.request.id)
+        call = PendingCall(
+            call_id=self._new_call_id(),
+            tool=name,
+            task=asyncio.current_task(),
+            progress_token=_progress_token(ctx.params),
+        )
+        session.calls[key] = call
+        client_log = self._client_log(session, ctx)
+        with correlation(call.call_id):
+            logger.debug("tool call started", extra={"tool": name, "request_id": ctx.request.id})
+            client_log("debug", {"event": "call_started", "tool": name, "call_id": call.call_id})
+            try:
+                outcome = await self._run(call, arguments, ctx, ctx.caller_in(session))
+            finally:
+                _end_call(session, key, call)
+            result = self._finish(call, ctx, client_log, outcome)
+            if result is not None:
+                # Like an access log, the line is written once the reply is on its way: it must not delay it.
+                # (call_soon runs it in a copy of this context, so it keeps the call's correlation id.)
+                asyncio.get_running_loop().call_soon(_log_finished, call, outcome)
+        return result
+
+    def cancel(self, session: Session, params: dict[str, Any]) -> None:
+        """`notifications/cancelled`: the client will not use the result, so none is sent."""
+        request_id = params.get("requestId")
+        if not isinstance(request_id, str | int) or isinstance(request_id, bool):
+            logger.info("notifications/cancelled without a usable requestId; ignored")
+            return
+        call = session.calls.get(jsonrpc.request_key(request_id))
+        if call is None or call.finished or call.cancelled_by_client:
+            logger.debug("cancellation for a request that is not in flight", extra={"request_id": request_id})
+            return
+        call.cancelled_by_client = True
+        reason = params.get("reason")
+        with correlation(call.call_id):
+            accepted = self._cancel_in_backend(call)
+            if not accepted:
+                self._cancel_task(call)
+            logger.info(
+                "tool call cancelled by the client",
+                extra={
+                    "tool": call.tool,
+                    "request_id": request_id,
+                    "reason": clip(reason) if isinstance(reason, str) else None,
+                    "backend_accepted": accepted,
+                },
+            )
+
+    def cancel_all(self, session: Session) -> int:
+        """Cancel every call in flight on `session`; they are still answered, with their `cancelled` outcome."""
+        count = 0
+        for call in list(session.calls.values()):
+            if call.finished:
+                continue
+            count += 1
+            with correlation(call.call_id):
+                if not self._cancel_in_backend(call):
+                    self._cancel_task(call)
+                logger.info("cancelling tool call: transport shutting down", extra={"tool": call.tool})
+        return count
+
+    # ------------------------------------------------------------------ one call
+
+    async def _run(self, call: PendingCall, arguments: dict[str, Any], ctx: RequestContext, caller: str) -> CallOutcome:
+        progress = self._progress_sink(call, ctx.notify) if call.progress_token is not None else None
+        try:
+            return await self._backend.acall(
+                call.tool, arguments, call_id=call.call_id, progress=progress, caller=caller
+            )
+        except UnknownTool as exc:
+            raise RpcError(
+                INVALID_PARAMS, f"Invalid params: {clip(str(exc))}", {"available": list(exc.known)}
+            ) from None
+        except InvalidCall as exc:
+            return CallOutcome.failure(call.tool, call.call_id, ErrorType.VALIDATION, str(exc))
+        except asyncio.CancelledError:
+            if not call.task_cancelled:
+                raise
+            # Our own fallback cancel (the backend did not know the call yet):
+            # absorb it so the request still settles through the normal path.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return CallOutcome.failure(call.tool, call.call_id, ErrorType.CANCELLED, "the call was cancelled")
+        except Exception:
+            logger.exception("tool backend raised", extra={"tool": call.tool})
+            return CallOutcome.failure(
+                call.tool, call.call_id, ErrorType.INTERNAL, "the server failed while running the call"
+            )
+
+    def _finish(
+        self, call: PendingCall, ctx: RequestContext, client_log: ClientLog, outcome: CallOutcome
+    ) -> dict[str, Any] | None:
+        """The result to send for a settled call, or None when the client cancelled it."""
+        if call.cancelled_by_client:
+            # The client said the result will not be used; the spec asks for no reply.
+            logger.info("tool call cancelled by the client; no reply sent", extra={"tool": call.tool})
+            return None
+        client_log(
+            "info" if outcome.ok else "warning",
+            {"event": "call_finished", "tool": call.tool, "call_id": call.call_id, "ok": outcome.ok,
+             "error_type": outcome.error_type.value if outcome.error_type else None},
+        )
+        # Built to the negotiated version's shape directly: the hot path skips the schema sieve.
+        result = call_tool_result(outcome, structured_content=eras.has_feature(ctx.version, "structured_content"))
+        return eras.stamp_modern(result, self._server_info_stamp) if ctx.version in eras.MODERN_VERSIONS else result
+
+    def _cancel_in_backend(self, call: PendingCall) -> bool:
+        try:
+            return bool(self._backend.cancel(call.call_id))
+        except Exception:
+            logger.exception("backend failed to cancel a call", extra={"tool": call.tool})
+            return False
+
+    def _cancel_task(self, call: PendingCall) -> None:
+        if call.task is not None and not call.task.done() and not call.task_cancelled:
+            call.task_cancelled = True
+            call.task.cancel()
+
+    # ------------------------------------------------------------------ notifications about a call
+
+    def _progress_sink(self, call: PendingCall, notify: NotificationSink) -> Callable[..., None]:
+        token = call.progress_token
+        assert token is not None
+
+        def progress(done: float, total: float | None = None, message: str | None = None) -> None:
+            if call.finished or call.cancelled_by_client:
+                return
+            try:
+                value = float(done)
+            except (TypeError, ValueError):
+                return
+            # Progress must increase; a stale or repeated value is dropped, never sent.
+            if not math.isfinite(value) or (call.last_progress is not None and value <= call.last_progress):
+                return
+            call.last_progress = value
+            finite_total = (
+                float(total)
+                if isinstance(total, int | float) and not isinstance(total, bool) and math.isfinite(total)
+                else None
+            )
+            params = types.ProgressNotificationParams(
+                progress_token=token,
+                progress=value,
+                total=finite_total,
+                message=message if isinstance(message, str) else None,
+            )
+            _emit(
+                notify,
+                jsonrpc.notification(
+                    "notifications/progress", params.model_dump(by_alias=True, mode="json", exclude_none=True)
+                ),
+            )
+
+        return progress
+
+    def _client_log(self, session: Session, ctx: RequestContext) -> ClientLog:
+        """Log messages for the client, sent only at or above the level it asked for.
+
+        Handshake era: the session's `logging/setLevel` (read when sending, so
+        a change applies to calls already running). 2026-07-28: the level in
+        this request's envelope; without one, nothing is sent.
+        """
+
+        def emit(level: types.LoggingLevel, data: dict[str, Any]) -> None:
+            threshold = ctx.log_level if ctx.era is Era.MODERN else session.log_level
+            if not eras.log_level_enabled(threshold, level):
+                return
+            params = types.LoggingMessageNotificationParams(level=level, logger=_LOGGER_NAME, data=data)
+            _emit(
+                ctx.notify,
+                jsonrpc.notification(
+                    "notifications/message", params.model_dump(by_alias=True, mode="json", exclude_none=True)
+                ),
+            )
+
+        return emit
+
+
+def _emit(notify: NotificationSink, message: dict[str, Any]) -> None:
+    try:
+        notify(message)
+    except Exception:
+        logger.exception("notification sink failed", extra={"method": message.get("method")})
+
+
+def _end_call(session: Session, key: str, call: PendingCall) -> None:
+    """The call is over: cancellations no longer apply and its request id is free again."""
+    call.finished = True
+    if session.calls.get(key) is call:
+        del session.calls[key]
+
+
+def _log_finished(call: PendingCall, outcome: CallOutcome) -> None:
+    error_type = outcome.error_type.value if outcome.error_type else None
+    logger.info(
+        "tool call finished",
+        extra={"tool": call.tool, "ok": outcome.ok, "error_type": error_type, "duration_sec": outcome.duration_sec},
+    )
+
+
+def _progress_token(params: dict[str, Any]) -> types.ProgressToken | None:
+    meta = params.get("_meta")
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    if isinstance(token, str | int) and not isinstance(token, bool):
+        return token
+    return None
