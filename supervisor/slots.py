@@ -28,7 +28,7 @@ from supervisor.restarts import RestartPolicy, RestartType
 
 SlotState = Literal["running", "restarting", "failed", "stopped"]
 
-Settle = Callable[[Call, CallOutcome], None]
+AnswerCall = Callable[[Call, CallOutcome], None]
 """Answer a call the slot held, and count it, unless somebody answered it already."""
 
 

@@ -61,7 +61,7 @@ class Supervisor:
             error_type, message = ErrorType.RESOURCE_EXHAUSTED, f"{tool} is restarting and its waiting room is full"
             retry_after_sec = 1.0
         outcome = call.failure(error_type, message, retry_after_sec=retry_after_sec)
-        call.settle(outcome, lambda _outcome: self.record_refusal(tool, error_type))
+        call.reply.resolve(outcome, before=lambda _outcome: self.record_refusal(tool, error_type))
 
     def record_refusal(self, tool: str, error_type: ErrorType) -> None:
         """Count a call answered before it reached any actor."""
@@ -77,7 +77,7 @@ class Supervisor:
         stashed, ref = slot.cancel(call_id)
         if stashed is not None:
             outcome = stashed.failure(ErrorType.CANCELLED, "the call was cancelled before it started")
-            stashed.settle(outcome, lambda _outcome: self.record_refusal(tool, ErrorType.CANCELLED))
+            stashed.reply.resolve(outcome, before=lambda _outcome: self.record_refusal(tool, ErrorType.CANCELLED))
             return True
         if ref is None:
             return False
