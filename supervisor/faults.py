@@ -1,12 +1,8 @@
 """Which calls get an injected fault: the schedule half of fault injection.
 
-Teams test how their agents cope with failing tools, so a fault must be
-reproducible: `count` hits the next N calls, `every` hits every Nth call,
-`probability` with a `seed` draws from its own random stream so the same
-seed fails the same calls. Rules come from `[[faults]]` in the config or
-from the API with the same fields, and can be listed and cleared while the
-runtime serves. The tool actors consult the plan from their own threads,
-hence the lock.
+A fault must be reproducible: `count` hits the next N calls, `every` every Nth call, `probability`
+with a `seed` draws from its own random stream. Rules come from `[[faults]]` or the API and can be
+listed and cleared while serving; tool actors consult the plan from their threads, hence the lock.
 """
 
 from __future__ import annotations
