@@ -62,12 +62,12 @@ class Fault:
 
     def shape(self, request: RunRequest) -> RunRequest:
         if self.kind is FaultKind.FLOOD:
-            argv = (sys.executable, "-c", FLOOD_SCRIPT, str(self.flood_bytes))
-            return replace(request, argv=argv)
+            flood = (sys.executable, "-c", FLOOD_SCRIPT, str(self.flood_bytes))
+            return replace(request, argv=flood)
         if self.kind is FaultKind.TIMEOUT:
             # A process that outlives any deadline, so the real timeout path ends it.
-            argv = (sys.executable, "-c", "import time\nwhile True: time.sleep(60)")
-            return replace(request, argv=argv, timeout_sec=min(request.timeout_sec, self.delay_sec))
+            endless = (sys.executable, "-c", "import time\nwhile True: time.sleep(60)")
+            return replace(request, argv=endless, timeout_sec=min(request.timeout_sec, self.delay_sec))
         return request
 
     def before_run(self, run: ProcessRun) -> None:

@@ -22,7 +22,9 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 
 
-def audit_record(outcome: CallOutcome, *, caller: str | None, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+def audit_record(
+    outcome: CallOutcome, *, caller: str | None, arguments: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The line for one answered call; the arguments only when the call was refused before it ran."""
     record: dict[str, Any] = {
         "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),

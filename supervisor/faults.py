@@ -70,7 +70,8 @@ class FaultPlan:
     def clear(self, rule_id: int | None = None, *, tool: str | None = None) -> int:
         """Remove one rule, a tool's rules, or all; returns how many were removed."""
         with self._lock:
-            keep, gone = [], []
+            keep: list[FaultRule] = []
+            gone: list[FaultRule] = []
             for rule in self._rules:
                 match = (rule_id is None or rule.id == rule_id) and (tool is None or rule.settings.tool == tool)
                 (gone if match else keep).append(rule)

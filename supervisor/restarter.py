@@ -8,6 +8,7 @@ when the tool comes back is the pure restart policy's decision (`supervisor.rest
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -117,10 +118,8 @@ class Restarter:
                 continue
             slot.ping = ThreadReply()
             slot.ping_sent_at = now
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):  # its crash report is on the way
                 slot.ref.tell(Ping(slot.ping))
-            except pykka.ActorDeadError:
-                pass  # its crash report is on the way
 
     def _child_died(self, slot: ToolSlot, incarnation: int, kind: str, reason: str) -> None:
         old = slot.ref
@@ -157,10 +156,8 @@ class Restarter:
 
         def fire() -> None:
             self._timers.discard(timer)
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 self.parent.tell(message)
-            except pykka.ActorDeadError:
-                pass
 
         timer = threading.Timer(delay, fire)
         timer.daemon = True

@@ -8,6 +8,7 @@ can race the shutdown; only the waiting happens on the caller's thread (`shut_do
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -91,7 +92,6 @@ def _drain(refs: ActorRefs, deadline: float) -> None:
 
 def _stop_actors(refs: ActorRefs, *, timeout: float) -> None:
     for ref in refs:
-        try:
+        # A hung actor is abandoned: its daemon thread cannot hold the process.
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             ref.stop(block=True, timeout=timeout)
-        except (pykka.ActorDeadError, pykka.Timeout):
-            pass  # hung: abandoned; its daemon thread cannot hold the process

@@ -7,6 +7,7 @@ message. A call the handle refuses is answered here and counted by the actor (`R
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -65,10 +66,8 @@ class Supervisor:
 
     def record_refusal(self, tool: str, error_type: ErrorType) -> None:
         """Count a call answered before it reached any actor."""
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):
             self.ref.tell(Refused(tool, error_type.value))
-        except pykka.ActorDeadError:
-            pass
 
     def cancel(self, tool: str, call_id: str) -> bool:
         slot = self.slots.get(tool)
@@ -81,10 +80,8 @@ class Supervisor:
             return True
         if ref is None:
             return False
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):  # the sweep answers it: cancel_requested is set
             ref.tell(Cancel(call_id))
-        except pykka.ActorDeadError:
-            pass  # the sweep answers it: cancel_requested is set
         return True
 
     # --- operators ------------------------------------------------------------------
