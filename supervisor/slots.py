@@ -115,7 +115,7 @@ class ToolSlot:
 
         None when there is nothing to do: that incarnation was already
         replaced, or the slot is not serving (failed, or stopping — shutdown
-        settles what a stopping slot holds).
+        answers what a stopping slot holds).
         """
         swept = Swept()
         with self.lock:

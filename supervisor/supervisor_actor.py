@@ -1,7 +1,7 @@
 """The supervisor actor: one thread that keeps the tool actors alive and answers for them.
 
 Every message — a tool actor's event, a tick, an operator's query — is handled here one at a time,
-so the restart bookkeeping (`Restarter`) and the numbers (`CallLedger`) have a single owner and need
+so the restart state (`Restarter`) and the numbers (`CallLedger`) have a single owner and need
 no locks. A call the supervisor answers itself is counted only if that answer wins
 (`Reply.resolve`), so each call is counted exactly once.
 """

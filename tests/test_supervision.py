@@ -1,4 +1,4 @@
-"""Supervision through the embedding API: crashes, hangs, restart intensity, books that add up."""
+"""Supervision through the embedding API: crashes, hangs, restart intensity, numbers that add up."""
 
 from __future__ import annotations
 
