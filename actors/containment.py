@@ -1,10 +1,8 @@
 """Every process a run starts ends with the run, also one that left the run's process group.
 
-A tool may detach a process (``setsid``, a double fork) that the group signal
-then misses. So a run also kills what descends from its leader when it stops,
-and whatever the kernel re-parented to this process (a child subreaper) still
-carrying the run's mark, its private ``HOME``; it reaps what is its child. What
-got past that (a process that dropped the mark) the process's owner ends at exit.
+A detached process (`setsid`, a double fork) escapes the group signal, so a stopping run also kills
+what descends from its leader and what was re-parented to us (a child subreaper) still carrying the
+run's private ``HOME``, and reaps its own children; what dropped that mark is ended at exit.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """What an injected fault does to a call, as seen from inside the tool actor.
 
-Which calls get a fault is decided elsewhere (the supervisor's fault plan,
-which the actor only consults through a `FaultSource`); this module holds the
-effects, because only the actor can crash or hang its own thread and only
-its runner can bend a run. Each effect is the real thing, not a simulation
-of its symptoms: a crash raises inside the actor, a hang blocks its mailbox,
-a flood is a local process writing far more than the caps allow.
+Which calls get a fault is the supervisor's fault plan (`FaultSource`); this module holds the
+effects, each the real thing: a crash raises inside the actor, a hang blocks its mailbox, a flood
+is a local process writing far more than the caps allow.
 """
 
 from __future__ import annotations
@@ -65,12 +62,12 @@ class Fault:
 
     def shape(self, request: RunRequest) -> RunRequest:
         if self.kind is FaultKind.FLOOD:
-            argv = (sys.executable, "-c", FLOOD_SCRIPT, str(self.flood_bytes))
-            return replace(request, argv=argv)
+            flood = (sys.executable, "-c", FLOOD_SCRIPT, str(self.flood_bytes))
+            return replace(request, argv=flood)
         if self.kind is FaultKind.TIMEOUT:
             # A process that outlives any deadline, so the real timeout path ends it.
-            argv = (sys.executable, "-c", "import time\nwhile True: time.sleep(60)")
-            return replace(request, argv=argv, timeout_sec=min(request.timeout_sec, self.delay_sec))
+            endless = (sys.executable, "-c", "import time\nwhile True: time.sleep(60)")
+            return replace(request, argv=endless, timeout_sec=min(request.timeout_sec, self.delay_sec))
         return request
 
     def before_run(self, run: ProcessRun) -> None:

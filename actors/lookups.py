@@ -1,9 +1,8 @@
 """Name look-ups with a deadline, on at most `limit` threads, never on the caller's.
 
-A look-up waits in line for a free thread, then runs the resolver there; its
-caller reads the answer or, once `timeout_sec` has passed since it started,
-a `TimeoutError` — and moves on, leaving a stuck resolver to finish on its own
-thread. A look-up whose caller gave up before it got a thread never runs.
+A caller gets the answer, or a `TimeoutError` once `timeout_sec` has passed, and moves on: a stuck
+resolver finishes alone on its thread, and a look-up whose caller gave up before it got a thread
+never runs.
 """
 
 from __future__ import annotations
@@ -114,7 +113,7 @@ class Lookups:
             name, future = entry
             try:
                 answer = self._resolver(name)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - whatever the resolver raises is its caller's answer
                 future.set_exception(exc)
             else:
                 future.set_result(answer)

@@ -27,33 +27,34 @@ class Verdict(Enum):
 
 
 def outcome_from_run(spec: ToolSpec, call_id: str, prepared: PreparedCall, run: RunResult) -> tuple[CallOutcome, Verdict]:
-    fields: dict[str, Any] = dict(
-        target=prepared.target,
-        resolved_targets=list(prepared.resolved_targets),
-        argv=list(prepared.argv),
-        returncode=run.returncode,
-        duration_sec=round(run.duration_sec, 6),
-        timed_out=run.timed_out,
-        stdout_truncated=run.stdout_truncated,
-        stderr_truncated=run.stderr_truncated,
-        stderr=run.stderr.decode("utf-8", "replace")[-STDERR_TAIL_CHARS:],
-    )
+    fields: dict[str, Any] = {
+        "target": prepared.target,
+        "resolved_targets": list(prepared.resolved_targets),
+        "argv": list(prepared.argv),
+        "returncode": run.returncode,
+        "duration_sec": round(run.duration_sec, 6),
+        "timed_out": run.timed_out,
+        "stdout_truncated": run.stdout_truncated,
+        "stderr_truncated": run.stderr_truncated,
+        "stderr": run.stderr.decode("utf-8", "replace")[-STDERR_TAIL_CHARS:],
+    }
     tool = prepared.tool
     if run.spawn_error is not None:
-        return (
-            CallOutcome.failure(tool, call_id, ErrorType.EXECUTION, f"could not start {prepared.argv[0]}: {run.spawn_error}", **fields),
-            Verdict.FAILURE,
-        )
+        message = f"could not start {prepared.argv[0]}: {run.spawn_error}"
+        return CallOutcome.failure(tool, call_id, ErrorType.EXECUTION, message, **fields), Verdict.FAILURE
     result, parse_error = _parse(spec, run)
     fields["result"] = result
     if run.cancelled:
-        return CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, "the call was cancelled", **fields), Verdict.NEUTRAL
+        message = "the call was cancelled"
+        return CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, message, **fields), Verdict.NEUTRAL
     if run.timed_out:
-        message = f"{tool} did not finish within {prepared.timeout_sec:g}s and was stopped; partial results are included"
+        message = (
+            f"{tool} did not finish within {prepared.timeout_sec:g}s and was stopped; partial results are included"
+        )
         return CallOutcome.failure(tool, call_id, ErrorType.TIMEOUT, message, **fields), Verdict.FAILURE
     if run.signal is not None:
-        name = _signal_name(run.signal)
-        return CallOutcome.failure(tool, call_id, ErrorType.EXECUTION, f"{tool} was killed by {name}", **fields), Verdict.FAILURE
+        message = f"{tool} was killed by {_signal_name(run.signal)}"
+        return CallOutcome.failure(tool, call_id, ErrorType.EXECUTION, message, **fields), Verdict.FAILURE
     if run.returncode != 0:
         message = f"{tool} exited with status {run.returncode}"
         tail = fields["stderr"].strip().splitlines()[-1:] if fields["stderr"].strip() else []
@@ -69,7 +70,7 @@ def outcome_from_run(spec: ToolSpec, call_id: str, prepared: PreparedCall, run: 
 def _parse(spec: ToolSpec, run: RunResult) -> tuple[dict[str, Any] | None, str | None]:
     try:
         return spec.parse(run.stdout, truncated=run.stdout_truncated or run.timed_out or run.cancelled), None
-    except Exception as exc:  # a parser must never take the answer down with it
+    except Exception as exc:  # noqa: BLE001 - a parser must never take the answer down with it
         return None, f"{type(exc).__name__}: {exc}"
 
 

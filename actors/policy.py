@@ -1,18 +1,9 @@
 """Which targets a tool may be pointed at: the product's core promise.
 
-Only an explicit allowlist counts. `ipaddress.is_private` is deliberately not
-used: it admits 0.0.0.0, 169.254.169.254 (cloud metadata), 240.0.0.0/4 and
-other ranges nobody means by "my lab". Targets are accepted only in one
-canonical spelling, because the tools' own parsers read `010.0.0.1` as
-octal, `10.1` as `10.0.0.1`, `167772161` as an address and `10.0.0.*` as a
-range; a form we do not parse exactly like the tool is a form we refuse.
-
-Hostnames must end in an allowed domain (on a label boundary) and are
-resolved here, static `[policy.hosts]` map first; every address must be
-allowed and the tool is given the address, so a DNS answer that changes
-between our check and the tool's own lookup cannot redirect the scan. The
-resolver is the one thing that may block: `lookup_name` says, purely, whether
-a target will need it.
+Only an explicit allowlist counts (never `ipaddress.is_private`), and only one canonical spelling of
+an address: a form the tools would parse differently (`010.0.0.1`, `10.1`, `10.0.0.*`) is refused.
+Hostnames must end in an allowed domain and are resolved here; every address must be allowed and
+the tool is given the address, so a changed DNS answer cannot redirect the scan.
 """
 
 from __future__ import annotations

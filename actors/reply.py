@@ -1,21 +1,18 @@
 """Where an actor's answer meets its caller, exactly once.
 
-Actors run on their own threads; callers live on an asyncio loop or on a
-plain thread. A `Reply` hides which: the actor calls `resolve()` from any
-thread and the caller's waiting primitive completes on the caller's side
-(`loop.call_soon_threadsafe` for asyncio, so the loop is never blocked and
-never touched from a foreign thread). A second `resolve()` is ignored and
-reported as `False`, which is what lets restarts, timeouts and shutdown race
-to answer a call without ever answering it twice.
+`resolve()` may be called from any thread and by several racers (a finished run, a crash sweep, a
+cancel, shutdown); the first wins and every later one returns False. The caller's side completes on
+its own terms: a plain future for a thread, `loop.call_soon_threadsafe` for an asyncio loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from concurrent.futures import Future
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -24,72 +21,57 @@ logger = logging.getLogger(__name__)
 
 
 class Reply(Generic[T]):
-    """A one-shot, thread-safe answer slot.
+    """A one-shot, thread-safe answer slot."""
 
-    Answering is two steps when the answerer must do something in between:
-    `claim()` wins the right to answer (exactly one caller ever does), then
-    `deliver()` hands the value over. The actors use the gap to record the
-    outcome in their books, so a call is counted once, by whoever answers it,
-    and before its caller can see the answer.
-    """
-
-    __slots__ = ("_lock", "_claimed", "_delivered", "_value", "_callbacks")
+    __slots__ = ("_callbacks", "_lock", "_resolved", "_value")
+    _value: T  # set by the winning `resolve()`, before `_callbacks` becomes None
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._claimed = False
-        self._delivered = False
-        self._value: T | None = None
-        self._callbacks: list[Callable[[T], None]] = []
+        self._resolved = False
+        self._callbacks: list[Callable[[T], None]] | None = []  # None once they have been taken to run
 
     @property
     def done(self) -> bool:
-        """True once somebody has claimed the answer (it may still be on its way)."""
-        return self._claimed
+        """True once somebody has won the right to answer (the answer may still be on its way)."""
+        return self._resolved
 
-    def claim(self) -> bool:
-        """Win the right to answer; False if somebody else already has."""
-        with self._lock:
-            if self._claimed:
-                return False
-            self._claimed = True
-            return True
+    def resolve(self, value: T, before: Callable[[T], None] | None = None) -> bool:
+        """Answer with `value` unless somebody already has; False if this answer lost.
 
-    def deliver(self, value: T) -> None:
-        """Hand over the answer; only after a successful `claim()`.
-
-        The `on_resolved` callbacks run first, so a caller who sees the answer
-        also sees the books it closed (its call id free again, say); one that
-        fails is logged and never keeps the answer from its caller.
+        Only the winner runs `before(value)`, then the `on_resolved` callbacks, and only then can
+        the caller see the answer: whoever answers a call records its outcome first, once. A hook
+        that fails is logged and never keeps the answer from its caller.
         """
         with self._lock:
-            if not self._claimed or self._delivered:
-                raise RuntimeError("deliver() needs a claim and happens once")
-            self._delivered = True
+            if self._resolved:
+                return False
+            self._resolved = True
+        if before is not None:
+            self._run(before, value)
+        with self._lock:  # callbacks added while `before` ran are taken too
             self._value = value
-            callbacks, self._callbacks = self._callbacks, []
+            callbacks, self._callbacks = self._callbacks or [], None
         for callback in callbacks:
-            try:
-                callback(value)
-            except Exception:
-                logger.exception("a reply callback failed; the answer is delivered all the same")
+            self._run(callback, value)
         self._deliver(value)
-
-    def resolve(self, value: T) -> bool:
-        """Claim and deliver in one step; False if the call was already answered."""
-        if not self.claim():
-            return False
-        self.deliver(value)
         return True
 
+    @staticmethod
+    def _run(hook: Callable[[T], None], value: T) -> None:
+        try:
+            hook(value)
+        except Exception:
+            logger.exception("a reply callback failed; the answer is delivered all the same")
+
     def on_resolved(self, callback: Callable[[T], None]) -> None:
-        """Run `callback(value)` on the delivering thread as the answer is handed over (here and now if it was)."""
+        """Run `callback(value)` on the answering thread, before the caller sees the answer (at once if answered)."""
         with self._lock:
-            if not self._delivered:
+            if self._callbacks is not None:
                 self._callbacks.append(callback)
                 return
             value = self._value
-        callback(value)  # type: ignore[arg-type]
+        callback(value)
 
     def _deliver(self, value: T) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -114,7 +96,7 @@ class ThreadReply(Reply[T]):
 class AsyncReply(Reply[T]):
     """For callers on an asyncio loop: `await reply.future`."""
 
-    __slots__ = ("loop", "future")
+    __slots__ = ("future", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__()
@@ -122,11 +104,9 @@ class AsyncReply(Reply[T]):
         self.future: asyncio.Future[T] = self.loop.create_future()
 
     def _deliver(self, value: T) -> None:
-        try:
+        # A closed loop (RuntimeError) has nobody left to read the answer.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_set_if_pending, self.future, value)
-        except RuntimeError:
-            # The caller's loop is closed: nobody is left to read the answer.
-            pass
 
 
 def _set_if_pending(future: asyncio.Future[Any], value: Any) -> None:

@@ -1,26 +1,9 @@
 """One subprocess run: spawn, read both pipes, bound it in time and bytes, stop it, reap it.
 
-Scanners are long-running, chatty programs started with arguments that came
-from outside. A run therefore must never hang its caller, never let the tool's
-output grow the daemon's memory, never leave a process behind and never show
-the tool the daemon's own environment. Everything here serves those four
-promises:
-
-- no shell, ``stdin`` is ``/dev/null``, the environment is `MINIMAL_ENV`, and
-  ``HOME`` and the working directory are a fresh empty directory (0700) that
-  goes when the run ends, so the tool sees nothing of ours or of other runs;
-- the tool leads its own session (``start_new_session``), so its process
-  group holds everything it forks, and the group is what gets signalled:
-  SIGTERM, ``kill_grace_sec``, then SIGKILL, on timeout or cancel; whatever
-  left the group is killed and reaped as the run ends (`RunProcesses`);
-- stdout and stderr are read concurrently by one ``poll`` loop on the calling
-  thread (no reader threads to start per run), each kept up to its cap and
-  drained and discarded beyond it, so a flood costs CPU but not memory;
-- the leader is watched through a pidfd and reaped only after a final
-  SIGKILL sweep of its group: while the leader is an unreaped zombie its pid,
-  and so the group id, cannot be reused, which makes that sweep safe. Pipes
-  still open after the leader exited mean members of the group live on;
-  they get a short drain and are then terminated like a timed-out run.
+A run never hangs its caller, never keeps more output than its caps, never leaves a process behind
+and never shows the tool our environment: no shell, stdin from /dev/null, a minimal environment and
+a fresh private HOME; the tool leads its own process group, which gets TERM then KILL on timeout or
+cancel; both pipes are read by one poll loop on the calling thread.
 """
 
 from __future__ import annotations
@@ -121,7 +104,7 @@ class RunResult:
 class _Capture:
     """One output pipe: the bytes kept under the cap, and the line being assembled."""
 
-    __slots__ = ("fd", "cap", "data", "truncated", "partial")
+    __slots__ = ("cap", "data", "fd", "partial", "truncated")
 
     def __init__(self, fd: int, cap: int) -> None:
         self.fd = fd
@@ -224,7 +207,7 @@ class ProcessRun:
                     env=env,
                     cwd=request.cwd or self._home,
                 )
-            except Exception as exc:  # whatever failed, no process exists: the run ends as a spawn error
+            except Exception as exc:  # noqa: BLE001 - whatever failed, no process exists: the run ends as a spawn error
                 for fd in wake or ():
                     os.close(fd)
                 self._not_run = _not_run(self._started_at, spawn_error=str(exc) or type(exc).__name__)
@@ -300,17 +283,20 @@ class ProcessRun:
         streams = {out.fd: out, err.fd: err}
         pidfd = _pidfd_open(proc.pid)
         poller = select.poll()
-        for fd in [out.fd, err.fd, wake_r] + ([] if pidfd is None else [pidfd]):
+        for fd in [out.fd, err.fd, wake_r, *([] if pidfd is None else [pidfd])]:
             poller.register(fd, select.POLLIN)
 
         deadline = started + request.timeout_sec
         leader_exited = False
         stopping = False  # SIGTERM sent
         timed_out = cancelled = False
-        drain_until = kill_at = give_up_at = None
+        drain_until: float | None = None  # the leader exited: read what its group still writes until then
+        kill_at: float | None = None
+        give_up_at: float | None = None
         try:
             while streams or not leader_exited:
                 now = time.monotonic()
+                wakeups: list[float]
                 if stopping:
                     wakeups = [t for t in (kill_at, give_up_at) if t is not None]
                 else:
@@ -404,8 +390,7 @@ class ProcessRun:
             return
         try:
             self._on_line(line.decode("utf-8", "replace"))
-        except Exception:
-            # Progress is a courtesy; a failing listener must not end the run.
+        except Exception:  # noqa: BLE001 - progress is a courtesy; a failing listener must not end the run
             if not self._line_error_logged:
                 self._line_error_logged = True
                 _log.exception("line callback failed; further failures of this run are not logged")

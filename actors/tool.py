@@ -1,19 +1,14 @@
 """The ToolActor: one per tool, and the only place a tool's state changes.
 
-Its mailbox serialises every decision about the tool — admit, queue, refuse,
-start, finish, cancel — so the concurrency limit and the circuit breaker need
-no locks: they are plain fields read and written by this actor's thread only.
-Processes run on a small pool of runner threads; a runner touches no actor
-state and reports back with one `Finished` message, and the actor answers the
-caller once its books are straight.
-
-Under a supervisor, an actor that dies or is retired answers nothing more:
-the supervisor keeps every call it routed and settles them itself, so each
-call is answered, and counted, exactly once.
+Every decision (admit, queue, refuse, start, finish, cancel) is a message on this actor's thread, so
+the concurrency limit and the breaker are plain fields. Runner threads touch no actor state and
+report with one `Finished` message. Under a supervisor, a dead or retired incarnation answers
+nothing: the supervisor answers what it held, so each call is answered, and counted, exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -63,15 +58,6 @@ class Call:
             resolved_targets=list(self.prepared.resolved_targets),
             argv=list(self.prepared.argv),
         )
-
-    def settle(self, outcome: CallOutcome, record: Callable[[CallOutcome], None] | None = None) -> bool:
-        """Answer the call unless somebody already has; `record` books it first, only if this answer wins."""
-        if not self.reply.claim():
-            return False
-        if record is not None:
-            record(outcome)
-        self.reply.deliver(outcome)
-        return True
 
 
 def outcome_label(outcome: CallOutcome) -> str:
@@ -206,11 +192,11 @@ class ToolActor(pykka.ThreadingActor):
         running = self._take_running()
         if self.parent is None:
             for entry in running:
-                entry.call.settle(
-                    entry.call.failure(ErrorType.ACTOR_RESTARTED, f"{self.name} crashed while the call ran ({reason})", retry_after_sec=0.0)
-                )
+                message = f"{self.name} crashed while the call ran ({reason})"
+                entry.call.reply.resolve(entry.call.failure(ErrorType.ACTOR_RESTARTED, message, retry_after_sec=0.0))
             for call in self._take_queued():
-                call.settle(call.failure(ErrorType.ACTOR_RESTARTED, f"{self.name} crashed before the call started ({reason})"))
+                message = f"{self.name} crashed before the call started ({reason})"
+                call.reply.resolve(call.failure(ErrorType.ACTOR_RESTARTED, message))
         self._close(wait=False)
         self._tell_parent(ActorCrashed(self.name, self.incarnation, reason))
 
@@ -225,9 +211,11 @@ class ToolActor(pykka.ThreadingActor):
         if self.retired.is_set():
             return
         for entry in running:
-            self._settle(entry.call, entry.call.failure(ErrorType.CANCELLED, f"{self.name} stopped while the call ran"), ran=True)
+            outcome = entry.call.failure(ErrorType.CANCELLED, f"{self.name} stopped while the call ran")
+            self._answer(entry.call, outcome, ran=True)
         for call in queued:
-            self._settle(call, call.failure(ErrorType.CANCELLED, f"{self.name} stopped before the call started"), ran=False)
+            outcome = call.failure(ErrorType.CANCELLED, f"{self.name} stopped before the call started")
+            self._answer(call, outcome, ran=False)
 
     def _take_running(self) -> list[_Running]:
         taken = list(self.running.values())
@@ -279,11 +267,11 @@ class ToolActor(pykka.ThreadingActor):
 
     def _refuse(self, call: Call, error_type: ErrorType, message: str, *, retry_after_sec: float | None = None) -> None:
         """Answer a call that will not run."""
-        self._settle(call, call.failure(error_type, message, retry_after_sec=retry_after_sec), ran=False)
+        self._answer(call, call.failure(error_type, message, retry_after_sec=retry_after_sec), ran=False)
 
-    def _settle(self, call: Call, outcome: CallOutcome, *, ran: bool) -> bool:
+    def _answer(self, call: Call, outcome: CallOutcome, *, ran: bool) -> bool:
         """Answer and count a call, once; the count is sent before the caller can see the answer."""
-        return call.settle(outcome, lambda o: self._report_finished(call, outcome_label(o), ran=ran))
+        return call.reply.resolve(outcome, before=lambda o: self._report_finished(call, outcome_label(o), ran=ran))
 
     def _retry_hint(self) -> float:
         """A rough wait for a free slot: the age of the oldest running call, at least a second."""
@@ -353,7 +341,7 @@ class ToolActor(pykka.ThreadingActor):
             result = run.run()
             self._progress_edge(call, run, 100.0, "ended")
             outcome, verdict = outcome_from_run(self.spec, call.call_id, call.prepared, result)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever breaks in a runner, the call still gets its answer
             outcome = call.failure(ErrorType.INTERNAL, "the runner failed: " + traceback.format_exc(limit=3))
             verdict = Verdict.NEUTRAL
         self._report_run(Finished(call.call_id, outcome, verdict), call)
@@ -380,17 +368,17 @@ class ToolActor(pykka.ThreadingActor):
         try:
             self.actor_ref.tell(finished)
         except pykka.ActorDeadError:
-            # The actor died while this ran. A supervisor settles the call when it
+            # The actor died while this ran. A supervisor answers the call when it
             # sweeps the dead incarnation; without one, this is the answer.
             if self.parent is None:
-                call.settle(finished.outcome)
+                call.reply.resolve(finished.outcome)
 
     def _finish(self, call_id: str, outcome: CallOutcome, verdict: Verdict) -> None:
         running = self.running.pop(call_id, None)
         if running is None:
             return  # answered already (cancelled while queued, or abandoned)
         self._judge(call_id, verdict)
-        self._settle(running.call, outcome, ran=True)
+        self._answer(running.call, outcome, ran=True)
         self._start_queued()
         self._maybe_drained()
 
@@ -450,7 +438,5 @@ class ToolActor(pykka.ThreadingActor):
 
     def _tell_parent(self, event: Any) -> None:
         if self.parent is not None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 self.parent.tell(event)
-            except pykka.ActorDeadError:
-                pass

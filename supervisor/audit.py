@@ -1,11 +1,7 @@
 """The audit log: who ran what against which target, and how it ended.
 
-One JSON object per line, appended, never rewritten, so it can be shipped or
-tailed and stays valid if labrecon dies mid-write (at worst the last line is
-cut). Every call gets a line when it is answered — refused ones too, since an
-agent trying to scan outside the lab is exactly what an auditor wants to see.
-Lines are written by a thread of their own: an actor answering a call never
-waits on a disk.
+One JSON object per line, appended, never rewritten, for every answered call (refused ones too).
+A thread of its own writes the lines, so an actor answering a call never waits on a disk.
 """
 
 from __future__ import annotations
@@ -26,7 +22,9 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 
 
-def audit_record(outcome: CallOutcome, *, caller: str | None, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+def audit_record(
+    outcome: CallOutcome, *, caller: str | None, arguments: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The line for one answered call; the arguments only when the call was refused before it ran."""
     record: dict[str, Any] = {
         "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),

@@ -1,12 +1,8 @@
 """Which calls get an injected fault: the schedule half of fault injection.
 
-Teams test how their agents cope with failing tools, so a fault must be
-reproducible: `count` hits the next N calls, `every` hits every Nth call,
-`probability` with a `seed` draws from its own random stream so the same
-seed fails the same calls. Rules come from `[[faults]]` in the config or
-from the API with the same fields, and can be listed and cleared while the
-runtime serves. The tool actors consult the plan from their own threads,
-hence the lock.
+A fault must be reproducible: `count` hits the next N calls, `every` every Nth call, `probability`
+with a `seed` draws from its own random stream. Rules come from `[[faults]]` or the API and can be
+listed and cleared while serving; tool actors consult the plan from their threads, hence the lock.
 """
 
 from __future__ import annotations
@@ -74,7 +70,8 @@ class FaultPlan:
     def clear(self, rule_id: int | None = None, *, tool: str | None = None) -> int:
         """Remove one rule, a tool's rules, or all; returns how many were removed."""
         with self._lock:
-            keep, gone = [], []
+            keep: list[FaultRule] = []
+            gone: list[FaultRule] = []
             for rule in self._rules:
                 match = (rule_id is None or rule.id == rule_id) and (tool is None or rule.settings.tool == tool)
                 (gone if match else keep).append(rule)

@@ -37,9 +37,15 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("labrecon_tool_in_flight", "Calls running now.", ["tool"], registry=r)
-        self.queue_depth = Gauge("labrecon_tool_queue_depth", "Calls admitted and waiting for a slot.", ["tool"], registry=r)
-        self.breaker = Gauge("labrecon_breaker_state", "1 for the breaker's current state.", ["tool", "state"], registry=r)
-        self.restarts = Counter("labrecon_actor_restarts", "Tool actor restarts, by reason.", ["tool", "reason"], registry=r)
+        self.queue_depth = Gauge(
+            "labrecon_tool_queue_depth", "Calls admitted and waiting for a slot.", ["tool"], registry=r
+        )
+        self.breaker = Gauge(
+            "labrecon_breaker_state", "1 for the breaker's current state.", ["tool", "state"], registry=r
+        )
+        self.restarts = Counter(
+            "labrecon_actor_restarts", "Tool actor restarts, by reason.", ["tool", "reason"], registry=r
+        )
         self.restart_seconds = Histogram(
             "labrecon_actor_restart_seconds",
             "From a tool actor's death being seen to its successor reading its mailbox.",
@@ -47,7 +53,9 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
-        self.tool_up = Gauge("labrecon_tool_up", "1 when the tool's actor is serving, 0 when restarting or failed.", ["tool"], registry=r)
+        self.tool_up = Gauge(
+            "labrecon_tool_up", "1 when the tool's actor is serving, 0 when restarting or failed.", ["tool"], registry=r
+        )
         Info("labrecon_build", "labrecon build information.", registry=r).info({"version": version})
         # Children looked up once: every call touches these, and labels() takes a lock each time.
         self._call_counters = {tool: {o: self.calls.labels(tool, o) for o in OUTCOMES} for tool in tools}

@@ -8,6 +8,7 @@ when the tool comes back is the pure restart policy's decision (`supervisor.rest
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ from supervisor.config import SupervisionSettings
 from supervisor.faults import FaultPlan
 from supervisor.ledger import CallLedger
 from supervisor.messages import StartChild, Tick
-from supervisor.slots import Settle, ToolSlot, failed_message
+from supervisor.slots import AnswerCall, ToolSlot, failed_message
 
 _PAST = {"crash": "crashed", "hang": "hung", "operator": "was restarted by an operator"}
 
@@ -36,7 +37,7 @@ class Restarter:
         parent: pykka.ActorRef[Any],
         plan: FaultPlan,
         ledger: CallLedger,
-        settle: Settle,
+        answer: AnswerCall,
         on_escalate: Callable[[str], None] | None,
         clock: Callable[[], float],
     ) -> None:
@@ -45,7 +46,7 @@ class Restarter:
         self.parent = parent
         self.plan = plan
         self.ledger = ledger
-        self.settle = settle
+        self.answer = answer
         self.on_escalate = on_escalate
         self.clock = clock
         self._timers: set[threading.Timer] = set()
@@ -117,10 +118,8 @@ class Restarter:
                 continue
             slot.ping = ThreadReply()
             slot.ping_sent_at = now
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):  # its crash report is on the way
                 slot.ref.tell(Ping(slot.ping))
-            except pykka.ActorDeadError:
-                pass  # its crash report is on the way
 
     def _child_died(self, slot: ToolSlot, incarnation: int, kind: str, reason: str) -> None:
         old = slot.ref
@@ -133,9 +132,9 @@ class Restarter:
         self.ledger.child_died(slot.name, kind, reason)
         for call in swept.running:
             message = f"{slot.name} {_PAST[kind]} while the call ran; retry it"
-            self.settle(call, call.failure(ErrorType.ACTOR_RESTARTED, message, retry_after_sec=0.0))
+            self.answer(call, call.failure(ErrorType.ACTOR_RESTARTED, message, retry_after_sec=0.0))
         for call in swept.cancelled:
-            self.settle(call, call.failure(ErrorType.CANCELLED, "the call was cancelled"))
+            self.answer(call, call.failure(ErrorType.CANCELLED, "the call was cancelled"))
         if kind == "hang" and old is not None:
             old.stop(block=False)  # taken up if the hang ever ends; retired, it touches nothing
         if kind == "operator":
@@ -157,10 +156,8 @@ class Restarter:
 
         def fire() -> None:
             self._timers.discard(timer)
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 self.parent.tell(message)
-            except pykka.ActorDeadError:
-                pass
 
         timer = threading.Timer(delay, fire)
         timer.daemon = True
@@ -170,7 +167,7 @@ class Restarter:
     def _give_up(self, slot: ToolSlot, reason: str) -> None:
         slot.set_state("failed", reason)
         for call in slot.take_stash():
-            self.settle(call, call.failure(ErrorType.TOOL_FAILED, failed_message(slot.name, reason)))
+            self.answer(call, call.failure(ErrorType.TOOL_FAILED, failed_message(slot.name, reason)))
 
     def _escalate(self, reason: str) -> None:
         """Hand the whole runtime's fate to its owner, on a thread of its own: it stops the supervisor."""

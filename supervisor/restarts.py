@@ -1,11 +1,8 @@
 """OTP restart policy as pure arithmetic: may this child restart, and after how long?
 
-Restart intensity is Erlang's: at most `max_restarts` restarts within any
-`window_sec`; one more means the child is beyond help and the supervisor
-gives up on it (or escalates). Backoff spaces restarts out — a tool that
-crashes on every call should not be respawned in a tight loop — and forgets
-itself after a quiet period, so a single crash next week restarts at once.
-The clock and random source are injected; nothing here sleeps.
+Intensity is Erlang's: at most `max_restarts` within any `window_sec`, one more and the supervisor
+gives up (or escalates). Backoff spaces restarts out and forgets itself after a quiet period. The
+clock and random source are injected; nothing here sleeps.
 """
 
 from __future__ import annotations

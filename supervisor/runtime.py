@@ -1,27 +1,15 @@
 """The embedding API: one object that starts, serves and stops labrecon in-process.
 
-    from supervisor import Runtime
-    with Runtime.start("labrecon.toml") as runtime:
-        outcome = runtime.call("nmap", {"target": "10.0.0.5", "ports": "22,80"})
-
-Every transport (stdio, HTTP, the CLI) is built on this same object, so an
-embedding program gets exactly the behaviour an MCP client gets. Calls are
-validated here, on the caller's side, before anything reaches an actor:
-input that the policy refuses never touches a mailbox, a breaker or a
-process. A target's DNS look-up runs on a look-up thread with a deadline
-(`actors.lookups`); `acall` awaits it without blocking the loop, and a call
-that needs none never waits for one. What is accepted is handed to the
-tool's actor with a one-shot reply, and the caller waits on that reply in
-whatever way suits it — a blocking future from any thread, or an asyncio
-future that never blocks the loop.
-
-A runtime changes nothing process-wide unless told it owns the process
-(`Runtime.start(..., owns_process=True)`, as ``labrecon serve`` does): see `start`.
+Every transport is built on it, so an embedding program gets exactly what an MCP client gets. A
+call is validated on the caller's side first (its DNS look-up on a look-up thread, with a deadline),
+so refused input never touches a mailbox, a breaker or a process. A runtime changes nothing
+process-wide unless it owns the process (`Runtime.start(..., owns_process=True)`, as `serve` does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections.abc import Mapping
@@ -51,6 +39,13 @@ class RuntimeStopped(RuntimeError):
 
 
 class Runtime:
+    """labrecon in-process; the caller waits on each call's reply however suits it.
+
+        from supervisor import Runtime
+        with Runtime.start("labrecon.toml") as runtime:
+            outcome = runtime.call("nmap", {"target": "10.0.0.5", "ports": "22,80"})
+    """
+
     def __init__(self, settings: Settings, *, resolver: Resolver | None = None, owns_process: bool = False) -> None:
         self.settings = settings
         self.owns_process = owns_process and set_subreaper(True)
@@ -142,7 +137,9 @@ class Runtime:
         `cancelled` answer returned, so nothing is left running behind the caller.
         """
         reply: ThreadReply[CallOutcome] = ThreadReply()
-        call_id, early = self._submit(tool, arguments, reply, self.policy, call_id=call_id, progress=None, caller=caller)
+        call_id, early = self._submit(
+            tool, arguments, reply, self.policy, call_id=call_id, progress=None, caller=caller
+        )
         if early is not None:
             return early
         try:
@@ -285,7 +282,8 @@ class Runtime:
             self.supervisor.record_refusal(tool, ErrorType.VALIDATION)
             refused = CallOutcome.failure(tool, call_id, ErrorType.VALIDATION, str(exc))
             if self.audit is not None:
-                self.audit.record(refused, caller=caller, arguments=dict(arguments) if isinstance(arguments, Mapping) else None)
+                given = dict(arguments) if isinstance(arguments, Mapping) else None
+                self.audit.record(refused, caller=caller, arguments=given)
             return call_id, refused
         call = Call(call_id=call_id, prepared=prepared, reply=reply, progress=progress)
         reply.on_resolved(lambda outcome: self._answered(call_id, outcome, caller))
@@ -314,10 +312,8 @@ def _on_loop(loop: asyncio.AbstractEventLoop, progress: ProgressSink) -> Progres
     """Progress comes from runner threads; deliver it on the caller's loop."""
 
     def deliver(done: float, total: float | None, message: str | None) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone
             loop.call_soon_threadsafe(progress, done, total, message)
-        except RuntimeError:
-            pass  # the caller's loop is gone
 
     return deliver
 

@@ -8,6 +8,7 @@ can race the shutdown; only the waiting happens on the caller's thread (`shut_do
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ from actors.tool import Drain
 from supervisor.faults import FaultPlan
 from supervisor.health import HealthChecker
 from supervisor.messages import BeginShutdown, FinishShutdown
-from supervisor.slots import Settle, ToolSlot
+from supervisor.slots import AnswerCall, ToolSlot
 
 ActorRefs = list[pykka.ActorRef[Any]]
 
@@ -52,7 +53,7 @@ def shut_down(
     _stop_actors([supervisor], timeout=5.0)
 
 
-def stop_serving(slots: dict[str, ToolSlot], settle: Settle) -> ActorRefs:
+def stop_serving(slots: dict[str, ToolSlot], answer: AnswerCall) -> ActorRefs:
     """On the supervisor's thread: stop every slot, answer its stash; returns the actors to drain."""
     refs = []
     for slot in slots.values():
@@ -60,17 +61,17 @@ def stop_serving(slots: dict[str, ToolSlot], settle: Settle) -> ActorRefs:
         if ref is not None:
             refs.append(ref)
         for call in slot.take_stash():
-            settle(call, call.failure(ErrorType.CANCELLED, "the runtime is stopping"))
+            answer(call, call.failure(ErrorType.CANCELLED, "the runtime is stopping"))
     return refs
 
 
-def answer_what_is_left(slots: dict[str, ToolSlot], settle: Settle) -> None:
+def answer_what_is_left(slots: dict[str, ToolSlot], answer: AnswerCall) -> None:
     """On the supervisor's thread, once every actor stopped: answer, and kill, what they still held."""
     for slot in slots.values():
         for call in slot.take_pending():
             if call.run is not None:
                 call.run.cancel()
-            settle(call, call.failure(ErrorType.CANCELLED, "the runtime stopped before the call finished"))
+            answer(call, call.failure(ErrorType.CANCELLED, "the runtime stopped before the call finished"))
 
 
 def _drain(refs: ActorRefs, deadline: float) -> None:
@@ -91,7 +92,6 @@ def _drain(refs: ActorRefs, deadline: float) -> None:
 
 def _stop_actors(refs: ActorRefs, *, timeout: float) -> None:
     for ref in refs:
-        try:
+        # A hung actor is abandoned: its daemon thread cannot hold the process.
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             ref.stop(block=True, timeout=timeout)
-        except (pykka.ActorDeadError, pykka.Timeout):
-            pass  # hung: abandoned; its daemon thread cannot hold the process

@@ -1,12 +1,8 @@
 """A tool's routing slot: which incarnation serves it, and every call in its hands.
 
-Callers route straight to the current tool actor, without a hop through the
-supervisor's mailbox, so the slot is the one structure both sides touch and
-it is guarded by its own lock. Every call handed to an incarnation stays in
-`pending` until it is answered. That record is what makes "no call is lost"
-true: when an incarnation crashes or hangs, whatever it held — running,
-queued, or still unread in its mailbox — is found here, answered or moved to
-the stash, and the stash is handed to the next incarnation in arrival order.
+Callers route straight to the current tool actor through the slot, so the slot is what both sides
+touch, under its own lock. Every call handed to an incarnation stays in `pending` until answered:
+when that incarnation crashes or hangs, what it held is answered or stashed for the next one.
 """
 
 from __future__ import annotations
@@ -30,7 +26,7 @@ from supervisor.restarts import RestartPolicy, RestartType
 
 SlotState = Literal["running", "restarting", "failed", "stopped"]
 
-Settle = Callable[[Call, CallOutcome], None]
+AnswerCall = Callable[[Call, CallOutcome], None]
 """Answer a call the slot held, and count it, unless somebody answered it already."""
 
 
@@ -123,7 +119,7 @@ class ToolSlot:
 
         None when there is nothing to do: that incarnation was already
         replaced, or the slot is not serving (failed, or stopping — shutdown
-        settles what a stopping slot holds).
+        answers what a stopping slot holds).
         """
         swept = Swept()
         with self.lock:

@@ -7,6 +7,7 @@ message. A call the handle refuses is answered here and counted by the actor (`R
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 
@@ -61,14 +62,12 @@ class Supervisor:
             error_type, message = ErrorType.RESOURCE_EXHAUSTED, f"{tool} is restarting and its waiting room is full"
             retry_after_sec = 1.0
         outcome = call.failure(error_type, message, retry_after_sec=retry_after_sec)
-        call.settle(outcome, lambda _outcome: self.record_refusal(tool, error_type))
+        call.reply.resolve(outcome, before=lambda _outcome: self.record_refusal(tool, error_type))
 
     def record_refusal(self, tool: str, error_type: ErrorType) -> None:
         """Count a call answered before it reached any actor."""
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):
             self.ref.tell(Refused(tool, error_type.value))
-        except pykka.ActorDeadError:
-            pass
 
     def cancel(self, tool: str, call_id: str) -> bool:
         slot = self.slots.get(tool)
@@ -77,14 +76,12 @@ class Supervisor:
         stashed, ref = slot.cancel(call_id)
         if stashed is not None:
             outcome = stashed.failure(ErrorType.CANCELLED, "the call was cancelled before it started")
-            stashed.settle(outcome, lambda _outcome: self.record_refusal(tool, ErrorType.CANCELLED))
+            stashed.reply.resolve(outcome, before=lambda _outcome: self.record_refusal(tool, ErrorType.CANCELLED))
             return True
         if ref is None:
             return False
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):  # the sweep answers it: cancel_requested is set
             ref.tell(Cancel(call_id))
-        except pykka.ActorDeadError:
-            pass  # the sweep answers it: cancel_requested is set
         return True
 
     # --- operators ------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """The supervisor actor: one thread that keeps the tool actors alive and answers for them.
 
 Every message — a tool actor's event, a tick, an operator's query — is handled here one at a time,
-so the restart bookkeeping (`Restarter`) and the numbers (`CallLedger`) have a single owner and need
-no locks. A call the supervisor answers itself is counted as it is answered, and only if that answer
-wins (`Call.settle`), so each call is counted exactly once.
+so the restart state (`Restarter`) and the numbers (`CallLedger`) have a single owner and need
+no locks. A call the supervisor answers itself is counted only if that answer wins
+(`Reply.resolve`), so each call is counted exactly once.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class SupervisorActor(pykka.ThreadingActor):
             parent=self.actor_ref,
             plan=plan,
             ledger=self.ledger,
-            settle=self.settle,
+            answer=self.answer_call,
             on_escalate=on_escalate,
             clock=clock,
         )
@@ -120,21 +120,21 @@ class SupervisorActor(pykka.ThreadingActor):
                 return self.metrics.text()
             case BeginShutdown():
                 self.restarter.stop()
-                return stop_serving(self.slots, self.settle)
+                return stop_serving(self.slots, self.answer_call)
             case FinishShutdown():
-                answer_what_is_left(self.slots, self.settle)
+                answer_what_is_left(self.slots, self.answer_call)
             case _:
                 raise TypeError(f"supervisor got an unknown message {message!r}")
         return None
 
-    def settle(self, call: Call, outcome: CallOutcome) -> None:
+    def answer_call(self, call: Call, outcome: CallOutcome) -> None:
         """Answer a call an actor held, and count it, unless somebody answered it already."""
         tool = call.prepared.tool
 
         def count(answer: CallOutcome) -> None:
             self.ledger.call_answered(tool, outcome_label(answer), call.admitted_at, call.started)
 
-        call.settle(outcome, count)
+        call.reply.resolve(outcome, before=count)
 
     def _control(self, action: str, slot: ToolSlot) -> str:
         if action == "reset":

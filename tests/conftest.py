@@ -1,3 +1,6 @@
+import contextlib
+import itertools
+
 import pytest
 
 from actors.containment import is_subreaper, set_subreaper
@@ -7,16 +10,13 @@ from tests.runtimes import fake_runtime
 @pytest.fixture
 def make_runtime(tmp_path):
     """`make_runtime(tools={...}, supervisor={...})` → a started Runtime on fake scanners, stopped afterwards."""
-    contexts = []
+    with contextlib.ExitStack() as started:
+        directories = (tmp_path / f"fakes{n}" for n in itertools.count())
 
-    def make(**kwargs):
-        context = fake_runtime(tmp_path / f"fakes{len(contexts)}", **kwargs)
-        contexts.append(context)
-        return context.__enter__()
+        def make(**kwargs):
+            return started.enter_context(fake_runtime(next(directories), **kwargs))
 
-    yield make
-    for context in reversed(contexts):
-        context.__exit__(None, None, None)
+        yield make
 
 
 @pytest.fixture

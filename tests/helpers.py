@@ -11,7 +11,7 @@ import psutil
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str = "") -> T:
+def wait_until(condition: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.01, what: str = "") -> T:
     """Poll ``condition`` until it returns something truthy, and return that; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,8 +36,22 @@ def nmap_xml(stdout: bytes) -> ET.Element:
     return ET.fromstring(stdout)
 
 
+def child(element: ET.Element, path: str) -> ET.Element:
+    """The first match of `path` under `element`; the test fails if there is none."""
+    match = element.find(path)
+    assert match is not None, f"no {path} under <{element.tag}>"
+    return match
+
+
+def attribute(element: ET.Element, name: str) -> str:
+    """An attribute that must be there."""
+    value = element.get(name)
+    assert value is not None, f"<{element.tag}> has no {name}"
+    return value
+
+
 def ports_of(host: ET.Element) -> dict[int, str]:
-    return {int(p.get("portid")): p.find("state").get("state") for p in host.iter("port")}
+    return {int(attribute(p, "portid")): attribute(child(p, "state"), "state") for p in host.iter("port")}
 
 
 # --------------------------------------------------------------------------- versions
@@ -67,13 +82,13 @@ def test_nmap_xml_reports_the_requested_ports_of_the_target(tmp_path):
     assert result.returncode == 0
     root = nmap_xml(result.stdout)
     assert root.get("args") == "nmap " + " ".join(argv)
-    assert root.find("scaninfo").get("numservices") == "3"
+    assert child(root, "scaninfo").get("numservices") == "3"
     (host,) = root.iter("host")
-    assert host.find("address").get("addr") == "10.0.0.5"
+    assert child(host, "address").get("addr") == "10.0.0.5"
     assert ports_of(host) == {22: "open", 80: "open", 443: "closed"}
-    ssh = host.find("ports/port[@portid='22']/service")
+    ssh = child(host, "ports/port[@portid='22']/service")
     assert (ssh.get("name"), ssh.get("product")) == ("ssh", "OpenSSH")
-    assert root.find("runstats/hosts").attrib == {"up": "1", "down": "0", "total": "1"}
+    assert child(root, "runstats/hosts").attrib == {"up": "1", "down": "0", "total": "1"}
     assert len(root.findall("taskprogress")) >= 1
     assert b"-&#45;stats-every" in result.stdout  # nmap's own escaping of "--" in its comment
 
@@ -88,26 +103,26 @@ def test_nmap_summarises_many_closed_ports(tmp_path):
     root = nmap_xml(fake(nmap, "-p", "1-1000", "-oX", "-", "10.0.0.5").stdout)
     (host,) = root.iter("host")
     assert ports_of(host) == {22: "open", 80: "open"}
-    assert host.find("ports/extraports").attrib == {"state": "closed", "count": "998"}
+    assert child(host, "ports/extraports").attrib == {"state": "closed", "count": "998"}
 
 
 def test_nmap_scans_a_network(tmp_path):
     nmap = install_fake(tmp_path, "nmap")
     root = nmap_xml(fake(nmap, "-p", "22", "-oX", "-", "10.0.0.0/24").stdout)
-    assert [h.find("address").get("addr") for h in root.iter("host")] == ["10.0.0.1"]
-    assert root.find("runstats/hosts").attrib == {"up": "1", "down": "255", "total": "256"}
+    assert [child(h, "address").get("addr") for h in root.iter("host")] == ["10.0.0.1"]
+    assert child(root, "runstats/hosts").attrib == {"up": "1", "down": "255", "total": "256"}
 
     set_scenario(nmap, up_hosts=["10.0.0.7", "10.0.0.9", "10.9.9.9"])
     root = nmap_xml(fake(nmap, "-p", "22", "-oX", "-", "10.0.0.0/28").stdout)
-    assert [h.find("address").get("addr") for h in root.iter("host")] == ["10.0.0.7", "10.0.0.9"]
+    assert [child(h, "address").get("addr") for h in root.iter("host")] == ["10.0.0.7", "10.0.0.9"]
 
 
 def test_nmap_host_names_resolve_only_through_the_scenario(tmp_path):
     nmap = install_fake(tmp_path, "nmap", resolve={"web.lab.internal": "10.0.0.5"})
     root = nmap_xml(fake(nmap, "-p", "80", "-oX", "-", "web.lab.internal").stdout)
     (host,) = root.iter("host")
-    assert host.find("address").get("addr") == "10.0.0.5"
-    assert host.find("hostnames/hostname").get("name") == "web.lab.internal"
+    assert child(host, "address").get("addr") == "10.0.0.5"
+    assert child(host, "hostnames/hostname").get("name") == "web.lab.internal"
 
     unknown = fake(nmap, "-p", "80", "-oX", "-", "other.lab.internal")
     assert b'Failed to resolve "other.lab.internal".' in unknown.stderr
@@ -126,9 +141,9 @@ def test_nmap_without_xml_prints_its_text_report(tmp_path):
 def test_nmap_slow_mode_reports_progress_over_time(tmp_path):
     nmap = install_fake(tmp_path, "nmap", mode="slow", delay_sec=0.3, steps=3)
     root = nmap_xml(fake(nmap, "-p", "22", "--stats-every", "1s", "-oX", "-", "10.0.0.5").stdout)
-    percents = [float(t.get("percent")) for t in root.findall("taskprogress")]
+    percents = [float(attribute(t, "percent")) for t in root.findall("taskprogress")]
     assert percents == [25.0, 50.0, 75.0]
-    assert float(root.find("runstats/finished").get("elapsed")) >= 0.3
+    assert float(attribute(child(root, "runstats/finished"), "elapsed")) >= 0.3
 
 
 # --------------------------------------------------------------------------- masscan
@@ -198,7 +213,8 @@ def test_gobuster_dir_lines_follow_the_wordlist_and_extensions(tmp_path):
                   "-t", "10", "-H", "Host: web.lab.internal", "-q", "--no-color", "--no-progress")
     assert result.returncode == 0 and result.stderr == b""
     lines = result.stdout.decode().split("\n")[:-1]  # splitlines() would also split at the \r
-    found = [GOBUSTER_LINE.match(line).groupdict() for line in lines]
+    found = [match.groupdict() for match in map(GOBUSTER_LINE.match, lines) if match]
+    assert len(found) == len(lines), lines
     assert found == [
         {"path": "/admin", "status": "301", "size": "0", "redirect": "/admin/"},
         {"path": "/index.php", "status": "200", "size": "1043", "redirect": None},
@@ -283,12 +299,17 @@ def test_hang_with_child_records_both_pids(tmp_path):
         proc.communicate()
 
 
+def calls_if_three(binary: Path) -> list[dict[str, Any]] | None:
+    calls = read_calls(binary)
+    return calls if len(calls) == 3 else None
+
+
 def test_block_mode_waits_for_its_release_file(tmp_path):
     release = tmp_path / "release"
     nmap = install_fake(tmp_path, "nmap", mode="block", release_file=str(release))
     procs = [start(nmap, "-p", "22", "-oX", "-", "10.0.0.5") for _ in range(3)]
     try:
-        calls = wait_until(lambda: len(read_calls(nmap)) == 3 and read_calls(nmap), what="three blocked calls")
+        calls = wait_until(lambda: calls_if_three(nmap), what="three blocked calls")
         assert len(running(calls)) == 3
         assert all(proc.poll() is None for proc in procs)
         release.touch()

@@ -33,6 +33,7 @@ def test_rules_are_per_tool_and_carry_their_kind():
     plan.add(FaultSettings(tool="masscan", kind="delay", delay_sec=0.5))
     assert plan("nmap", "x") is None
     fault = plan("masscan", "y")
+    assert fault is not None
     assert fault.kind is FaultKind.DELAY and fault.delay_sec == 0.5
 
 
@@ -41,6 +42,7 @@ def test_clear_releases_hangs_and_lists_what_is_left():
     hang = plan.add(FaultSettings(tool="nmap", kind="hang", count=1))
     plan.add(FaultSettings(tool="gobuster", kind="fail", every=2))
     fault = plan("nmap", "a")
+    assert fault is not None
     assert not fault.released.is_set()
     assert plan.clear(hang) == 1
     assert fault.released.is_set()

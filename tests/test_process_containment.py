@@ -62,6 +62,7 @@ def test_sigterm_to_serve_ends_every_process_of_the_calls_it_cancels(tmp_path):
     leftovers = descendants(proc.pid)
     assert call["detached_pid"] in {p.pid for p in leftovers}  # re-parented to serve, not to init
     proc.send_signal(signal.SIGTERM)
+    assert proc.stdout is not None
     assert '"error_type":"cancelled"' in proc.stdout.read().decode()
     assert proc.wait(timeout=20) == 0
     assert not [p.pid for p in leftovers if process_alive(p.pid)]
@@ -71,6 +72,7 @@ def test_serve_ends_at_exit_a_detached_process_its_run_could_not_trace(tmp_path)
     nmap = install_fake(tmp_path / "fakes", "nmap", mode="detach", detached_unmarked=True, parent_exits=True)
     proc = serve(write_config(tmp_path, binary=str(nmap)))
     start_calls(proc, 1)
+    assert proc.stdin is not None and proc.stdout is not None
     assert '"isError":false' in proc.stdout.readline().decode()
     (call,) = scan_calls(nmap)
     assert process_alive(call["detached_pid"])  # it dropped the run's environment, so only the exit finds it

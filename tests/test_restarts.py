@@ -5,19 +5,22 @@ import random
 from supervisor.restarts import RestartPolicy, RestartType
 
 
-def policy(**overrides):
-    values = dict(
-        restart_type=RestartType.PERMANENT,
-        max_restarts=3,
+def policy(
+    *,
+    restart_type: RestartType = RestartType.PERMANENT,
+    max_restarts: int = 3,
+    backoff_initial_sec: float = 0.1,
+) -> RestartPolicy:
+    return RestartPolicy(
+        restart_type=restart_type,
+        max_restarts=max_restarts,
         window_sec=60,
-        backoff_initial_sec=0.1,
+        backoff_initial_sec=backoff_initial_sec,
         backoff_max_sec=1.0,
         backoff_reset_sec=30,
         jitter=0.0,
         rng=random.Random(1),
     )
-    values.update(overrides)
-    return RestartPolicy(**values)
 
 
 def test_intensity_exceeded_after_max_restarts_within_window():

@@ -53,9 +53,8 @@ READY_SEC = 1.5
 
 
 def assert_gone(*pids: int) -> None:
-    for pid in pids:
-        # A killed process may still be finishing its exit when the run returns.
-        wait_until(lambda: not process_alive(pid), timeout=2, what=f"process {pid} to be gone")
+    # A killed process may still be finishing its exit when the run returns.
+    wait_until(lambda: not [pid for pid in pids if process_alive(pid)], timeout=2, what=f"processes {pids} to be gone")
 
 
 # --------------------------------------------------------------------------- ordinary runs
@@ -325,8 +324,13 @@ def test_output_exactly_at_the_cap_is_not_truncated(tmp_path):
 def test_a_200_mb_flood_keeps_memory_bounded(tmp_path):
     nmap = install_fake(tmp_path, "nmap", mode="flood", flood_bytes=200_000_000)
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    lines = []
-    result = run([nmap], timeout_sec=120, on_line=lambda line: len(lines) < 10 and lines.append(line))
+    lines: list[str] = []
+
+    def keep_the_first_ten(line: str) -> None:
+        if len(lines) < 10:
+            lines.append(line)
+
+    result = run([nmap], timeout_sec=120, on_line=keep_the_first_ten)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
     assert grown_mib < 64, f"peak memory grew by {grown_mib:.0f} MiB during the flood"
     assert result.returncode == 0 and not result.timed_out
@@ -340,7 +344,7 @@ def test_a_200_mb_flood_keeps_memory_bounded(tmp_path):
 def test_lines_arrive_while_the_program_still_runs(tmp_path):
     release = tmp_path / "release"
     program = script(tmp_path, 'echo "step one"\nwhile [ ! -e "$1" ]; do sleep 0.01; done\necho "step two" >&2\n')
-    lines = []
+    lines: list[str] = []
 
     def on_line(line: str) -> None:
         lines.append(line)
@@ -354,7 +358,7 @@ def test_lines_arrive_while_the_program_still_runs(tmp_path):
 
 def test_progress_lines_of_a_slow_scan_come_in_order(tmp_path):
     nmap = install_fake(tmp_path, "nmap", mode="slow", delay_sec=0.2, steps=4)
-    lines = []
+    lines: list[str] = []
     result = run([nmap, "-p", "22", "--stats-every", "1s", "-oX", "-", "10.0.0.5"], on_line=lines.append)
     assert result.returncode == 0
     progress = [line for line in lines if line.startswith("<taskprogress")]
@@ -364,7 +368,7 @@ def test_progress_lines_of_a_slow_scan_come_in_order(tmp_path):
 
 def test_carriage_returns_end_lines_too(tmp_path):
     masscan = install_fake(tmp_path, "masscan", mode="slow", delay_sec=0.1, steps=2)
-    lines = []
+    lines: list[str] = []
     result = run([masscan, "-p80", "-oJ", "-", "10.0.0.5"], on_line=lines.append)
     assert result.returncode == 0
     rates = [line for line in lines if line.startswith("rate:")]
@@ -373,14 +377,14 @@ def test_carriage_returns_end_lines_too(tmp_path):
 
 def test_line_endings_and_undecodable_bytes(tmp_path):
     program = script(tmp_path, r"printf 'a\r\nb\n\n\377c\nlast without newline'" + "\n")
-    lines = []
+    lines: list[str] = []
     run([program], on_line=lines.append)
     assert lines == ["a", "b", "\ufffdc", "last without newline"]
 
 
 def test_an_endless_line_is_cut(tmp_path):
     program = script(tmp_path, "head -c 300000 /dev/zero | tr '\\0' a; echo; echo done\n")
-    lines = []
+    lines: list[str] = []
     result = run([program], on_line=lines.append)
     assert result.returncode == 0 and len(result.stdout) == 300_006
     assert lines == ["a" * MAX_LINE_BYTES, "done"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -154,7 +153,9 @@ def test_output_flood_is_capped_and_memory_stays_bounded(make_runtime):
 
 
 def test_cancel_mid_run_kills_the_group_and_spares_the_breaker(make_runtime):
-    runtime = make_runtime(tools={"nmap": {"breaker": {"failure_threshold": 1}, "scenario": {"mode": "hang_with_child"}}})
+    runtime = make_runtime(
+        tools={"nmap": {"breaker": {"failure_threshold": 1}, "scenario": {"mode": "hang_with_child"}}}
+    )
     nmap = binary(runtime, "nmap")
 
     async def scenario():
@@ -173,7 +174,8 @@ def test_cancel_mid_run_kills_the_group_and_spares_the_breaker(make_runtime):
 
 def test_cancelling_a_queued_call_removes_it(make_runtime, tmp_path):
     release = tmp_path / "go"
-    runtime = make_runtime(tools={"nmap": {"concurrency": 1, "scenario": {"mode": "block", "release_file": str(release)}}})
+    blocking = {"mode": "block", "release_file": str(release)}
+    runtime = make_runtime(tools={"nmap": {"concurrency": 1, "scenario": blocking}})
     nmap = binary(runtime, "nmap")
     with ThreadPoolExecutor(max_workers=2) as pool:
         first = pool.submit(runtime.call, "nmap", {"target": "10.0.0.5"}, call_id="first")

@@ -12,11 +12,12 @@ import os
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import psutil
 
 from actors.reply import ThreadReply
-from actors.results import ErrorType
+from actors.results import CallOutcome, ErrorType
 from tests.fakes.install import set_scenario
 from tests.helpers import process_alive, wait_until
 from tests.runtimes import scan_calls
@@ -114,11 +115,11 @@ def test_trial_call_lost_to_a_crash_does_not_wedge_the_breaker(make_runtime):
     trial = runtime.call("nmap", NMAP)  # HALF_OPEN's one trial, and it crashes the actor
     assert trial.error_type is ErrorType.ACTOR_RESTARTED
     # The tool is healthy again: within a few retry hints (1 s each) a call must get through.
-    outcome = wait_until(
-        lambda: (o := runtime.call("nmap", NMAP)).error_type is not ErrorType.CIRCUIT_OPEN and o,
-        timeout=5,
-        what="a call let through after the lost trial",
-    )
+    def let_through() -> CallOutcome | None:
+        outcome = runtime.call("nmap", NMAP)
+        return None if outcome.error_type is ErrorType.CIRCUIT_OPEN else outcome
+
+    outcome = wait_until(let_through, timeout=5, what="a call let through after the lost trial")
     assert outcome.ok
 
 
@@ -187,9 +188,16 @@ def test_stop_returns_after_the_process_groups_are_gone(make_runtime):
 def test_concurrent_stop_waits_for_the_shutdown_in_progress(make_runtime, tmp_path, monkeypatch):
     # Answers are recorded as they are handed over, on the answering thread: the caller's own
     # thread may take a moment longer to wake, and that is not what this test is about.
-    delivered: list = []
-    hand_over = ThreadReply._deliver
-    monkeypatch.setattr(ThreadReply, "_deliver", lambda reply, value: (delivered.append(value), hand_over(reply, value)))
+    delivered: list[CallOutcome] = []
+    resolve = ThreadReply.resolve
+
+    def recording_resolve(reply: ThreadReply[CallOutcome], value: CallOutcome, before: Any = None) -> bool:
+        won = resolve(reply, value, before)
+        if won:
+            delivered.append(value)
+        return won
+
+    monkeypatch.setattr(ThreadReply, "resolve", recording_resolve)
     release = tmp_path / "release"
     runtime = make_runtime(tools={"nmap": {"scenario": {"mode": "block", "release_file": str(release)}}})
     try:

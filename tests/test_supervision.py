@@ -1,4 +1,4 @@
-"""Supervision through the embedding API: crashes, hangs, restart intensity, books that add up."""
+"""Supervision through the embedding API: crashes, hangs, restart intensity, numbers that add up."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from supervisor.status import Status
 from tests.helpers import wait_until
 from tests.runtimes import scan_calls
 
-TARGETS = {"nmap": {"target": "10.0.0.5"}, "masscan": {"target": "10.0.0.5", "ports": "80"}, "gobuster": {"target": "10.0.0.5"}}
+TARGETS = {
+    "nmap": {"target": "10.0.0.5"},
+    "masscan": {"target": "10.0.0.5", "ports": "80"},
+    "gobuster": {"target": "10.0.0.5"},
+}
 
 
 async def gather_calls(runtime, plan):

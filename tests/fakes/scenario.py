@@ -313,8 +313,8 @@ def main(tool_class: Callable[[list[str], dict], Tool]) -> None:
         _wait_forever()
 
     if mode == "detach":
-        detached, child = _detach(scenario)
-        record("start", detached_pid=detached, child_pid=child, **start)
+        detached, middle = _detach(scenario)
+        record("start", detached_pid=detached, child_pid=middle, **start)
         _emit(tool.opening())
         if scenario.get("parent_exits"):
             _emit(tool.results() + tool.closing())
