@@ -26,7 +26,9 @@ class Verdict(Enum):
     NEUTRAL = "neutral"  # says nothing about the tool's health
 
 
-def outcome_from_run(spec: ToolSpec, call_id: str, prepared: PreparedCall, run: RunResult) -> tuple[CallOutcome, Verdict]:
+def outcome_from_run(
+    spec: ToolSpec, call_id: str, prepared: PreparedCall, run: RunResult
+) -> tuple[CallOutcome, Verdict]:
     fields: dict[str, Any] = {
         "target": prepared.target,
         "resolved_targets": list(prepared.resolved_targets),
