@@ -20,6 +20,20 @@ def make_runtime(tmp_path):
 
 
 @pytest.fixture
+def served(make_runtime):
+    """`served(**config)` → (runtime, daemon): a runtime on fake scanners served over HTTP on 127.0.0.1:0."""
+    from tests.http_support import running_daemon
+
+    with contextlib.ExitStack() as started:
+
+        def start(**config):
+            runtime = make_runtime(**config)
+            return runtime, started.enter_context(running_daemon(runtime))
+
+        yield start
+
+
+@pytest.fixture
 def subreaper():
     """This test process as `labrecon serve` runs: a child subreaper, so what a tool detaches comes back to it."""
     before = is_subreaper()

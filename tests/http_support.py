@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +18,8 @@ from mcp import Client
 from mcp.client.sse import sse_client
 
 from supervisor.runtime import Runtime
+from tests.fakes.install import install_fake
+from tests.helpers import wait_until
 from tests.runtimes import scan_calls
 from transports.http.daemon import HttpDaemon
 
@@ -194,3 +200,53 @@ def events(response: httpx.Response) -> Iterator[Event]:
     for line in response.iter_lines():
         if (event := reader.feed(line)) is not None:
             yield event
+
+
+@dataclass
+class ServeProcess:
+    """A `labrecon serve --transport http` child process, its ops socket and its stderr log."""
+
+    process: subprocess.Popen[bytes]
+    ops: Path
+    log: Path
+
+    def ops_client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.ops)), base_url="http://labrecon", **kwargs)
+
+
+@contextmanager
+def serve_process(
+    tmp_path: Path,
+    *args: str,
+    config: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    wrap: Sequence[str] = (),
+) -> Iterator[ServeProcess]:
+    """Serve over HTTP from the command line on fake scanners; up once its ops socket exists, killed if left running.
+
+    `config` adds TOML lines, `args` adds `serve` options, `env` adds variables (LABRECON_* from the test's own
+    environment are dropped), `wrap` prefixes the command (e.g. `unshare -n`).
+    """
+    lines = ["[policy]", "dns = false", *config]
+    for tool in ("nmap", "masscan", "gobuster"):
+        lines += [f"[tools.{tool}]", f'binary = "{install_fake(tmp_path / "bin", tool)}"']
+    config_path = tmp_path / "labrecon.toml"
+    config_path.write_text("\n".join(lines) + "\n")
+    ops, log = tmp_path / "ops.sock", tmp_path / "stderr.log"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LABRECON_")} | dict(env or {})
+    process = subprocess.Popen(
+        [*wrap, sys.executable, "-m", "transports.cli", "serve", "--config", str(config_path), "--transport", "http",
+         "--port", "0", "--ops-socket", str(ops), "--grace", "1", *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    try:
+        wait_until(lambda: ops.exists() or process.poll() is not None, 60.0, what="the ops socket")
+        assert process.poll() is None, log.read_text()
+        yield ServeProcess(process, ops, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

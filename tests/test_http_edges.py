@@ -7,18 +7,14 @@ scanners. Waiting is done on conditions (`wait_until`), never on sleeps.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from supervisor.config import ConfigError, Settings
-from tests.fakes.install import install_fake, running
+from tests.fakes.install import running
 from tests.helpers import process_alive, wait_until
 from tests.http_support import (
     ACCEPT_BOTH,
@@ -37,7 +33,7 @@ from tests.http_support import (
     open_session,
     parse_events,
     request,
-    running_daemon,
+    serve_process,
     session_headers,
 )
 from tests.runtimes import scan_calls
@@ -50,22 +46,6 @@ from transports.http.security import InsecureBind
 TOKEN = "http-edge-token-5e1d"
 NO_SESSIONS = {"sse": 0, "http": 0, "http_stateless": 0}
 HANG = {"nmap": {"scenario": {"mode": "hang"}}}
-
-
-@pytest.fixture
-def served(make_runtime):
-    """`served(**config)` → (runtime, daemon) on 127.0.0.1:0, both stopped afterwards."""
-    daemons = []
-
-    def start(**config: Any) -> tuple[Any, HttpDaemon]:
-        runtime = make_runtime(**config)
-        context = running_daemon(runtime)
-        daemons.append(context)
-        return runtime, context.__enter__()
-
-    yield start
-    for context in reversed(daemons):
-        context.__exit__(None, None, None)
 
 
 def counts(daemon: HttpDaemon) -> dict[str, int]:
@@ -578,33 +558,10 @@ def test_the_daemon_stops_with_status_3_when_the_runtime_escalates(make_runtime)
 
 
 def test_serve_over_http_from_the_command_line_until_sigterm(tmp_path):
-    fakes = tmp_path / "bin"
-    config = tmp_path / "labrecon.toml"
-    lines = ["[policy]", "dns = false", "[http]", f'ops_socket = "{tmp_path / "unused.sock"}"']
-    for tool in ("nmap", "masscan", "gobuster"):
-        lines += [f"[tools.{tool}]", f'binary = "{install_fake(fakes, tool)}"']
-    config.write_text("\n".join(lines) + "\n")
-    ops = tmp_path / "ops.sock"
-    log = tmp_path / "stderr.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABRECON_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "transports.cli", "serve", "--config", str(config), "--transport", "http",
-         "--port", "0", "--ops-socket", str(ops), "--grace", "1"],
-        cwd=Path(__file__).resolve().parent.parent,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
-    try:
-        wait_until(lambda: ops.exists() or process.poll() is not None, 20.0, what="the ops socket")
-        assert process.poll() is None, log.read_text()
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(ops)), base_url="http://labrecon") as client:
-            status = client.get("/status").json()
-        assert status["sessions"] == NO_SESSIONS
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert not ops.exists()
+    unused = tmp_path / "unused.sock"
+    with serve_process(tmp_path, config=["[http]", f'ops_socket = "{unused}"']) as served:
+        with served.ops_client() as client:
+            assert client.get("/status").json()["sessions"] == NO_SESSIONS
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(20) == 0, served.log.read_text()
+    assert not served.ops.exists() and not unused.exists()

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import httpx2
-import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -31,28 +30,12 @@ from tests.http_support import (
     open_session,
     parse_events,
     request,
-    running_daemon,
     session_headers,
 )
 from tests.runtimes import scan_calls
 from transports.http.exchange import RECONNECT_MS
 
 SLOW = {"nmap": {"scenario": {"mode": "slow", "delay_sec": 1.0, "steps": 4}}}
-
-
-@pytest.fixture
-def served(make_runtime):
-    daemons = []
-
-    def start(**config: Any):
-        runtime = make_runtime(**config)
-        context = running_daemon(runtime)
-        daemons.append(context)
-        return runtime, context.__enter__()
-
-    yield start
-    for context in reversed(daemons):
-        context.__exit__(None, None, None)
 
 
 def scan(request_id: Any, progress_token: Any = None) -> dict[str, Any]:

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
-import httpx
 import pytest
 from pydantic import SecretStr
 from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 
 from supervisor.config import ConfigError, load_settings
-from tests.fakes.install import install_fake
-from tests.helpers import wait_until
+from tests.http_support import serve_process
 from tests.ops_support import TOKEN, start_runtime
 from transports.cli import main
 from transports.http import security
@@ -154,37 +149,15 @@ def test_serve_beyond_loopback_behind_a_token_from_labrecon_token(tmp_path, caps
     """All interfaces, but in a namespace whose only interface is loopback: nothing outside can be reached."""
     assert main(["token"]) == 0
     token = capsys.readouterr().out.strip()
-    config = tmp_path / "labrecon.toml"
-    lines = ["[policy]", "dns = false"]
-    for tool in ("nmap", "masscan", "gobuster"):
-        lines += [f"[tools.{tool}]", f'binary = "{install_fake(tmp_path / "bin", tool)}"']
-    config.write_text("\n".join(lines) + "\n")
-    ops = tmp_path / "ops.sock"
-    log = tmp_path / "stderr.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABRECON_")}
-    env["LABRECON_AUTH__TOKEN"] = token
-    process = subprocess.Popen(
-        ["unshare", "-n", sys.executable, "-m", "transports.cli", "serve", "--config", str(config),
-         "--transport", "http", "--host", "0.0.0.0", "--port", "0", "--ops-socket", str(ops), "--grace", "1"],
-        cwd=Path(__file__).resolve().parent.parent,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
-    try:
-        wait_until(lambda: ops.exists() or process.poll() is not None, 60.0, what="the ops socket")
-        assert process.poll() is None, log.read_text()
-        uds = httpx.HTTPTransport(uds=str(ops))
-        with httpx.Client(transport=uds, base_url="http://labrecon", timeout=30) as client:
+    with serve_process(
+        tmp_path, "--host", "0.0.0.0", env={"LABRECON_AUTH__TOKEN": token}, wrap=["unshare", "-n"]
+    ) as served:
+        with served.ops_client(timeout=30) as client:
             assert client.get("/status").status_code == 401
             assert client.get("/status", headers={"authorization": f"Bearer {token}"}).status_code == 200
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert token not in log.read_text()
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(60) == 0, served.log.read_text()
+    assert token not in served.log.read_text()
 
 
 def test_the_refusal_never_contains_a_token():
