@@ -7,6 +7,7 @@ run's private ``HOME``, and reaps its own children; what dropped that mark is en
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -72,11 +73,7 @@ class RunProcesses:
         self._seen: dict[int, psutil.Process] = {}
 
     def observe(self) -> None:
-        try:
-            descendants = psutil.Process(self.leader_pid).children(recursive=True)
-        except psutil.Error:
-            return
-        for process in descendants:
+        for process in _descendants(self.leader_pid):
             self._seen.setdefault(process.pid, process)
 
     def end(self, timeout: float) -> list[int]:
@@ -119,10 +116,52 @@ def _end(find: Callable[[], list[psutil.Process]], timeout: float) -> list[int]:
 
 
 def _children() -> list[psutil.Process]:
+    return _processes(_child_pids(os.getpid()))
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    """What descends from `pid`, found by walking down from it rather than by reading every process."""
+    found: list[int] = []
+    below = _child_pids(pid)
+    while below:
+        found += below
+        below = [grandchild for child in below for grandchild in _child_pids(child)]
+    return _processes(found)
+
+
+def _child_pids(pid: int) -> list[int]:
+    """The children of `pid` from its threads' `children` files; every process's parent where the kernel has none.
+
+    A run's sweep costs a few small reads this way, where scanning all of /proc grows with the whole machine.
+    """
+    if not _HAS_CHILDREN_FILES:
+        try:
+            return [child.pid for child in psutil.Process(pid).children()]
+        except psutil.Error:
+            return []
+    pids: list[int] = []
     try:
-        return psutil.Process().children()
-    except psutil.Error:
-        return []
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []  # gone
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/children", "rb") as listing:
+                pids += [int(child) for child in listing.read().split()]
+        except OSError:
+            pass  # that thread has ended
+    return pids
+
+
+def _processes(pids: Iterable[int]) -> list[psutil.Process]:
+    found = []
+    for pid in dict.fromkeys(pids):
+        with contextlib.suppress(psutil.Error):  # already gone: nothing to end
+            found.append(psutil.Process(pid))
+    return found
+
+
+_HAS_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 
 def _home_of(process: psutil.Process) -> str | None:
@@ -139,7 +178,7 @@ def _with_descendants(roots: Iterable[psutil.Process]) -> list[psutil.Process]:
         found.setdefault(root.pid, root)
         try:
             if root.is_running():  # its pid is still its own: what lists it as parent descends from it
-                for process in root.children(recursive=True):
+                for process in _descendants(root.pid):
                     found.setdefault(process.pid, process)
         except psutil.Error:
             pass
