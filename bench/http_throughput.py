@@ -70,8 +70,8 @@ from mcp.client.sse import sse_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fast_fakes import install_fast_fakes  # noqa: E402
-from bench.report import percentile, report  # noqa: E402
+from bench.fast_fakes import install_fast_fakes
+from bench.report import percentile, report
 
 HERE = Path(__file__).resolve().parent
 LABRECON = str(Path(sys.executable).with_name("labrecon"))

@@ -24,9 +24,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fast_fakes import install_fast_fakes  # noqa: E402
-from bench.report import report  # noqa: E402
-from supervisor import Runtime  # noqa: E402
+from bench.fast_fakes import install_fast_fakes
+from bench.report import report
+from supervisor import Runtime
 
 TARGETS = {"nmap": {"target": "10.0.0.5"}, "masscan": {"target": "10.0.0.5", "ports": "80"}, "gobuster": {"target": "10.0.0.5"}}
 
