@@ -26,10 +26,10 @@ from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fast_fakes import install_fast_fakes  # noqa: E402
-from bench.report import percentile, report  # noqa: E402
-from supervisor import Runtime  # noqa: E402
-from transports.http.daemon import HttpDaemon  # noqa: E402
+from bench.fast_fakes import install_fast_fakes
+from bench.report import percentile, report
+from supervisor import Runtime
+from transports.http.daemon import HttpDaemon
 
 NAME = "slow.lab.internal"
 

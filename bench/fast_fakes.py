@@ -15,7 +15,9 @@ NMAP_XML = (
     '<service name="ssh"/></port></ports></host>'
     '<runstats><finished time="0" elapsed="0.01" exit="success"/></runstats></nmaprun>'
 )
-MASSCAN_JSON = '[\n{"ip": "10.0.0.5", "timestamp": "0", "ports": [ {"port": 80, "proto": "tcp", "status": "open"} ] }\n]'
+MASSCAN_JSON = (
+    '[\n{"ip": "10.0.0.5", "timestamp": "0", "ports": [ {"port": 80, "proto": "tcp", "status": "open"} ] }\n]'
+)
 GOBUSTER_LINES = "/admin                (Status: 301) [Size: 0] [--> /admin/]"
 
 OUTPUTS = {"nmap": NMAP_XML, "masscan": MASSCAN_JSON, "gobuster": GOBUSTER_LINES}

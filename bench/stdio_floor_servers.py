@@ -58,7 +58,7 @@ async def serve_loop_and_thread(binary: str) -> None:
 
     def worker() -> None:
         while True:
-            message, future = work.get()
+            _message, future = work.get()
             loop.call_soon_threadsafe(future.set_result, run_tool(binary))
 
     threading.Thread(target=worker, daemon=True).start()

@@ -24,11 +24,15 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fast_fakes import install_fast_fakes  # noqa: E402
-from bench.report import report  # noqa: E402
-from supervisor import Runtime  # noqa: E402
+from bench.fast_fakes import install_fast_fakes
+from bench.report import report
+from supervisor import Runtime
 
-TARGETS = {"nmap": {"target": "10.0.0.5"}, "masscan": {"target": "10.0.0.5", "ports": "80"}, "gobuster": {"target": "10.0.0.5"}}
+TARGETS = {
+    "nmap": {"target": "10.0.0.5"},
+    "masscan": {"target": "10.0.0.5", "ports": "80"},
+    "gobuster": {"target": "10.0.0.5"},
+}
 
 
 def config(binaries: dict[str, str], **supervisor: object) -> dict:
@@ -113,7 +117,9 @@ def main() -> None:
     lines.append(f"crash storm throughput / no-fault throughput: {stormy / calm:.2f}")
 
     rss_1k, rss_10k = memory_growth(binaries)
-    lines.append(f"RSS after 1,000 calls {rss_1k:.1f} MB, after 10,000 calls {rss_10k:.1f} MB: growth {rss_10k - rss_1k:+.1f} MB")
+    lines.append(
+        f"RSS after 1,000 calls {rss_1k:.1f} MB, after 10,000 calls {rss_10k:.1f} MB: growth {rss_10k - rss_1k:+.1f} MB"
+    )
 
     report(lines, args.out)
 
