@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from transports.mcp import jsonrpc
 from transports.cli import main
+from transports.mcp import jsonrpc
 
 
 def decode(data: str | bytes) -> Any:
