@@ -81,7 +81,9 @@ class RunProcesses:
         return _end(self._find, timeout)
 
     def _find(self) -> list[psutil.Process]:
-        marked = [child for child in _children() if child.pid != self.leader_pid and _home_of(child) == self.home]
+        marked = [
+            child for child in _reparented_to_us() if child.pid != self.leader_pid and _home_of(child) == self.home
+        ]
         return _with_descendants([*self._seen.values(), *marked])
 
 
@@ -115,8 +117,15 @@ def _end(find: Callable[[], list[psutil.Process]], timeout: float) -> list[int]:
         time.sleep(_SETTLE_POLL_SEC)
 
 
-def _children() -> list[psutil.Process]:
-    return _processes(_child_pids(os.getpid()))
+def _reparented_to_us() -> list[psutil.Process]:
+    """The children of this process's main thread: where the kernel re-parents orphans while that thread lives."""
+    if not _HAS_CHILDREN_FILES:
+        return _processes(_child_pids(os.getpid()))
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children", "rb") as listing:
+            return _processes(int(child) for child in listing.read().split())
+    except OSError:
+        return _processes(_child_pids(os.getpid()))  # the main thread has ended: look at every thread
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -418,7 +418,11 @@ def _not_run(started: float, *, cancelled: bool = False, spawn_error: str | None
 
 
 def _remove_directory(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.rmdir(path)  # most runs leave their directory empty
+        return
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
     if os.path.lexists(path):
         _log.warning("could not remove the run directory %s", path)
 
