@@ -3,7 +3,9 @@
 The data names each script of the nmap it was written for as vetted (read, and
 found to talk to the scanned target alone) with nmap's categories for it, or as
 denied with the reason. nmap's categories are labels, not behaviour: a category
-stands for its vetted members, so nmap is only ever given script names.
+stands for its vetted members, so nmap is only ever given script names. An
+installed nmap's own `scripts/script.db` is read to find scripts it has that
+this data has never judged.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 DATA = Path(__file__).resolve().parent / "nmap_scripts.toml"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}", flags=re.ASCII)
+_DB_ENTRY = re.compile(r'Entry \{ filename = "([^"/]+)\.nse", categories = \{ ((?:"[a-z]+", )*)\} \}')
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,29 @@ class ScriptCatalogue:
     def admitted(self, words: Iterable[str]) -> frozenset[str]:
         """Every vetted script the given script and category names stand for."""
         return frozenset(name for word in words for name in self.expand(word))
+
+    def unjudged(self, names: Iterable[str]) -> tuple[str, ...]:
+        """The names that are neither vetted nor denied, sorted: scripts nobody has read."""
+        return tuple(sorted(n for n in set(names) if n not in self.vetted and self.why_denied(n) is None))
+
+
+def read_script_db(path: Path) -> dict[str, frozenset[str]]:
+    """An nmap `scripts/script.db`: each script's name and the categories nmap files it under.
+
+    Raises:
+        ValueError: a line is not an entry as nmap writes them (a script hidden in
+            an odd line must not go unseen).
+        OSError: the file cannot be read.
+    """
+    scripts: dict[str, frozenset[str]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        entry = _DB_ENTRY.fullmatch(line.strip())
+        if entry is None:
+            raise ValueError(f"{path} line {number} is not a script entry: {line[:120]!r}")
+        scripts[entry[1]] = frozenset(re.findall(r'"([a-z]+)"', entry[2]))
+    return scripts
 
 
 NMAP_SCRIPTS = ScriptCatalogue.load()

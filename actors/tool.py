@@ -298,6 +298,7 @@ class ToolActor(pykka.ThreadingActor):
             stdout_cap=self.settings.stdout_cap_bytes,
             stderr_cap=self.settings.stderr_cap_bytes,
             kill_grace_sec=self.settings.kill_grace_sec,
+            env=self.spec.run_environment(self.settings),
         )
         if fault is not None:
             request = fault.shape(request)

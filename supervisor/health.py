@@ -4,13 +4,15 @@
 supervisor answers at all. `ready` answers "should traffic come here?" —
 true while at least one tool serves and the system is not out of memory or
 disk. Everything else (a tool failed, a breaker open, a binary missing, CPU
-high) makes the runtime `degraded`: still worth talking to, but an operator
-should look. Binary versions are probed once, in the background, so start-up
-never waits on three subprocesses.
+high, a tool's installation with a problem its spec names) makes the runtime
+`degraded`: still worth talking to, but an operator should look. Binary
+versions are probed once, in the background, so start-up never waits on three
+subprocesses; installation problems come from the settings, logged once at start.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -23,6 +25,8 @@ from actors.runner import ProcessRun, RunRequest
 from actors.tools.base import ToolSpec
 from supervisor.config import HealthSettings, Settings
 from supervisor.status import CheckResult, HealthStatus, ToolStatus
+
+logger = logging.getLogger(__name__)
 
 
 class BinaryProbe:
@@ -87,9 +91,19 @@ def version_queries(settings: Settings, specs: Mapping[str, ToolSpec]) -> dict[s
     return {name: (tools[name].binary, spec.version_argv) for name, spec in specs.items()}
 
 
+def installation_problems(settings: Settings, specs: Mapping[str, ToolSpec]) -> dict[str, tuple[str, ...]]:
+    """For each tool: what its spec finds wrong with its installation, as its settings found it."""
+    tools = dict(settings.tools.items())
+    return {name: spec.installation_problems(tools[name]) for name, spec in specs.items()}
+
+
 class HealthChecker:
     def __init__(self, settings: Settings, specs: Mapping[str, ToolSpec]) -> None:
         self.thresholds = settings.health
+        self.problems = installation_problems(settings, specs)
+        for name, problems in self.problems.items():
+            for problem in problems:
+                logger.warning("%s: %s", name, problem)
         self.binaries = BinaryProbe(version_queries(settings, specs))
         self._process = psutil.Process()
         psutil.cpu_percent(interval=None)  # primes the counter so the first reading means something
@@ -102,19 +116,19 @@ class HealthChecker:
         checks = [self._system(t), self._process_check(t)]
         for name, info in self.binaries.results.items():
             probed = bool(info.get("probed"))
-            ok = bool(info.get("found") and info.get("executable", False)) or not probed
+            problems = self.problems.get(name, ())
+            ok = (bool(info.get("found") and info.get("executable", False)) or not probed) and not problems
             missing = f"{info['binary']} not found or not executable"
-            detail = info.get("version") or (missing if probed else "probing")
-            checks.append(CheckResult(name=f"binary:{name}", ok=ok, critical=False, detail=detail, data=info))
+            detail = "; ".join([info.get("version") or (missing if probed else "probing"), *problems])
+            data = {**info, "problems": list(problems)}
+            checks.append(CheckResult(name=f"binary:{name}", ok=ok, critical=False, detail=detail, data=data))
         for name, tool in tools.items():
             ok = tool.state == "running"
             why = tool.failed_reason or tool.last_restart_reason or ""
             detail = tool.state if ok else f"{tool.state}: {why}".rstrip(": ")
             checks.append(CheckResult(name=f"actor:{name}", ok=ok, critical=False, detail=detail))
             breaker_ok = tool.breaker.state == "closed"
-            checks.append(
-                CheckResult(name=f"breaker:{name}", ok=breaker_ok, critical=False, detail=tool.breaker.state)
-            )
+            checks.append(CheckResult(name=f"breaker:{name}", ok=breaker_ok, critical=False, detail=tool.breaker.state))
         serving = any(tool.state == "running" for tool in tools.values())
         serving_detail = "at least one tool serving" if serving else "no tool is serving"
         checks.append(CheckResult(name="tools", ok=serving, detail=serving_detail))

@@ -6,7 +6,6 @@ their documentation; nothing is scanned or resolved) and its script.db is read.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from actors.nmap_scripts import NMAP_SCRIPTS
+from actors.nmap_scripts import NMAP_SCRIPTS, read_script_db
 from actors.policy import TargetPolicy
 from actors.prepare import prepare_call
 from actors.results import ErrorType, InvalidCall
@@ -58,23 +57,9 @@ def script_names(argv) -> list[str]:
 
 
 def installed_script_db() -> Path | None:
-    binary = shutil.which("nmap")
-    if binary is None:
-        return None
-    prefix = Path(os.path.realpath(binary)).parent.parent
-    for directory in (prefix / "share", Path("/usr/share"), Path("/usr/local/share")):
-        if (directory / "nmap/scripts/script.db").is_file():
-            return directory / "nmap/scripts/script.db"
-    return None
-
-
-def read_script_db(path: Path) -> dict[str, frozenset[str]]:
-    scripts = {}
-    for line in path.read_text().splitlines():
-        entry = re.fullmatch(r'Entry \{ filename = "([^"]+)\.nse", categories = \{ (.*) \} \}', line.strip())
-        assert entry, f"unexpected script.db line {line!r}"
-        scripts[entry[1]] = frozenset(re.findall(r'"([a-z]+)"', entry[2]))
-    return scripts
+    """The script.db of the nmap on PATH, found as labrecon finds it for a run."""
+    directory = NmapSettings().data.directory if shutil.which("nmap") else None
+    return Path(directory) / "scripts" / "script.db" if directory is not None else None
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from actors.tools.masscan import MasscanSettings
 from actors.tools.masscan import grammar as masscan_grammar
 from actors.tools.nmap import NmapSettings
 from actors.tools.nmap import grammar as nmap_grammar
+from tests.fakes.install import FAKES_DIR
 
 HOSTS = {"web.lab.internal": "10.0.0.7", "v6.lab.internal": "fd00:1::7"}
 POLICY = TargetPolicy(PolicySettings(hosts=HOSTS, dns=False, allowed_networks=["10.0.0.0/8", "fd00:1::/64"]))
@@ -135,7 +136,8 @@ def test_annotations_and_info(name):
 
 
 def test_prepared_call_carries_binary_target_and_timeout():
-    call = prepare("nmap", settings=NmapSettings(binary="/opt/nmap", timeout_sec=60), target="web.lab.internal")
+    settings = NmapSettings(binary="/opt/nmap", datadir=str(FAKES_DIR), timeout_sec=60)
+    call = prepare("nmap", settings=settings, target="web.lab.internal")
     assert call.tool == "nmap"
     assert call.target == "web.lab.internal"
     assert call.resolved_targets == ("10.0.0.7",)

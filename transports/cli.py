@@ -116,11 +116,13 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from actors.tools import TOOL_SPECS
-    from supervisor.health import probe_binary, version_queries
+    from supervisor.health import installation_problems, probe_binary, version_queries
 
     settings = load_settings(args.config)
     queries = version_queries(settings, TOOL_SPECS)
-    report = check_report(settings, {name: probe_binary(*query) for name, query in queries.items()})
+    problems = installation_problems(settings, TOOL_SPECS)
+    probes = {name: {**probe_binary(*query), "problems": list(problems[name])} for name, query in queries.items()}
+    report = check_report(settings, probes)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -140,6 +142,7 @@ def check_report(settings: Settings, probes: dict[str, dict[str, Any]]) -> dict[
             "path": probe.get("path"),
             "found": bool(probe.get("found") and probe.get("executable", False)),
             "version": probe.get("version"),
+            "problems": probe.get("problems", []),
             "limits": limits,
             "breaker": tool.breaker.model_dump(mode="json"),
         }
@@ -159,6 +162,7 @@ def render_check(report: dict[str, Any]) -> str:
             mark, where = "MISSING", f"{tool['binary']} not found or not executable"
         limits = tool["limits"]
         lines.append(f"  {name:<9} {mark:<8} {where}")
+        lines += [f"  {'':<9} {'WARNING':<8} {problem}" for problem in tool["problems"]]
         lines.append(
             f"  {'':<9} {'':<8} concurrency {limits['concurrency']}, queue {limits['max_queue']}, "
             f"timeout {limits['timeout_sec']:g}s (max {limits['max_timeout_sec']:g}s)"

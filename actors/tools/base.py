@@ -120,6 +120,14 @@ def split_extra_args(extra: str | None) -> list[str]:
         raise InvalidCall(f"extra_args could not be split into options: {exc}", field="extra_args") from None
 
 
+def no_environment(settings: Any) -> Mapping[str, str]:
+    return {}
+
+
+def no_problems(settings: Any) -> tuple[str, ...]:
+    return ()
+
+
 def validation_message(error: ValidationError) -> tuple[str, str | None]:
     """A short message naming the offending fields, and the first field."""
     parts, first = [], None
@@ -146,6 +154,10 @@ class ToolSpec:
     parser: Callable[[bytes, bool], ParsedResult]
     progress_parser: Callable[[str], float | None]
     annotations: Mapping[str, Any] = field(default_factory=lambda: dict(READ_ONLY_ANNOTATIONS))
+    # What each run adds to the runner's minimal environment, from the tool's settings (never HOME).
+    environment: Callable[[Any], Mapping[str, str]] = no_environment
+    # What keeps the tool from running, or narrows what it runs, as its settings found it; for operators.
+    problems: Callable[[Any], tuple[str, ...]] = no_problems
 
     def validate_arguments(self, arguments: Any) -> ToolArguments:
         if isinstance(arguments, self.arguments):
@@ -161,6 +173,12 @@ class ToolSpec:
     def build_argv(self, args: Any, target: ResolvedTarget, settings: ToolSettings) -> list[str]:
         """The argv after the binary: checked options, our output flags, the target once."""
         return self.builder(self.validate_arguments(args), target, settings)
+
+    def run_environment(self, settings: ToolSettings) -> Mapping[str, str]:
+        return self.environment(settings)
+
+    def installation_problems(self, settings: ToolSettings) -> tuple[str, ...]:
+        return self.problems(settings)
 
     def parse(self, stdout: bytes, *, truncated: bool) -> dict[str, Any]:
         """Parse tool output; never raises, a failure is reported in `parse_error`."""

@@ -1,4 +1,4 @@
-"""nmap as a tool: typed arguments, its option allowlist, its XML parser.
+"""nmap as a tool: typed arguments, its option allowlist, its data directory, its XML parser.
 
 nmap parses options with getopt_long_only, so `-script` means `--script`
 and `-p80` means `-p 80`; the grammar reads those forms, and the argv is
@@ -6,29 +6,36 @@ rendered canonically. Timing stops at -T4: -T5 trades accuracy for speed
 and is hard on lab hosts. Scripts run only if vetted (actors/nmap_scripts.py):
 a category or -sC becomes the list of its vetted members, and the argv names
 each script, never a category or expression nmap could widen. -sV makes nmap
-add its whole `version` category on its own; every installed version script
-is vetted (a test holds script.db to that), and -sV is refused unless the
-configuration admits them all. IPv6 (`-6`) is added from the target, never
-taken from the user.
+add its whole `version` category on its own, so it is refused unless the
+configuration admits all of them and the installed script.db holds no script
+that was never vetted or denied. nmap looks in the password database's home
+(`~/.nmap`) before its own files, so every run gets NMAPDIR, the data directory
+found when the settings were built; without one, nmap is not run. IPv6 (`-6`)
+is added from the target, never taken from the user.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import os
 import re
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 from xml.etree.ElementTree import Element
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring, iterparse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator
 
 from actors.flags import Duration, Grammar, Int, Option, ParsedOption, PortList, render
-from actors.nmap_scripts import NMAP_SCRIPTS
+from actors.nmap_scripts import NMAP_SCRIPTS, read_script_db
 from actors.policy import ResolvedTarget
 from actors.results import InvalidCall
+from actors.runner import MINIMAL_ENV
 from actors.settings import ToolSettings
 from actors.tools.base import OptionalPorts, ParsedResult, ToolArguments, ToolSpec, split_extra_args
 
@@ -113,12 +120,83 @@ FORBIDDEN = {
 }
 
 
+# What makes a directory nmap's data directory: the NSE loader and the script index.
+DATA_FILES = ("nse_main.lua", "scripts/script.db")
+
+
+@dataclass(frozen=True)
+class NmapData:
+    """nmap's data directory as found when the settings were built, and what its script.db holds."""
+
+    directory: str | None  # runs get it as NMAPDIR; None: nmap is not run, `problem` says why
+    problem: str | None = None
+    unvetted: tuple[str, ...] = ()  # scripts in its script.db that are neither vetted nor denied
+    version_scripts: frozenset[str] = frozenset()  # what -sV makes it run: script.db's `version` category
+
+    def problems(self) -> tuple[str, ...]:
+        """What an operator should hear about: why nmap cannot run, or why -sV is refused."""
+        if self.problem is not None:
+            return (self.problem,)
+        if self.unvetted:
+            return (f"{self.unvetted_message()}; calls with -sV are refused",)
+        return ()
+
+    def unvetted_message(self) -> str:
+        return f"nmap (data in {self.directory}) has scripts this labrecon has not vetted: {', '.join(self.unvetted)}"
+
+
+def _data_candidates(binary: str) -> tuple[list[Path], str | None]:
+    """Where nmap keeps its data, beside the binary a run would start, or why there is no binary."""
+    path = binary if os.sep in binary else shutil.which(binary, path=MINIMAL_ENV["PATH"])
+    if path is None or not os.path.isfile(path):
+        return [], f"nmap's data directory cannot be found: the binary {binary!r} was not found"
+    real = Path(os.path.realpath(path)).parent
+    return [real.parent / "share" / "nmap", real], None  # an install's share/nmap; a build tree's own directory
+
+
+def find_data(binary: str, datadir: str | None) -> NmapData:
+    """Find nmap's data directory (`datadir`, or beside the binary) and read its script.db."""
+    if datadir is not None:
+        candidates, problem = [Path(datadir)], None
+    else:
+        candidates, problem = _data_candidates(binary)
+    directory = next((c for c in candidates if all((c / name).is_file() for name in DATA_FILES)), None)
+    if directory is None:
+        holding = " and ".join(DATA_FILES)
+        if datadir is not None:
+            problem = f"[tools.nmap] datadir {datadir} does not hold {holding}"
+        elif problem is None:
+            tried = ", ".join(str(c) for c in candidates)
+            problem = f"no nmap data directory (holding {holding}) in {tried}; set [tools.nmap] datadir"
+        return NmapData(directory=None, problem=problem)
+    try:
+        scripts = read_script_db(directory / DATA_FILES[1])
+    except (OSError, ValueError) as exc:
+        return NmapData(directory=None, problem=f"nmap's script.db cannot be read: {exc}")
+    return NmapData(
+        directory=os.path.abspath(directory),
+        unvetted=NMAP_SCRIPTS.unjudged(scripts),
+        version_scripts=frozenset(name for name, categories in scripts.items() if "version" in categories),
+    )
+
+
 class NmapSettings(ToolSettings):
-    """`[tools.nmap]`: which scripts calls may choose, and how many ports one call may scan."""
+    """`[tools.nmap]`: which scripts calls may choose, how many ports one call may scan, where nmap's data is."""
 
     binary: str = "nmap"
+    # nmap's data directory (holding nse_main.lua and scripts/script.db); by default found beside the binary.
+    datadir: str | None = None
     allowed_scripts: tuple[str, ...] = DEFAULT_ALLOWED_SCRIPTS
     max_ports: int = Field(default=65535, ge=1, le=65535)
+    _data: NmapData = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._data = find_data(self.binary, self.datadir)
+
+    @property
+    def data(self) -> NmapData:
+        """nmap's data directory and script.db as read when these settings were built."""
+        return self._data
 
     @field_validator("allowed_scripts")
     @classmethod
@@ -298,13 +376,26 @@ def _check_port_budget(parsed: list[ParsedOption], settings: NmapSettings) -> li
     return []
 
 
+def _check_version_detection(parsed: list[ParsedOption], settings: NmapSettings) -> None:
+    """-sV makes nmap run its whole `version` script category, whatever --script says."""
+    asked = next((item for item in parsed if item.name == "-sV"), None)
+    if asked is None:
+        return
+    data = settings.data
+    if data.unvetted:
+        message = f"{data.unvetted_message()}; version detection (-sV) would run them, so name vetted scripts instead"
+        raise InvalidCall(message, field=asked.source)
+    if not _admitted_scripts(settings).issuperset(data.version_scripts.union(VERSION_SCRIPTS)):
+        message = "version detection (-sV) runs nmap's version scripts, which are not allowed here"
+        raise InvalidCall(message, field=asked.source)
+
+
 def build_argv(args: NmapArguments, target: ResolvedTarget, settings: NmapSettings) -> list[str]:
+    if settings.data.directory is None:
+        raise InvalidCall(f"nmap is not run here: {settings.data.problem}", field=None)
     parsed = grammar(settings).parse_sources(_typed_tokens(args))
     scripts = _script_selection(parsed, settings)
-    if any(item.name == "-sV" for item in parsed) and not _admitted_scripts(settings).issuperset(VERSION_SCRIPTS):
-        # -sV makes nmap run its whole `version` script category, whatever --script says.
-        message = "version detection (-sV) runs nmap's version scripts, which are not allowed here"
-        raise InvalidCall(message, field="scan_type")
+    _check_version_detection(parsed, settings)
     plain = [item for item in parsed if item.name not in ("-sC", "--script", "-n")]
     argv = [*OUTPUT_FLAGS]
     if target.version == 6:
@@ -315,6 +406,15 @@ def build_argv(args: NmapArguments, target: ResolvedTarget, settings: NmapSettin
         argv += ["--script", ",".join(scripts)]
     argv.append(target.tool_target)
     return argv
+
+
+def environment(settings: NmapSettings) -> Mapping[str, str]:
+    """NMAPDIR: nmap reads its scripts from its own data directory, never from a `~/.nmap`."""
+    return {"NMAPDIR": settings.data.directory} if settings.data.directory is not None else {}
+
+
+def problems(settings: NmapSettings) -> tuple[str, ...]:
+    return settings.data.problems()
 
 
 # ---------------------------------------------------------------- output
@@ -441,6 +541,7 @@ def _host_counts(element: Element, result: NmapResult) -> None:
     result.hosts_down = _int(element.get("down"))
     result.hosts_total = _int(element.get("total"))
 
+
 NMAP = ToolSpec(
     name="nmap",
     title="Nmap port and service scan",
@@ -461,4 +562,6 @@ NMAP = ToolSpec(
     builder=build_argv,
     parser=parse,
     progress_parser=progress,
+    environment=environment,
+    problems=problems,
 )

@@ -1,0 +1,2 @@
+-- The fake nmap's data directory is its own directory, as for an nmap run from where it was built:
+-- labrecon finds nse_main.lua and scripts/script.db here and gives the fake NMAPDIR, as it would nmap.
