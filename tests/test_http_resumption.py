@@ -21,7 +21,9 @@ from tests.http_support import (
     ACCEPT_BOTH,
     ARGUMENTS,
     HANDSHAKE,
+    INITIALIZE,
     TIMEOUT,
+    Event,
     binary,
     events,
     idle,
@@ -34,6 +36,7 @@ from tests.http_support import (
 )
 from tests.runtimes import scan_calls
 from transports.http.exchange import RECONNECT_MS
+from transports.http.sessions import SessionKind
 
 SLOW = {"nmap": {"scenario": {"mode": "slow", "delay_sec": 1.0, "steps": 4}}}
 
@@ -226,3 +229,77 @@ def test_the_sdk_client_resumes_streams_the_server_closes_and_gets_every_progres
     assert result.structured_content["ok"] is True
     assert seen == [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
     assert resumed_from, "the client never had to resume"
+
+
+# --- a reply awaiting its client holds the session -----------------------------------------------
+
+
+def finished_while_away(runtime: Any, daemon: Any, client: httpx.Client, session_id: str, release: Any) -> Event:
+    """Start a scan on `session_id`, leave its stream after the priming event, let the scan finish; the
+    priming event is returned. The reply now waits, undelivered, for the client to come back."""
+    with client.stream("POST", "/mcp", json=scan("scan"), headers=session_headers(session_id)) as posted:
+        priming = next(events(posted))
+        assert priming.priming
+    session = daemon.mcp.sessions.get(session_id, SessionKind.HTTP)
+    stream, _ = session.resumable.find(priming.event_id)
+    wait_until(lambda: stream.reader is None, what="the server saw the client leave")
+    release.touch()
+    wait_until(lambda: stream.finished and not session.busy, what="the scan finished, its reply undelivered")
+    wait_until(lambda: idle(runtime))
+    return priming
+
+
+def the_reply_in(resumed: httpx.Response) -> dict[str, Any]:
+    assert resumed.status_code == 200, resumed.text
+    (reply,) = messages_in(resumed.text)
+    assert reply["id"] == "scan" and reply["result"]["isError"] is False
+    return reply
+
+
+def test_a_full_table_evicts_another_session_not_one_whose_reply_awaits_its_client(served, tmp_path):
+    release = tmp_path / "release"
+    runtime, daemon = served(
+        tools={"nmap": {"scenario": {"mode": "block", "release_file": str(release)}}}, http={"max_sessions": 2}
+    )
+    with httpx.Client(base_url=daemon.url, timeout=10) as client:
+        away = open_session(client, daemon.url)
+        priming = finished_while_away(runtime, daemon, client, away, release)
+        other = open_session(client, daemon.url)  # used, and more recently active than the one away
+        assert client.post("/mcp", json=request("ping"), headers=session_headers(other)).status_code == 200
+        newcomer = client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)
+        assert newcomer.status_code == 200
+        assert client.post("/mcp", json=request("ping"), headers=session_headers(other)).status_code == 404
+        the_reply_in(resume(client, away, priming.event_id))
+    assert runtime.status().tools["nmap"].calls.get("cancelled") is None
+
+
+def test_when_every_other_session_is_held_the_newcomer_waits_until_the_reply_is_delivered(served, tmp_path):
+    release = tmp_path / "release"
+    runtime, daemon = served(
+        tools={"nmap": {"scenario": {"mode": "block", "release_file": str(release)}}}, http={"max_sessions": 1}
+    )
+    with httpx.Client(base_url=daemon.url, timeout=10) as client:
+        away = open_session(client, daemon.url)
+        priming = finished_while_away(runtime, daemon, client, away, release)
+        refused = client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        the_reply_in(resume(client, away, priming.event_id))
+        # Delivered: the session holds nothing any more, and makes room for the newcomer.
+        assert client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH).status_code == 200
+        assert client.post("/mcp", json=request("ping"), headers=session_headers(away)).status_code == 404
+
+
+def test_a_reply_nobody_comes_back_for_holds_its_session_only_for_the_resume_window(served, tmp_path):
+    release = tmp_path / "release"
+    runtime, daemon = served(
+        tools={"nmap": {"scenario": {"mode": "block", "release_file": str(release)}}},
+        http={"max_sessions": 1, "resume_window_sec": 0.3},
+    )
+    with httpx.Client(base_url=daemon.url, timeout=10) as client:
+        away = open_session(client, daemon.url)
+        priming = finished_while_away(runtime, daemon, client, away, release)
+        wait_until(
+            lambda: client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH).status_code == 200,
+            what="the resume window passed and the session made room",
+        )
+        assert resume(client, away, priming.event_id).status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
@@ -125,3 +126,23 @@ def test_a_reader_coming_back_in_time_or_a_finished_stream_keeps_the_request_ali
         request.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_stream_is_waited_for_while_read_and_for_its_resume_window_after_and_not_once_delivered():
+    now = [100.0]
+    streams = SessionStreams(clock=lambda: now[0])
+    assert streams.resume_deadline is None
+    unprimed, stream = streams.open(), streams.open()
+    assert streams.resume_deadline is None  # no client holds an id of either: none is waited for
+    stream.primed = True
+    reader = stream.attach()
+    assert stream.resume_deadline == streams.resume_deadline == math.inf  # a connection reads it
+    stream.finish(REPLY)
+    stream.detach(reader, resume_window=60.0)  # left before the reply was read
+    assert stream.resume_deadline == streams.resume_deadline == 160.0
+    now[0] = 150.0
+    stream.detach(stream.attach(), resume_window=60.0)  # came back, and left again: a new window
+    assert streams.resume_deadline == 210.0
+    streams.forget(stream)  # the reply was delivered
+    streams.forget(unprimed)
+    assert streams.resume_deadline is None and len(streams) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -21,6 +22,7 @@ class Fake:
     busy: bool = False
     has_stream: bool = False
     client: str | None = None
+    resume_deadline: float | None = None
 
 
 # --- expiry ----------------------------------------------------------------------------------
@@ -39,6 +41,9 @@ class Fake:
         (Fake("used, call in flight", used=True, busy=True), 10_000.0, None),
         (Fake("touched late", last_active=100.0), 129.0, None),
         (Fake("touched late", last_active=100.0), 130.0, "unused for 30s after initialize"),
+        (Fake("reply awaiting its client", used=True, resume_deadline=660.0), 659.0, None),
+        (Fake("reply awaiting its client", used=True, resume_deadline=660.0), 660.0, "idle for 600s"),
+        (Fake("reply read by a connection", used=True, resume_deadline=math.inf), 10_000.0, None),
     ],
     ids=lambda value: value.name if isinstance(value, Fake) else None,
 )
@@ -56,8 +61,8 @@ def test_the_victim_is_never_used_first_then_least_recently_active():
         Fake("unused earlier", last_active=40.0),
         Fake("used recently", last_active=60.0, used=True),
     ]
-    assert name_of(eviction_victim(sessions)) == "unused earlier"
-    assert name_of(eviction_victim(sessions[:1] + sessions[3:])) == "used long ago"
+    assert name_of(eviction_victim(sessions, 100.0)) == "unused earlier"
+    assert name_of(eviction_victim(sessions[:1] + sessions[3:], 100.0)) == "used long ago"
 
 
 def name_of(victim: Fake | None) -> str:
@@ -71,9 +76,19 @@ def test_a_session_with_a_call_in_flight_or_an_open_stream_is_never_the_victim()
         Fake("open stream", last_active=0.0, has_stream=True),
         Fake("both", last_active=0.0, busy=True, has_stream=True),
     ]
-    assert eviction_victim(held) is None
-    assert name_of(eviction_victim([*held, Fake("free", last_active=99.0, used=True)])) == "free"
-    assert eviction_victim([]) is None
+    assert eviction_victim(held, 100.0) is None
+    assert name_of(eviction_victim([*held, Fake("free", last_active=99.0, used=True)], 100.0)) == "free"
+    assert eviction_victim([], 100.0) is None
+
+
+def test_a_session_whose_reply_awaits_its_client_is_held_until_its_resume_window_has_passed():
+    awaiting = Fake("reply awaiting its client", last_active=0.0, used=True, resume_deadline=160.0)
+    newer = Fake("used later", last_active=50.0, used=True)
+    assert name_of(eviction_victim([awaiting, newer], 159.0)) == "used later"
+    assert eviction_victim([awaiting], 159.0) is None
+    assert name_of(eviction_victim([awaiting, newer], 160.0)) == "reply awaiting its client"
+    reading = Fake("reply being read", last_active=0.0, used=True, resume_deadline=math.inf)
+    assert eviction_victim([reading], 10_000.0) is None
 
 
 # --- who counts together ---------------------------------------------------------------------
@@ -187,3 +202,34 @@ def test_the_table_caps_each_client_address_but_not_loopback():
     clock.now += 30.0  # the capped client's sessions were never used: they expire, and it may open again
     sessions.open(SessionKind.HTTP, Session(), client="192.0.2.7")
     assert sessions.counts()["http"] == 1
+
+
+def test_a_reply_left_for_its_client_holds_the_session_until_delivered_or_its_window_has_passed():
+    clock = Clock()
+    sessions = table(clock, max_sessions=1)
+    away = sessions.open(SessionKind.HTTP, Session())
+    sessions.touch(away, used=True)
+    stream = away.resumable.open()
+    stream.primed = True  # the client was given an event id
+    reader = stream.attach()
+    stream.finish({"jsonrpc": "2.0", "id": 1, "result": {}})
+    with pytest.raises(SessionLimit):  # a connection is reading the reply
+        sessions.open(SessionKind.HTTP, Session())
+    stream.detach(reader, resume_window=60.0)  # ... and left before its end: the client has 60 s to come back
+    clock.now += 59.0
+    with pytest.raises(SessionLimit):
+        sessions.open(SessionKind.HTTP, Session())
+    clock.now += 1.0
+    sessions.open(SessionKind.HTTP, Session())
+    assert away.closed
+
+    delivered = sessions.open(SessionKind.HTTP, Session())
+    sessions.touch(delivered, used=True)
+    stream = delivered.resumable.open()
+    stream.primed = True
+    reader = stream.attach()
+    stream.finish({"jsonrpc": "2.0", "id": 1, "result": {}})
+    delivered.resumable.forget(stream)  # its end was sent
+    stream.detach(reader, resume_window=60.0)
+    sessions.open(SessionKind.HTTP, Session())
+    assert delivered.closed

@@ -3,15 +3,20 @@
 A stream carries the request's notifications and then its reply to one connection at a time (a newer one
 takes over). It keeps its newest `limit` events, so a reader far behind misses old progress, never the
 reply. Opened through a session's `SessionStreams`, its events have ids "<stream>-<event>", unique in the
-session, and `find` leads a `Last-Event-ID` back to that stream alone.
+session, and `find` leads a `Last-Event-ID` back to that stream alone. A session keeps a stream until its
+end is delivered; while it keeps one that gave out an id, `resume_deadline` says how long its client is
+waited for: always while a connection reads it, `resume_window` after the last one left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 from transports.http.exchange import event_frame
@@ -45,7 +50,9 @@ class ResponseStream:
     the window `detach` is given.
     """
 
-    def __init__(self, number: int = 0, limit: int = REPLAY_EVENTS) -> None:
+    def __init__(
+        self, number: int = 0, limit: int = REPLAY_EVENTS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         self.number = number  # 0: not resumable, its events carry no id
@@ -58,6 +65,16 @@ class ResponseStream:
         self._events: deque[tuple[int, bytes]] = deque(maxlen=limit)
         self._changed = asyncio.Event()
         self._abandon: asyncio.TimerHandle | None = None
+        self._clock = clock
+        self._left_until: float | None = None  # set when the last reader leaves: the end of its resume window
+
+    @property
+    def resume_deadline(self) -> float | None:
+        """Until when a client may still come back for this stream: no end while a connection reads it,
+        the end of the resume window once the last one left; None while it has given out no id."""
+        if not self.primed:
+            return None
+        return math.inf if self.reader is not None else self._left_until
 
     @property
     def resumable(self) -> bool:
@@ -115,10 +132,12 @@ class ResponseStream:
         return self.reader
 
     def detach(self, reader: Reader, resume_window: float) -> None:
-        """A connection stopped reading. A primed, unfinished stream left unread is given up on later."""
+        """A connection stopped reading: its client has `resume_window` to come back, and a primed,
+        unfinished stream nobody resumes by then is given up on."""
         if self.reader is not reader:
             return
         self.reader = None
+        self._left_until = self._clock() + resume_window
         if self.primed and not self.finished and self.request is not None:
             self._cancel_abandon()
             self._abandon = asyncio.get_running_loop().call_later(resume_window, self._give_up)
@@ -146,20 +165,28 @@ class ResponseStream:
 class SessionStreams:
     """A session's resumable streams: numbered as they open; the running ones and the newest finished kept."""
 
-    def __init__(self, keep_finished: int = KEEP_FINISHED) -> None:
+    def __init__(self, keep_finished: int = KEEP_FINISHED, clock: Callable[[], float] = time.monotonic) -> None:
         self.keep_finished = keep_finished
+        self._clock = clock
         self._streams: dict[int, ResponseStream] = {}
         self._opened = 0
 
     def __len__(self) -> int:
         return len(self._streams)
 
+    @property
+    def resume_deadline(self) -> float | None:
+        """Until when a client may still come back for events of these streams not yet delivered (the latest
+        of their `resume_deadline`s); None when no stream that gave out an id is left undelivered."""
+        deadlines = [deadline for stream in self._streams.values() if (deadline := stream.resume_deadline) is not None]
+        return max(deadlines, default=None)
+
     def open(self, limit: int = REPLAY_EVENTS) -> ResponseStream:
         finished = [stream for stream in self._streams.values() if stream.finished]
         for stream in finished[: max(0, len(finished) - self.keep_finished)]:
             del self._streams[stream.number]
         self._opened += 1
-        stream = ResponseStream(self._opened, limit)
+        stream = ResponseStream(self._opened, limit, self._clock)
         self._streams[stream.number] = stream
         return stream
 

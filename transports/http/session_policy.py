@@ -1,9 +1,10 @@
 """Which HTTP sessions go, and which one makes room: pure decisions over the session table's data.
 
-A session with a call in flight never expires; any other goes after `idle_sec` without a message,
-or after `unused_sec` when nothing but its handshake used it and it holds no event stream. A full
-table evicts a session that is *held* by neither a call nor a stream: never used first, then the
-least recently active. Sessions count against their client's address, loopback excepted.
+A session with a call in flight, or a reply its client may still come back for, never expires; any
+other goes after `idle_sec` without a message, or after `unused_sec` when nothing but its handshake
+used it and it holds no event stream. A full table evicts a session *held* by none of these, nor by
+an open stream: never used first, then the least recently active. Sessions count against their
+client's address, loopback excepted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "HANDSHAKE_METHODS",
     "Lifetimes",
     "SessionState",
+    "awaits_resume",
     "client_key",
     "counts_as_use",
     "eviction_victim",
@@ -50,6 +52,10 @@ class SessionState(Protocol):
     @property
     def client(self) -> str | None: ...
 
+    @property
+    def resume_deadline(self) -> float | None:
+        """Until when its client may come back for events not yet delivered; None when none await it."""
+
 
 S = TypeVar("S", bound=SessionState)
 
@@ -65,13 +71,20 @@ def counts_as_use(message: Any) -> bool:
     return not (isinstance(message, dict) and message.get("method") in HANDSHAKE_METHODS)
 
 
-def held(session: SessionState) -> bool:
-    return session.busy or session.has_stream
+def awaits_resume(session: SessionState, now: float) -> bool:
+    """Does `session` keep events undelivered that its client may still come back for at `now`?"""
+    deadline = session.resume_deadline
+    return deadline is not None and now < deadline
+
+
+def held(session: SessionState, now: float) -> bool:
+    """Would closing `session` at `now` lose something: a call in flight, an open stream, an undelivered reply?"""
+    return session.busy or session.has_stream or awaits_resume(session, now)
 
 
 def expiry(session: SessionState, now: float, lifetimes: Lifetimes) -> str | None:
     """Why `session` must be closed at `now`, or None while it may stay."""
-    if session.busy:
+    if session.busy or awaits_resume(session, now):
         return None
     quiet = now - session.last_active
     if quiet >= lifetimes.idle_sec:
@@ -81,10 +94,10 @@ def expiry(session: SessionState, now: float, lifetimes: Lifetimes) -> str | Non
     return None
 
 
-def eviction_victim(sessions: Iterable[S]) -> S | None:
-    """The session to close so a new one fits, or None when every session is held."""
+def eviction_victim(sessions: Iterable[S], now: float) -> S | None:
+    """The session to close at `now` so a new one fits, or None when every session is held."""
     return min(
-        (session for session in sessions if not held(session)),
+        (session for session in sessions if not held(session, now)),
         key=lambda session: (session.used, session.last_active),
         default=None,
     )

@@ -59,8 +59,8 @@ class SessionLimit(SessionRefused):
 
     def __init__(self, limit: int) -> None:
         super().__init__(
-            f"{limit} sessions are open, the configured maximum, each with a call in flight or an open stream; "
-            "retry shortly"
+            f"{limit} sessions are open, the configured maximum, each with a call in flight, an open stream or "
+            "a reply its client may still resume; retry shortly"
         )
         self.limit = limit
 
@@ -154,6 +154,11 @@ class HttpSession:
         return self.kind is SessionKind.SSE or self.streams > 0
 
     @property
+    def resume_deadline(self) -> float | None:
+        """Until when the client may come back for a resumable stream's undelivered events (see `SessionStreams`)."""
+        return self.resumable.resume_deadline
+
+    @property
     def short_id(self) -> str:
         return self.id[:8]
 
@@ -164,8 +169,9 @@ class SessionTable:
     `max_sessions` bounds legacy SSE and Streamable HTTP together; one client address holds at most
     `max_per_client` (loopback is exempt, see `session_policy.client_key`). A session is idle when
     the client has sent nothing and no call of its has run for `idle_sec` (an open event stream is
-    not activity: a client that hung with its stream open is what idle expiry is for); one that
-    carried nothing but its handshake and holds no stream goes after `unused_sec`. Closing a session
+    not activity: a client that hung with its stream open is what idle expiry is for), but never while
+    it keeps a reply its client may still resume; one that carried nothing but its handshake and holds
+    no stream goes after `unused_sec`. Closing a session
     cancels its calls through the dispatcher (`cancel_all`), which kills their process groups; a
     task still running `cancel_timeout` later is cancelled outright. 2026-07-28 requests own no
     session but are registered while in progress (`stateless`), so shutdown cancels them too.
@@ -256,8 +262,8 @@ class SessionTable:
     def open(self, kind: SessionKind, mcp: Session, client: str | None = None) -> HttpSession:
         """A new session for the client at address `client`, making room for it if the table is full.
 
-        A full table closes the session least likely to be missed that no call or stream holds
-        (`session_policy.eviction_victim`); only when every session is held is `SessionLimit`
+        A full table closes the session least likely to be missed that no call, stream or reply
+        awaiting its client holds (`session_policy.eviction_victim`); only when every session is held is `SessionLimit`
         raised (503 with `Retry-After`: temporary and server-wide). One session too many for this
         client raises `ClientSessionLimit` (429 with `Retry-After`: this time it is the client's doing).
 
@@ -277,14 +283,21 @@ class SessionTable:
         ):
             raise ClientSessionLimit(self.max_per_client)
         if len(self._sessions) >= self.max_sessions:
-            victim = eviction_victim(self._sessions.values())
+            victim = eviction_victim(self._sessions.values(), self._clock())
             if victim is None:
                 raise SessionLimit(self.max_sessions)
             self.close(victim, "evicted to make room for a new session")
         session_id = new_session_id()
         while session_id in self._sessions:  # pragma: no cover - 128 random bits
             session_id = new_session_id()
-        session = HttpSession(id=session_id, kind=kind, mcp=mcp, last_active=self._clock(), client=key)
+        session = HttpSession(
+            id=session_id,
+            kind=kind,
+            mcp=mcp,
+            last_active=self._clock(),
+            client=key,
+            resumable=SessionStreams(clock=self._clock),
+        )
         self._sessions[session_id] = session
         log.info("session opened", extra={"session": session.short_id, "transport": kind.value})
         return session
