@@ -6,7 +6,11 @@ tool's machine-readable format and exits. They never open a socket.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+# nmap's data (nse_main.lua, scripts/script.db) must sit beside its binary for labrecon to run it.
+NMAP_DATA = Path(__file__).resolve().parent.parent / "tests" / "fakes"
 
 NMAP_XML = (
     '<?xml version="1.0"?><nmaprun scanner="nmap" args="nmap" version="7.93">'
@@ -24,7 +28,7 @@ OUTPUTS = {"nmap": NMAP_XML, "masscan": MASSCAN_JSON, "gobuster": GOBUSTER_LINES
 
 
 def install_fast_fakes(directory: Path) -> dict[str, str]:
-    """Write the three scripts into `directory`; returns tool -> path."""
+    """Write the three scripts, and nmap's data beside them, into `directory`; returns tool -> path."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
     for tool, text in OUTPUTS.items():
@@ -33,5 +37,8 @@ def install_fast_fakes(directory: Path) -> dict[str, str]:
         path.write_text(f"#!/bin/sh\nprintf '%s\\n' '{quoted}'\n")
         path.chmod(0o755)
         paths[tool] = str(path)
+    shutil.copy(NMAP_DATA / "nse_main.lua", directory / "nse_main.lua")
+    (directory / "scripts").mkdir(exist_ok=True)
+    shutil.copy(NMAP_DATA / "scripts" / "script.db", directory / "scripts" / "script.db")
     return paths
 
