@@ -44,6 +44,9 @@ _EXIT_POLL_SEC = 0.02
 # Every run adds HOME: its own directory. Tools read per-user configuration and
 # scripts from there (``~/.nmap``), so no run may see the daemon's or another run's.
 MINIMAL_ENV: Mapping[str, str] = MappingProxyType({"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"})
+# Where each run's private HOME and working directory is made: a memory file system when there is one,
+# since making and removing a directory there costs a tenth of what it costs on disk.
+RUN_DIRECTORY_BASE: str | None = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ class ProcessRun:
                 return
             wake: tuple[int, int] | None = None
             try:
-                self._home = tempfile.mkdtemp(prefix="labrecon-run-")
+                self._home = tempfile.mkdtemp(prefix="labrecon-run-", dir=RUN_DIRECTORY_BASE)
                 env = {**MINIMAL_ENV, **(request.env or {}), "HOME": self._home}
                 wake = os.pipe()
                 self._proc = subprocess.Popen(
