@@ -142,6 +142,7 @@ class CircuitBreaker:
         self._trial_id = None
 
     def _open(self, reason: str) -> Transition | None:
+        self._end_trial()  # whatever the trial still says, the next open period ends in a fresh one
         jitter = self._settings.jitter
         period = self.open_period_sec * (1 + self._rng.uniform(-jitter, jitter)) if jitter else self.open_period_sec
         self.reopen_at = self._clock() + period

@@ -106,6 +106,20 @@ def test_a_cancelled_named_trial_frees_the_probe_slot():
     assert breaker.allow("second").trial
 
 
+@pytest.mark.parametrize("trial_result", ["success", "failure", "neutral", "never"])
+def test_forcing_open_during_a_trial_ends_the_trial(trial_result):
+    """An operator opens a half-open breaker while its trial runs (or waits in the queue and is refused)."""
+    breaker, clock = make(failure_threshold=1, open_sec=1)
+    fail(breaker, 1)
+    clock.now += 1
+    assert breaker.allow("trial").trial
+    assert breaker.force(BreakerState.OPEN).new is BreakerState.OPEN
+    if trial_result != "never":
+        getattr(breaker, f"record_{trial_result}")("trial")
+    clock.now += 10
+    assert breaker.allow("next").trial, "the next open period must end in a fresh trial, not a wedged half-open"
+
+
 def test_jitter_stays_within_bounds():
     settings = BreakerSettings(failure_threshold=1, open_sec=100, jitter=0.2)
     clock = Clock()
