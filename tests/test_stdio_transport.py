@@ -29,7 +29,7 @@ from tests.backends import TOOLS, FakeBackend
 from tests.helpers import wait_until
 from transports.logs import JsonLineFormatter, configure_logging, correlation
 from transports.mcp.dispatcher import McpDispatcher
-from transports.stdio import StdioTransport
+from transports.stdio import StdioTransport, serve_stdio
 
 SCRIPT = Path(__file__).with_name("serve_fake_backend.py")
 TIMEOUT = 20.0
@@ -566,3 +566,35 @@ def test_sdk_client_in_auto_mode_speaks_2026_and_cancels() -> None:
             assert stats.structured_content["result"]["counts"]["cancelled"] == 1
 
     asyncio.run(scenario())
+
+
+class FileLikeInput:
+    """stdin as an embedder may pass it: an object with `read` and no descriptor, here one that blocks on a pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def read(self, size: int) -> bytes:
+        return os.read(self._fd, size)
+
+
+def test_a_drain_ends_the_server_while_a_file_like_stdin_blocks() -> None:
+    stdin_r, stdin_w = os.pipe()
+    stdout = io.BytesIO()
+    until = threading.Event()
+    os.write(stdin_w, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode() + b"\n")
+    serving = Future[int]()
+
+    def serve() -> None:
+        serving.set_result(
+            serve_stdio(FakeBackend(), stdin=FileLikeInput(stdin_r), stdout=stdout, guard_stdout=False, until=until)
+        )
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        wait_until(lambda: b'"id":1' in stdout.getvalue(), what="the ping answered")
+        until.set()  # what the runtime escalating does; stdin stays open and its read blocks
+        assert serving.result(timeout=TIMEOUT) == 0, "the server waited for a read that never returns"
+    finally:
+        for fd in (stdin_r, stdin_w):
+            os.close(fd)

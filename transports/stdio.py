@@ -123,42 +123,79 @@ class _StdoutWriter:
 
 
 class _InputReader:
-    """Reads stdin without blocking the event loop."""
+    """Reads stdin without blocking the event loop.
+
+    A pipe, socket or terminal is watched by the loop itself. Anything else (a
+    regular file, a file-like object) is read by a daemon thread that hands the
+    loop each chunk: one that blocks forever holds up neither a shutdown nor
+    the process's exit.
+    """
 
     def __init__(self, source: Stream) -> None:
         self._fd = source if isinstance(source, int) else _fileno(source)
         self._source = source
         self._stream: asyncio.StreamReader | None = None
+        self._chunks: asyncio.Queue[bytes | Exception] | None = None
         self._transport: asyncio.ReadTransport | None = None
         self._restore_blocking: bool | None = None
 
     async def open(self) -> None:
-        if self._fd is None or stat.S_ISREG(os.fstat(self._fd).st_mode):
-            return  # regular files (and file-likes) never block for long: read them in a background thread
+        if self._fd is None or stat.S_ISREG(os.fstat(self._fd).st_mode) or not await self._watch(self._fd):
+            self._start_reader_thread()
+
+    async def _watch(self, fd: int) -> bool:
         loop = asyncio.get_running_loop()
-        was_blocking = os.get_blocking(self._fd)
+        was_blocking = os.get_blocking(fd)
         # The transport closes what it is given: hand it a duplicate, so our stdin stays open.
-        pipe = os.fdopen(os.dup(self._fd), "rb", buffering=0)
+        pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
         stream = asyncio.StreamReader(limit=_READ_CHUNK)
         try:
-            self._transport, _ = await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(stream), pipe
-            )
+            self._transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), pipe)
         except (OSError, ValueError):
             pipe.close()
-            os.set_blocking(self._fd, was_blocking)
-            return
+            os.set_blocking(fd, was_blocking)
+            return False
         self._stream = stream
         self._restore_blocking = was_blocking
+        return True
+
+    def _start_reader_thread(self) -> None:
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[bytes | Exception] = asyncio.Queue()
+        fd, source = self._fd, self._source
+
+        def read() -> bytes:
+            if fd is not None:
+                return os.read(fd, _READ_CHUNK)
+            assert not isinstance(source, int)
+            return source.read(_READ_CHUNK)
+
+        def pump() -> None:
+            while True:
+                item: bytes | Exception
+                try:
+                    item = read()
+                except Exception as exc:  # noqa: BLE001 - handed to the loop, which reports it as a failed read
+                    item = exc
+                try:
+                    loop.call_soon_threadsafe(chunks.put_nowait, item)
+                except RuntimeError:
+                    return  # the loop is gone: nobody reads any more
+                if not isinstance(item, bytes) or not item:
+                    return
+
+        self._chunks = chunks
+        threading.Thread(target=pump, name="labrecon-stdin", daemon=True).start()
 
     async def read(self) -> bytes:
         """Next chunk, or b"" at end of input."""
         if self._stream is not None:
             return await self._stream.read(_READ_CHUNK)
-        if self._fd is not None:
-            return await asyncio.to_thread(os.read, self._fd, _READ_CHUNK)
-        assert not isinstance(self._source, int)
-        return await asyncio.to_thread(self._source.read, _READ_CHUNK)
+        assert self._chunks is not None
+        item = await self._chunks.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
 
     def close(self) -> None:
         if self._transport is not None:
