@@ -17,7 +17,7 @@ from typing import Any
 from actors.policy import TargetPolicy
 from actors.results import InvalidCall
 from actors.settings import ToolSettings
-from actors.tools.base import ToolSpec
+from actors.tools.base import ToolArguments, ToolSpec
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def resolve_timeout(requested: float | None, settings: ToolSettings) -> float:
 
 def prepare_call(
     spec: ToolSpec,
-    arguments: Mapping[str, Any],
+    arguments: Mapping[str, Any] | ToolArguments,
     *,
     settings: ToolSettings,
     policy: TargetPolicy,

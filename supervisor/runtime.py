@@ -27,7 +27,7 @@ from actors.reply import AsyncReply, Reply, ThreadReply
 from actors.results import CallOutcome, ErrorType, InvalidCall
 from actors.tool import Call
 from actors.tools import TOOL_SPECS
-from actors.tools.base import ToolSpec
+from actors.tools.base import ToolArguments, ToolSpec
 from supervisor.audit import AuditLog
 from supervisor.config import FaultSettings, Settings, settings_from
 from supervisor.status import Status
@@ -158,11 +158,13 @@ class Runtime:
         caller: str | None = None,
     ) -> CallOutcome:
         """Run a call from asyncio. Cancelling the awaiting task cancels the call (and kills its process)."""
-        policy = await self._looked_up(self._spec(tool), arguments)
+        policy, validated = await self._looked_up(self._spec(tool), arguments)
         loop = asyncio.get_running_loop()
         reply: AsyncReply[CallOutcome] = AsyncReply(loop)
         sink = _on_loop(loop, progress) if progress is not None else None
-        call_id, early = self._submit(tool, arguments, reply, policy, call_id=call_id, progress=sink, caller=caller)
+        call_id, early = self._submit(
+            tool, arguments, reply, policy, call_id=call_id, progress=sink, caller=caller, validated=validated
+        )
         if early is not None:
             return early
         try:
@@ -238,24 +240,26 @@ class Runtime:
             raise UnknownTool(tool, sorted(self.specs))
         return spec
 
-    async def _looked_up(self, spec: ToolSpec, arguments: Mapping[str, Any]) -> TargetPolicy:
+    async def _looked_up(
+        self, spec: ToolSpec, arguments: Mapping[str, Any]
+    ) -> tuple[TargetPolicy, ToolArguments | None]:
         """The policy for one call from asyncio, with its target's look-up (if any) already settled.
 
         A call that will be refused anyway (the runtime stopping, arguments that do not validate) looks
         nothing up: names are resolved only for calls that may run.
         """
         if self._stopped or not isinstance(arguments, Mapping):
-            return self.policy
+            return self.policy, None
         try:
-            target = spec.validate_arguments(arguments).target
+            validated = spec.validate_arguments(arguments)  # once: the call is prepared from this
         except InvalidCall:
-            return self.policy
-        name = self.policy.lookup_name(target)
+            return self.policy, None
+        name = self.policy.lookup_name(validated.target)
         if name is None:
-            return self.policy
+            return self.policy, validated
         lookup = self.lookups.start(name)
         await lookup.settled()
-        return self.policy.with_resolver(lookup.answer)
+        return self.policy.with_resolver(lookup.answer), validated
 
     def _submit(
         self,
@@ -267,13 +271,14 @@ class Runtime:
         call_id: str | None,
         progress: ProgressSink | None,
         caller: str | None,
+        validated: ToolArguments | None = None,
     ) -> tuple[str, CallOutcome | None]:
         spec = self._spec(tool)
         call_id = call_id or uuid.uuid4().hex
         if self._stopped:
             return call_id, CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, "the runtime is stopping")
         try:
-            prepared = self._prepare(spec, arguments, policy)
+            prepared = self._prepare(spec, validated or arguments, policy)
             with self._calls_lock:
                 if call_id in self._calls:
                     raise InvalidCall(f"call id {call_id!r} is already in use by a call in flight", field="call_id")
@@ -290,8 +295,10 @@ class Runtime:
         self.supervisor.submit(call)
         return call_id, None
 
-    def _prepare(self, spec: ToolSpec, arguments: Mapping[str, Any], policy: TargetPolicy) -> PreparedCall:
-        if not isinstance(arguments, Mapping):
+    def _prepare(
+        self, spec: ToolSpec, arguments: Mapping[str, Any] | ToolArguments, policy: TargetPolicy
+    ) -> PreparedCall:
+        if not isinstance(arguments, Mapping | ToolArguments):
             raise InvalidCall("arguments must be an object", field="arguments")
         return prepare_call(spec, arguments, settings=getattr(self.settings.tools, spec.name), policy=policy)
 
