@@ -17,6 +17,7 @@ from tests.helpers import wait_until
 from tests.http_support import binary, running_daemon, sdk_client
 from tests.resolvers import HangingResolver
 from tests.runtimes import scan_calls
+from transports.cli import main
 
 SLOW = "slow.lab.internal"
 
@@ -112,3 +113,10 @@ def test_a_call_refused_for_its_arguments_looks_nothing_up(make_runtime, resolve
     outcome = asyncio.run(scenario())
     assert outcome.error_type == "validation" and "timing" in outcome.error.message
     assert resolver.calls == [], "a call that can never run must not cost a look-up"
+
+
+def test_labrecon_check_shows_the_lookup_limits(tmp_path, capsys):
+    config = tmp_path / "labrecon.toml"
+    config.write_text("[policy]\ndns_timeout_sec = 0.5\ndns_concurrency = 3\n")
+    main(["check", "--config", str(config)])
+    assert "DNS on (each look-up within 0.5s, 3 at once)" in capsys.readouterr().out

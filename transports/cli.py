@@ -170,7 +170,12 @@ def render_check(report: dict[str, Any]) -> str:
     lines += ["", "Policy"]
     lines.append("  networks  " + ", ".join(policy["allowed_networks"]))
     lines.append("  domains   " + ", ".join(policy["allowed_domains"]))
-    lines.append(f"  max hosts {policy['max_hosts']} per call; DNS {'on' if policy['dns'] else 'off'}")
+    dns = (
+        f"DNS on (each look-up within {policy['dns_timeout_sec']:g}s, {policy['dns_concurrency']} at once)"
+        if policy["dns"]
+        else "DNS off"
+    )
+    lines.append(f"  max hosts {policy['max_hosts']} per call; {dns}")
     if policy["hosts"]:
         lines.append("  static    " + ", ".join(f"{k}={v}" for k, v in policy["hosts"].items()))
     return "\n".join(lines)
