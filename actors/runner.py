@@ -136,9 +136,9 @@ class ProcessRun:
     """A single run of one argv; `run` once, `cancel` from any thread at any time.
 
     ``run`` spawns the process and supervises it to the end. A caller that
-    wants the tool started at once, on its own thread, and supervised on
-    another may call `spawn` first (`run` then only supervises). A spawned
-    run owns a live process group: `run` must follow, or else `abandon`.
+    wants to know the tool started before it is supervised may call `spawn`
+    first (`run` then only supervises). A spawned run owns a live process
+    group: `run` must follow.
 
     ``on_line`` is called on the thread inside `run` with every stdout and
     stderr line (split at ``\\n`` or ``\\r``, decoded leniently, empty lines
@@ -238,29 +238,6 @@ class ProcessRun:
         finally:
             self._close_wake_pipe()
             self._remove_home()
-
-    def abandon(self) -> None:
-        """End a spawned run that no runner will supervise: kill its process group at once and reap it.
-
-        For a caller that started the process and then could not arrange for
-        `run` to be called; afterwards `run` may not be.
-        """
-        with self._lock:
-            self._ran = True
-            proc, processes = self._proc, self._processes
-        if proc is not None and processes is not None:
-            processes.observe()
-            _signal_group(proc.pid, signal.SIGKILL)  # before the reap, while the group id is still ours
-            processes.end(AFTER_KILL_WAIT_SEC)
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-            try:
-                proc.wait(timeout=AFTER_KILL_WAIT_SEC)
-            except subprocess.TimeoutExpired:
-                _log.warning("process %d did not exit after SIGKILL", proc.pid)
-        self._close_wake_pipe()
-        self._remove_home()
 
     def _close_wake_pipe(self) -> None:
         with self._lock:

@@ -272,20 +272,6 @@ def test_a_run_cancelled_between_spawn_and_supervision_still_ends_its_group(tmp_
     assert_gone(call["pid"], call["child_pid"])
 
 
-def test_an_abandoned_run_kills_its_group_at_once_and_leaks_nothing(tmp_path):
-    nmap = install_fake(tmp_path, "nmap", mode="hang_with_child", ignore_term=True)
-    fds_before = len(os.listdir("/proc/self/fd"))
-    process_run = ProcessRun(RunRequest([str(nmap), "10.0.0.5"], timeout_sec=60, kill_grace_sec=30))
-    process_run.spawn()
-    (call,) = wait_until(lambda: read_calls(nmap), what="the fake to start")
-    process_run.abandon()  # no grace: nobody is left to wait it out
-    assert_gone(call["pid"], call["child_pid"])
-    assert len(os.listdir("/proc/self/fd")) == fds_before
-    assert call["pid"] not in {child.pid for child in psutil.Process().children()}  # reaped, not a zombie
-    with pytest.raises(RuntimeError):
-        process_run.run()
-
-
 def test_a_failed_spawn_leaves_no_descriptor_behind(tmp_path):
     fds_before = len(os.listdir("/proc/self/fd"))
     process_run = ProcessRun(RunRequest([str(tmp_path / "missing")], timeout_sec=5))
@@ -511,16 +497,6 @@ def test_a_process_detached_from_a_cancelled_run_is_killed(tmp_path, subreaper):
     thread.join(10)
     assert results[0].cancelled
     assert not process_alive(call["detached_pid"])
-
-
-def test_an_abandoned_run_kills_what_it_detached(tmp_path, subreaper):
-    nmap = install_fake(tmp_path, "nmap", mode="detach")
-    process_run = ProcessRun(RunRequest([str(nmap), "10.0.0.5"], timeout_sec=60))
-    process_run.spawn()
-    (call,) = wait_until(lambda: read_calls(nmap), what="the fake to start")
-    process_run.abandon()
-    assert not process_alive(call["detached_pid"])
-    assert call["detached_pid"] not in our_children()
 
 
 def test_a_detached_process_still_under_the_leader_is_killed_without_a_subreaper(tmp_path):
