@@ -119,13 +119,11 @@ def _end(find: Callable[[], list[psutil.Process]], timeout: float) -> list[int]:
 
 def _reparented_to_us() -> list[psutil.Process]:
     """The children of this process's main thread: where the kernel re-parents orphans while that thread lives."""
-    if not _HAS_CHILDREN_FILES:
-        return _processes(_child_pids(os.getpid()))
     try:
         with open(f"/proc/self/task/{os.getpid()}/children", "rb") as listing:
             return _processes(int(child) for child in listing.read().split())
-    except OSError:
-        return _processes(_child_pids(os.getpid()))  # the main thread has ended: look at every thread
+    except OSError:  # no such file on this kernel, or the main thread has ended: ask every thread
+        return _processes(_child_pids(os.getpid()))
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
