@@ -58,7 +58,6 @@ class _ToolTallies:
     last_restart_reason: str | None = None
     restart_durations: deque[float] = field(default_factory=lambda: deque(maxlen=RESERVOIR))
     died_at: float | None = None  # when the last death was seen, until a successor serves
-    breaker: str = "closed"
 
 
 class CallLedger:
@@ -99,7 +98,7 @@ class CallLedger:
     # --- tools ----------------------------------------------------------------------
 
     def breaker_changed(self, tool: str, state: str) -> None:
-        self._tools[tool].breaker = state
+        """The breaker itself lives with the tool; only its observers (the metrics) keep its state."""
         if self.observer is not None:
             self.observer.breaker_changed(tool, state)
 
@@ -148,9 +147,6 @@ class CallLedger:
             restart_p50_sec=nearest_rank(restarts, 0.50),
             restart_p99_sec=nearest_rank(restarts, 0.99),
         )
-
-    def breaker_state(self, tool: str) -> str:
-        return self._tools[tool].breaker
 
     def uptime_sec(self) -> float:
         return self.clock() - self.started_at
