@@ -25,7 +25,6 @@ from mcp_types import (
     PROTOCOL_VERSION_META_KEY,
     UNSUPPORTED_PROTOCOL_VERSION,
 )
-from mcp_types.version import is_version_at_least
 
 from transports.mcp import eras
 from transports.mcp.jsonrpc import RpcError
@@ -67,8 +66,6 @@ JSON: Final = "application/json"
 EVENT_STREAM: Final = "text/event-stream"
 
 KNOWN_VERSIONS: Final[tuple[str, ...]] = (*eras.HANDSHAKE_VERSIONS, *eras.MODERN_VERSIONS)
-
-_RESUMABLE_SINCE: Final = "2025-11-25"
 
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 _B64_SENTINEL = re.compile(r"=\?base64\?(?P<payload>.*)\?=")
@@ -216,7 +213,7 @@ def is_tool_call(message: Any) -> bool:
 
 def resumable_at(version: str | None) -> bool:
     """Whether a session that negotiated `version` gets resumable event streams (see the module notes)."""
-    return version in eras.HANDSHAKE_VERSIONS and is_version_at_least(version, _RESUMABLE_SINCE)
+    return version in eras.HANDSHAKE_VERSIONS and eras.has_feature(version, "resumable_streams")
 
 
 def request_id_of(message: Any) -> str | int | None:
