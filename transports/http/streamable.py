@@ -297,10 +297,8 @@ class StreamableHttpTransport:
                 reply = stream.reply
                 if reply is None:
                     response = Response(status_code=202, headers=dict(headers))
-                elif accept.json:
-                    response = json_response(reply, reply_status(reply, modern=modern), headers)
                 else:
-                    response = event_stream_response(reply, headers)
+                    response = _reply_response(reply, accept, headers, reply_status(reply, modern=modern))
                 await response(scope, receive, send)
                 return
         await start_event_stream(send, headers=headers)
@@ -495,9 +493,11 @@ def _outcome(task: asyncio.Task[Any], message: Any) -> Any:
     return task.result()
 
 
-def _reply_response(reply: Any, accept: Accepts, headers: Mapping[str, str] | None = None) -> Response:
-    """A reply ready at once: JSON, or one event for a client that reads only event streams."""
-    return json_response(reply, 200, headers) if accept.json else event_stream_response(reply, headers)
+def _reply_response(
+    reply: Any, accept: Accepts, headers: Mapping[str, str] | None = None, status: int = 200
+) -> Response:
+    """A reply ready at once: JSON (with `status`), or one event for a client that reads only event streams."""
+    return json_response(reply, status, headers) if accept.json else event_stream_response(reply, headers)
 
 
 def _short(session: HttpSession | None) -> str | None:
