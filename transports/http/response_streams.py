@@ -62,7 +62,7 @@ class ResponseStream:
         self.reply: Any = None
         self.reader: Reader | None = None
         self.request: asyncio.Task[Any] | None = None
-        self._events: deque[tuple[int, bytes]] = deque(maxlen=limit)
+        self._events: deque[tuple[int, Any]] = deque(maxlen=limit)  # (number, message), framed when sent
         self._changed = asyncio.Event()
         self._abandon: asyncio.TimerHandle | None = None
         self._clock = clock
@@ -95,8 +95,7 @@ class ResponseStream:
         if self.finished:
             return
         self.last += 1
-        event_id = self._event_id(self.last) if self.resumable else None
-        self._events.append((self.last, event_frame(message, event_id=event_id)))
+        self._events.append((self.last, message))
         self._wake()
 
     def finish(self, reply: Any) -> None:
@@ -111,8 +110,15 @@ class ResponseStream:
         self._wake()
 
     def after(self, cursor: int) -> list[tuple[int, bytes]]:
-        """The kept events numbered above `cursor`, oldest first, as (number, frame)."""
-        return [(number, frame) for number, frame in self._events if number > cursor]
+        """The kept events numbered above `cursor`, oldest first, as (number, frame).
+
+        A message is framed only when it is sent: one answered in one piece is never framed at all.
+        """
+        return [
+            (number, event_frame(message, event_id=self._event_id(number) if self.resumable else None))
+            for number, message in self._events
+            if number > cursor
+        ]
 
     def ended_for(self, cursor: int) -> bool:
         """Whether a reader at `cursor` has had everything this stream will ever hold."""
