@@ -7,8 +7,11 @@ in-memory backend and the runtime can change without touching them.
 
 from __future__ import annotations
 
+import getpass
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Protocol
 
 from actors.results import CallOutcome
@@ -24,6 +27,34 @@ class UnknownTool(LookupError):
         super().__init__(f"unknown tool {name!r}; available: {', '.join(known) or 'none'}")
         self.name = name
         self.known = known
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: the owner every scan is bound to, and how the audit log describes the asker.
+
+    `owner` is the identity the server established (a named token over HTTP, the local OS user over
+    stdio and token-less loopback HTTP), never a name the client chose for itself. `admin` callers
+    may see every owner's scans. `detail` (transport peer, client name) is only for the audit log.
+    """
+
+    owner: str
+    admin: bool = False
+    detail: str = ""
+
+    @classmethod
+    def local(cls, detail: str = "") -> Caller:
+        """The local OS user: the owner over stdio and token-less loopback HTTP, and for embedders."""
+        return cls(owner=local_user(), detail=detail)
+
+
+@cache
+def local_user() -> str:
+    """The name of the OS user this process runs as (its uid when the name cannot be found)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
 
 
 @dataclass(frozen=True)
@@ -46,7 +77,7 @@ class ToolBackend(Protocol):
         *,
         call_id: str | None = None,
         progress: ProgressSink | None = None,
-        caller: str | None = None,  # who asks, for the audit log: transport and client
+        caller: Caller | None = None,
     ) -> CallOutcome: ...
 
     def cancel(self, call_id: str) -> bool: ...

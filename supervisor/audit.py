@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from actors.api import Caller
 from actors.results import CallOutcome
 
 logger = logging.getLogger(__name__)
@@ -23,13 +24,18 @@ _STOP = object()
 
 
 def audit_record(
-    outcome: CallOutcome, *, caller: str | None, arguments: dict[str, Any] | None = None
+    outcome: CallOutcome, *, caller: Caller | None, arguments: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The line for one answered call; the arguments only when the call was refused before it ran."""
+    """The line for one answered call; the arguments only when the call was refused before it ran.
+
+    `owner` is the identity the server established; `via` is what the transport saw (peer, and the
+    client's own name for itself, which proves nothing).
+    """
     record: dict[str, Any] = {
         "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "call_id": outcome.call_id,
-        "caller": caller,
+        "owner": caller.owner if caller is not None else None,
+        "via": caller.detail if caller is not None else None,
         "tool": outcome.tool,
         "target": outcome.target,
         "resolved": outcome.resolved_targets,
@@ -56,7 +62,7 @@ class AuditLog:
         self._thread = threading.Thread(target=self._write_all, name="labrecon-audit", daemon=True)
         self._thread.start()
 
-    def record(self, outcome: CallOutcome, *, caller: str | None, arguments: dict[str, Any] | None = None) -> None:
+    def record(self, outcome: CallOutcome, *, caller: Caller | None, arguments: dict[str, Any] | None = None) -> None:
         self._queue.put(audit_record(outcome, caller=caller, arguments=arguments))
 
     def _write_all(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from actors.api import ProgressSink, ToolInfo, UnknownTool
+from actors.api import Caller, ProgressSink, ToolInfo, UnknownTool
 from actors.containment import end_leftovers, set_subreaper
 from actors.lookups import Lookups
 from actors.policy import Resolver, TargetPolicy
@@ -129,7 +129,7 @@ class Runtime:
         timeout: float | None = None,
         *,
         call_id: str | None = None,
-        caller: str | None = None,
+        caller: Caller | None = None,
     ) -> CallOutcome:
         """Run a call and block until it is answered; usable from any thread but an event loop's.
 
@@ -155,7 +155,7 @@ class Runtime:
         *,
         call_id: str | None = None,
         progress: ProgressSink | None = None,
-        caller: str | None = None,
+        caller: Caller | None = None,
     ) -> CallOutcome:
         """Run a call from asyncio. Cancelling the awaiting task cancels the call (and kills its process)."""
         policy, validated = await self._looked_up(self._spec(tool), arguments)
@@ -270,7 +270,7 @@ class Runtime:
         *,
         call_id: str | None,
         progress: ProgressSink | None,
-        caller: str | None,
+        caller: Caller | None,
         validated: ToolArguments | None = None,
     ) -> tuple[str, CallOutcome | None]:
         spec = self._spec(tool)
@@ -302,7 +302,7 @@ class Runtime:
             raise InvalidCall("arguments must be an object", field="arguments")
         return prepare_call(spec, arguments, settings=getattr(self.settings.tools, spec.name), policy=policy)
 
-    def _answered(self, call_id: str, outcome: CallOutcome, caller: str | None) -> None:
+    def _answered(self, call_id: str, outcome: CallOutcome, caller: Caller | None) -> None:
         with self._calls_lock:
             self._calls.pop(call_id, None)
         if self.audit is not None:

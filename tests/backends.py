@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.api import ProgressSink, ToolInfo, UnknownTool
+from actors.api import Caller, ProgressSink, ToolInfo, UnknownTool
 from actors.results import CallOutcome, ErrorType
 
 OUTPUT_SCHEMA: dict[str, Any] = CallOutcome.model_json_schema()
@@ -108,7 +108,7 @@ class FakeBackend:
     def __init__(self, *, hold_slots: int = 1, max_queue: int = 4) -> None:
         self.counts: Counter[str] = Counter()
         self.calls: list[tuple[str, dict[str, Any], str | None]] = []
-        self.callers: list[str | None] = []  # who each call said it came from
+        self.callers: list[Caller | None] = []  # who each call said it came from
         self.cancel_requests: list[str] = []
         self.killed_pids: list[int] = []
         self.started: list[str] = []
@@ -144,7 +144,7 @@ class FakeBackend:
         *,
         call_id: str | None = None,
         progress: ProgressSink | None = None,
-        caller: str | None = None,
+        caller: Caller | None = None,
     ) -> CallOutcome:
         self.callers.append(caller)
         if tool not in TOOLS:

@@ -266,10 +266,11 @@ def test_audit_log_records_who_ran_what_and_how_it_ended(tmp_path):
             assert (await client.call_tool("nmap", {"target": "8.8.8.8"})).is_error
 
     asyncio.run(scenario())
+    import getpass
     import json
 
     ran, refused = [json.loads(line) for line in audit.read_text().splitlines()]
-    assert ran["caller"].startswith("stdio mcp") and ran["tool"] == "nmap"
+    assert ran["owner"] == getpass.getuser() and ran["via"].startswith("stdio mcp") and ran["tool"] == "nmap"
     assert ran["target"] == "10.0.0.5" and ran["outcome"] == "ok" and ran["argv"][-1] == "10.0.0.5"
     assert refused["outcome"] == "validation" and refused["arguments"] == {"target": "8.8.8.8"}
     assert refused["argv"] == [] and "8.8.8.8" in refused["error"]

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import mcp_types as types
 
+from actors.api import Caller
 from transports.mcp import eras, jsonrpc
 from transports.mcp.eras import Era
 
@@ -64,6 +65,9 @@ class Session:
     log_level: str | None = None
     calls: dict[str, PendingCall] = field(default_factory=dict, repr=False)
     peer: str = ""  # set by the transport: "stdio", or the HTTP client's address
+    # Set by the transport from what it verified (a named token); None means the local OS user.
+    owner: str | None = None
+    admin: bool = False
 
     @classmethod
     def handshake(cls, protocol_version: str) -> Session:
@@ -104,8 +108,11 @@ class RequestContext:
     def params(self) -> dict[str, Any]:
         return self.request.params or {}
 
-    def caller_in(self, session: Session) -> str:
-        """Who is asking, as the audit log records it: the transport's peer and the client's name."""
+    def caller_in(self, session: Session) -> Caller:
+        """Who is asking: the owner the transport established, and (for the audit log) peer and client."""
         info = self.client_info or session.client_info or {}
         client = f"{info.get('name', '?')}/{info.get('version', '?')}" if info else "unknown client"
-        return f"{session.peer or 'unknown peer'} {client}"
+        detail = f"{session.peer or 'unknown peer'} {client}"
+        if session.owner is None:
+            return Caller.local(detail)
+        return Caller(owner=session.owner, admin=session.admin, detail=detail)

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import mcp_types as types
 
-from actors.api import ToolBackend, UnknownTool
+from actors.api import Caller, ToolBackend, UnknownTool
 from actors.results import CallOutcome, ErrorType, InvalidCall
 from transports.logs import correlation
 from transports.mcp import eras, jsonrpc
@@ -119,7 +119,9 @@ class ToolCalls:
 
     # ------------------------------------------------------------------ one call
 
-    async def _run(self, call: PendingCall, arguments: dict[str, Any], ctx: RequestContext, caller: str) -> CallOutcome:
+    async def _run(
+        self, call: PendingCall, arguments: dict[str, Any], ctx: RequestContext, caller: Caller
+    ) -> CallOutcome:
         progress = self._progress_sink(call, ctx.notify) if call.progress_token is not None else None
         try:
             return await self._backend.acall(
