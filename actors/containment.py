@@ -11,13 +11,21 @@ import contextlib
 import ctypes
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
 
 import psutil
 
-__all__ = ["RunProcesses", "end_leftovers", "is_subreaper", "set_subreaper"]
+__all__ = [
+    "RunProcesses",
+    "end_left_group",
+    "end_leftovers",
+    "is_subreaper",
+    "process_start_ticks",
+    "set_subreaper",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -57,6 +65,30 @@ def _prctl(option: int, argument: int) -> None:
     if libc.prctl(option, ctypes.c_ulong(argument), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (Linux); with the pid, it names one process for good."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19])  # field 22 of stat(5); the first two (pid, comm) precede the ")"
+
+
+def end_left_group(pgid: int, start_ticks: int) -> bool:
+    """Kill process group `pgid` if its leader is still the process that started at `start_ticks`.
+
+    A run's group was recorded by an earlier life of this daemon; the pid may since belong to a
+    stranger, whom the start time tells apart. True if the group was signalled.
+    """
+    if process_start_ticks(pgid) != start_ticks:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+        return True
+    return False
 
 
 class RunProcesses:

@@ -46,6 +46,7 @@ def outcome_from_run(
         return CallOutcome.failure(tool, call_id, ErrorType.EXECUTION, message, **fields), Verdict.FAILURE
     result, parse_error = _parse(spec, run)
     fields["result"] = result
+    fields["raw_output"] = run.stdout.decode("utf-8", "replace")
     if run.cancelled:
         message = "the call was cancelled"
         return CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, message, **fields), Verdict.NEUTRAL

@@ -73,6 +73,9 @@ class CallOutcome(BaseModel):
     stderr: str = ""
     result: dict[str, Any] | None = None
     error: CallError | None = None
+    # The tool's own output as captured (within the byte cap). Kept for the scan store, never sent:
+    # `exclude` leaves it out of every dump, the wire envelope and its schema included.
+    raw_output: str | None = Field(default=None, exclude=True)
 
     @classmethod
     def failure(

@@ -41,6 +41,7 @@ class Call:
     prepared: PreparedCall
     reply: Reply[CallOutcome]
     progress: ProgressSink | None = None
+    on_spawn: Callable[[int], None] | None = None  # runner thread: the process (and its group) exists
     admitted_at: float = field(default_factory=time.monotonic)
     # Written by the owning actor, read by the supervisor when that actor dies or hangs.
     started: bool = False
@@ -338,6 +339,8 @@ class ToolActor(pykka.ThreadingActor):
             if fault is not None:
                 fault.before_run(run)
             run.spawn()
+            if call.on_spawn is not None and run.pid is not None:
+                call.on_spawn(run.pid)
             self._progress_edge(call, run, 0.0, "started")
             result = run.run()
             self._progress_edge(call, run, 100.0, "ended")

@@ -144,6 +144,33 @@ class AuthSettings(Strict):
     token: SecretStr | None = None
 
 
+def default_store_path() -> str:
+    """`$XDG_STATE_HOME/labrecon/scans.sqlite3`, `~/.local/state` when XDG_STATE_HOME is unset."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(state) / "labrecon" / "scans.sqlite3")
+
+
+class ScansSettings(Strict):
+    """Scans that outlive their call: where they are kept, how long a call waits, how much a reply holds."""
+
+    # A file path, or ":memory:" for a store that lives and dies with the process.
+    path: str = Field(default_factory=default_store_path, min_length=1)
+    # How long a scanner call waits for its scan before answering "working" with the scan_id.
+    inline_wait_sec: float = Field(default=45.0, ge=0, le=3600)
+    # The most a call's own wait_sec, or scan_status's, may ask for.
+    max_wait_sec: float = Field(default=300.0, gt=0, le=3600)
+    retention_days: float = Field(default=7.0, gt=0)
+    max_scans: int = Field(default=10_000, ge=1)
+    # The most text one scan_result or summary carries; the rest is paged.
+    max_result_chars: int = Field(default=20_000, ge=2_000, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _inline_within_max(self) -> ScansSettings:
+        if self.inline_wait_sec > self.max_wait_sec:
+            raise ValueError("inline_wait_sec must not exceed max_wait_sec")
+        return self
+
+
 class LoggingSettings(Strict):
     # Any case: operators write both `level = "debug"` and LABRECON_LOGGING__LEVEL=DEBUG.
     level: Annotated[str, BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value)] = Field(
@@ -170,6 +197,7 @@ class Settings(BaseSettings):
     faults: tuple[FaultSettings, ...] = ()
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    scans: ScansSettings = Field(default_factory=ScansSettings)
 
     @model_validator(mode="after")
     def _faults_name_tools(self) -> Settings:

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from actors.api import Caller, ProgressSink, ToolInfo, UnknownTool
-from actors.containment import end_leftovers, set_subreaper
+from actors.containment import end_left_group, end_leftovers, set_subreaper
 from actors.lookups import Lookups
 from actors.policy import Resolver, TargetPolicy
 from actors.prepare import PreparedCall, prepare_call
@@ -30,8 +33,22 @@ from actors.tools import TOOL_SPECS
 from actors.tools.base import ToolArguments, ToolSpec
 from supervisor.audit import AuditLog
 from supervisor.config import FaultSettings, Settings, settings_from
+from supervisor.scans.service import LiveScan, Scans
+from supervisor.scans.store import ScanStore
 from supervisor.status import Status
 from supervisor.supervisor import Supervisor
+
+
+@dataclass(frozen=True)
+class StartedScan:
+    """A call on its way: the scan that records it (None once the runtime stops) and its answer to come."""
+
+    scan_id: str | None
+    call_id: str
+    outcome: asyncio.Future[CallOutcome]
+
+
+logger = logging.getLogger(__name__)
 
 
 class RuntimeStopped(RuntimeError):
@@ -46,7 +63,14 @@ class Runtime:
             outcome = runtime.call("nmap", {"target": "10.0.0.5", "ports": "22,80"})
     """
 
-    def __init__(self, settings: Settings, *, resolver: Resolver | None = None, owns_process: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        resolver: Resolver | None = None,
+        owns_process: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.owns_process = owns_process and set_subreaper(True)
         policy = TargetPolicy(settings.policy, resolver=resolver)
@@ -61,6 +85,14 @@ class Runtime:
         # Schemas are derived from the specs once: they never change while the runtime lives.
         self._tool_infos = [spec.info() for spec in self.specs.values()]
         self.audit = AuditLog(settings.logging.audit_path) if settings.logging.audit_path else None
+        self.scans = Scans(
+            ScanStore(settings.scans.path),
+            cancel_call=self.cancel,
+            retention_sec=settings.scans.retention_days * 86_400,
+            max_scans=settings.scans.max_scans,
+            clock=clock,
+        )
+        self._settle_interrupted()
         self.supervisor = Supervisor(settings, self.specs, on_escalate=self._escalate)
         self._calls: dict[str, str] = {}  # call_id -> tool, for cancellation
         self._calls_lock = threading.Lock()
@@ -79,6 +111,7 @@ class Runtime:
         *,
         resolver: Resolver | None = None,
         owns_process: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> Runtime:
         """Start from a Settings object, a dict shaped like the TOML file, or a path to one.
 
@@ -88,7 +121,7 @@ class Runtime:
         subreaper. With `owns_process` (this process runs nothing else) the
         runtime makes it one (Linux), and `stop` ends every child process left.
         """
-        return cls(settings_from(config), resolver=resolver, owns_process=owns_process)
+        return cls(settings_from(config), resolver=resolver, owns_process=owns_process, clock=clock)
 
     def stop(self, grace: float = 10.0) -> None:
         """Admit nothing new, let running calls finish within `grace` seconds, then end them.
@@ -102,6 +135,7 @@ class Runtime:
                 self.supervisor.shutdown(grace)
                 if self.owns_process:
                     end_leftovers()  # whatever got past the runs, zombies included
+                self.scans.store.close()  # every call is answered by now, every scan settled
                 if self.audit is not None:
                     self.audit.close()
 
@@ -137,7 +171,7 @@ class Runtime:
         `cancelled` answer returned, so nothing is left running behind the caller.
         """
         reply: ThreadReply[CallOutcome] = ThreadReply()
-        call_id, early = self._submit(
+        call_id, _, early = self._submit(
             tool, arguments, reply, self.policy, call_id=call_id, progress=None, caller=caller
         )
         if early is not None:
@@ -158,20 +192,37 @@ class Runtime:
         caller: Caller | None = None,
     ) -> CallOutcome:
         """Run a call from asyncio. Cancelling the awaiting task cancels the call (and kills its process)."""
+        started = await self.astart(tool, arguments, call_id=call_id, progress=progress, caller=caller)
+        try:
+            return await started.outcome
+        except asyncio.CancelledError:
+            self.cancel(started.call_id)
+            raise
+
+    async def astart(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        call_id: str | None = None,
+        progress: ProgressSink | None = None,
+        caller: Caller | None = None,
+    ) -> StartedScan:
+        """Start a call as a scan and return at once; `outcome` completes once the scan is settled.
+
+        Awaiting `outcome` is optional: the scan runs on whether anyone waits, and `scans` reads it
+        back by id. Cancel it with `cancel(call_id)` (or `scans.cancel`).
+        """
         policy, validated = await self._looked_up(self._spec(tool), arguments)
         loop = asyncio.get_running_loop()
         reply: AsyncReply[CallOutcome] = AsyncReply(loop)
         sink = _on_loop(loop, progress) if progress is not None else None
-        call_id, early = self._submit(
+        call_id, scan_id, early = self._submit(
             tool, arguments, reply, policy, call_id=call_id, progress=sink, caller=caller, validated=validated
         )
         if early is not None:
-            return early
-        try:
-            return await reply.future
-        except asyncio.CancelledError:
-            self.cancel(call_id)
-            raise
+            reply.resolve(early)
+        return StartedScan(scan_id=scan_id, call_id=call_id, outcome=reply.future)
 
     def cancel(self, call_id: str) -> bool:
         """Cancel a queued or running call; False if no such call is pending."""
@@ -182,6 +233,15 @@ class Runtime:
         return self.supervisor.cancel(tool, call_id)
 
     # --- operators ----------------------------------------------------------------
+
+    def _settle_interrupted(self) -> None:
+        """Scans an earlier life left `working` end as failed/interrupted; what they ran is ended."""
+        for left in self.scans.store.interrupt_running(time.time()):
+            if end_left_group(left.pgid, left.start_ticks):
+                logger.warning(
+                    "ended the process group of a scan interrupted by the daemon's death",
+                    extra={"scan_id": left.scan_id, "pgid": left.pgid},
+                )
 
     def status(self) -> Status:
         self._check_running()
@@ -272,11 +332,13 @@ class Runtime:
         progress: ProgressSink | None,
         caller: Caller | None,
         validated: ToolArguments | None = None,
-    ) -> tuple[str, CallOutcome | None]:
+    ) -> tuple[str, str | None, CallOutcome | None]:
+        """Admit a call, or refuse it; (call id, scan id, the refusal's answer or None)."""
         spec = self._spec(tool)
         call_id = call_id or uuid.uuid4().hex
+        caller = caller or Caller.local()
         if self._stopped:
-            return call_id, CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, "the runtime is stopping")
+            return call_id, None, CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, "the runtime is stopping")
         try:
             prepared = self._prepare(spec, validated or arguments, policy)
             with self._calls_lock:
@@ -289,11 +351,21 @@ class Runtime:
             if self.audit is not None:
                 given = dict(arguments) if isinstance(arguments, Mapping) else None
                 self.audit.record(refused, caller=caller, arguments=given)
-            return call_id, refused
-        call = Call(call_id=call_id, prepared=prepared, reply=reply, progress=progress)
-        reply.on_resolved(lambda outcome: self._answered(call_id, outcome, caller))
+            return call_id, self.scans.refused(caller, tool, arguments, refused), refused
+        scan = self.scans.open(
+            caller, tool, call_id, arguments,
+            target=prepared.target, resolved_targets=tuple(prepared.resolved_targets), argv=tuple(prepared.argv),
+        )
+        call = Call(
+            call_id=call_id,
+            prepared=prepared,
+            reply=reply,
+            progress=self.scans.progress_sink(scan, then=progress),
+            on_spawn=lambda pid: self.scans.spawned(scan, pid),
+        )
+        reply.on_resolved(lambda outcome: self._answered(call_id, scan, outcome, caller))
         self.supervisor.submit(call)
-        return call_id, None
+        return call_id, scan.record.scan_id, None
 
     def _prepare(
         self, spec: ToolSpec, arguments: Mapping[str, Any] | ToolArguments, policy: TargetPolicy
@@ -302,9 +374,10 @@ class Runtime:
             raise InvalidCall("arguments must be an object", field="arguments")
         return prepare_call(spec, arguments, settings=getattr(self.settings.tools, spec.name), policy=policy)
 
-    def _answered(self, call_id: str, outcome: CallOutcome, caller: Caller | None) -> None:
+    def _answered(self, call_id: str, scan: LiveScan, outcome: CallOutcome, caller: Caller) -> None:
         with self._calls_lock:
             self._calls.pop(call_id, None)
+        self.scans.finished(scan, outcome)
         if self.audit is not None:
             self.audit.record(outcome, caller=caller)
 
@@ -325,4 +398,4 @@ def _on_loop(loop: asyncio.AbstractEventLoop, progress: ProgressSink) -> Progres
     return deliver
 
 
-__all__ = ["Runtime", "RuntimeStopped"]
+__all__ = ["Runtime", "RuntimeStopped", "StartedScan"]

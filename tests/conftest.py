@@ -40,3 +40,9 @@ def subreaper():
     assert set_subreaper(True)
     yield
     set_subreaper(before)
+
+
+@pytest.fixture(autouse=True)
+def _own_state_directory(tmp_path_factory, monkeypatch):
+    """Each test keeps its scans in a store of its own (servers it starts inherit the variable)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))

@@ -62,6 +62,17 @@ class ToolArguments(BaseModel):
         allow_inf_nan=False,
         description="Wall-clock limit for the run in seconds; defaults to and is capped by server configuration.",
     )
+    wait_sec: float | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description=(
+            "How long this call waits for the scan before it answers status 'working' with a scan_id to "
+            "poll with scan_status; the scan goes on either way. Defaults to and is capped by server "
+            "configuration."
+        ),
+    )
 
 
 MAX_PORT_ITEMS = 512

@@ -1,0 +1,217 @@
+"""The scans a runtime has run, as its callers reach them: by id, bound to their owner.
+
+`Scans` writes the store at three moments of a call (admitted, its process started, answered) and
+keeps, for each scan still running, its latest progress and a future that completes once the store
+holds the final record. Every read takes the `Caller`: a non-admin sees only what it owns, and a scan
+it does not own raises exactly the `ScanNotFound` an unknown id raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from actors.api import Caller, ProgressSink
+from actors.containment import process_start_ticks
+from actors.results import CallOutcome
+from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus, new_scan_id, status_of
+from supervisor.scans.store import ScanStore
+
+__all__ = ["LiveScan", "Scans"]
+
+logger = logging.getLogger(__name__)
+
+EXPIRY_EVERY_SEC = 60.0
+"""How often finishing a scan also sweeps out the expired ones."""
+
+
+@dataclass(eq=False)
+class LiveScan:
+    """A scan whose call has not been answered yet."""
+
+    record: ScanRecord
+    done: Future[CallOutcome] = field(default_factory=Future)
+    progress: float | None = None
+    progress_message: str | None = None
+
+
+class Scans:
+    """Every scan of one runtime: created, watched and settled here, read back by id or page."""
+
+    def __init__(
+        self,
+        store: ScanStore,
+        *,
+        cancel_call: Callable[[str], bool],
+        retention_sec: float,
+        max_scans: int,
+        clock: Callable[[], float] = time.time,
+        on_expired: Callable[[list[tuple[str, str]]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self._cancel_call = cancel_call
+        self._retention_sec = retention_sec
+        self._max_scans = max_scans
+        self._clock = clock
+        self._on_expired = on_expired
+        self._live: dict[str, LiveScan] = {}
+        self._lock = threading.Lock()
+        self._last_expiry = float("-inf")
+        self.expired_total = 0
+
+    # --- a call's life (the runtime calls these) ------------------------------------------
+
+    def open(
+        self, caller: Caller, tool: str, call_id: str, arguments: Mapping[str, Any], *, target: str | None,
+        resolved_targets: tuple[str, ...], argv: tuple[str, ...],
+    ) -> LiveScan:
+        """A call was admitted: its scan is `working` from now on."""
+        now = self._clock()
+        record = ScanRecord(
+            scan_id=new_scan_id(), owner=caller.owner, tool=tool, call_id=call_id, status=ScanStatus.WORKING,
+            created_at=now, updated_at=now, arguments=dict(arguments), target=target,
+            resolved_targets=resolved_targets, argv=argv,
+        )
+        live = LiveScan(record)
+        with self._lock:
+            self._live[record.scan_id] = live
+        self.store.add(record)
+        return live
+
+    def refused(self, caller: Caller, tool: str, arguments: Any, outcome: CallOutcome) -> str:
+        """A call was answered before it was admitted (bad arguments, a target outside the policy)."""
+        now = self._clock()
+        error = outcome.error
+        record = ScanRecord(
+            scan_id=new_scan_id(), owner=caller.owner, tool=tool, call_id=outcome.call_id,
+            status=status_of(outcome), created_at=now, updated_at=now,
+            arguments=dict(arguments) if isinstance(arguments, Mapping) else {},
+            error_type=error.error_type.value if error is not None else None,
+            error=error.message if error is not None else None,
+        )
+        self.store.add(record, outcome=outcome)
+        return record.scan_id
+
+    def progress_sink(self, live: LiveScan, then: ProgressSink | None) -> ProgressSink:
+        """Runner thread: keep the scan's latest progress, then pass it on to the caller's own sink."""
+
+        def progressed(done: float, total: float | None, message: str | None) -> None:
+            percent = done if not total else 100.0 * done / total
+            live.progress = round(percent, 2)  # one reference swap each: a reader sees old or new
+            if message is not None:
+                live.progress_message = message
+            if then is not None:
+                then(done, total, message)
+
+        return progressed
+
+    def spawned(self, live: LiveScan, pid: int) -> None:
+        """Runner thread: the scan's process group exists; recorded so a later start can end it."""
+        ticks = process_start_ticks(pid)
+        if ticks is not None:
+            self.store.record_process(live.record.scan_id, pid, ticks)
+
+    def finished(self, live: LiveScan, outcome: CallOutcome) -> None:
+        """The call was answered: settle the scan in the store, then wake whoever waits on it."""
+        now = self._clock()
+        try:
+            self.store.finish(
+                live.record.scan_id, status_of(outcome), outcome, at=now,
+                progress=100.0 if outcome.ok else live.progress, progress_message=live.progress_message,
+            )
+        finally:
+            with self._lock:
+                self._live.pop(live.record.scan_id, None)
+            live.done.set_result(outcome)
+        if now - self._last_expiry >= EXPIRY_EVERY_SEC:
+            self.expire()
+
+    def expire(self) -> int:
+        """Remove finished scans past retention, and the oldest beyond `max_scans`; returns how many went."""
+        now = self._clock()
+        self._last_expiry = now
+        removed = self.store.expire(older_than=now - self._retention_sec, keep=self._max_scans)
+        if removed:
+            self.expired_total += len(removed)
+            if self._on_expired is not None:
+                self._on_expired(removed)
+        return len(removed)
+
+    # --- reads, bound to the caller -------------------------------------------------------------
+
+    def get(self, caller: Caller, scan_id: str) -> ScanRecord:
+        record = self.store.get(scan_id, _visible_to(caller))
+        if record is None:
+            raise ScanNotFound(scan_id)
+        live = self._live.get(scan_id)
+        if live is not None and record.status is ScanStatus.WORKING:
+            return _with_progress(record, live)
+        return record
+
+    def outcome(self, caller: Caller, scan_id: str) -> CallOutcome | None:
+        """The full outcome of a finished scan; None while it runs."""
+        record = self.get(caller, scan_id)
+        if not record.status.terminal:
+            return None
+        return self.store.outcome(scan_id, _visible_to(caller))
+
+    def raw(self, caller: Caller, scan_id: str) -> str | None:
+        """The tool's raw output of a finished scan (None while it runs, or if it never ran)."""
+        self.get(caller, scan_id)
+        return self.store.raw(scan_id, _visible_to(caller))
+
+    def page(
+        self, caller: Caller, *, tool: str | None = None, status: ScanStatus | None = None,
+        cursor: str | None = None, limit: int = 50,
+    ) -> tuple[list[ScanRecord], str | None]:
+        owner = _visible_to(caller)
+        records, next_cursor = self.store.page(owner, tool=tool, status=status, cursor=cursor, limit=limit)
+        return [self._live_view(record) for record in records], next_cursor
+
+    def done(self, caller: Caller, scan_id: str) -> Future[CallOutcome] | None:
+        """A future that completes when the scan is settled in the store; None if it already is."""
+        self.get(caller, scan_id)
+        live = self._live.get(scan_id)
+        return live.done if live is not None else None
+
+    async def wait(self, caller: Caller, scan_id: str, wait_sec: float) -> ScanRecord:
+        """The scan once it has finished, or as it stands after `wait_sec` seconds."""
+        future = self.done(caller, scan_id)
+        if future is not None and wait_sec > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), wait_sec)
+        return self.get(caller, scan_id)
+
+    def cancel(self, caller: Caller, scan_id: str) -> bool:
+        """Ask a running scan to stop (its process group is killed); False if it had already finished."""
+        record = self.get(caller, scan_id)
+        if record.status.terminal:
+            return False
+        return self._cancel_call(record.call_id)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "path": self.store.path,
+            "size_bytes": self.store.size_bytes(),
+            "counts": self.store.counts(),
+            "expired_total": self.expired_total,
+        }
+
+    def _live_view(self, record: ScanRecord) -> ScanRecord:
+        live = self._live.get(record.scan_id) if record.status is ScanStatus.WORKING else None
+        return _with_progress(record, live) if live is not None else record
+
+
+def _visible_to(caller: Caller) -> str | None:
+    return None if caller.admin else caller.owner
+
+
+def _with_progress(record: ScanRecord, live: LiveScan) -> ScanRecord:
+    return replace(record, progress=live.progress, progress_message=live.progress_message)

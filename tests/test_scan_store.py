@@ -1,0 +1,169 @@
+"""The scan store keeps every scan by id and owner, settles each once, pages newest first, and expires the old."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from actors.api import Caller
+from actors.containment import end_left_group, process_start_ticks
+from actors.results import CallOutcome, ErrorType
+from supervisor.scans.records import INTERRUPTED, ScanNotFound, ScanRecord, ScanStatus, new_scan_id
+from supervisor.scans.store import BadCursor, ScanStore
+from tests.runtimes import fake_runtime
+
+DAY = 86_400.0
+
+
+def working(owner: str = "alice", *, at: float = 1000.0, tool: str = "nmap", scan_id: str | None = None) -> ScanRecord:
+    return ScanRecord(
+        scan_id=scan_id or new_scan_id(), owner=owner, tool=tool, call_id="c", status=ScanStatus.WORKING,
+        created_at=at, updated_at=at, arguments={"target": "10.0.0.5"}, target="10.0.0.5",
+        resolved_targets=("10.0.0.5",), argv=(tool, "10.0.0.5"),
+    )
+
+
+def done(store: ScanStore, record: ScanRecord, *, at: float, ok: bool = True) -> None:
+    if ok:
+        outcome = CallOutcome(tool=record.tool, call_id="c", ok=True, result={"hosts": []}, raw_output="<xml/>")
+    else:
+        outcome = CallOutcome.failure(record.tool, "c", ErrorType.TIMEOUT, "too slow")
+    status = ScanStatus.COMPLETED if ok else ScanStatus.FAILED
+    store.finish(record.scan_id, status, outcome, at=at, progress=100.0, progress_message=None)
+
+
+def test_scan_ids_carry_128_random_bits():
+    ids = {new_scan_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_a_scan_is_read_back_by_its_owner_and_by_an_admin_only(tmp_path):
+    store = ScanStore(tmp_path / "scans.sqlite3")
+    record = working("alice")
+    store.add(record)
+    assert store.get(record.scan_id, "alice") == record
+    assert store.get(record.scan_id, None) == record  # an admin
+    assert store.get(record.scan_id, "bob") is None
+    assert store.get("0" * 32, "alice") is None
+
+
+def test_a_finished_scan_keeps_outcome_and_raw_output_and_is_never_settled_twice(tmp_path):
+    store = ScanStore(":memory:")
+    record = working()
+    store.add(record)
+    assert store.outcome(record.scan_id, "alice") is None
+    done(store, record, at=2000.0)
+    done(store, record, at=3000.0, ok=False)  # too late: the first settlement stands
+    got = store.get(record.scan_id, "alice")
+    assert got is not None and got.status is ScanStatus.COMPLETED and got.updated_at == 2000.0
+    outcome = store.outcome(record.scan_id, "alice")
+    assert outcome is not None and outcome.ok and outcome.result == {"hosts": []}
+    assert store.raw(record.scan_id, "alice") == "<xml/>" and store.raw(record.scan_id, "bob") is None
+
+
+def test_the_file_is_private_and_in_wal_mode(tmp_path):
+    path = tmp_path / "state" / "labrecon" / "scans.sqlite3"
+    ScanStore(path).add(working())
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_pages_run_newest_first_and_every_scan_appears_once(tmp_path):
+    store = ScanStore(":memory:")
+    mine = [working("alice", at=1000.0 + i // 3, tool="nmap" if i % 2 else "gobuster") for i in range(25)]
+    for record in mine:
+        store.add(record)
+    store.add(working("bob", at=5000.0))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = store.page("alice", cursor=cursor, limit=4)
+        seen += [record.scan_id for record in page]
+        if cursor is None:
+            break
+    newest_first = sorted(mine, key=lambda r: (r.created_at, r.scan_id), reverse=True)
+    assert seen == [record.scan_id for record in newest_first]
+    nmap_only, _ = store.page("alice", tool="nmap", limit=100)
+    assert {r.tool for r in nmap_only} == {"nmap"} and len(nmap_only) == 12
+    everyone, _ = store.page(None, limit=100)
+    assert len(everyone) == 26
+    with pytest.raises(BadCursor):
+        store.page("alice", cursor="not a cursor")
+
+
+def test_finished_scans_expire_by_age_then_by_count_and_working_ones_never(tmp_path):
+    store = ScanStore(":memory:")
+    old, recent, running = working(at=0.0), working(at=9 * DAY), working(at=0.0)
+    for record in (old, recent, running):
+        store.add(record)
+    done(store, old, at=1.0)
+    done(store, recent, at=9 * DAY + 1)
+    removed = store.expire(older_than=10 * DAY - 7 * DAY, keep=100)
+    assert removed == [(old.scan_id, "alice")]
+    assert store.get(running.scan_id, None) is not None
+    newer = [working(at=10 * DAY + i) for i in range(3)]
+    for i, record in enumerate(newer):
+        store.add(record)
+        done(store, record, at=10 * DAY + i + 0.5)
+    removed = store.expire(older_than=0.0, keep=3)
+    assert [scan_id for scan_id, _ in removed] == [recent.scan_id, newer[0].scan_id]
+    assert store.counts() == {"working": 1, "completed": 2, "failed": 0, "cancelled": 0}
+
+
+def test_scans_left_working_by_a_dead_daemon_end_interrupted_with_their_process_groups(tmp_path):
+    store = ScanStore(tmp_path / "scans.sqlite3")
+    finished, left, never_spawned = working(), working(), working()
+    for record in (finished, left, never_spawned):
+        store.add(record)
+    done(store, finished, at=1500.0)
+    store.record_process(left.scan_id, 4242, 777)
+    groups = ScanStore(tmp_path / "scans.sqlite3").interrupt_running(at=2000.0)
+    assert [(g.scan_id, g.pgid, g.start_ticks) for g in groups] == [(left.scan_id, 4242, 777)]
+    for record in (left, never_spawned):
+        got = store.get(record.scan_id, None)
+        assert got is not None and got.status is ScanStatus.FAILED and got.error_type == INTERRUPTED
+    assert store.get(finished.scan_id, None).status is ScanStatus.COMPLETED  # type: ignore[union-attr]
+
+
+def test_a_left_process_group_is_ended_only_while_its_leader_is_the_same_process():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        ticks = process_start_ticks(child.pid)
+        assert ticks is not None
+        assert not end_left_group(child.pid, ticks + 1)  # same pid, another process: left alone
+        assert child.poll() is None
+        assert end_left_group(child.pid, ticks)
+        assert child.wait(timeout=10) == -9
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, 9)
+            child.wait()
+
+
+def test_every_runtime_call_is_a_scan_kept_past_a_restart(tmp_path):
+    store = tmp_path / "scans.sqlite3"
+    config = {"scans": {"path": str(store)}}
+    with fake_runtime(tmp_path, **config) as runtime:
+        ok = runtime.call("nmap", {"target": "10.0.0.5", "ports": "22"})
+        refused = runtime.call("nmap", {"target": "8.8.8.8"})
+        assert ok.ok and not refused.ok
+        scans, _ = runtime.scans.page(Caller.local())
+    assert [s.status for s in scans] == [ScanStatus.FAILED, ScanStatus.COMPLETED]
+    with fake_runtime(tmp_path, **config) as runtime:
+        me = Caller.local()
+        again, _ = runtime.scans.page(me)
+        assert [s.scan_id for s in again] == [s.scan_id for s in scans]
+        completed = again[1]
+        assert completed.argv[-1] == "10.0.0.5" and completed.progress == 100.0
+        outcome = runtime.scans.outcome(me, completed.scan_id)
+        assert outcome is not None and outcome.ok and outcome.result is not None
+        assert "<nmaprun" in (runtime.scans.raw(me, completed.scan_id) or "")
+        assert again[0].error_type == "validation" and again[0].arguments == {"target": "8.8.8.8"}
+        with pytest.raises(ScanNotFound):
+            runtime.scans.get(Caller(owner="someone-else"), completed.scan_id)
+        assert runtime.scans.get(Caller(owner="someone-else", admin=True), completed.scan_id) == completed
