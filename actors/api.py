@@ -7,6 +7,7 @@ in-memory backend and the runtime can change without touching them.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 from collections.abc import Callable
@@ -67,8 +68,29 @@ class ToolInfo:
     annotations: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StartedScan:
+    """A call on its way: the scan that records it (None where nothing records scans) and its answer to come."""
+
+    scan_id: str | None
+    call_id: str
+    outcome: asyncio.Future[CallOutcome]
+
+
 class ToolBackend(Protocol):
     def list_tools(self) -> list[ToolInfo]: ...
+
+    async def astart(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        call_id: str | None = None,
+        progress: ProgressSink | None = None,
+        caller: Caller | None = None,
+    ) -> StartedScan:
+        """Admit (or refuse) a call and return without waiting for it; raises `UnknownTool`."""
+        ...
 
     async def acall(
         self,

@@ -15,13 +15,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from actors.api import Caller, ProgressSink, ToolInfo, UnknownTool
+from actors.api import Caller, ProgressSink, StartedScan, ToolInfo, UnknownTool
 from actors.containment import end_left_group, end_leftovers, set_subreaper
 from actors.lookups import Lookups
 from actors.policy import Resolver, TargetPolicy
@@ -37,16 +36,6 @@ from supervisor.scans.service import LiveScan, Scans
 from supervisor.scans.store import ScanStore
 from supervisor.status import Status
 from supervisor.supervisor import Supervisor
-
-
-@dataclass(frozen=True)
-class StartedScan:
-    """A call on its way: the scan that records it (None once the runtime stops) and its answer to come."""
-
-    scan_id: str | None
-    call_id: str
-    outcome: asyncio.Future[CallOutcome]
-
 
 logger = logging.getLogger(__name__)
 
@@ -398,4 +387,4 @@ def _on_loop(loop: asyncio.AbstractEventLoop, progress: ProgressSink) -> Progres
     return deliver
 
 
-__all__ = ["Runtime", "RuntimeStopped", "StartedScan"]
+__all__ = ["Runtime", "RuntimeStopped"]

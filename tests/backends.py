@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.api import Caller, ProgressSink, ToolInfo, UnknownTool
+from actors.api import Caller, ProgressSink, StartedScan, ToolInfo, UnknownTool
 from actors.results import CallOutcome, ErrorType
 
 OUTPUT_SCHEMA: dict[str, Any] = CallOutcome.model_json_schema()
@@ -136,6 +136,23 @@ class FakeBackend:
         if call.pid is not None:
             self._kill_group(call.pid)
         return True
+
+    async def astart(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        call_id: str | None = None,
+        progress: ProgressSink | None = None,
+        caller: Caller | None = None,
+    ) -> StartedScan:
+        """Like the runtime's: an unknown tool raises here; the call runs on as a task (no scan is kept)."""
+        if tool not in TOOLS:
+            self.callers.append(caller)
+            raise UnknownTool(tool, list(TOOLS))
+        call_id = call_id or f"fake-{len(self.calls)}"
+        task = asyncio.ensure_future(self.acall(tool, arguments, call_id=call_id, progress=progress, caller=caller))
+        return StartedScan(scan_id=None, call_id=call_id, outcome=task)
 
     async def acall(
         self,

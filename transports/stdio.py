@@ -486,7 +486,7 @@ def serve_stdio(
     so a stray `print()` (or a library writing to fd 1) lands in the logs
     instead of corrupting the protocol stream.
     """
-    dispatcher = backend if isinstance(backend, McpDispatcher) else McpDispatcher(backend)
+    dispatcher = backend if isinstance(backend, McpDispatcher) else McpDispatcher.for_backend(backend)
     source: Stream = stdin if stdin is not None else sys.stdin.buffer
     with _protocol_output(stdout, guard_stdout) as out:
         finished: Future[int] = Future()

@@ -75,6 +75,17 @@ class ToolArguments(BaseModel):
     )
 
 
+SCAN_FIELDS: dict[str, Any] = {
+    "scan_id": {
+        "type": "string",
+        "description": "The scan this call is kept as: pass it to scan_status, scan_result or scan_cancel.",
+    },
+    "status": {"enum": ["working", "completed", "failed", "cancelled"], "description": "Where the scan stands."},
+    "progress": {"type": ["number", "null"], "description": "Percent done, while the scan is working."},
+    "next_step": {"type": "string", "description": "What to call next, while the scan is working."},
+}
+"""What a call's answer adds to the envelope when the call is kept as a scan (see `supervisor.scans`)."""
+
 MAX_PORT_ITEMS = 512
 _Port = Annotated[int, Field(ge=1, le=65535)]
 # What a client may send for a port list, as the input schema shows it.
@@ -224,6 +235,7 @@ class ToolSpec:
             "anyOf": [{"$ref": f"#/$defs/{self.result_model.__name__}"}, {"type": "null"}],
             "default": None,
         }
+        envelope["properties"].update(SCAN_FIELDS)
         envelope["$defs"] = defs
         envelope["type"] = "object"
         return envelope

@@ -89,7 +89,7 @@ def build_http_app(
 ) -> Starlette:
     """SSE + Streamable HTTP + ops routes under the security middleware; `app.state.mcp` is the `McpHttp`."""
     http = settings.http
-    dispatcher = dispatcher or McpDispatcher(runtime)
+    dispatcher = dispatcher or McpDispatcher.for_backend(runtime)
     sessions = SessionTable(
         dispatcher,
         max_sessions=http.max_sessions,

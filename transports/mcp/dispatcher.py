@@ -18,9 +18,11 @@ import mcp_types as types
 from pydantic import ValidationError
 
 from actors.api import ToolBackend, ToolInfo
+from supervisor.runtime import Runtime
 from transports.mcp import eras, jsonrpc
 from transports.mcp.eras import Era
 from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
+from transports.mcp.scan_access import ScanAccess
 from transports.mcp.session import NotificationSink, RequestContext, Session, clip
 from transports.mcp.tool_calls import ToolCalls
 
@@ -76,6 +78,7 @@ class McpDispatcher:
         list_ttl_ms: int = 60_000,
         cache_scope: CacheScope = "public",
         new_call_id: Callable[[], str] | None = None,
+        scans: ScanAccess | None = None,
     ) -> None:
         if list_ttl_ms < 0:
             raise ValueError("list_ttl_ms must be >= 0")
@@ -93,7 +96,9 @@ class McpDispatcher:
             backend,
             server_info_stamp=self._server_info_stamp,
             new_call_id=new_call_id or (lambda: uuid.uuid4().hex),
+            scans=scans,
         )
+        self._scans = scans
         self._handlers: dict[str, Callable[[Session, RequestContext], dict[str, Any]]] = {
             "initialize": self._initialize,
             "ping": self._ping,
@@ -101,6 +106,11 @@ class McpDispatcher:
             "server/discover": self._discover,
             "tools/list": self._list_tools,
         }
+
+    @classmethod
+    def for_backend(cls, backend: ToolBackend) -> McpDispatcher:
+        """A dispatcher for `backend`, with the scan surface when the backend is a `Runtime` that keeps scans."""
+        return cls(backend, scans=ScanAccess.of(backend) if isinstance(backend, Runtime) else None)
 
     @property
     def server_info(self) -> types.Implementation:

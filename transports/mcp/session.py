@@ -39,6 +39,7 @@ class PendingCall:
     tool: str
     task: asyncio.Task[Any] | None
     progress_token: types.ProgressToken | None
+    scan_id: str | None = None
     last_progress: float | None = None
     finished: bool = False
     cancelled_by_client: bool = False

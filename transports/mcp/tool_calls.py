@@ -16,14 +16,15 @@ from typing import Any, Final
 
 import mcp_types as types
 
-from actors.api import Caller, ToolBackend, UnknownTool
+from actors.api import Caller, StartedScan, ToolBackend, UnknownTool
 from actors.results import CallOutcome, ErrorType, InvalidCall
 from transports.logs import correlation
 from transports.mcp import eras, jsonrpc
 from transports.mcp.eras import Era
 from transports.mcp.jsonrpc import INVALID_PARAMS, RpcError
+from transports.mcp.scan_access import ScanAccess
 from transports.mcp.session import NotificationSink, PendingCall, RequestContext, Session, clip
-from transports.mcp.tool_results import call_tool_result
+from transports.mcp.tool_results import call_tool_result, working_result
 
 __all__ = ["ToolCalls"]
 
@@ -38,11 +39,17 @@ class ToolCalls:
     """Runs `tools/call` requests on a `ToolBackend` and keeps each one on its session until it settles."""
 
     def __init__(
-        self, backend: ToolBackend, *, server_info_stamp: dict[str, Any], new_call_id: Callable[[], str]
+        self,
+        backend: ToolBackend,
+        *,
+        server_info_stamp: dict[str, Any],
+        new_call_id: Callable[[], str],
+        scans: ScanAccess | None = None,
     ) -> None:
         self._backend = backend
         self._server_info_stamp = server_info_stamp
         self._new_call_id = new_call_id
+        self._scans = scans
 
     async def call(self, session: Session, ctx: RequestContext) -> dict[str, Any] | None:
         """The result of one admitted `tools/call`, or None when the client cancelled it."""
@@ -67,10 +74,13 @@ class ToolCalls:
         with correlation(call.call_id):
             logger.debug("tool call started", extra={"tool": name, "request_id": ctx.request.id})
             client_log("debug", {"event": "call_started", "tool": name, "call_id": call.call_id})
+            caller = ctx.caller_in(session)
             try:
-                outcome = await self._run(call, arguments, ctx, ctx.caller_in(session))
+                outcome = await self._run(call, arguments, ctx, caller)
             finally:
                 _end_call(session, key, call)
+            if outcome is None:  # the scan outlived the call's wait, and goes on
+                return self._still_working(call, ctx, caller)
             result = self._finish(call, ctx, client_log, outcome)
             if result is not None:
                 # Like an access log, the line is written once the reply is on its way: it must not delay it.
@@ -121,12 +131,17 @@ class ToolCalls:
 
     async def _run(
         self, call: PendingCall, arguments: dict[str, Any], ctx: RequestContext, caller: Caller
-    ) -> CallOutcome:
+    ) -> CallOutcome | None:
+        """The call's outcome, or None when its scan outlived the wait (it goes on; `call.scan_id` names it)."""
         progress = self._progress_sink(call, ctx.notify) if call.progress_token is not None else None
+        started: StartedScan | None = None
         try:
-            return await self._backend.acall(
+            started = await self._backend.astart(
                 call.tool, arguments, call_id=call.call_id, progress=progress, caller=caller
             )
+            call.scan_id = started.scan_id
+            done, _ = await asyncio.wait((started.outcome,), timeout=self._inline_wait(started, arguments))
+            return started.outcome.result() if done else None
         except UnknownTool as exc:
             raise RpcError(
                 INVALID_PARAMS, f"Invalid params: {clip(str(exc))}", {"available": list(exc.known)}
@@ -134,6 +149,11 @@ class ToolCalls:
         except InvalidCall as exc:
             return CallOutcome.failure(call.tool, call.call_id, ErrorType.VALIDATION, str(exc))
         except asyncio.CancelledError:
+            if started is not None and not started.outcome.done():
+                # Whoever stopped waiting (a client's cancel, the transport closing) stops the scan too.
+                if not call.cancelled_by_client:
+                    self._cancel_in_backend(call)
+                started.outcome.cancel()
             if not call.task_cancelled:
                 raise
             # Our own fallback cancel (the backend did not know the call yet):
@@ -147,6 +167,19 @@ class ToolCalls:
             return CallOutcome.failure(
                 call.tool, call.call_id, ErrorType.INTERNAL, "the server failed while running the call"
             )
+
+    def _inline_wait(self, started: StartedScan, arguments: dict[str, Any]) -> float | None:
+        """How long this call waits for its scan: until it ends, where nothing records scans."""
+        if self._scans is None or started.scan_id is None:
+            return None
+        return self._scans.wait_sec(arguments.get("wait_sec"))
+
+    def _still_working(self, call: PendingCall, ctx: RequestContext, caller: Caller) -> dict[str, Any]:
+        assert self._scans is not None and call.scan_id is not None
+        record = self._scans.scans.get(caller, call.scan_id)
+        logger.info("tool call answered while its scan goes on", extra={"tool": call.tool, "scan_id": call.scan_id})
+        result = working_result(record, structured_content=eras.has_feature(ctx.version, "structured_content"))
+        return eras.stamp_modern(result, self._server_info_stamp) if ctx.version in eras.MODERN_VERSIONS else result
 
     def _finish(
         self, call: PendingCall, ctx: RequestContext, client_log: ClientLog, outcome: CallOutcome
@@ -162,7 +195,9 @@ class ToolCalls:
              "error_type": outcome.error_type.value if outcome.error_type else None},
         )
         # Built to the negotiated version's shape directly: the hot path skips the schema sieve.
-        result = call_tool_result(outcome, structured_content=eras.has_feature(ctx.version, "structured_content"))
+        result = call_tool_result(
+            outcome, structured_content=eras.has_feature(ctx.version, "structured_content"), scan_id=call.scan_id
+        )
         return eras.stamp_modern(result, self._server_info_stamp) if ctx.version in eras.MODERN_VERSIONS else result
 
     def _cancel_in_backend(self, call: PendingCall) -> bool:

@@ -11,11 +11,14 @@ import json
 from typing import Any
 
 from actors.results import CallOutcome
+from supervisor.scans.records import ScanRecord, status_of
 
-__all__ = ["call_tool_result", "summarize"]
+__all__ = ["call_tool_result", "summarize", "working_result"]
 
 
-def call_tool_result(outcome: CallOutcome, *, structured_content: bool = True) -> dict[str, Any]:
+def call_tool_result(
+    outcome: CallOutcome, *, structured_content: bool = True, scan_id: str | None = None
+) -> dict[str, Any]:
     """The `CallToolResult` for `outcome`, as JSON-ready wire fields.
 
     Built as the wire dictionary directly rather than through the wire models: the envelope is
@@ -26,9 +29,12 @@ def call_tool_result(outcome: CallOutcome, *, structured_content: bool = True) -
     `structuredContent`; their clients read the JSON text block instead.
     """
     structured = outcome.model_dump(mode="json")
+    if scan_id is not None:
+        structured["scan_id"] = scan_id
+        structured["status"] = status_of(outcome).value
     as_json = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
     result: dict[str, Any] = {
-        "content": [{"type": "text", "text": summarize(outcome)}, {"type": "text", "text": as_json}],
+        "content": [{"type": "text", "text": summarize(outcome, scan_id)}, {"type": "text", "text": as_json}],
         "isError": not outcome.ok,
     }
     if structured_content:
@@ -36,23 +42,53 @@ def call_tool_result(outcome: CallOutcome, *, structured_content: bool = True) -
     return result
 
 
-def summarize(outcome: CallOutcome) -> str:
+def working_result(record: ScanRecord, *, structured_content: bool = True) -> dict[str, Any]:
+    """The answer to a call whose scan outlived the call's wait: not an error, and what to do next."""
+    subject = record.tool + (f" {record.target}" if record.target else "")
+    done = f" ({record.progress:g}% done)" if record.progress is not None else ""
+    text = (
+        f"{subject} is still running{done} as scan {record.scan_id}. Call scan_status with scan_id "
+        f"{record.scan_id!r} and wait_sec to wait for it, then scan_result to read what it found; "
+        "scan_cancel stops it."
+    )
+    structured: dict[str, Any] = {
+        "tool": record.tool,
+        "call_id": record.call_id,
+        "ok": False,
+        "status": record.status.value,
+        "scan_id": record.scan_id,
+        "target": record.target,
+        "resolved_targets": list(record.resolved_targets),
+        "argv": list(record.argv),
+        "progress": record.progress,
+        "next_step": text,
+    }
+    as_json = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}, {"type": "text", "text": as_json}]}
+    result["isError"] = False
+    if structured_content:
+        result["structuredContent"] = structured
+    return result
+
+
+def summarize(outcome: CallOutcome, scan_id: str | None = None) -> str:
     subject = outcome.tool + (f" {outcome.target}" if outcome.target else "")
+    handle = f"Scan id {scan_id}, call id {outcome.call_id}." if scan_id else f"Call id {outcome.call_id}."
     if outcome.error is not None or not outcome.ok:
         error = outcome.error
         if error is None:
-            return f"{subject} failed without an error description. Call id {outcome.call_id}."
+            return f"{subject} failed without an error description. {handle}"
         parts = [f"{subject} failed ({error.error_type.value}): {error.message.rstrip('.')}."]
         if error.retry_after_sec is not None:
             parts.append(f"Retry after {error.retry_after_sec:g}s.")
         parts.append(f"Next step: {error.recovery_suggestion}")
-        parts.append(f"Call id {outcome.call_id}.")
+        parts.append(handle)
         return " ".join(parts)
     exit_text = f", exit {outcome.returncode}" if outcome.returncode is not None else ""
     parts = [f"{subject} finished in {outcome.duration_sec:.1f}s{exit_text}: {_findings(outcome.result)}."]
     if outcome.stdout_truncated:
         parts.append("Output was truncated at the byte cap; narrow the scan for complete results.")
-    parts.append(f"Call id {outcome.call_id}.")
+    parts.append(handle)
     return " ".join(parts)
 
 
