@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from actors.api import Caller, ProgressSink, StartedScan, ToolInfo, UnknownTool
-from actors.containment import end_left_group, end_leftovers, set_subreaper
+from actors.containment import end_left_group, end_leftovers, process_start_ticks, set_subreaper
 from actors.lookups import Lookups
 from actors.policy import Resolver, TargetPolicy
 from actors.prepare import PreparedCall, prepare_call
@@ -75,7 +76,7 @@ class Runtime:
         self._tool_infos = [spec.info() for spec in self.specs.values()]
         self.audit = AuditLog(settings.logging.audit_path) if settings.logging.audit_path else None
         self.scans = Scans(
-            ScanStore(settings.scans.path),
+            ScanStore(settings.scans.path, daemon=_this_process()),
             cancel_call=self.cancel,
             retention_sec=settings.scans.retention_days * 86_400,
             max_scans=settings.scans.max_scans,
@@ -225,7 +226,7 @@ class Runtime:
 
     def _settle_interrupted(self) -> None:
         """Scans an earlier life left `working` end as failed/interrupted; what they ran is ended."""
-        for left in self.scans.store.interrupt_running(time.time()):
+        for left in self.scans.store.interrupt_running(time.time(), alive=_still_running):
             if end_left_group(left.pgid, left.start_ticks):
                 logger.warning(
                     "ended the process group of a scan interrupted by the daemon's death",
@@ -369,6 +370,16 @@ class Runtime:
         self.scans.finished(scan, outcome)
         if self.audit is not None:
             self.audit.record(outcome, caller=caller)
+
+
+def _this_process() -> tuple[int, int]:
+    pid = os.getpid()
+    return pid, process_start_ticks(pid) or 0
+
+
+def _still_running(pid: int, start_ticks: int) -> bool:
+    """Whether the process that started at `start_ticks` as `pid` is still there (pid reuse aside)."""
+    return pid > 0 and process_start_ticks(pid) == start_ticks
 
 
 def _first_error(exc: ValidationError) -> str:

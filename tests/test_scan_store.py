@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -116,18 +118,23 @@ def test_finished_scans_expire_by_age_then_by_count_and_working_ones_never(tmp_p
 
 
 def test_scans_left_working_by_a_dead_daemon_end_interrupted_with_their_process_groups(tmp_path):
-    store = ScanStore(tmp_path / "scans.sqlite3")
+    dead, living = (111, 5), (222, 6)
+    store = ScanStore(tmp_path / "scans.sqlite3", daemon=dead)
     finished, left, never_spawned = working(), working(), working()
     for record in (finished, left, never_spawned):
         store.add(record)
     done(store, finished, at=1500.0)
     store.record_process(left.scan_id, 4242, 777)
-    groups = ScanStore(tmp_path / "scans.sqlite3").interrupt_running(at=2000.0)
+    neighbour = ScanStore(tmp_path / "scans.sqlite3", daemon=living)
+    still_running = working()
+    neighbour.add(still_running)  # another daemon's scan, sharing the file
+    groups = neighbour.interrupt_running(2000.0, alive=lambda pid, ticks: (pid, ticks) == living)
     assert [(g.scan_id, g.pgid, g.start_ticks) for g in groups] == [(left.scan_id, 4242, 777)]
     for record in (left, never_spawned):
         got = store.get(record.scan_id, None)
         assert got is not None and got.status is ScanStatus.FAILED and got.error_type == INTERRUPTED
     assert store.get(finished.scan_id, None).status is ScanStatus.COMPLETED  # type: ignore[union-attr]
+    assert store.get(still_running.scan_id, None).status is ScanStatus.WORKING  # type: ignore[union-attr]
 
 
 def test_a_left_process_group_is_ended_only_while_its_leader_is_the_same_process():
@@ -167,3 +174,28 @@ def test_every_runtime_call_is_a_scan_kept_past_a_restart(tmp_path):
         with pytest.raises(ScanNotFound):
             runtime.scans.get(Caller(owner="someone-else"), completed.scan_id)
         assert runtime.scans.get(Caller(owner="someone-else", admin=True), completed.scan_id) == completed
+
+
+def test_a_second_runtime_on_the_same_store_leaves_the_first_ones_running_scans_alone(tmp_path):
+    config = {"scans": {"path": str(tmp_path / "scans.sqlite3")}, "tools": {"nmap": {"scenario": {"mode": "hang"}}}}
+    with fake_runtime(tmp_path / "a", **config) as first:
+        running = threading.Event()  # set by the progress edge the process start sends
+        scan_ids: list[str | None] = []
+        outcome: list[CallOutcome] = []
+
+        async def call() -> None:
+            started = await first.astart("nmap", {"target": "10.0.0.5"}, progress=lambda *_: running.set())
+            scan_ids.append(started.scan_id)
+            outcome.append(await started.outcome)
+
+        thread = threading.Thread(target=asyncio.run, args=(call(),))
+        thread.start()
+        assert running.wait(30)
+        me, (scan_id,) = Caller.local(), scan_ids
+        assert scan_id is not None
+        with fake_runtime(tmp_path / "b", **config) as second:
+            assert second.scans.get(me, scan_id).status is ScanStatus.WORKING
+        assert first.scans.cancel(me, scan_id)
+        thread.join(30)
+        assert outcome[0].error_type is ErrorType.CANCELLED
+        assert first.scans.get(me, scan_id).status is ScanStatus.CANCELLED
