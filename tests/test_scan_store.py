@@ -14,9 +14,10 @@ import pytest
 from actors.api import Caller
 from actors.containment import end_left_group, process_start_ticks
 from actors.results import CallOutcome, ErrorType
+from supervisor import Runtime
 from supervisor.scans.records import INTERRUPTED, ScanNotFound, ScanRecord, ScanStatus, new_scan_id
 from supervisor.scans.store import BadCursor, ScanStore
-from tests.runtimes import fake_runtime
+from tests.runtimes import fake_config, fake_runtime
 
 DAY = 86_400.0
 
@@ -199,3 +200,24 @@ def test_a_second_runtime_on_the_same_store_leaves_the_first_ones_running_scans_
         thread.join(30)
         assert outcome[0].error_type is ErrorType.CANCELLED
         assert first.scans.get(me, scan_id).status is ScanStatus.CANCELLED
+
+
+def test_finishing_a_scan_sweeps_out_expired_ones_by_the_runtimes_clock(tmp_path):
+    now = [1_000_000.0]
+    config = fake_config(tmp_path, scans={"path": ":memory:", "retention_days": 7, "max_scans": 3})
+    with Runtime.start(config, clock=lambda: now[0]) as runtime:
+        me = Caller.local()
+        old = [runtime.call("nmap", {"target": "10.0.0.5", "ports": "22"}) for _ in range(2)]
+        assert all(outcome.ok for outcome in old)
+        now[0] += 8 * DAY
+        runtime.call("nmap", {"target": "10.0.0.6", "ports": "22"})
+        kept, _ = runtime.scans.page(me)
+        assert [scan.target for scan in kept] == ["10.0.0.6"]
+        assert runtime.scans.stats()["expired_total"] == 2
+        for _ in range(3):
+            now[0] += 1  # "oldest" is by creation time: give each its own
+            runtime.call("nmap", {"target": "10.0.0.7", "ports": "22"})
+        now[0] += 61  # sweeps run a minute apart: the next finish makes one
+        runtime.call("nmap", {"target": "10.0.0.8", "ports": "22"})
+        kept, _ = runtime.scans.page(me)
+        assert len(kept) == 3 and "10.0.0.6" not in {scan.target for scan in kept}
