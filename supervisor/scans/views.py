@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.results import CallOutcome
+from actors.results import CallError, CallOutcome
 
 __all__ = [
     "MAX_LIMIT",
@@ -238,11 +238,11 @@ _RENDER: dict[str, Callable[[dict[str, Any]], str]] = {"port": _port_text, "host
 def _matcher(
     hosts: Sequence[str] | None, ports: Iterable[int] | None, state: str | None, service: str | None
 ) -> Callable[[_Row], bool]:
-    names = {h.strip().lower() for h in hosts or ()}
+    names = {h.lower() for h in hosts or ()}
     networks = [n for n in (_network(h) for h in names) if n is not None]
     port_set = set(ports or ())
-    wanted_state = state.strip().lower() if state else None
-    wanted_service = service.strip().lower() if service else None
+    wanted_state = state.lower() if state else None
+    wanted_service = service.lower() if service else None
 
     def matches(row: _Row) -> bool:
         if names and not (row.keys & names or any(_in(key, networks) for key in row.keys)):
@@ -455,7 +455,7 @@ def _host_is_up(host: Any) -> bool:
     return isinstance(host, dict) and host.get("status") in ("up", None)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Summary:
     outcome: CallOutcome
     listed: list[_Row]  # the rows the summary lists the first of
@@ -472,16 +472,14 @@ class _Summary:
     def fit(self, max_chars: int) -> View:
         """Fill the budget: rows first (up to 60%), findings (25%), quiet hosts, then rows and findings again."""
         budget = max_chars - self.view(0, 0, 0).size - _SLACK
-        finding_cost = lambda i: _json_len(self.findings[i][0]) + len(self.findings[i][1]) + 2  # noqa: E731
-        quiet_cost = lambda i: _json_len(self.quiet_hosts[i]) + 3  # noqa: E731
         rows, used = _prefix(self._row_cost, 0, len(self.listed), budget * 6 // 10)
-        findings, spent = _prefix(finding_cost, 0, len(self.findings), min(budget - used, budget // 4))
+        findings, spent = _prefix(self._finding_cost, 0, len(self.findings), min(budget - used, budget // 4))
         used += spent
-        quiet, spent = _prefix(quiet_cost, 0, len(self.quiet_hosts), budget - used)
+        quiet, spent = _prefix(self._quiet_cost, 0, len(self.quiet_hosts), budget - used)
         used += spent
         more, spent = _prefix(self._row_cost, rows, len(self.listed), budget - used)
         rows, used = rows + more, used + spent
-        more, spent = _prefix(finding_cost, findings, len(self.findings), budget - used)
+        more, spent = _prefix(self._finding_cost, findings, len(self.findings), budget - used)
         findings += more
         view = self.view(rows, findings, quiet)
         while view.size > max_chars and (rows or findings or quiet):
@@ -493,6 +491,13 @@ class _Summary:
                 rows -= 1
             view = self.view(rows, findings, quiet)
         return view
+
+    def _finding_cost(self, index: int) -> int:
+        finding, text = self.findings[index]
+        return _json_len(finding) + len(text) + 2
+
+    def _quiet_cost(self, index: int) -> int:
+        return _json_len(self.quiet_hosts[index]) + 3  # a comma in the JSON, ", " in the text
 
     def _row(self, index: int) -> tuple[dict[str, Any], str, str]:
         """Listed row `index`: its structured form, its text, and the label of its host's group."""
@@ -524,16 +529,7 @@ class _Summary:
             **_identity(self.outcome),
             "duration_sec": self.outcome.duration_sec,
             "returncode": self.outcome.returncode,
-            "error": None
-            if error is None
-            else _present(
-                {
-                    "error_type": error.error_type.value,
-                    "message": _shorten(error.message, MESSAGE_CHARS),
-                    "recovery_suggestion": error.recovery_suggestion,
-                    "retry_after_sec": error.retry_after_sec,
-                }
-            ),
+            "error": None if error is None else _error(error),
             "truncated_output": _truncated(self.outcome),
             "notes": notes,
             "counts": self.counts,
@@ -566,7 +562,7 @@ class _Summary:
             retry = f" Retry after {error.retry_after_sec:g}s." if error.retry_after_sec is not None else ""
             message = _line(_shorten(error.message, MESSAGE_CHARS)).rstrip(".")
             headline = f"{_subject(outcome)} failed ({error.error_type.value}): {message}.{retry}"
-            headline += f" Next step: {error.recovery_suggestion}"
+            headline += f" Next step: {_line(_shorten(error.recovery_suggestion, MESSAGE_CHARS))}"
             return headline + (f" What it found before: {self._facts()}." if outcome.result else "")
         exit_text = f", exit {outcome.returncode}" if outcome.returncode is not None else ""
         return f"{_subject(outcome)} finished in {outcome.duration_sec:.1f}s{exit_text}: {self._facts()}."
@@ -578,8 +574,10 @@ class _Summary:
             scanned = f" of {counts['hosts_scanned']}" if counts.get("hosts_scanned") is not None else ""
             facts.append(f"{counts['hosts_up']}{scanned} hosts up")
             facts.append(_plural(counts["open_ports"] or 0, "open port"))
-        if "found" in counts:
+        if counts.get("found"):
             facts.append(f"{counts['found']} {'paths' if self._paths() else 'virtual hosts'} found")
+        elif "found" in counts:
+            facts.append("nothing found")
         if self.findings:
             facts.append(_plural(len(self.findings), "finding"))
         return ", ".join(facts) if facts else "no hosts or findings to list; read the full result"
@@ -671,6 +669,16 @@ def _notes(outcome: CallOutcome) -> list[str]:
         if isinstance(value, str) and value:
             notes.append(prefix + _shorten(_line(value), NOTE_CHARS))
     return notes
+
+
+def _error(error: CallError) -> dict[str, Any]:
+    retry = {} if error.retry_after_sec is None else {"retry_after_sec": error.retry_after_sec}
+    return {
+        "error_type": error.error_type.value,
+        "message": _shorten(error.message, MESSAGE_CHARS),
+        "recovery_suggestion": _shorten(error.recovery_suggestion, MESSAGE_CHARS),
+        **retry,
+    }
 
 
 def _present(data: dict[str, Any]) -> dict[str, Any]:
