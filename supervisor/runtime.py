@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -33,9 +34,10 @@ from actors.tools import TOOL_SPECS
 from actors.tools.base import ToolArguments, ToolSpec
 from supervisor.audit import AuditLog
 from supervisor.config import FaultSettings, Settings, settings_from
+from supervisor.metrics import ScanStoreCollector
 from supervisor.scans.service import LiveScan, Scans
 from supervisor.scans.store import ScanStore
-from supervisor.status import Status
+from supervisor.status import ScanStoreStatus, Status
 from supervisor.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -81,9 +83,14 @@ class Runtime:
             retention_sec=settings.scans.retention_days * 86_400,
             max_scans=settings.scans.max_scans,
             clock=clock,
+            on_expired=self.audit.scans_expired if self.audit is not None else None,
+            on_started=self.audit.scan_started if self.audit is not None else None,
+            on_cancel_requested=self.audit.scan_cancel_requested if self.audit is not None else None,
         )
         self._settle_interrupted()
-        self.supervisor = Supervisor(settings, self.specs, on_escalate=self._escalate)
+        self.supervisor = Supervisor(
+            settings, self.specs, on_escalate=self._escalate, collectors=[ScanStoreCollector(self._scan_store_status)]
+        )
         self._calls: dict[str, str] = {}  # call_id -> tool, for cancellation
         self._calls_lock = threading.Lock()
         self._stop_lock = threading.Lock()
@@ -234,8 +241,16 @@ class Runtime:
                 )
 
     def status(self) -> Status:
+        """The supervisor's snapshot of the tools, with the scan store's numbers beside it."""
         self._check_running()
-        return self.supervisor.status()
+        scans = self._scan_store_status()
+        return self.supervisor.status().model_copy(update={"scans": scans})
+
+    def _scan_store_status(self) -> ScanStoreStatus:
+        try:
+            return ScanStoreStatus.model_validate(self.scans.stats())
+        except sqlite3.ProgrammingError:  # closed by `stop` meanwhile
+            raise RuntimeStopped("the runtime has stopped") from None
 
     def metrics_text(self) -> str:
         self._check_running()
