@@ -121,9 +121,11 @@ def test_scans_left_working_by_a_dead_daemon_end_interrupted_with_their_process_
     for record in (finished, left, never_spawned):
         store.add(record)
     done(store, finished, at=1500.0)
-    store.record_process(left.scan_id, 4242, 777)
+    store.record_process(left.scan_id, 4242, 777, "/dev/shm/labrecon-run-x")
     groups = ScanStore(tmp_path / "scans.sqlite3").interrupt_running(at=2000.0)
-    assert [(g.scan_id, g.pgid, g.start_ticks) for g in groups] == [(left.scan_id, 4242, 777)]
+    assert [(g.scan_id, g.pgid, g.start_ticks, g.home) for g in groups] == [
+        (left.scan_id, 4242, 777, "/dev/shm/labrecon-run-x")
+    ]
     for record in (left, never_spawned):
         got = store.get(record.scan_id, None)
         assert got is not None and got.status is ScanStatus.FAILED and got.error_type == INTERRUPTED

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS scans (
     outcome TEXT,
     raw TEXT,
     pgid INTEGER,
-    process_start INTEGER
+    process_start INTEGER,
+    process_home TEXT
 );
 CREATE INDEX IF NOT EXISTS scans_by_owner ON scans (owner, created_at DESC, scan_id DESC);
 CREATE INDEX IF NOT EXISTS scans_by_age ON scans (created_at DESC, scan_id DESC);
@@ -61,8 +62,8 @@ class BadCursor(ValueError):
     """A pagination cursor this store did not hand out."""
 
 
-class LeftProcess(tuple[str, int, int]):
-    """(scan_id, process group id, the group leader's start time in clock ticks since boot)."""
+class LeftProcess(tuple[str, int, int, str | None]):
+    """(scan_id, process group id, the group leader's start time in clock ticks since boot, the run's HOME)."""
 
     __slots__ = ()
 
@@ -77,6 +78,10 @@ class LeftProcess(tuple[str, int, int]):
     @property
     def start_ticks(self) -> int:
         return self[2]
+
+    @property
+    def home(self) -> str | None:
+        return self[3]
 
 
 class ScanStore:
@@ -137,12 +142,13 @@ class ScanStore:
         with self._lock:
             self._db.execute(f"INSERT INTO scans ({_RECORD_COLUMNS}, outcome) VALUES ({', '.join('?' * 16)})", row)
 
-    def record_process(self, scan_id: str, pgid: int, start_ticks: int) -> None:
+    def record_process(self, scan_id: str, pgid: int, start_ticks: int, home: str | None = None) -> None:
         """The scan's process group, so a later start can end it if this process dies first."""
         with self._lock:
             self._db.execute(
-                "UPDATE scans SET pgid = ?, process_start = ? WHERE scan_id = ? AND status = 'working'",
-                (pgid, start_ticks, scan_id),
+                "UPDATE scans SET pgid = ?, process_start = ?, process_home = ? "
+                "WHERE scan_id = ? AND status = 'working'",
+                (pgid, start_ticks, home, scan_id),
             )
 
     def finish(
@@ -184,7 +190,8 @@ class ScanStore:
             left = [
                 LeftProcess(row)
                 for row in db.execute(
-                    "SELECT scan_id, pgid, process_start FROM scans WHERE status = 'working' AND pgid IS NOT NULL"
+                    "SELECT scan_id, pgid, process_start, process_home FROM scans "
+                    "WHERE status = 'working' AND pgid IS NOT NULL"
                 )
             ]
             db.execute(
