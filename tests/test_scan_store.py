@@ -169,3 +169,16 @@ def test_every_runtime_call_is_a_scan_kept_past_a_restart(tmp_path):
         with pytest.raises(ScanNotFound):
             runtime.scans.get(Caller(owner="someone-else"), completed.scan_id)
         assert runtime.scans.get(Caller(owner="someone-else", admin=True), completed.scan_id) == completed
+
+
+def test_a_store_written_before_runs_recorded_their_home_is_read_and_upgraded(tmp_path):
+    path = tmp_path / "scans.sqlite3"
+    store = ScanStore(path)
+    left = working()
+    store.add(left)
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE scans DROP COLUMN process_home")
+        db.execute("UPDATE scans SET pgid = 4242, process_start = 777")
+    again = ScanStore(path)
+    assert [(g.pgid, g.start_ticks, g.home) for g in again.interrupt_running(at=2000.0)] == [(4242, 777, None)]

@@ -101,6 +101,9 @@ class ScanStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(scans)")}
+        if "process_home" not in columns:  # a store written before runs recorded their HOME
+            self._db.execute("ALTER TABLE scans ADD COLUMN process_home TEXT")
 
     def close(self) -> None:
         with self._lock:
