@@ -23,6 +23,7 @@ __all__ = [
     "end_left_group",
     "end_leftovers",
     "is_subreaper",
+    "process_home",
     "process_start_ticks",
     "set_subreaper",
 ]
@@ -77,18 +78,40 @@ def process_start_ticks(pid: int) -> int | None:
     return int(fields[19])  # field 22 of stat(5); the first two (pid, comm) precede the ")"
 
 
-def end_left_group(pgid: int, start_ticks: int) -> bool:
-    """Kill process group `pgid` if its leader is still the process that started at `start_ticks`.
+def process_home(pid: int) -> str | None:
+    """The ``HOME`` `pid` was started with: a run's private directory marks every process of that run."""
+    with contextlib.suppress(psutil.Error):
+        return _home_of(psutil.Process(pid))
+    return None
 
-    A run's group was recorded by an earlier life of this daemon; the pid may since belong to a
-    stranger, whom the start time tells apart. True if the group was signalled.
+
+def end_left_group(pgid: int, start_ticks: int, home: str | None = None) -> bool:
+    """Kill what is left of process group `pgid`, recorded by an earlier life of this daemon.
+
+    While its leader is still the process that started at `start_ticks`, the whole group goes. Once
+    the leader is gone (its parent-death signal killed it), its members still carrying the run's
+    `home` go: the kernel gives no new process the pid of a group that still has members, and a
+    stranger's group is told apart by that mark. True if anything was signalled.
     """
-    if process_start_ticks(pgid) != start_ticks:
+    if process_start_ticks(pgid) == start_ticks:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+            return True
+    if home is None:
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-        return True
-    return False
+    members = [process for process in _group_members(pgid) if _home_of(process) == home]
+    for process in members:
+        _kill(process)
+    return bool(members)
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):  # gone meanwhile
+            if os.getpgid(process.pid) == pgid:
+                members.append(process)
+    return members
 
 
 class RunProcesses:

@@ -234,7 +234,7 @@ class Runtime:
     def _settle_interrupted(self) -> None:
         """Scans an earlier life left `working` end as failed/interrupted; what they ran is ended."""
         for left in self.scans.store.interrupt_running(time.time(), alive=_still_running):
-            if end_left_group(left.pgid, left.start_ticks):
+            if end_left_group(left.pgid, left.start_ticks, left.home):
                 logger.warning(
                     "ended the process group of a scan interrupted by the daemon's death",
                     extra={"scan_id": left.scan_id, "pgid": left.pgid},

@@ -83,7 +83,9 @@ def write_config(tmp_path: Path, **nmap) -> Path:
 
 def server(config: Path) -> StdioServerParameters:
     return StdioServerParameters(
-        command=LABRECON, args=["serve", "--config", str(config)], env={"PATH": os.environ["PATH"]}
+        command=LABRECON,
+        args=["serve", "--config", str(config)],
+        env={"PATH": os.environ["PATH"], "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"]},  # the test's own store
     )
 
 

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -16,10 +17,11 @@ from actors.containment import end_left_group, process_start_ticks
 from actors.results import CallOutcome, ErrorType
 from supervisor import Runtime
 from supervisor.scans.records import INTERRUPTED, ScanNotFound, ScanRecord, ScanStatus, new_scan_id
-from supervisor.scans.store import BadCursor, ScanStore
+from supervisor.scans.store import BadCursor, ScanStore, StoreUnusable
 from tests.runtimes import fake_config, fake_runtime
 
 DAY = 86_400.0
+LABRECON = str(Path(sys.executable).with_name("labrecon"))
 
 
 def working(owner: str = "alice", *, at: float = 1000.0, tool: str = "nmap", scan_id: str | None = None) -> ScanRecord:
@@ -125,12 +127,12 @@ def test_scans_left_working_by_a_dead_daemon_end_interrupted_with_their_process_
     for record in (finished, left, never_spawned):
         store.add(record)
     done(store, finished, at=1500.0)
-    store.record_process(left.scan_id, 4242, 777)
+    store.record_process(left.scan_id, 4242, 777, "/dev/shm/labrecon-run-x")
     neighbour = ScanStore(tmp_path / "scans.sqlite3", daemon=living)
     still_running = working()
     neighbour.add(still_running)  # another daemon's scan, sharing the file
     groups = neighbour.interrupt_running(2000.0, alive=lambda pid, ticks: (pid, ticks) == living)
-    assert [(g.scan_id, g.pgid, g.start_ticks) for g in groups] == [(left.scan_id, 4242, 777)]
+    assert groups == [(left.scan_id, 4242, 777, "/dev/shm/labrecon-run-x")]
     for record in (left, never_spawned):
         got = store.get(record.scan_id, None)
         assert got is not None and got.status is ScanStatus.FAILED and got.error_type == INTERRUPTED
@@ -221,3 +223,26 @@ def test_finishing_a_scan_sweeps_out_expired_ones_by_the_runtimes_clock(tmp_path
         runtime.call("nmap", {"target": "10.0.0.8", "ports": "22"})
         kept, _ = runtime.scans.page(me)
         assert len(kept) == 3 and "10.0.0.6" not in {scan.target for scan in kept}
+
+
+@pytest.mark.parametrize(
+    "content", [b"not a database at all, just some bytes " * 200, None], ids=["garbage", "another-schema"]
+)
+def test_a_file_that_is_not_this_versions_store_is_refused_untouched_and_serve_says_why(tmp_path, content):
+    path = tmp_path / "scans.sqlite3"
+    if content is None:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE scans (scan_id TEXT)")
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    with pytest.raises(StoreUnusable, match=r"scans\.path"):
+        ScanStore(path)
+    assert path.read_bytes() == before
+    config = tmp_path / "labrecon.toml"
+    config.write_text(f'[scans]\npath = "{path}"\n')
+    served = subprocess.run(
+        [LABRECON, "serve", "--config", str(config)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert served.returncode == 2 and "scans.path" in served.stderr and "Traceback" not in served.stderr

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.api import Caller, ProgressSink
-from actors.containment import process_start_ticks
+from actors.containment import process_home, process_start_ticks
 from actors.results import CallOutcome
 from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus, new_scan_id, status_of
 from supervisor.scans.store import ScanStore
@@ -122,7 +122,7 @@ class Scans:
         """Runner thread: the scan's process group exists; recorded so a later start can end it."""
         ticks = process_start_ticks(pid)
         if ticks is not None:
-            self.store.record_process(live.record.scan_id, pid, ticks)
+            self.store.record_process(live.record.scan_id, pid, ticks, process_home(pid))
 
     def finished(self, live: LiveScan, outcome: CallOutcome) -> None:
         """The call was answered: settle the scan in the store, then wake whoever waits on it."""

@@ -17,12 +17,13 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from actors.results import CallOutcome
+from supervisor.config import ConfigError
 from supervisor.scans.records import INTERRUPTED, ScanRecord, ScanStatus
 
-__all__ = ["BadCursor", "LeftProcess", "ScanStore"]
+__all__ = ["SCHEMA_VERSION", "BadCursor", "LeftProcess", "ScanStore", "StoreUnusable"]
 
 _SCHEMA: Final[str] = """
 CREATE TABLE IF NOT EXISTS scans (
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS scans (
     raw TEXT,
     pgid INTEGER,
     process_start INTEGER,
+    process_home TEXT,
     daemon_pid INTEGER,
     daemon_start INTEGER
 );
@@ -59,26 +61,25 @@ _RECORD_COLUMNS: Final[str] = (
 )
 
 
+SCHEMA_VERSION: Final[int] = 1
+"""Kept in the file's `user_version`; a store of another version is refused, never rewritten."""
+
+
+class StoreUnusable(ConfigError):
+    """The store at the configured path cannot be opened as a scan store of this version."""
+
+
 class BadCursor(ValueError):
     """A pagination cursor this store did not hand out."""
 
 
-class LeftProcess(tuple[str, int, int]):
-    """(scan_id, process group id, the group leader's start time in clock ticks since boot)."""
+class LeftProcess(NamedTuple):
+    """A process group a scan left behind, and what tells it apart from a stranger that reused its pid."""
 
-    __slots__ = ()
-
-    @property
-    def scan_id(self) -> str:
-        return self[0]
-
-    @property
-    def pgid(self) -> int:
-        return self[1]
-
-    @property
-    def start_ticks(self) -> int:
-        return self[2]
+    scan_id: str
+    pgid: int
+    start_ticks: int  # the group leader's start time, in clock ticks since boot
+    home: str | None  # the run's private HOME, which its processes carry
 
 
 class ScanStore:
@@ -88,18 +89,39 @@ class ScanStore:
         """`daemon` is (pid, start ticks) of the process whose scans this store records as its own."""
         self.path = str(path)
         self.daemon = daemon
+        self._lock = threading.Lock()
+        try:
+            self._db = self._open()
+            self._create_or_check()  # before WAL mode: a file that is refused stays as it was
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise StoreUnusable(f"scans.path: {self.path} cannot be used as the scan store: {exc}") from None
+
+    def _open(self) -> sqlite3.Connection:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # The file holds targets and findings: readable by its owner only, from its first byte.
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a commit is durable against a crash of this process (what matters here),
-        # and only a power loss can take the last few back. No fsync per call.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # WAL (set once the file is known to be ours) + NORMAL: a commit is durable against a crash
+        # of this process (what matters here), and only a power loss can take the last few back.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def _create_or_check(self) -> None:
+        with self._transaction() as db:
+            ((version,),) = db.execute("PRAGMA user_version").fetchall()
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            if version == 0 and not tables:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise StoreUnusable(
+                    f"scans.path: {self.path} is not a scan store of this labrecon (schema {version}, "
+                    f"expected {SCHEMA_VERSION}); move it away or set [scans] path to another file"
+                )
 
     def close(self) -> None:
         with self._lock:
@@ -143,12 +165,13 @@ class ScanStore:
         with self._lock:
             self._db.execute(f"INSERT INTO scans ({columns}) VALUES ({', '.join('?' * len(row))})", row)
 
-    def record_process(self, scan_id: str, pgid: int, start_ticks: int) -> None:
+    def record_process(self, scan_id: str, pgid: int, start_ticks: int, home: str | None = None) -> None:
         """The scan's process group, so a later start can end it if this process dies first."""
         with self._lock:
             self._db.execute(
-                "UPDATE scans SET pgid = ?, process_start = ? WHERE scan_id = ? AND status = 'working'",
-                (pgid, start_ticks, scan_id),
+                "UPDATE scans SET pgid = ?, process_start = ?, process_home = ? "
+                "WHERE scan_id = ? AND status = 'working'",
+                (pgid, start_ticks, home, scan_id),
             )
 
     def finish(
@@ -192,15 +215,16 @@ class ScanStore:
         """
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT scan_id, pgid, process_start, daemon_pid, daemon_start FROM scans WHERE status = 'working'"
+                "SELECT scan_id, pgid, process_start, process_home, daemon_pid, daemon_start FROM scans "
+                "WHERE status = 'working'"
             ).fetchall()
-            orphaned = [row for row in rows if not alive(row[3] or 0, row[4] or 0)]
+            orphaned = [row for row in rows if not alive(row[4] or 0, row[5] or 0)]
             db.executemany(
                 "UPDATE scans SET status = 'failed', updated_at = ?, error_type = ?, pgid = NULL, "
                 "error = 'the daemon stopped while this scan was running; run it again' WHERE scan_id = ?",
                 [(at, INTERRUPTED, row[0]) for row in orphaned],
             )
-        return [LeftProcess(row[:3]) for row in orphaned if row[1] is not None]
+        return [LeftProcess(*row[:4]) for row in orphaned if row[1] is not None]
 
     def expire(self, *, older_than: float, keep: int) -> list[tuple[str, str]]:
         """Remove finished scans last updated before `older_than`, then the oldest beyond `keep` in all.

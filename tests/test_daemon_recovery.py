@@ -1,0 +1,204 @@
+"""A `labrecon serve` killed with SIGKILL mid-scan leaves no process behind, and its store survives it.
+
+Two mechanisms, each shown on its own: the tool dies with the daemon (its parent-death signal), and a
+member of the tool's process group that the signal cannot reach is ended by the next start, which
+reads the group from the store. The store is read back through `Runtime.start(...).scans`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from actors.api import Caller
+from supervisor import Runtime
+from supervisor.scans.records import INTERRUPTED, ScanStatus
+from tests.fakes.install import install_fake, set_scenario
+from tests.helpers import process_alive, wait_until
+from tests.runtimes import fake_config, scan_calls
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+
+LABRECON = str(Path(sys.executable).with_name("labrecon"))
+INIT = {
+    "jsonrpc": "2.0", "id": 0, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}
+
+
+class StdioDaemon:
+    """A `labrecon serve` over stdio, spoken to in raw JSON-RPC lines."""
+
+    def __init__(self, config: Path) -> None:
+        self.process = subprocess.Popen(
+            [LABRECON, "serve", "--config", str(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        self.send(INIT)
+        assert self.read(lambda message: message.get("id") == 0)
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message).encode() + b"\n")
+        self.process.stdin.flush()
+
+    def read(self, wanted: Any) -> dict[str, Any]:
+        """The first message `wanted` accepts; the ones before it are skipped."""
+        assert self.process.stdout is not None
+        while line := self.process.stdout.readline():
+            message: dict[str, Any] = json.loads(line)
+            if wanted(message):
+                return message
+        raise AssertionError("the daemon closed stdout")
+
+    def call(self, call_id: int, target: str) -> dict[str, Any]:
+        self.start_call(call_id, target)
+        return self.read(lambda message: message.get("id") == call_id)
+
+    def start_call(self, call_id: int, target: str) -> None:
+        params = {"name": "nmap", "arguments": {"target": target, "ports": "22"}, "_meta": {"progressToken": call_id}}
+        self.send({"jsonrpc": "2.0", "id": call_id, "method": "tools/call", "params": params})
+
+    def wait_spawned(self, call_id: int) -> None:
+        """Until the call's process runs: 'started' is reported only once the store holds its process group."""
+
+        def started(message: dict[str, Any]) -> bool:
+            params = message.get("params", {})
+            return bool(message.get("method") == "notifications/progress" and params.get("progressToken") == call_id
+                        and "started" in params.get("message", ""))
+
+        self.read(started)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+        for pipe in (self.process.stdin, self.process.stdout):
+            assert pipe is not None
+            pipe.close()
+
+
+@contextmanager
+def daemon_on_fakes(tmp_path: Path) -> Iterator[tuple[StdioDaemon, Path, dict[str, Any]]]:
+    """A stdio daemon on fake scanners with its store in `tmp_path`; (daemon, the fake nmap, the config)."""
+    config = fake_config(tmp_path / "fakes", scans={"path": str(tmp_path / "scans.sqlite3")})
+    lines = ["[policy]", "dns = false", "[scans]", f'path = "{tmp_path / "scans.sqlite3"}"']
+    for tool, settings in config["tools"].items():
+        lines += [f"[tools.{tool}]", f'binary = "{settings["binary"]}"']
+    path = tmp_path / "labrecon.toml"
+    path.write_text("\n".join(lines) + "\n")
+    daemon = StdioDaemon(path)
+    try:
+        yield daemon, Path(config["tools"]["nmap"]["binary"]), config
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+
+
+@contextmanager
+def ended_at_exit(pids: list[int]) -> Iterator[None]:
+    """Whatever the test proves, none of these processes outlives it, nor stays a zombie of this subreaper."""
+    try:
+        yield
+    finally:
+        for pid in pids:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        for orphan in psutil.Process().children():  # whatever else of the dead daemon came here, reaped as init would
+            with contextlib.suppress(psutil.Error, ChildProcessError):
+                if orphan.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(orphan.pid, 0)
+
+
+def test_a_daemon_killed_mid_scan_keeps_finished_scans_fails_the_running_one_and_leaves_no_process(
+    tmp_path, subreaper
+):
+    with daemon_on_fakes(tmp_path) as (daemon, nmap, config):
+        finished = [daemon.call(i, f"10.0.0.{i}") for i in (1, 2, 3)]
+        assert all(not answer["result"]["isError"] for answer in finished)
+        set_scenario(nmap, mode="slow", delay_sec=600, steps=1)
+        daemon.start_call(4, "10.0.0.4")
+        daemon.wait_spawned(4)
+        (slow,) = wait_until(lambda: [c for c in scan_calls(nmap) if c["mode"] == "slow"], what="the slow scan")
+        with ended_at_exit([slow["pid"]]):
+            daemon.kill()
+            # Nothing has started again yet: the parent-death signal alone ends the scan's process.
+            wait_until(lambda: not process_alive(slow["pid"]), what="the slow scan's process to die with the daemon")
+
+            runtime = Runtime.start(config)
+            try:
+                me = Caller.local()
+                scans, _ = runtime.scans.page(me)
+                assert [scan.target for scan in scans] == ["10.0.0.4", "10.0.0.3", "10.0.0.2", "10.0.0.1"]
+                interrupted, *done = scans
+                assert interrupted.status is ScanStatus.FAILED and interrupted.error_type == INTERRUPTED
+                for scan in done:
+                    assert scan.status is ScanStatus.COMPLETED
+                    outcome = runtime.scans.outcome(me, scan.scan_id)
+                    assert outcome is not None and outcome.ok and outcome.resolved_targets == [scan.target]
+                    assert "<nmaprun" in (runtime.scans.raw(me, scan.scan_id) or "")
+            finally:
+                runtime.stop(grace=2.0)
+
+
+def test_a_process_the_parent_death_signal_misses_is_ended_by_the_next_start(tmp_path, subreaper):
+    # The tool's own child stays in its process group but never gets the signal: only the store can find it.
+    # Orphans come back to this test (a subreaper), which reaps the dead leader as init would.
+    with daemon_on_fakes(tmp_path) as (daemon, nmap, config):
+        set_scenario(nmap, mode="hang_with_child")
+        daemon.start_call(1, "10.0.0.1")
+        daemon.wait_spawned(1)
+        call = wait_until(lambda: [c for c in scan_calls(nmap) if c.get("child_pid")], what="the fake's child")[0]
+        leader, child = call["pid"], call["child_pid"]
+        with ended_at_exit([leader, child]):
+            daemon.kill()
+            wait_until(lambda: not process_alive(leader), what="the leader to die with the daemon")
+            os.waitpid(leader, 0)
+            assert not psutil.pid_exists(leader)
+            assert process_alive(child) and os.getpgid(child) == leader
+
+            runtime = Runtime.start(config)
+            try:
+                wait_until(lambda: not process_alive(child), what="the next start to end the group's last member")
+                (scan,) = runtime.scans.page(Caller.local())[0]
+                assert scan.status is ScanStatus.FAILED and scan.error_type == INTERRUPTED
+            finally:
+                runtime.stop(grace=2.0)
+
+
+def test_a_daemon_whose_runner_thread_dies_takes_its_tool_along(tmp_path):
+    """The signal follows the thread that spawned the tool; a runner thread supervises until its tool is gone."""
+    script = (
+        "import sys, threading\n"
+        "from actors.runner import ProcessRun, RunRequest\n"
+        "run = ProcessRun(RunRequest(argv=sys.argv[1:], timeout_sec=600))\n"
+        "spawner = threading.Thread(target=run.spawn)\n"
+        "spawner.start(); spawner.join()\n"
+        "print(run.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    nmap = install_fake(tmp_path / "fakes", "nmap", mode="hang")
+    root = Path(__file__).resolve().parent.parent
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(nmap), "10.0.0.1"], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as host:
+        assert host.stdout is not None and host.stdin is not None
+        pid = int(host.stdout.readline())
+        with ended_at_exit([pid]):
+            # The spawning thread has returned while its host lives on: the tool went with that thread.
+            wait_until(lambda: not process_alive(pid), what="the tool to die with the thread that spawned it")
+            assert host.poll() is None
+            host.stdin.close()
