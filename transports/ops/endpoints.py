@@ -2,8 +2,9 @@
 
 Plain routes, mounted on the MCP HTTP app or served alone by `build_ops_app` (e.g. on a Unix socket
 beside stdio). Every runtime call goes through `anyio.to_thread`, so waiting on the supervisor never
-stalls the loop's other clients. Errors are `{"error", "message"}` bodies: 400 bad input, 404
-unknown tool or rule, 503 the runtime cannot answer.
+stalls the loop's other clients. Only the probes are open: when tokens are configured, the rest needs
+an admin one. Errors are `{"error", "message"}` bodies: 400 bad input, 403 a token that is not an
+admin's, 404 unknown tool or rule, 503 the runtime cannot answer.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from actors.results import InvalidCall
 from supervisor.config import Settings
 from supervisor.runtime import RuntimeStopped
 from supervisor.status import Status
-from transports.http.security import AUTHENTICATED, security_middleware
+from transports.http.security import AUTHENTICATED, identity_of, security_middleware
 from transports.http.server import HttpServer
 
 __all__ = [
@@ -99,6 +100,8 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
         """Turn the runtime's typed errors into JSON answers, the same way on every route."""
 
         async def endpoint(request: Request) -> Response:
+            if not _is_operator(request):
+                return _error(403, "forbidden", "the ops endpoints need an admin token; this one is not")
             try:
                 return await handler(request)
             except _BadRequest as exc:
@@ -127,8 +130,8 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
             return JSONResponse({"ready": False, "status": "unavailable"}, status_code=503)
         health = status.health
         body: dict[str, Any] = {"ready": health.ready, "status": health.status}
-        # Anyone may ask whether the daemon is ready; only a caller with the token learns why not.
-        if "verbose" in request.query_params and request.scope.get("state", {}).get(AUTHENTICATED, True):
+        # Anyone may ask whether the daemon is ready; only an operator learns why not.
+        if "verbose" in request.query_params and _is_operator(request):
             body["checks"] = [check.model_dump(mode="json", exclude={"data"}) for check in health.checks]
         return JSONResponse(body, status_code=200 if health.ready else 503)
 
@@ -216,6 +219,13 @@ def serve_ops_socket(
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _is_operator(request: Request) -> bool:
+    """Authenticated, and an admin whenever tokens are configured (with none, the middleware let the caller in)."""
+    identity = identity_of(request.scope)
+    authenticated = bool(request.scope.get("state", {}).get(AUTHENTICATED, True))
+    return authenticated and (identity is None or identity.admin)
 
 
 def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
