@@ -139,9 +139,47 @@ class HttpSettings(Strict):
     resume_window_sec: float = Field(default=60.0, gt=0)
 
 
+OPERATOR = "operator"
+"""The owner `[auth] token` authenticates (with admin rights)."""
+
+
+class NamedToken(Strict):
+    """One `[[auth.tokens]]` entry: a bearer token whose holder is known by `name`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    token: SecretStr = Field(min_length=1)
+    # Admin tokens may see every owner's scans and use the ops endpoints.
+    admin: bool = False
+
+
 class AuthSettings(Strict):
     # Required for MCP and control endpoints whenever the bind address is not loopback.
+    # `token` authenticates the owner "operator", an admin; `tokens` name their owners.
     token: SecretStr | None = None
+    tokens: tuple[NamedToken, ...] = ()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AuthSettings:
+        """Names and tokens are unique; a problem names the keys, never the token."""
+        names: dict[str, int] = {}
+        secrets: dict[str, str] = {}
+        if self.token is not None and self.token.get_secret_value():
+            names[OPERATOR] = -1
+            secrets[self.token.get_secret_value()] = "auth.token"
+        for index, entry in enumerate(self.tokens):
+            key = f"auth.tokens.{index}"
+            if (other := names.setdefault(entry.name, index)) != index:
+                taken = "the owner of auth.token" if other < 0 else f"auth.tokens.{other}.name"
+                raise ValueError(f"{key}.name: {entry.name!r} is already {taken}; names must be unique")
+            if (first := secrets.setdefault(entry.token.get_secret_value(), f"{key}.token")) != f"{key}.token":
+                raise ValueError(f"{key}.token: the same token as {first}; every token must be different")
+        return self
+
+    def admin_token(self) -> SecretStr | None:
+        """The token an operator's CLI sends: `token`, else the first admin named token."""
+        if self.token is not None and self.token.get_secret_value():
+            return self.token
+        return next((entry.token for entry in self.tokens if entry.admin), None)
 
 
 def default_store_path() -> str:

@@ -7,15 +7,17 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import mcp_types as types
 from mcp import Client
 from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
 
 from supervisor.runtime import Runtime
 from tests.fakes.install import install_fake
@@ -53,6 +55,23 @@ def sdk_client(kind: str, url: str) -> Client:
     if kind == "legacy":
         return Client(url + "/mcp", mode="legacy", read_timeout_seconds=TIMEOUT)
     return Client(url + "/mcp", read_timeout_seconds=TIMEOUT)
+
+
+@asynccontextmanager
+async def sdk_client_with_token(
+    kind: str, url: str, token: str, client_info: types.Implementation | None = None
+) -> AsyncIterator[Client]:
+    """`sdk_client`, sending `Authorization: Bearer <token>` on every request (and `client_info` if given)."""
+    headers = {"authorization": f"Bearer {token}"}
+    options: dict[str, Any] = {"read_timeout_seconds": TIMEOUT, "client_info": client_info}
+    if kind == "sse":
+        async with Client(sse_client(url + "/sse", headers=headers), mode="legacy", **options) as client:
+            yield client
+        return
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(TIMEOUT, read=300)) as http:
+        transport = streamable_http_client(url + "/mcp", http_client=http)
+        async with Client(transport, mode="legacy" if kind == "legacy" else "auto", **options) as client:
+            yield client
 
 
 def binary(runtime: Runtime, tool: str) -> str:

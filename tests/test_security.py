@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 
-from supervisor.config import ConfigError, load_settings
+from supervisor.config import AuthSettings, ConfigError, load_settings
 from tests.http_support import serve_process
 from tests.ops_support import TOKEN, start_runtime
 from transports.cli import main
@@ -23,6 +23,7 @@ from transports.http.security import (
     SecurityMiddleware,
     WeakToken,
     bearer_token,
+    credentials,
     host_allowed,
     is_loopback,
     origin_allowed,
@@ -62,11 +63,11 @@ def test_anything_not_provably_loopback_is_exposed(host):
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.0.0.5", "scanner.lab.internal"])
 def test_binding_beyond_loopback_without_a_token_is_refused(host):
     with pytest.raises(InsecureBind) as caught:
-        require_token_for(host, None)
+        require_token_for(host, {"auth.token": None})
     assert "labrecon refuses to start without one" in str(caught.value)
     assert "auth.token" in str(caught.value)
     with pytest.raises(InsecureBind):
-        require_token_for(host, SecretStr(""))
+        require_token_for(host, {"auth.token": SecretStr("")})
 
 
 def test_the_refusal_is_a_config_error_so_the_cli_exits_2():
@@ -74,11 +75,11 @@ def test_the_refusal_is_a_config_error_so_the_cli_exits_2():
 
 
 def test_binding_beyond_loopback_with_a_strong_token_and_loopback_without_are_fine():
-    require_token_for("0.0.0.0", SecretStr(STRONG_TOKEN))
-    require_token_for("10.0.0.5", STRONG_TOKEN)
-    require_token_for("127.0.0.1", None)
-    require_token_for("::1", None)
-    require_token_for("127.0.0.1", "short")  # on loopback any token is an extra lock, not the only one
+    require_token_for("0.0.0.0", {"auth.token": SecretStr(STRONG_TOKEN)})
+    require_token_for("10.0.0.5", {"auth.token": STRONG_TOKEN})
+    require_token_for("127.0.0.1", {"auth.token": None})
+    require_token_for("::1", {"auth.token": None})
+    require_token_for("127.0.0.1", {"auth.token": "short"})  # on loopback any token is an extra lock, not the only one
 
 
 @pytest.mark.parametrize(
@@ -96,7 +97,7 @@ def test_a_weak_token_cannot_guard_a_bind_beyond_loopback(token, problem):
     found = token_problem(token)
     assert found is not None and problem in found
     with pytest.raises(WeakToken) as caught:
-        require_token_for("0.0.0.0", SecretStr(token))
+        require_token_for("0.0.0.0", {"auth.token": SecretStr(token)})
     assert problem in str(caught.value) and "labrecon token" in str(caught.value)
     assert token not in str(caught.value)
     assert isinstance(caught.value, InsecureBind)
@@ -121,7 +122,7 @@ def test_labrecon_token_prints_a_fresh_strong_token_each_time(capsys):
     for token in printed:
         assert len(token) >= 40 and token_problem(token) is None
         assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-        require_token_for("0.0.0.0", token)
+        require_token_for("0.0.0.0", {"auth.token": token})
 
 
 @pytest.mark.parametrize(
@@ -162,7 +163,7 @@ def test_serve_beyond_loopback_behind_a_token_from_labrecon_token(tmp_path, caps
 
 def test_the_refusal_never_contains_a_token():
     with pytest.raises(InsecureBind) as caught:
-        require_token_for("0.0.0.0", None)
+        require_token_for("0.0.0.0", {"auth.token": None})
     assert TOKEN not in str(caught.value)
 
 
@@ -342,8 +343,10 @@ def test_the_token_appears_in_no_status_body_or_log(client, caplog):
 
 
 def test_the_middleware_and_settings_keep_the_token_out_of_their_repr(monkeypatch):
-    middleware = SecurityMiddleware(PlainTextResponse("x"), allowed_origins=DEFAULT_ORIGINS, token=SecretStr(TOKEN))
-    assert TOKEN not in repr(middleware) and "token=set" in repr(middleware)
+    middleware = SecurityMiddleware(
+        PlainTextResponse("x"), allowed_origins=DEFAULT_ORIGINS, credentials=credentials(AuthSettings(token=TOKEN))
+    )
+    assert TOKEN not in repr(middleware) and "tokens=1" in repr(middleware)
     monkeypatch.setenv("LABRECON_AUTH__TOKEN", TOKEN)
     settings = load_settings()
     assert TOKEN not in repr(settings) and TOKEN not in settings.model_dump_json()

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 from supervisor.config import ConfigError, HttpSettings, Settings
 from supervisor.runtime import Runtime
 from transports.exits import EXIT_ESCALATED, EXIT_OK, EXIT_SERVER_FAILED
-from transports.http.security import require_token_for, security_middleware
+from transports.http.security import configured_tokens, require_token_for, security_middleware
 from transports.http.server import BoundAddress, HttpServer, ServerStartError
 from transports.http.sessions import SessionTable
 from transports.http.sse import LegacySseTransport
@@ -153,7 +153,7 @@ class HttpDaemon:
         """Check the bind address, then listen; raises `InsecureBind` before binding anything."""
         host = settings.http.host if host is None else host
         port = settings.http.port if port is None else port
-        require_token_for(host, settings.auth.token)
+        require_token_for(host, configured_tokens(settings.auth))
         daemon = cls(runtime, settings, build_http_app(runtime, settings))
         daemon.server = HttpServer.start(daemon.app, host=host, port=port, name="mcp", on_exit=daemon._server_exited)
         try:
@@ -334,7 +334,7 @@ def run_http_daemon(
 ) -> int:
     """`labrecon serve --transport sse|http`: refuse an unsafe bind, start the runtime, serve."""
     settings = with_http_options(settings, host=host, port=port, ops_socket=ops_socket)
-    require_token_for(settings.http.host, settings.auth.token)  # before any actor or process starts
+    require_token_for(settings.http.host, configured_tokens(settings.auth))  # before any actor or process starts
     runtime = Runtime.start(settings, owns_process=True)
     try:
         status = serve_http(runtime, settings, grace=grace)

@@ -2,8 +2,9 @@
 
 A request carrying an `Origin` must come from an allowed origin (a browser page can reach
 127.0.0.1); anyone else is kept out by a bearer token, which binding beyond loopback requires.
-`/livez` and `/readyz` stay open. The token is never logged, echoed or rendered, and a wrong
-token and a missing one get the same kind of answer.
+The token a request carries is its identity (`[auth] token`: "operator", an admin; a named token:
+its name); with no token configured there is none, and the caller is the local OS user. `/livez`
+and `/readyz` stay open. No token is ever logged, echoed or rendered.
 """
 
 from __future__ import annotations
@@ -13,26 +14,35 @@ import ipaddress
 import json
 import re
 import secrets
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from supervisor.config import ConfigError, Settings
+from supervisor.config import OPERATOR, AuthSettings, ConfigError, Settings
+from transports.mcp.session import Session
 
 __all__ = [
     "AUTHENTICATED",
+    "IDENTITY",
     "MIN_TOKEN_LENGTH",
     "OPEN_PATHS",
+    "Credential",
     "HostHeader",
+    "Identity",
     "InsecureBind",
     "SecurityMiddleware",
     "WeakToken",
     "bearer_token",
+    "bind_session",
+    "configured_tokens",
+    "credentials",
+    "holds_session",
     "host_allowed",
+    "identity_of",
     "is_loopback",
     "new_token",
     "origin_allowed",
@@ -41,6 +51,7 @@ __all__ = [
     "security_middleware",
     "token_matches",
     "token_problem",
+    "verify",
 ]
 
 # Probes that must work without credentials (and say nothing worth protecting).
@@ -85,32 +96,41 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
-def require_token_for(host: str, token: SecretStr | str | None) -> None:
-    """Refuse to serve on a non-loopback address unless a strong bearer token is configured.
+def require_token_for(host: str, tokens: Mapping[str, SecretStr | str | None]) -> None:
+    """Refuse to serve on a non-loopback address unless every configured token is strong, and one exists.
 
-    A token short enough to guess (under 24 characters, or holding whitespace) is no token: a
-    scanner that anyone on the network can drive is the one thing this project must never become.
+    `tokens` maps each token's config key (`auth.token`, `auth.tokens.0.token`) to the token. A token
+    short enough to guess (under 24 characters, or holding whitespace) is no token: a scanner that
+    anyone on the network can drive is the one thing this project must never become.
 
     Raises:
         InsecureBind: no token is configured.
-        WeakToken: the token is too short or holds whitespace (`token_problem`).
+        WeakToken: a token is too short or holds whitespace (`token_problem`); the message names its key.
     """
     if is_loopback(host):
         return
     where = host or "all interfaces"
-    secret = _secret(token)
-    if secret is None:
+    secrets_by_key = {key: secret for key, token in tokens.items() if (secret := _secret(token)) is not None}
+    if not secrets_by_key:
         raise InsecureBind(
             f"binding to {where} exposes labrecon beyond this machine, and no bearer token "
-            "is configured; labrecon refuses to start without one. Set auth.token in the config file "
-            "(or LABRECON_AUTH__TOKEN; `labrecon token` prints a fresh one), or bind to 127.0.0.1."
+            "is configured; labrecon refuses to start without one. Set auth.token (or [[auth.tokens]]) in the "
+            "config file (or LABRECON_AUTH__TOKEN; `labrecon token` prints a fresh one), or bind to 127.0.0.1."
         )
-    if (problem := token_problem(secret)) is not None:
-        raise WeakToken(
-            f"binding to {where} exposes labrecon beyond this machine, and auth.token {problem}; labrecon "
-            f"refuses to start behind a token that can be guessed. Use at least {MIN_TOKEN_LENGTH} characters "
-            "and no whitespace (`labrecon token` prints a fresh one), or bind to 127.0.0.1."
-        )
+    for key, secret in secrets_by_key.items():
+        if (problem := token_problem(secret)) is not None:
+            raise WeakToken(
+                f"binding to {where} exposes labrecon beyond this machine, and {key} {problem}; labrecon "
+                f"refuses to start behind a token that can be guessed. Use at least {MIN_TOKEN_LENGTH} characters "
+                "and no whitespace (`labrecon token` prints a fresh one), or bind to 127.0.0.1."
+            )
+
+
+def configured_tokens(auth: AuthSettings) -> dict[str, SecretStr | None]:
+    """Every configured token by its config key, as `require_token_for` takes them."""
+    tokens: dict[str, SecretStr | None] = {"auth.token": auth.token}
+    tokens.update({f"auth.tokens.{index}.token": entry.token for index, entry in enumerate(auth.tokens)})
+    return tokens
 
 
 def token_problem(token: str) -> str | None:
@@ -198,6 +218,68 @@ def token_matches(given: str | None, expected: bytes) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected)
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who a request is, as its bearer token proves: the owner of its calls, and whether it is an admin."""
+
+    owner: str
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A configured token (as bytes, kept out of every repr) and the identity it proves."""
+
+    secret: bytes = field(repr=False)
+    identity: Identity
+
+
+def credentials(auth: AuthSettings) -> tuple[Credential, ...]:
+    """The tokens `[auth]` configures: `token` proves "operator" (an admin), each named token its name."""
+    found: list[Credential] = []
+    if (secret := _secret(auth.token)) is not None:
+        found.append(Credential(_encode(secret), Identity(OPERATOR, admin=True)))
+    for entry in auth.tokens:
+        found.append(Credential(_encode(entry.token.get_secret_value()), Identity(entry.name, entry.admin)))
+    return tuple(found)
+
+
+def verify(given: str | None, configured: Iterable[Credential]) -> Identity | None:
+    """The identity `given` proves, or None. Compares against every token, with no early exit."""
+    proved: Identity | None = None
+    for credential in configured:
+        if token_matches(given, credential.secret) and proved is None:
+            proved = credential.identity
+    return proved
+
+
+IDENTITY = "labrecon_identity"
+"""Key in the ASGI scope's state: the `Identity` the request's token proved; None when no token is configured."""
+
+
+def identity_of(scope: Scope) -> Identity | None:
+    """The identity `SecurityMiddleware` verified for this request (None: the local OS user)."""
+    identity = scope.get("state", {}).get(IDENTITY)
+    return identity if isinstance(identity, Identity) else None
+
+
+def bind_session(session: Session, identity: Identity | None) -> None:
+    """Give a new MCP session the owner of the request that opened it."""
+    session.owner = identity.owner if identity is not None else None
+    session.admin = identity.admin if identity is not None else False
+
+
+def holds_session(session: Session, identity: Identity | None) -> bool:
+    """Whether a request with `identity` may use `session`: only the identity that opened it may."""
+    if identity is None:
+        return session.owner is None
+    return (session.owner, session.admin) == (identity.owner, identity.admin)
+
+
+def _encode(secret: str) -> bytes:
+    return secret.encode("utf-8", "surrogateescape")
+
+
 def _secret(token: SecretStr | str | None) -> str | None:
     if isinstance(token, SecretStr):
         token = token.get_secret_value()
@@ -259,12 +341,13 @@ def host_allowed(host_header: str | None, allowed_hosts: Iterable[str]) -> bool:
 class SecurityMiddleware:
     """Pure ASGI middleware (it must not buffer SSE streams): Host, then Origin, then the token.
 
-    With `token=None` the daemon is on loopback (`require_token_for` sees to
-    that), and the Host check is what stops DNS rebinding: a browser page
+    With no credentials the daemon is on loopback (`require_token_for` sees
+    to that), and the Host check is what stops DNS rebinding: a browser page
     whose name now points at 127.0.0.1 sends no Origin on a GET, but it does
-    send its own name as Host. With a token, the token is the defence, since
-    no page can know it. `check_host=False` is for the Unix socket, which no
-    browser can reach.
+    send its own name as Host. With tokens, the tokens are the defence, since
+    no page can know one. `check_host=False` is for the Unix socket, which no
+    browser can reach. The identity the token proves goes into the scope's
+    state under `IDENTITY`.
     """
 
     def __init__(
@@ -272,7 +355,7 @@ class SecurityMiddleware:
         app: ASGIApp,
         *,
         allowed_origins: Iterable[str],
-        token: SecretStr | str | None,
+        credentials: Iterable[Credential] = (),
         open_paths: Iterable[str] = OPEN_PATHS,
         allowed_hosts: Iterable[str] = (),
         check_host: bool = True,
@@ -281,19 +364,18 @@ class SecurityMiddleware:
         self.allowed_origins = tuple(allowed_origins)
         self.allowed_hosts = tuple(allowed_hosts)
         self.check_host = check_host
-        secret = _secret(token)
-        self._token = secret.encode("utf-8", "surrogateescape") if secret is not None else None
+        self._credentials = tuple(credentials)
         self.open_paths = frozenset(open_paths)
 
     def __repr__(self) -> str:
-        return f"SecurityMiddleware(origins={self.allowed_origins!r}, token={'set' if self._token else 'none'})"
+        return f"SecurityMiddleware(origins={self.allowed_origins!r}, tokens={len(self._credentials)})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
-        if self.check_host and self._token is None and not host_allowed(headers.get("host"), self.allowed_hosts):
+        if self.check_host and not self._credentials and not host_allowed(headers.get("host"), self.allowed_hosts):
             await _deny(scope, send, 403, "forbidden_host", "requests for this Host are not served")
             return
         origin = headers.get("origin")
@@ -301,9 +383,12 @@ class SecurityMiddleware:
             await _deny(scope, send, 403, "forbidden_origin", "requests from this Origin are not allowed")
             return
         given = bearer_token(headers.get("authorization"))
-        authenticated = self._token is None or token_matches(given, self._token)
+        identity = verify(given, self._credentials)
+        authenticated = not self._credentials or identity is not None
         # Open paths answer anyone, but only an authenticated caller gets their details.
-        scope.setdefault("state", {})[AUTHENTICATED] = authenticated
+        state = scope.setdefault("state", {})
+        state[AUTHENTICATED] = authenticated
+        state[IDENTITY] = identity
         if not authenticated and _path(scope) not in self.open_paths:
             challenge = 'Bearer realm="labrecon"'
             if given is not None:
@@ -320,7 +405,7 @@ def security_middleware(settings: Settings, *, check_host: bool = True) -> Middl
     return Middleware(
         SecurityMiddleware,
         allowed_origins=settings.http.allowed_origins,
-        token=settings.auth.token,
+        credentials=credentials(settings.auth),
         allowed_hosts=allowed_hosts,
         check_host=check_host,
     )

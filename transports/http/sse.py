@@ -3,7 +3,8 @@
 The `GET /sse` event stream *is* the session: its first event names where to post messages, every
 reply and notification travels back on it, and each POST is only acknowledged (202). When the
 stream closes the session closes with it and its calls are cancelled: nothing else could carry
-their answers. Legacy sessions speak only the handshake era.
+their answers. Legacy sessions speak only the handshake era, and a session belongs to the identity
+(bearer token) that opened its stream: a POST with another is answered as for an unknown session.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from transports.http.exchange import (
     rpc_error_response,
 )
 from transports.http.rules import accepts, is_session_id
+from transports.http.security import bind_session, holds_session, identity_of
 from transports.http.session_policy import counts_as_use
 from transports.http.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
 from transports.mcp import jsonrpc
@@ -89,6 +91,7 @@ class LegacySseTransport:
             )
             return
         mcp = Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer_of(scope))
+        bind_session(mcp, identity_of(scope))
         try:
             session = self.sessions.open(SessionKind.SSE, mcp, client=client_address(scope))
         except SessionRefused as exc:
@@ -117,7 +120,8 @@ class LegacySseTransport:
         await response(scope, receive, send)
 
     async def _post(self, scope: Scope, receive: Receive) -> Response:
-        """202, or: 400 a missing or malformed session id, 404 an unknown or closed one, 413 a body over
+        """202, or: 400 a missing or malformed session id, 404 an unknown or closed one (or one another
+        identity opened), 413 a body over
         `max_body_bytes`, 400 with the parse error for a body that is not JSON (the official client
         treats any non-2xx as a failed send, and a null-id error on the stream would match no
         request), 429 when `max_pending` messages of the session are already being served."""
@@ -127,7 +131,7 @@ class LegacySseTransport:
         if not is_session_id(session_id):
             return rpc_error_response(400, INVALID_REQUEST, "session_id is malformed: expected 32 hex digits")
         session = self.sessions.get(session_id, SessionKind.SSE)
-        if session is None:
+        if session is None or not holds_session(session.mcp, identity_of(scope)):
             return rpc_error_response(404, INVALID_REQUEST, "no such session: it was closed or never existed")
         try:
             body = await read_body(receive, self.max_body_bytes, Headers(scope=scope).get("content-length"))

@@ -1,7 +1,8 @@
 """MCP over Streamable HTTP: one endpoint (`/mcp`) serving both protocol eras.
 
 Handshake-era clients live in sessions (`Mcp-Session-Id`, opened by `initialize`); a 2026-07-28
-request stands alone. Every request gets one answer: JSON when the reply comes before any
+request stands alone. A session belongs to the identity (bearer token) that opened it: to any other
+it is an unknown session. Every request gets one answer: JSON when the reply comes before any
 notification, else an event stream of the notifications and then the reply. A client that leaves
 cancels its request, unless it holds an event id to resume the stream with.
 """
@@ -59,6 +60,7 @@ from transports.http.rules import (
     resumable_at,
     version_problem,
 )
+from transports.http.security import bind_session, holds_session, identity_of
 from transports.http.session_policy import counts_as_use
 from transports.http.sessions import HttpSession, SessionKind, SessionRefused, SessionTable
 from transports.mcp import jsonrpc
@@ -180,7 +182,7 @@ class StreamableHttpTransport:
                 )
             await response(scope, receive, send)
             return
-        found = self._session(session_id, request_id)
+        found = self._session(scope, session_id, request_id)
         if isinstance(found, Response):
             await found(scope, receive, send)
             return
@@ -191,6 +193,7 @@ class StreamableHttpTransport:
 
     async def _initialize(self, message: Any, accept: Accepts, scope: Scope) -> Response:
         mcp = Session(allowed_eras=frozenset({Era.HANDSHAKE}), peer=peer_of(scope))
+        bind_session(mcp, identity_of(scope))
         try:
             session = self.sessions.open(SessionKind.HTTP, mcp, client=client_address(scope))
         except SessionRefused as exc:
@@ -220,6 +223,7 @@ class StreamableHttpTransport:
             return
         mcp = Session.modern()
         mcp.peer = peer_of(scope)
+        bind_session(mcp, identity_of(scope))
         with self.sessions.stateless(mcp):
             await self._exchange(scope, receive, send, mcp, message, accept, owner=None, headers={}, modern=True)
 
@@ -402,7 +406,7 @@ class StreamableHttpTransport:
         headers = Headers(scope=scope)
         if not accepts(headers.get("accept")).event_stream:
             return _refuse(406, "Not Acceptable: the standalone stream is text/event-stream")
-        found = self._session_from(headers)
+        found = self._session_from(scope, headers)
         if isinstance(found, Response):
             return found
         last_event_id = headers.get(LAST_EVENT_ID_HEADER, "").strip()
@@ -445,13 +449,13 @@ class StreamableHttpTransport:
         return None
 
     def _delete(self, scope: Scope) -> Response:
-        found = self._session_from(Headers(scope=scope))
+        found = self._session_from(scope, Headers(scope=scope))
         if isinstance(found, Response):
             return found
         self.sessions.close(found, "ended by the client (DELETE)")
         return Response(status_code=204)
 
-    def _session_from(self, headers: Headers) -> HttpSession | Response:
+    def _session_from(self, scope: Scope, headers: Headers) -> HttpSession | Response:
         version = headers.get(VERSION_HEADER)
         if (problem := version_problem(version)) is not None:
             return _rpc_refusal(400, problem)
@@ -462,11 +466,12 @@ class StreamableHttpTransport:
         session_id = headers.get(SESSION_HEADER)
         if session_id is None:
             return _refuse(400, "Bad Request: the Mcp-Session-Id header is required")
-        return self._session(session_id)
+        return self._session(scope, session_id)
 
-    def _session(self, session_id: str, request_id: str | int | None = None) -> HttpSession | Response:
+    def _session(self, scope: Scope, session_id: str, request_id: str | int | None = None) -> HttpSession | Response:
+        """The session `session_id` names, if the request's identity opened it; else 404, as for an unknown id."""
         session = self.sessions.get(session_id, SessionKind.HTTP) if is_session_id(session_id) else None
-        if session is None:
+        if session is None or not holds_session(session.mcp, identity_of(scope)):
             return _refuse(
                 404, "Not Found: no such session (it expired, was deleted, or never existed)", request_id=request_id
             )

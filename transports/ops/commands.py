@@ -137,7 +137,7 @@ def client_from(args: argparse.Namespace) -> OpsClient:
 
     The place is `--url` or `--socket`, else the config's `http.ops_socket`, else its host and port;
     the token `--token`, else `LABRECON_AUTH__TOKEN` (better: a command line is visible to every
-    user on the machine), else the config.
+    user on the machine), else the config's `auth.token` or first admin `[[auth.tokens]]` entry.
     """
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.url:
@@ -145,8 +145,8 @@ def client_from(args: argparse.Namespace) -> OpsClient:
     if args.socket:
         return OpsClient(socket_path=args.socket, token=token, timeout=args.timeout)
     settings = load_settings(args.config)
-    if token is None and settings.auth.token is not None:
-        token = settings.auth.token.get_secret_value()
+    if token is None and (configured := settings.auth.admin_token()) is not None:
+        token = configured.get_secret_value()
     if settings.http.ops_socket is not None:
         return OpsClient(socket_path=settings.http.ops_socket, token=token, timeout=args.timeout)
     if settings.http.port == 0:

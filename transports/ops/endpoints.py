@@ -2,9 +2,11 @@
 
 Plain routes, mounted on the MCP HTTP app or served alone by `build_ops_app` (e.g. on a Unix socket
 beside stdio). Every runtime call goes through `anyio.to_thread`, so waiting on the supervisor or the
-scan store never stalls the loop's other clients. Errors are `{"error", "message"}` bodies: 400 bad
-input (naming the `field`), 403 a filter the caller may not use, 404 unknown tool, rule or scan, 503
-the runtime cannot answer. Who asks is `caller_of(request)`, the one place that decides it.
+scan store never stalls the loop's other clients. Only the probes are open: when tokens are configured,
+the rest needs an admin one, except `/scans`, where a named token sees its own scans. Errors are
+`{"error", "message"}` bodies: 400 bad input (naming the `field`), 403 a token that is not an admin's
+(or a filter it may not use), 404 unknown tool, rule or scan, 503 the runtime cannot answer. Who asks is
+`caller_of(request)`, the one place that decides it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus
 from supervisor.scans.service import Scans
 from supervisor.scans.store import BadCursor
 from supervisor.status import Status
-from transports.http.security import AUTHENTICATED, security_middleware
+from transports.http.security import AUTHENTICATED, identity_of, security_middleware
 from transports.http.server import HttpServer
 
 __all__ = [
@@ -98,10 +100,13 @@ class _BadRequest(Exception):
 def caller_of(request: Request) -> Caller:
     """Who makes this ops request: every scan read or cancelled here is read or cancelled as them.
 
-    The ops endpoints sit behind the daemon's token (or an owner-only Unix socket), so whoever gets
-    this far operates the daemon: the local user, an admin who sees every owner's scans.
+    A named token is its owner (an admin one sees every owner's scans). With no token configured the
+    daemon is on loopback or an owner-only Unix socket: whoever gets this far is the local operator.
     """
-    return Caller(owner=local_user(), admin=True)
+    identity = identity_of(request.scope)
+    if identity is None:
+        return Caller(owner=local_user(), admin=True)
+    return Caller(owner=identity.owner, admin=identity.admin)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -121,10 +126,16 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
     async def blocking(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(partial(func, *args, **kwargs))
 
-    def guarded(handler: Handler) -> Handler:
-        """Turn the runtime's typed errors into JSON answers, the same way on every route."""
+    def guarded(handler: Handler, *, owners_too: bool = False) -> Handler:
+        """Turn the runtime's typed errors into JSON answers, the same way on every route.
+
+        Only operators pass, except on `owners_too` routes (the scans), where any authenticated
+        caller does and sees what `caller_of` lets them.
+        """
 
         async def endpoint(request: Request) -> Response:
+            if not (_is_operator(request) or (owners_too and _is_authenticated(request))):
+                return _error(403, "forbidden", "the ops endpoints need an admin token; this one is not")
             try:
                 return await handler(request)
             except _BadRequest as exc:
@@ -156,8 +167,8 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
             return JSONResponse({"ready": False, "status": "unavailable"}, status_code=503)
         health = status.health
         body: dict[str, Any] = {"ready": health.ready, "status": health.status}
-        # Anyone may ask whether the daemon is ready; only a caller with the token learns why not.
-        if "verbose" in request.query_params and request.scope.get("state", {}).get(AUTHENTICATED, True):
+        # Anyone may ask whether the daemon is ready; only an operator learns why not.
+        if "verbose" in request.query_params and _is_operator(request):
             body["checks"] = [check.model_dump(mode="json", exclude={"data"}) for check in health.checks]
         return JSONResponse(body, status_code=200 if health.ready else 503)
 
@@ -248,9 +259,9 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
         Route("/tools/{name}/reset", guarded(control("reset")), methods=["POST"]),
         Route("/tools/{name}/restart", guarded(control("restart")), methods=["POST"]),
         Route("/tools/{name}/breaker", guarded(control("breaker")), methods=["POST"]),
-        Route("/scans", guarded(list_scans), methods=["GET"]),
-        Route("/scans/{scan_id}", guarded(show_scan), methods=["GET"]),
-        Route("/scans/{scan_id}/cancel", guarded(cancel_scan), methods=["POST"]),
+        Route("/scans", guarded(list_scans, owners_too=True), methods=["GET"]),
+        Route("/scans/{scan_id}", guarded(show_scan, owners_too=True), methods=["GET"]),
+        Route("/scans/{scan_id}/cancel", guarded(cancel_scan, owners_too=True), methods=["POST"]),
     ]
 
 
@@ -326,6 +337,16 @@ def serve_ops_socket(
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _is_authenticated(request: Request) -> bool:
+    return bool(request.scope.get("state", {}).get(AUTHENTICATED, True))
+
+
+def _is_operator(request: Request) -> bool:
+    """Authenticated, and an admin whenever tokens are configured (with none, the middleware let the caller in)."""
+    identity = identity_of(request.scope)
+    return _is_authenticated(request) and (identity is None or identity.admin)
 
 
 def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
