@@ -279,7 +279,8 @@ class Tasks:
             result = call_tool_result(outcome, scan_id=record.scan_id)
             task["result"] = eras.stamp_modern(result, self._server_info_stamp)
         elif task["status"] == "failed":
-            task["error"] = jsonrpc.error_response(None, *_lost_call(record).args)["error"]
+            lost = _lost_call(record)
+            task["error"] = {"code": lost.code, "message": lost.message, "data": lost.data}
         return task
 
     def _call_result(self, caller: Caller, record: ScanRecord) -> dict[str, Any]:
