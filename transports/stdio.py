@@ -227,6 +227,7 @@ class _StdioConnection:
         self._grace = grace
         self._cancel_timeout = cancel_timeout_sec
         self._session = Session(peer="stdio")
+        self._session.standalone = self._notify  # stdout carries notifications outside any request too
         self._tasks: set[asyncio.Task[None]] = set()
         self._writer: _StdoutWriter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -61,6 +61,8 @@ METHOD_HEADER: Final = "mcp-method"
 NAME_HEADER: Final = "mcp-name"
 LAST_EVENT_ID_HEADER: Final = "last-event-id"
 _ROUTING_HEADERS: Final = frozenset({VERSION_HEADER, METHOD_HEADER, NAME_HEADER})
+_TASK_ROUTED: Final = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
+"""Requests the tasks extension routes by task: `Mcp-Name` carries `params.taskId`."""
 
 JSON: Final = "application/json"
 EVENT_STREAM: Final = "text/event-stream"
@@ -165,9 +167,10 @@ def modern_header_problem(message: Any, headers: Mapping[str, str]) -> RpcError 
     """For an enveloped request: the routing headers must repeat the body (HEADER_MISMATCH otherwise).
 
     `MCP-Protocol-Version` must equal the envelope's version, `Mcp-Method`
-    the method, and for `tools/call` `Mcp-Name` the tool's name. Requests
-    without an envelope are left to the dispatcher, which names what is
-    missing from the body.
+    the method, for `tools/call` `Mcp-Name` the tool's name, and for the
+    task requests (`tasks/get`, `tasks/update`, `tasks/cancel`) the task id.
+    Requests without an envelope are left to the dispatcher, which names
+    what is missing from the body.
     """
     if not is_modern_request(message):
         return None
@@ -180,6 +183,9 @@ def modern_header_problem(message: Any, headers: Mapping[str, str]) -> RpcError 
     name = params.get("name")
     if method == "tools/call" and isinstance(name, str) and decode_header_value(headers.get(NAME_HEADER)) != name:
         return RpcError(HEADER_MISMATCH, f"the {NAME_HEADER} header does not match the tool named in the body")
+    task_id = params.get("taskId")
+    if method in _TASK_ROUTED and isinstance(task_id, str) and decode_header_value(headers.get(NAME_HEADER)) != task_id:
+        return RpcError(HEADER_MISMATCH, f"the {NAME_HEADER} header must carry params.taskId for {method}")
     return None
 
 

@@ -148,6 +148,10 @@ class HttpSession:
     def busy(self) -> bool:
         return any(not task.done() for task in self.tasks)
 
+    def queue_notification(self, note: dict[str, Any]) -> None:
+        """Queue a notification for the session's own stream (progress may be dropped when the reader lags)."""
+        self.outbox.put(note, droppable=note.get("method") == "notifications/progress")
+
     @property
     def has_stream(self) -> bool:
         """A legacy SSE session is its stream; a Streamable HTTP one may hold a standalone stream."""

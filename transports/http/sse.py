@@ -97,6 +97,7 @@ class LegacySseTransport:
         except SessionRefused as exc:
             await busy_response(str(exc), status=exc.status)(scope, receive, send)
             return
+        mcp.standalone = session.queue_notification  # the session is its stream
         endpoint = f"{scope.get('root_path', '').rstrip('/')}{self.messages_path}?session_id={session.id}"
         response = EventSourceResponse(
             self._events(session, endpoint), ping=self.ping_sec, send_timeout=SEND_TIMEOUT_SEC
@@ -159,10 +160,7 @@ class LegacySseTransport:
         return Response("Accepted", status_code=202, media_type="text/plain")
 
     async def _serve(self, session: HttpSession, message: Any) -> None:
-        def notify(note: dict[str, Any]) -> None:
-            session.outbox.put(note, droppable=note.get("method") == "notifications/progress")
-
-        reply = await self.dispatcher.handle(session.mcp, message, notify)
+        reply = await self.dispatcher.handle(session.mcp, message, session.queue_notification)
         if reply is not None:
             session.outbox.put(reply)
 

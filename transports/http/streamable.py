@@ -400,8 +400,9 @@ class StreamableHttpTransport:
     async def _get(self, scope: Scope, receive: Receive, send: Send) -> Response | None:
         """Resume a request's stream (`Last-Event-ID`), or open the session's standalone stream.
 
-        One standalone stream per session (409 for a second); this server never sends on it, but a
-        client may hold it. At 2026-07-28 there are no sessions, so `GET` and `DELETE` are 405.
+        One standalone stream per session (409 for a second); it carries what belongs to no request
+        (a task's status and progress) while it is open. At 2026-07-28 there are no sessions, so `GET`
+        and `DELETE` are 405.
         """
         headers = Headers(scope=scope)
         if not accepts(headers.get("accept")).event_stream:
@@ -415,6 +416,7 @@ class StreamableHttpTransport:
         if found.streams:
             return _refuse(409, "Conflict: this session already has its standalone event stream open")
         found.streams += 1
+        found.mcp.standalone = found.queue_notification
         try:
             response = EventSourceResponse(
                 _until_closed(found),
@@ -427,6 +429,7 @@ class StreamableHttpTransport:
             log.info("session %s stopped reading its standalone stream; dropped", found.short_id)
         finally:
             found.streams -= 1
+            found.mcp.standalone = None
         return None
 
     async def _resume(
@@ -479,10 +482,9 @@ class StreamableHttpTransport:
 
 
 async def _until_closed(session: HttpSession) -> Any:
-    """The standalone stream's events: none, until the session ends (keepalives are sent meanwhile)."""
-    await session.ended.wait()
-    return
-    yield  # pragma: no cover - makes this an async generator
+    """The standalone stream's events, until the session ends (keepalives are sent meanwhile)."""
+    while (message := await session.outbox.get()) is not None:
+        yield {"event": "message", "data": jsonrpc.encode(message).decode("ascii")}
 
 
 def _outcome(task: asyncio.Task[Any], message: Any) -> Any:

@@ -19,11 +19,12 @@ from pydantic import ValidationError
 
 from actors.api import ToolBackend, ToolInfo
 from supervisor.runtime import Runtime
-from transports.mcp import eras, jsonrpc
+from transports.mcp import eras, jsonrpc, tasks
 from transports.mcp.eras import Era
 from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
 from transports.mcp.scan_access import ScanAccess
 from transports.mcp.session import NotificationSink, RequestContext, Session, clip
+from transports.mcp.tasks import Tasks
 from transports.mcp.tool_calls import ToolCalls
 
 __all__ = [
@@ -92,11 +93,21 @@ class McpDispatcher:
         self._instructions = instructions
         self._list_ttl_ms = list_ttl_ms
         self._cache_scope = cache_scope
+        self._tasks = (
+            Tasks(
+                scans,
+                server_info_stamp=self._server_info_stamp,
+                scanner_tools=lambda: [info.name for info in backend.list_tools()],
+            )
+            if scans is not None
+            else None
+        )
         self._tool_calls = ToolCalls(
             backend,
             server_info_stamp=self._server_info_stamp,
             new_call_id=new_call_id or (lambda: uuid.uuid4().hex),
             scans=scans,
+            tasks=self._tasks,
         )
         self._scans = scans
         self._handlers: dict[str, Callable[[Session, RequestContext], dict[str, Any]]] = {
@@ -211,15 +222,19 @@ class McpDispatcher:
             return jsonrpc.error_response(
                 None, INVALID_REQUEST, "Invalid Request: a request with this id is already in flight", {"id": msg.id}
             )
-        if msg.method not in SERVED_METHODS:
+        if msg.method not in SERVED_METHODS and not (self._tasks is not None and msg.method in tasks.METHODS):
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {clip(msg.method)!r}", clip(msg.method))
         if in_batch and msg.method == "initialize":
             raise RpcError(INVALID_REQUEST, "Invalid Request: initialize must not be part of a JSON-RPC batch")
         ctx = self._admit(session, msg, notify)
         if msg.method == "tools/call":
+            if self._tasks is not None:
+                self._tasks.refuse_forbidden(ctx, lambda: [tool.name for tool in self._tools()])
             result = await self._tool_calls.call(session, ctx)
             if result is None:
                 return None
+        elif msg.method in tasks.METHODS and self._tasks is not None:
+            result = await self._tasks.handle(session, ctx)
         else:
             result = self._shape(msg.method, ctx.version, self._handlers[msg.method](session, ctx))
         return jsonrpc.result_response(msg.id, result)
@@ -252,13 +267,14 @@ class McpDispatcher:
                 "2026-07-28 _meta envelope are not accepted on it",
             )
         envelope = eras.read_envelope(msg.params)
-        eras.validate_request(msg.method, envelope.protocol_version, msg.params)
+        _validate(msg.method, envelope.protocol_version, msg.params)
         # Only a request that passed the envelope checks decides the era, so a
         # rejected probe leaves the handshake available to the same client.
         session.era = Era.MODERN
         session.protocol_version = envelope.protocol_version
         return RequestContext(
-            msg, envelope.protocol_version, Era.MODERN, envelope.log_level, notify, envelope.client_info
+            msg, envelope.protocol_version, Era.MODERN, envelope.log_level, notify, envelope.client_info,
+            envelope.client_capabilities,
         )
 
     def _admit_plain(self, session: Session, msg: jsonrpc.Request, notify: NotificationSink) -> RequestContext:
@@ -280,7 +296,7 @@ class McpDispatcher:
                 "(or use the 2026-07-28 per-request _meta envelope)",
             )
         version = session.protocol_version or eras.LATEST_HANDSHAKE_VERSION
-        eras.validate_request(msg.method, version, msg.params)
+        _validate(msg.method, version, msg.params)
         return RequestContext(msg, version, Era.HANDSHAKE, None, notify)
 
     def _shape(self, method: str, version: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -292,9 +308,11 @@ class McpDispatcher:
 
     # ------------------------------------------------------------------ method handlers
 
-    def _capabilities(self) -> types.ServerCapabilities:
+    def _capabilities(self, version: str) -> types.ServerCapabilities:
         return types.ServerCapabilities(
-            tools=types.ToolsCapability(list_changed=False), logging=types.LoggingCapability()
+            tools=types.ToolsCapability(list_changed=False),
+            logging=types.LoggingCapability(),
+            **(self._tasks.capabilities(version) if self._tasks is not None else {}),
         )
 
     def _initialize(self, session: Session, ctx: RequestContext) -> dict[str, Any]:
@@ -315,7 +333,7 @@ class McpDispatcher:
         )
         return types.InitializeResult(
             protocol_version=ctx.version,
-            capabilities=self._capabilities(),
+            capabilities=self._capabilities(ctx.version),
             server_info=self._server_info,
             instructions=self._instructions,
         ).model_dump(by_alias=True, mode="json", exclude_none=True)
@@ -330,7 +348,7 @@ class McpDispatcher:
     def _discover(self, session: Session, ctx: RequestContext) -> dict[str, Any]:
         return types.DiscoverResult(
             supported_versions=list(eras.MODERN_VERSIONS),
-            capabilities=self._capabilities(),
+            capabilities=self._capabilities(ctx.version),
             instructions=self._instructions,
             ttl_ms=self._list_ttl_ms,
             cache_scope=self._cache_scope,
@@ -340,10 +358,14 @@ class McpDispatcher:
         if ctx.params.get("cursor") is not None:
             raise RpcError(INVALID_PARAMS, "Invalid params: unknown cursor; tools/list returns a single page")
         return types.ListToolsResult(
-            tools=[_tool(info) for info in self._backend.list_tools()],
+            tools=self._tools(),
             ttl_ms=self._list_ttl_ms,
             cache_scope=self._cache_scope,
         ).model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    def _tools(self) -> list[types.Tool]:
+        tools = [_tool(info) for info in self._backend.list_tools()]
+        return self._tasks.mark(tools) if self._tasks is not None else tools
 
     # ------------------------------------------------------------------ notifications
 
@@ -358,6 +380,13 @@ class McpDispatcher:
         else:
             logger.debug("notification ignored", extra={"method": clip(msg.method)})
 
+
+
+def _validate(method: str, version: str, params: dict[str, Any] | None) -> None:
+    if method in tasks.METHODS:
+        tasks.validate_request(method, version, params)
+    else:
+        eras.validate_request(method, version, params)
 
 
 def _tool(info: ToolInfo) -> types.Tool:

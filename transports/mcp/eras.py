@@ -80,6 +80,7 @@ _FEATURE_SINCE: Final[dict[str, str]] = {
     "output_schema": "2025-06-18",
     "structured_content": "2025-06-18",
     "resumable_streams": "2025-11-25",
+    "tasks": "2025-11-25",
 }
 
 
@@ -218,6 +219,8 @@ def shape_result(method: str, version: str, result: dict[str, Any], server_info:
                 tool.pop("title", None)
             if not has_feature(version, "output_schema"):
                 tool.pop("outputSchema", None)
+            if not has_feature(version, "tasks"):
+                tool.pop("execution", None)
     return shaped
 
 

@@ -40,6 +40,7 @@ class PendingCall:
     task: asyncio.Task[Any] | None
     progress_token: types.ProgressToken | None
     scan_id: str | None = None
+    runs_as_task: bool = False  # a 2025-11-25 task: its progress goes on after the reply, for the task's life
     last_progress: float | None = None
     finished: bool = False
     cancelled_by_client: bool = False
@@ -69,6 +70,9 @@ class Session:
     # Set by the transport from what it verified (a named token); None means the local OS user.
     owner: str | None = None
     admin: bool = False
+    # Where messages outside any request go (a task's status, its progress): stdout over stdio, the
+    # standalone event stream over HTTP while one is open; None while there is nowhere to send them.
+    standalone: NotificationSink | None = field(default=None, repr=False)
 
     @classmethod
     def handshake(cls, protocol_version: str) -> Session:
@@ -104,6 +108,7 @@ class RequestContext:
     log_level: str | None
     notify: NotificationSink
     client_info: dict[str, Any] | None = None  # 2026-07-28: each request names its client
+    client_capabilities: dict[str, Any] | None = None  # 2026-07-28: and what it supports
 
     @property
     def params(self) -> dict[str, Any]:

@@ -19,11 +19,12 @@ import mcp_types as types
 from actors.api import Caller, StartedScan, ToolBackend, UnknownTool
 from actors.results import CallOutcome, ErrorType, InvalidCall
 from transports.logs import correlation
-from transports.mcp import eras, jsonrpc
+from transports.mcp import eras, jsonrpc, tasks
 from transports.mcp.eras import Era
 from transports.mcp.jsonrpc import INVALID_PARAMS, RpcError
 from transports.mcp.scan_access import ScanAccess
 from transports.mcp.session import NotificationSink, PendingCall, RequestContext, Session, clip
+from transports.mcp.tasks import Tasks
 from transports.mcp.tool_results import call_tool_result, working_result
 
 __all__ = ["ToolCalls"]
@@ -45,11 +46,13 @@ class ToolCalls:
         server_info_stamp: dict[str, Any],
         new_call_id: Callable[[], str],
         scans: ScanAccess | None = None,
+        tasks: Tasks | None = None,
     ) -> None:
         self._backend = backend
         self._server_info_stamp = server_info_stamp
         self._new_call_id = new_call_id
         self._scans = scans
+        self._tasks = tasks
 
     async def call(self, session: Session, ctx: RequestContext) -> dict[str, Any] | None:
         """The result of one admitted `tools/call`, or None when the client cancelled it."""
@@ -68,6 +71,7 @@ class ToolCalls:
             tool=name,
             task=asyncio.current_task(),
             progress_token=_progress_token(ctx.params),
+            runs_as_task=self._tasks is not None and tasks.augmented(ctx),
         )
         session.calls[key] = call
         client_log = self._client_log(session, ctx)
@@ -76,10 +80,13 @@ class ToolCalls:
             client_log("debug", {"event": "call_started", "tool": name, "call_id": call.call_id})
             caller = ctx.caller_in(session)
             try:
-                outcome = await self._run(call, arguments, ctx, caller)
+                outcome = await self._run(call, arguments, ctx, caller, session)
             finally:
                 _end_call(session, key, call)
             if outcome is None:  # the scan outlived the call's wait, and goes on
+                if self._tasks is not None and (call.runs_as_task or tasks.declares_extension(ctx)):
+                    assert call.scan_id is not None
+                    return self._tasks.created(session, ctx, caller, call.scan_id)
                 return self._still_working(call, ctx, caller)
             result = self._finish(call, ctx, client_log, outcome)
             if result is not None:
@@ -130,16 +137,24 @@ class ToolCalls:
     # ------------------------------------------------------------------ one call
 
     async def _run(
-        self, call: PendingCall, arguments: dict[str, Any], ctx: RequestContext, caller: Caller
+        self, call: PendingCall, arguments: dict[str, Any], ctx: RequestContext, caller: Caller, session: Session
     ) -> CallOutcome | None:
-        """The call's outcome, or None when its scan outlived the wait (it goes on; `call.scan_id` names it)."""
-        progress = self._progress_sink(call, ctx.notify) if call.progress_token is not None else None
+        """The call's outcome, or None when its scan outlived the wait (it goes on; `call.scan_id` names it).
+
+        A task call (2025-11-25 `params.task`) does not wait at all: its answer is the task.
+        """
+        progress = None
+        if call.progress_token is not None:
+            notify = self._tasks.progress_sink(session, call) if call.runs_as_task and self._tasks else ctx.notify
+            progress = self._progress_sink(call, notify)
         started: StartedScan | None = None
         try:
             started = await self._backend.astart(
                 call.tool, arguments, call_id=call.call_id, progress=progress, caller=caller
             )
             call.scan_id = started.scan_id
+            if call.runs_as_task and started.scan_id is not None:
+                return None
             done, _ = await asyncio.wait((started.outcome,), timeout=self._inline_wait(started, arguments))
             return started.outcome.result() if done else None
         except UnknownTool as exc:
@@ -219,7 +234,7 @@ class ToolCalls:
         assert token is not None
 
         def progress(done: float, total: float | None = None, message: str | None = None) -> None:
-            if call.finished or call.cancelled_by_client:
+            if (call.finished and not call.runs_as_task) or call.cancelled_by_client:
                 return
             try:
                 value = float(done)
