@@ -225,7 +225,7 @@ def test_shutdown_with_calls_in_flight_answers_every_call(tmp_path, how):
     proc = spawn_raw(write_config(tmp_path, binary=str(nmap), concurrency=2))
     assert proc.stdin is not None and proc.stdout is not None
     start_calls(proc, 3)
-    wait_until(lambda: len(scan_calls(nmap)) == 2, what="two calls running")
+    wait_until(lambda: len(scan_calls(nmap)) == 2, timeout=60.0, what="two calls running")
     if how == "eof":
         proc.stdin.close()
     else:
