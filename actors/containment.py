@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import psutil
 
 __all__ = [
     "RunProcesses",
+    "boot_id",
     "end_left_group",
     "end_leftovers",
     "is_subreaper",
@@ -83,6 +85,16 @@ def process_home(pid: int) -> str | None:
     with contextlib.suppress(psutil.Error):
         return _home_of(psutil.Process(pid))
     return None
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot's id (Linux): process ids and start ticks are only comparable within one boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            return boot.read().strip()
+    except OSError:
+        return ""
 
 
 def end_left_group(pgid: int, start_ticks: int, home: str | None = None) -> bool:

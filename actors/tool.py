@@ -9,6 +9,7 @@ nothing: the supervisor answers what it held, so each call is answered, and coun
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import traceback
@@ -32,6 +33,7 @@ from actors.runner import ProcessRun, RunRequest, RunResult
 from actors.settings import ToolSettings
 from actors.tools.base import ToolSpec
 
+logger = logging.getLogger(__name__)
 
 @dataclass
 class Call:
@@ -340,7 +342,10 @@ class ToolActor(pykka.ThreadingActor):
                 fault.before_run(run)
             run.spawn()
             if call.on_spawn is not None and run.pid is not None:
-                call.on_spawn(run.pid)
+                try:
+                    call.on_spawn(run.pid)
+                except Exception:  # bookkeeping must never keep a process from its supervision
+                    logger.exception("a spawn hook failed; the run goes on", extra={"call_id": call.call_id})
             self._progress_edge(call, run, 0.0, "started")
             result = run.run()
             self._progress_edge(call, run, 100.0, "ended")

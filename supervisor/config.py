@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, create_model, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from actors.api import local_user
 from actors.settings import PolicySettings, Strict, ToolSettings
 from actors.tools import TOOL_SPECS
 
@@ -168,6 +169,11 @@ class AuthSettings(Strict):
             secrets[self.token.get_secret_value()] = "auth.token"
         for index, entry in enumerate(self.tokens):
             key = f"auth.tokens.{index}"
+            if entry.name == local_user():
+                raise ValueError(
+                    f"{key}.name: {entry.name!r} is the OS user this daemon runs as, the owner of its stdio and "
+                    "token-less calls; a token of that name would share their scans. Choose another name"
+                )
             if (other := names.setdefault(entry.name, index)) != index:
                 taken = "the owner of auth.token" if other < 0 else f"auth.tokens.{other}.name"
                 raise ValueError(f"{key}.name: {entry.name!r} is already {taken}; names must be unique")

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import sqlite3
 import threading
 import time
 import uuid
@@ -23,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from actors.api import Caller, ProgressSink, StartedScan, ToolInfo, UnknownTool
-from actors.containment import end_left_group, end_leftovers, process_start_ticks, set_subreaper
+from actors.containment import boot_id, end_left_group, end_leftovers, process_start_ticks, set_subreaper
 from actors.lookups import Lookups
 from actors.policy import Resolver, TargetPolicy
 from actors.prepare import PreparedCall, prepare_call
@@ -36,7 +35,7 @@ from supervisor.audit import AuditLog
 from supervisor.config import FaultSettings, Settings, settings_from
 from supervisor.metrics import ScanStoreCollector
 from supervisor.scans.service import LiveScan, Scans
-from supervisor.scans.store import ScanStore
+from supervisor.scans.store import ScanStore, StoreClosed
 from supervisor.status import ScanStoreStatus, Status
 from supervisor.supervisor import Supervisor
 
@@ -88,6 +87,7 @@ class Runtime:
             on_cancel_requested=self.audit.scan_cancel_requested if self.audit is not None else None,
         )
         self._settle_interrupted()
+        self.scans.start_sweeping()
         self.supervisor = Supervisor(
             settings, self.specs, on_escalate=self._escalate, collectors=[ScanStoreCollector(self._scan_store_status)]
         )
@@ -132,7 +132,7 @@ class Runtime:
                 self.supervisor.shutdown(grace)
                 if self.owns_process:
                     end_leftovers()  # whatever got past the runs, zombies included
-                self.scans.store.close()  # every call is answered by now, every scan settled
+                self.scans.close()  # every call is answered by now, every scan settled
                 if self.audit is not None:
                     self.audit.close()
 
@@ -233,7 +233,7 @@ class Runtime:
 
     def _settle_interrupted(self) -> None:
         """Scans an earlier life left `working` end as failed/interrupted; what they ran is ended."""
-        for left in self.scans.store.interrupt_running(time.time(), alive=_still_running):
+        for left in self.scans.store.interrupt_running(self.scans.now(), alive=_still_running):
             if end_left_group(left.pgid, left.start_ticks, left.home):
                 logger.warning(
                     "ended the process group of a scan interrupted by the daemon's death",
@@ -249,7 +249,7 @@ class Runtime:
     def _scan_store_status(self) -> ScanStoreStatus:
         try:
             return ScanStoreStatus.model_validate(self.scans.stats())
-        except sqlite3.ProgrammingError:  # closed by `stop` meanwhile
+        except StoreClosed:  # closed by `stop` meanwhile
             raise RuntimeStopped("the runtime has stopped") from None
 
     def metrics_text(self) -> str:
@@ -357,10 +357,15 @@ class Runtime:
                 given = dict(arguments) if isinstance(arguments, Mapping) else None
                 self.audit.record(refused, caller=caller, arguments=given)
             return call_id, self.scans.refused(caller, tool, arguments, refused), refused
-        scan = self.scans.open(
-            caller, tool, call_id, arguments,
-            target=prepared.target, resolved_targets=tuple(prepared.resolved_targets), argv=tuple(prepared.argv),
-        )
+        try:
+            scan = self.scans.open(
+                caller, tool, call_id, arguments,
+                target=prepared.target, resolved_targets=tuple(prepared.resolved_targets), argv=tuple(prepared.argv),
+            )
+        except BaseException:
+            with self._calls_lock:  # never admitted: its id is free again
+                self._calls.pop(call_id, None)
+            raise
         call = Call(
             call_id=call_id,
             prepared=prepared,
@@ -387,14 +392,18 @@ class Runtime:
             self.audit.record(outcome, caller=caller)
 
 
-def _this_process() -> tuple[int, int]:
+def _this_process() -> tuple[int, int, str]:
     pid = os.getpid()
-    return pid, process_start_ticks(pid) or 0
+    return pid, process_start_ticks(pid) or 0, boot_id()
 
 
-def _still_running(pid: int, start_ticks: int) -> bool:
-    """Whether the process that started at `start_ticks` as `pid` is still there (pid reuse aside)."""
-    return pid > 0 and process_start_ticks(pid) == start_ticks
+def _still_running(pid: int, start_ticks: int, boot: str) -> bool:
+    """Whether the process that started at `start_ticks` as `pid` in boot `boot` is still there (Linux).
+
+    Pid and start ticks name one process within a boot; the boot id keeps a daemon that a reboot gave
+    the same pid and ticks from taking an earlier life's scans for its own.
+    """
+    return pid > 0 and boot == boot_id() and process_start_ticks(pid) == start_ticks
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -316,3 +316,14 @@ def test_an_unknown_scan_id_exits_1_with_a_clear_message(daemon, action):
 
 def test_an_empty_store_lists_no_scans():
     assert render_scans([]) == "no scans"
+
+
+def test_what_a_client_typed_reaches_the_operators_terminal_as_text_never_as_control_sequences():
+    from transports.ops.status_view import render_scan, render_scans
+
+    hostile = "\x1b]0;pwned\x07\x1b[2J\x9b31m"
+    record = {"scan_id": "a" * 32, "tool": "nmap", "status": "failed", "owner": "team-a",
+              "arguments": {"target": hostile}, "error_type": "validation", "error": f"refused {hostile}"}
+    for text in (render_scans([record]), render_scan(record)):
+        assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in text)
+        assert "\\x1b]0;pwned\\x07" in text

@@ -218,6 +218,7 @@ BAD_CONFIGS = {
     "long name": (None, [{"name": "x" * 65, "token": TOKEN_A}], "auth.tokens.0.name"),
     "empty token": (None, [{"name": "team-a", "token": ""}], "auth.tokens.0.token"),
     "unknown key": (None, [{"name": "team-a", "token": TOKEN_A, "owner": "x"}], "auth.tokens.0.owner"),
+    "the local user": (None, [{"name": getpass.getuser(), "token": TOKEN_A}], "auth.tokens.0.name"),
 }
 
 

@@ -121,7 +121,7 @@ def test_finished_scans_expire_by_age_then_by_count_and_working_ones_never(tmp_p
 
 
 def test_scans_left_working_by_a_dead_daemon_end_interrupted_with_their_process_groups(tmp_path):
-    dead, living = (111, 5), (222, 6)
+    dead, living = (111, 5, "this-boot"), (222, 6, "this-boot")
     store = ScanStore(tmp_path / "scans.sqlite3", daemon=dead)
     finished, left, never_spawned = working(), working(), working()
     for record in (finished, left, never_spawned):
@@ -131,7 +131,7 @@ def test_scans_left_working_by_a_dead_daemon_end_interrupted_with_their_process_
     neighbour = ScanStore(tmp_path / "scans.sqlite3", daemon=living)
     still_running = working()
     neighbour.add(still_running)  # another daemon's scan, sharing the file
-    groups = neighbour.interrupt_running(2000.0, alive=lambda pid, ticks: (pid, ticks) == living)
+    groups = neighbour.interrupt_running(2000.0, alive=lambda *daemon: daemon == living)
     assert groups == [(left.scan_id, 4242, 777, "/dev/shm/labrecon-run-x")]
     for record in (left, never_spawned):
         got = store.get(record.scan_id, None)
@@ -204,7 +204,7 @@ def test_a_second_runtime_on_the_same_store_leaves_the_first_ones_running_scans_
         assert first.scans.get(me, scan_id).status is ScanStatus.CANCELLED
 
 
-def test_finishing_a_scan_sweeps_out_expired_ones_by_the_runtimes_clock(tmp_path):
+def test_the_sweep_removes_expired_scans_by_the_runtimes_clock_refused_calls_first(tmp_path):
     now = [1_000_000.0]
     config = fake_config(tmp_path, scans={"path": ":memory:", "retention_days": 7, "max_scans": 3})
     with Runtime.start(config, clock=lambda: now[0]) as runtime:
@@ -213,16 +213,18 @@ def test_finishing_a_scan_sweeps_out_expired_ones_by_the_runtimes_clock(tmp_path
         assert all(outcome.ok for outcome in old)
         now[0] += 8 * DAY
         runtime.call("nmap", {"target": "10.0.0.6", "ports": "22"})
+        assert runtime.scans.expire() == 2
         kept, _ = runtime.scans.page(me)
         assert [scan.target for scan in kept] == ["10.0.0.6"]
-        assert runtime.scans.stats()["expired_total"] == 2
         for _ in range(3):
             now[0] += 1  # "oldest" is by creation time: give each its own
             runtime.call("nmap", {"target": "10.0.0.7", "ports": "22"})
-        now[0] += 61  # sweeps run a minute apart: the next finish makes one
-        runtime.call("nmap", {"target": "10.0.0.8", "ports": "22"})
+        refused = [runtime.call("nmap", {"target": "8.8.8.8"}) for _ in range(3)]
+        assert not any(outcome.ok for outcome in refused)
+        assert runtime.scans.expire() == 4  # 7 scans, 3 kept: the 3 refusals go first, then the oldest
         kept, _ = runtime.scans.page(me)
-        assert len(kept) == 3 and "10.0.0.6" not in {scan.target for scan in kept}
+        assert [scan.target for scan in kept] == ["10.0.0.7"] * 3
+        assert runtime.scans.stats()["expired_total"] == 6
 
 
 @pytest.mark.parametrize(
@@ -246,3 +248,32 @@ def test_a_file_that_is_not_this_versions_store_is_refused_untouched_and_serve_s
         timeout=60,
     )
     assert served.returncode == 2 and "scans.path" in served.stderr and "Traceback" not in served.stderr
+
+
+def test_a_group_left_in_an_earlier_boot_is_settled_but_never_signalled(tmp_path):
+    before_reboot = ScanStore(tmp_path / "scans.sqlite3", daemon=(111, 5, "earlier-boot"))
+    left = working()
+    before_reboot.add(left)
+    before_reboot.record_process(left.scan_id, 4242, 777, None)
+    now = ScanStore(tmp_path / "scans.sqlite3", daemon=(111, 5, "this-boot"))  # same pid and ticks, new boot
+    assert now.interrupt_running(2000.0, alive=lambda *daemon: daemon == (111, 5, "this-boot")) == []
+    assert now.get(left.scan_id, None).status is ScanStatus.FAILED  # type: ignore[union-attr]
+
+
+def test_an_answer_the_store_cannot_take_is_kept_in_memory_and_a_failed_spawn_record_stops_nothing(
+    tmp_path, monkeypatch
+):
+    with fake_runtime(tmp_path, scans={"path": ":memory:"}) as runtime:
+        store = runtime.scans.store
+
+        def full(*_: object, **__: object) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(store, "finish", full)
+        monkeypatch.setattr(store, "record_process", full)
+        outcome = runtime.call("nmap", {"target": "10.0.0.5", "ports": "22"})
+        assert outcome.ok  # the process ran and was supervised to its end
+        me = Caller.local()
+        (scan,), _ = runtime.scans.page(me)
+        assert scan.status is ScanStatus.COMPLETED
+        assert runtime.scans.outcome(me, scan.scan_id) == outcome

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,18 +29,22 @@ __all__ = ["LiveScan", "Scans"]
 
 logger = logging.getLogger(__name__)
 
+EXPIRY_BATCH = 500
+"""Scans removed per store transaction, so a sweep never holds the store for long."""
+
 EXPIRY_EVERY_SEC = 60.0
-"""How often finishing a scan also sweeps out the expired ones."""
+"""How often the sweeper removes expired scans."""
 
 
 @dataclass(eq=False)
 class LiveScan:
-    """A scan whose call has not been answered yet."""
+    """A scan whose call has not been answered yet (or whose answer the store could not take)."""
 
     record: ScanRecord
     done: Future[CallOutcome] = field(default_factory=Future)
     progress: float | None = None
     progress_message: str | None = None
+    unstored: CallOutcome | None = None  # the answer, when writing it to the store failed
 
 
 class Scans:
@@ -67,8 +72,36 @@ class Scans:
         self._on_cancel_requested = on_cancel_requested
         self._live: dict[str, LiveScan] = {}
         self._lock = threading.Lock()
-        self._last_expiry = float("-inf")
+        self._stop_sweeping = threading.Event()
+        self._sweeper: threading.Thread | None = None
         self.expired_total = 0
+
+    def now(self) -> float:
+        return self._clock()
+
+    # --- life of the service -------------------------------------------------------------------
+
+    def start_sweeping(self, every_sec: float = EXPIRY_EVERY_SEC) -> None:
+        """Remove expired scans now and every `every_sec`, on a thread of its own (never a call's)."""
+
+        def sweep() -> None:
+            while True:
+                try:
+                    self.expire()
+                except Exception:
+                    logger.exception("expiring old scans failed")
+                if self._stop_sweeping.wait(every_sec):
+                    return
+
+        self._sweeper = threading.Thread(target=sweep, name="labrecon-scan-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def close(self) -> None:
+        """Stop sweeping and close the store; every read after this raises `StoreClosed`."""
+        self._stop_sweeping.set()
+        if self._sweeper is not None:
+            self._sweeper.join(10.0)
+        self.store.close()
 
     # --- a call's life (the runtime calls these) ------------------------------------------
 
@@ -119,36 +152,51 @@ class Scans:
         return progressed
 
     def spawned(self, live: LiveScan, pid: int) -> None:
-        """Runner thread: the scan's process group exists; recorded so a later start can end it."""
+        """Runner thread: the scan's process group exists; recorded so a later start can end it.
+
+        Bookkeeping never gets in the way of supervising the process: a failed write is logged.
+        """
         ticks = process_start_ticks(pid)
-        if ticks is not None:
+        if ticks is None:
+            return
+        try:
             self.store.record_process(live.record.scan_id, pid, ticks, process_home(pid))
+        except sqlite3.Error:
+            logger.exception("the scan store could not record a process group", extra={"scan_id": live.record.scan_id})
 
     def finished(self, live: LiveScan, outcome: CallOutcome) -> None:
-        """The call was answered: settle the scan in the store, then wake whoever waits on it."""
-        now = self._clock()
+        """The call was answered: settle the scan in the store, then wake whoever waits on it.
+
+        If the store cannot take the answer, the scan keeps it in memory (readable until this
+        daemon stops) rather than lose it.
+        """
         try:
             self.store.finish(
-                live.record.scan_id, status_of(outcome), outcome, at=now,
+                live.record.scan_id, status_of(outcome), outcome, at=self._clock(),
                 progress=100.0 if outcome.ok else live.progress, progress_message=live.progress_message,
             )
-        finally:
+        except sqlite3.Error:
+            logger.exception("the scan store could not record an answer; it is kept in memory",
+                             extra={"scan_id": live.record.scan_id})
+            live.unstored = outcome
+        else:
             with self._lock:
                 self._live.pop(live.record.scan_id, None)
-            live.done.set_result(outcome)
-        if now - self._last_expiry >= EXPIRY_EVERY_SEC:
-            self.expire()
+        live.done.set_result(outcome)
 
     def expire(self) -> int:
-        """Remove finished scans past retention, and the oldest beyond `max_scans`; returns how many went."""
-        now = self._clock()
-        self._last_expiry = now
-        removed = self.store.expire(older_than=now - self._retention_sec, keep=self._max_scans)
-        if removed:
-            self.expired_total += len(removed)
-            if self._on_expired is not None:
-                self._on_expired(removed)
-        return len(removed)
+        """Remove finished scans past retention, and beyond `max_scans`, a batch at a time; returns how many went."""
+        total = 0
+        while True:
+            now = self._clock()
+            removed = self.store.expire(older_than=now - self._retention_sec, keep=self._max_scans)
+            if removed:
+                self.expired_total += len(removed)
+                total += len(removed)
+                if self._on_expired is not None:
+                    self._on_expired(removed)
+            if len(removed) < EXPIRY_BATCH:
+                return total
 
     # --- reads, bound to the caller -------------------------------------------------------------
 
@@ -156,16 +204,16 @@ class Scans:
         record = self.store.get(scan_id, _visible_to(caller))
         if record is None:
             raise ScanNotFound(scan_id)
-        live = self._live.get(scan_id)
-        if live is not None and record.status is ScanStatus.WORKING:
-            return _with_progress(record, live)
-        return record
+        return self._live_view(record)
 
     def outcome(self, caller: Caller, scan_id: str) -> CallOutcome | None:
         """The full outcome of a finished scan; None while it runs."""
         record = self.get(caller, scan_id)
         if not record.status.terminal:
             return None
+        live = self._live.get(scan_id)
+        if live is not None and live.unstored is not None:
+            return live.unstored
         return self.store.outcome(scan_id, _visible_to(caller))
 
     def raw(self, caller: Caller, scan_id: str) -> str | None:
@@ -181,7 +229,7 @@ class Scans:
         records, next_cursor = self.store.page(owner, tool=tool, status=status, cursor=cursor, limit=limit)
         return [self._live_view(record) for record in records], next_cursor
 
-    def done(self, caller: Caller, scan_id: str) -> Future[CallOutcome] | None:
+    def settled(self, caller: Caller, scan_id: str) -> Future[CallOutcome] | None:
         """A future that completes when the scan is settled in the store; None if it already is."""
         self.get(caller, scan_id)
         live = self._live.get(scan_id)
@@ -189,7 +237,7 @@ class Scans:
 
     async def wait(self, caller: Caller, scan_id: str, wait_sec: float) -> ScanRecord:
         """The scan once it has finished, or as it stands after `wait_sec` seconds."""
-        future = self.done(caller, scan_id)
+        future = self.settled(caller, scan_id)
         if future is not None and wait_sec > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), wait_sec)
@@ -214,7 +262,17 @@ class Scans:
 
     def _live_view(self, record: ScanRecord) -> ScanRecord:
         live = self._live.get(record.scan_id) if record.status is ScanStatus.WORKING else None
-        return _with_progress(record, live) if live is not None else record
+        if live is None:
+            return record
+        if live.unstored is not None:
+            outcome = live.unstored
+            error = outcome.error
+            return replace(
+                record, status=status_of(outcome), progress=live.progress, progress_message=live.progress_message,
+                error_type=error.error_type.value if error is not None else None,
+                error=error.message if error is not None else None,
+            )
+        return _with_progress(record, live)
 
 
 def _visible_to(caller: Caller) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 import sqlite3
@@ -23,7 +24,7 @@ from actors.results import CallOutcome
 from supervisor.config import ConfigError
 from supervisor.scans.records import INTERRUPTED, ScanRecord, ScanStatus
 
-__all__ = ["SCHEMA_VERSION", "BadCursor", "LeftProcess", "ScanStore", "StoreUnusable"]
+__all__ = ["SCHEMA_VERSION", "BadCursor", "LeftProcess", "ScanStore", "StoreClosed", "StoreUnusable"]
 
 _SCHEMA: Final[str] = """
 CREATE TABLE IF NOT EXISTS scans (
@@ -48,11 +49,15 @@ CREATE TABLE IF NOT EXISTS scans (
     process_start INTEGER,
     process_home TEXT,
     daemon_pid INTEGER,
-    daemon_start INTEGER
+    daemon_start INTEGER,
+    boot_id TEXT
 );
 CREATE INDEX IF NOT EXISTS scans_by_owner ON scans (owner, created_at DESC, scan_id DESC);
+CREATE INDEX IF NOT EXISTS scans_by_owner_tool ON scans (owner, tool, created_at DESC, scan_id DESC);
+CREATE INDEX IF NOT EXISTS scans_by_owner_status ON scans (owner, status, created_at DESC, scan_id DESC);
 CREATE INDEX IF NOT EXISTS scans_by_age ON scans (created_at DESC, scan_id DESC);
-CREATE INDEX IF NOT EXISTS scans_working ON scans (status) WHERE status = 'working';
+CREATE INDEX IF NOT EXISTS scans_by_tool ON scans (tool, created_at DESC, scan_id DESC);
+CREATE INDEX IF NOT EXISTS scans_by_status ON scans (status, created_at DESC, scan_id DESC);
 """
 
 _RECORD_COLUMNS: Final[str] = (
@@ -67,6 +72,10 @@ SCHEMA_VERSION: Final[int] = 1
 
 class StoreUnusable(ConfigError):
     """The store at the configured path cannot be opened as a scan store of this version."""
+
+
+class StoreClosed(RuntimeError):
+    """The store was used after `close` (its runtime has stopped)."""
 
 
 class BadCursor(ValueError):
@@ -85,11 +94,12 @@ class LeftProcess(NamedTuple):
 class ScanStore:
     """Scans on disk (or `:memory:`); safe to use from any thread."""
 
-    def __init__(self, path: str | Path, *, daemon: tuple[int, int] = (0, 0)) -> None:
-        """`daemon` is (pid, start ticks) of the process whose scans this store records as its own."""
+    def __init__(self, path: str | Path, *, daemon: tuple[int, int, str] = (0, 0, "")) -> None:
+        """`daemon` is (pid, start ticks, boot id) of the process whose scans this store records as its own."""
         self.path = str(path)
         self.daemon = daemon
         self._lock = threading.Lock()
+        self._closed = False
         try:
             self._db = self._open()
             self._create_or_check()  # before WAL mode: a file that is refused stays as it was
@@ -125,18 +135,28 @@ class ScanStore:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held alone; `StoreClosed` once the store is closed."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if self._closed:
+                raise StoreClosed("the scan store is closed: the runtime has stopped")
+            yield self._db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                    db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
 
     # --- writes ---------------------------------------------------------------------
 
@@ -161,14 +181,14 @@ class ScanStore:
             outcome.model_dump_json() if outcome is not None else None,
             *self.daemon,
         )
-        columns = f"{_RECORD_COLUMNS}, outcome, daemon_pid, daemon_start"
-        with self._lock:
-            self._db.execute(f"INSERT INTO scans ({columns}) VALUES ({', '.join('?' * len(row))})", row)
+        columns = f"{_RECORD_COLUMNS}, outcome, daemon_pid, daemon_start, boot_id"
+        with self._connection() as db:
+            db.execute(f"INSERT INTO scans ({columns}) VALUES ({', '.join('?' * len(row))})", row)
 
     def record_process(self, scan_id: str, pgid: int, start_ticks: int, home: str | None = None) -> None:
         """The scan's process group, so a later start can end it if this process dies first."""
-        with self._lock:
-            self._db.execute(
+        with self._connection() as db:
+            db.execute(
                 "UPDATE scans SET pgid = ?, process_start = ?, process_home = ? "
                 "WHERE scan_id = ? AND status = 'working'",
                 (pgid, start_ticks, home, scan_id),
@@ -186,8 +206,8 @@ class ScanStore:
     ) -> None:
         """Settle a working scan with its outcome and raw output; a settled scan is never changed again."""
         error = outcome.error
-        with self._lock:
-            self._db.execute(
+        with self._connection() as db:
+            db.execute(
                 "UPDATE scans SET status = ?, updated_at = ?, target = ?, resolved_targets = ?, argv = ?, "
                 "progress = ?, progress_message = ?, error_type = ?, error = ?, outcome = ?, raw = ?, pgid = NULL "
                 "WHERE scan_id = ? AND status = 'working'",
@@ -207,41 +227,47 @@ class ScanStore:
                 ),
             )
 
-    def interrupt_running(self, at: float, *, alive: Callable[[int, int], bool]) -> list[LeftProcess]:
+    def interrupt_running(self, at: float, *, alive: Callable[[int, int, str], bool]) -> list[LeftProcess]:
         """Settle the scans of daemons that are gone: failed/interrupted; returns their process groups.
 
         Several daemons of one user may share a store (a stdio server per MCP host, say); a scan whose
-        daemon still lives (`alive(pid, start_ticks)`) is that daemon's, and left alone.
+        daemon still lives (`alive(pid, start_ticks, boot_id)`) is that daemon's, and left alone. Only
+        groups from this boot are returned: a reboot ended the others, and their pids mean nothing now.
         """
+        boot = self.daemon[2]
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT scan_id, pgid, process_start, process_home, daemon_pid, daemon_start FROM scans "
+                "SELECT scan_id, pgid, process_start, process_home, daemon_pid, daemon_start, boot_id FROM scans "
                 "WHERE status = 'working'"
             ).fetchall()
-            orphaned = [row for row in rows if not alive(row[4] or 0, row[5] or 0)]
+            orphaned = [row for row in rows if not alive(row[4] or 0, row[5] or 0, row[6] or "")]
             db.executemany(
                 "UPDATE scans SET status = 'failed', updated_at = ?, error_type = ?, pgid = NULL, "
                 "error = 'the daemon stopped while this scan was running; run it again' WHERE scan_id = ?",
                 [(at, INTERRUPTED, row[0]) for row in orphaned],
             )
-        return [LeftProcess(*row[:4]) for row in orphaned if row[1] is not None]
+        return [LeftProcess(*row[:4]) for row in orphaned if row[1] is not None and row[6] == boot]
 
-    def expire(self, *, older_than: float, keep: int) -> list[tuple[str, str]]:
-        """Remove finished scans last updated before `older_than`, then the oldest beyond `keep` in all.
+    def expire(self, *, older_than: float, keep: int, batch: int = 500) -> list[tuple[str, str]]:
+        """Remove up to `batch` finished scans: last updated before `older_than`, then beyond `keep` in all.
 
-        Returns (scan_id, owner) of each removed scan. Working scans are never removed.
+        Over `keep`, calls refused before they ran go first, then the oldest finished scans: nobody
+        pushes out another owner's scans with calls that cost nothing. Working scans are never removed.
+        Returns (scan_id, owner) of each removed scan; call again while it returns a full batch.
         """
         with self._transaction() as db:
             removed = db.execute(
-                "DELETE FROM scans WHERE status != 'working' AND updated_at < ? RETURNING scan_id, owner",
-                (older_than,),
+                "DELETE FROM scans WHERE scan_id IN (SELECT scan_id FROM scans WHERE status != 'working' "
+                "AND updated_at < ? LIMIT ?) RETURNING scan_id, owner",
+                (older_than, batch),
             ).fetchall()
             (total,) = db.execute("SELECT count(*) FROM scans").fetchone()
-            if total > keep:
+            if total > keep and len(removed) < batch:
                 removed += db.execute(
                     "DELETE FROM scans WHERE scan_id IN (SELECT scan_id FROM scans WHERE status != 'working' "
-                    "ORDER BY created_at, scan_id LIMIT ?) RETURNING scan_id, owner",
-                    (total - keep,),
+                    "ORDER BY error_type IS 'validation' AND argv = '[]' DESC, created_at, scan_id LIMIT ?) "
+                    "RETURNING scan_id, owner",
+                    (min(total - keep, batch - len(removed)),),
                 ).fetchall()
         return [(scan_id, owner) for scan_id, owner in removed]
 
@@ -294,16 +320,16 @@ class ScanStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, scan_id DESC LIMIT ?"
         args.append(limit + 1)
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+        with self._connection() as db:
+            rows = db.execute(sql, args).fetchall()
         records = [_record(row) for row in rows[:limit]]
         more = len(rows) > limit and records
         return records, _cursor(records[-1]) if more else None
 
     def counts(self) -> dict[str, int]:
         """How many scans there are in each status."""
-        with self._lock:
-            rows = self._db.execute("SELECT status, count(*) FROM scans GROUP BY status").fetchall()
+        with self._connection() as db:
+            rows = db.execute("SELECT status, count(*) FROM scans GROUP BY status").fetchall()
         counts = {status.value: 0 for status in ScanStatus}
         counts.update(dict(rows))
         return counts
@@ -311,17 +337,17 @@ class ScanStore:
     def size_bytes(self) -> int:
         """The database's size on disk, its write-ahead log included."""
         if self.path == ":memory:":
-            with self._lock:
-                ((pages,),) = self._db.execute("PRAGMA page_count").fetchall()
-                ((size,),) = self._db.execute("PRAGMA page_size").fetchall()
+            with self._connection() as db:
+                ((pages,),) = db.execute("PRAGMA page_count").fetchall()
+                ((size,),) = db.execute("PRAGMA page_size").fetchall()
             return int(pages) * int(size)
         return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
 
     def _one(self, sql: str, scan_id: str, owner: str | None) -> Any:
         if owner is not None:
             sql += " AND owner = ?"
-        with self._lock:
-            return self._db.execute(sql, (scan_id, owner) if owner is not None else (scan_id,)).fetchone()
+        with self._connection() as db:
+            return db.execute(sql, (scan_id, owner) if owner is not None else (scan_id,)).fetchone()
 
 
 def _record(row: Any) -> ScanRecord:

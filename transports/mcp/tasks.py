@@ -169,7 +169,7 @@ class Tasks:
         return send
 
     def _announce_when_settled(self, session: Session, caller: Caller, scan_id: str) -> None:
-        done = self._access.scans.done(caller, scan_id)
+        done = self._access.scans.settled(caller, scan_id)
         if done is None:
             return  # already settled: the CreateTaskResult carries its final status
         loop = asyncio.get_running_loop()
@@ -298,7 +298,7 @@ class Tasks:
     async def _settled(self, caller: Caller, task_id: str, within: float | None) -> None:
         """Wait until the scan is settled in the store (at most `within` seconds)."""
         try:
-            done = self._access.scans.done(caller, task_id)
+            done = self._access.scans.settled(caller, task_id)
         except ScanNotFound as exc:
             raise RpcError(INVALID_PARAMS, f"Invalid params: {str(exc).replace('scan', 'task', 1)}") from None
         if done is None:

@@ -18,6 +18,7 @@ import mcp_types as types
 
 from actors.api import Caller, StartedScan, ToolBackend, UnknownTool
 from actors.results import CallOutcome, ErrorType, InvalidCall
+from supervisor.scans.records import ScanNotFound, ScanRecord
 from transports.logs import correlation
 from transports.mcp import eras, jsonrpc, tasks
 from transports.mcp.eras import Era
@@ -87,7 +88,9 @@ class ToolCalls:
                 if self._tasks is not None and (call.runs_as_task or tasks.declares_extension(ctx)):
                     assert call.scan_id is not None
                     return self._tasks.created(session, ctx, caller, call.scan_id)
-                return self._still_working(call, ctx, caller)
+                record, outcome = self._scan_as_it_stands(call, caller)
+                if record is not None:
+                    return self._still_working(record, ctx)
             result = self._finish(call, ctx, client_log, outcome)
             if result is not None:
                 # Like an access log, the line is written once the reply is on its way: it must not delay it.
@@ -189,10 +192,20 @@ class ToolCalls:
             return None
         return self._scans.wait_sec(arguments.get("wait_sec"))
 
-    def _still_working(self, call: PendingCall, ctx: RequestContext, caller: Caller) -> dict[str, Any]:
+    def _scan_as_it_stands(self, call: PendingCall, caller: Caller) -> tuple[ScanRecord | None, CallOutcome]:
+        """After the wait: the scan still working (record, -), or the outcome it reached meanwhile (None, outcome)."""
         assert self._scans is not None and call.scan_id is not None
-        record = self._scans.scans.get(caller, call.scan_id)
-        logger.info("tool call answered while its scan goes on", extra={"tool": call.tool, "scan_id": call.scan_id})
+        gone = CallOutcome.failure(call.tool, call.call_id, ErrorType.INTERNAL, "the scan was removed while running")
+        try:
+            record = self._scans.scans.get(caller, call.scan_id)
+            if not record.status.terminal:
+                return record, gone
+            return None, self._scans.scans.outcome(caller, call.scan_id) or gone
+        except ScanNotFound:
+            return None, gone
+
+    def _still_working(self, record: ScanRecord, ctx: RequestContext) -> dict[str, Any]:
+        logger.info("tool call answered while its scan goes on", extra={"tool": record.tool, "scan_id": record.scan_id})
         result = working_result(record, structured_content=eras.has_feature(ctx.version, "structured_content"))
         return eras.stamp_modern(result, self._server_info_stamp) if ctx.version in eras.MODERN_VERSIONS else result
 

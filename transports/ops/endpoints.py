@@ -36,7 +36,7 @@ from supervisor.config import Settings
 from supervisor.runtime import RuntimeStopped
 from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus
 from supervisor.scans.service import Scans
-from supervisor.scans.store import BadCursor
+from supervisor.scans.store import BadCursor, StoreClosed
 from supervisor.status import Status
 from transports.http.security import AUTHENTICATED, identity_of, security_middleware
 from transports.http.server import HttpServer
@@ -147,7 +147,7 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
                 return _error(404, "not_found", str(exc), known=exc.known)
             except ScanNotFound as exc:
                 return _error(404, "not_found", str(exc))
-            except (pykka.ActorDeadError, pykka.Timeout, RuntimeStopped) as exc:
+            except (pykka.ActorDeadError, pykka.Timeout, RuntimeStopped, StoreClosed) as exc:
                 log.warning("ops request %s %s: runtime unavailable: %s", request.method, request.url.path, exc)
                 return _error(503, "unavailable", "the runtime is not answering (stopped or overloaded)")
 
@@ -239,7 +239,7 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
         requested: bool = await blocking(runtime.scans.cancel, caller, scan_id)
         if requested:
             log.info("operator %s cancelled scan %s", caller.owner, scan_id)
-        settled: Future[CallOutcome] | None = await blocking(runtime.scans.done, caller, scan_id)
+        settled: Future[CallOutcome] | None = await blocking(runtime.scans.settled, caller, scan_id)
         if settled is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(settled)), CANCEL_SETTLE_SEC)

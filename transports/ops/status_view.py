@@ -9,6 +9,7 @@ reason never pushes the numbers apart.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TextIO
@@ -91,19 +92,20 @@ def render_scan(scan: Mapping[str, Any], *, color: bool = False) -> str:
     paint = _painter(color)
     status = str(scan.get("status", "?"))
     rows: list[tuple[str, str]] = [
-        ("scan", str(scan.get("scan_id", "?"))),
-        ("tool", str(scan.get("tool", "?"))),
-        ("status", paint(status, _SCAN_STYLE.get(status))),
-        ("owner", str(scan.get("owner", "?"))),
-        ("target", _target(scan)),
-        ("arguments", " ".join(f"{k}={v}" for k, v in (scan.get("arguments") or {}).items()) or "-"),
-        ("argv", " ".join(scan.get("argv") or []) or "-"),
+        ("scan", _safe(str(scan.get("scan_id", "?")))),
+        ("tool", _safe(str(scan.get("tool", "?")))),
+        ("status", paint(_safe(status), _SCAN_STYLE.get(status))),
+        ("owner", _safe(str(scan.get("owner", "?")))),
+        ("target", _safe(_target(scan))),
+        ("arguments", _safe(" ".join(f"{k}={v}" for k, v in (scan.get("arguments") or {}).items())) or "-"),
+        ("argv", _safe(" ".join(scan.get("argv") or [])) or "-"),
         ("created", _when(scan.get("created_at"))),
         ("updated", _when(scan.get("updated_at"))),
         ("time", _elapsed_or_progress(scan)),
     ]
     if scan.get("error_type"):
-        rows.append(("error", paint(f"{scan['error_type']}: {scan.get('error') or ''}".rstrip(": "), "red")))
+        error = _safe(f"{scan['error_type']}: {scan.get('error') or ''}".rstrip(": "))
+        rows.append(("error", paint(error, "red")))
     outcome = scan.get("outcome")
     if isinstance(outcome, Mapping):
         rows.append(("returncode", str(outcome.get("returncode", "-"))))
@@ -280,6 +282,14 @@ def _size(count: int) -> str:
 # --- layout ---------------------------------------------------------------------------------
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _safe(text: str) -> str:
+    """Text from a client or a tool, with control characters shown as escapes: a terminal runs none of them."""
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def _clip(text: str, width: int = REASON_WIDTH) -> str:
     text = " ".join(text.split())  # reasons may carry newlines from stderr
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -288,6 +298,7 @@ def _clip(text: str, width: int = REASON_WIDTH) -> str:
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Cell]], paint: Any) -> list[str]:
     """Columns padded to the widest plain text, then painted, so colour never shifts alignment."""
     widths = [len(h) for h in headers]
+    rows = [[(_safe(text), style) for text, style in row] for row in rows]
     for row in rows:
         for i, (text, _) in enumerate(row):
             widths[i] = max(widths[i], len(text))
