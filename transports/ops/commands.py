@@ -258,6 +258,8 @@ def cmd_scans_cancel(args: argparse.Namespace) -> int:
         stopped = scan.get("status") != "working"
         if args.json:
             print(json.dumps(scan, indent=2))
+        elif not scan.get("cancel_requested") and not stopped:
+            print(f"scan {scan['scan_id']} is running in another labrecon process sharing the store; cancel it there")
         elif not scan.get("cancel_requested"):
             print(f"scan {scan['scan_id']} had already finished: {scan.get('status')}")
         elif scan.get("status") == "cancelled":
