@@ -22,7 +22,9 @@ from supervisor.runtime import Runtime
 from transports.mcp import eras, jsonrpc
 from transports.mcp.eras import Era
 from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
+from transports.mcp.resources import RESOURCE_METHODS, Resources
 from transports.mcp.scan_access import ScanAccess
+from transports.mcp.scan_tools import ScanTools
 from transports.mcp.session import NotificationSink, RequestContext, Session, clip
 from transports.mcp.tool_calls import ToolCalls
 
@@ -106,6 +108,12 @@ class McpDispatcher:
             "server/discover": self._discover,
             "tools/list": self._list_tools,
         }
+        self._served = SERVED_METHODS
+        # Where scans are kept, they are reachable as handle tools and as resources too.
+        self._scan_tools = ScanTools(scans, server_info_stamp=self._server_info_stamp) if scans else None
+        if scans is not None:
+            self._handlers.update(Resources(scans).handlers())
+            self._served = SERVED_METHODS | RESOURCE_METHODS
 
     @classmethod
     def for_backend(cls, backend: ToolBackend) -> McpDispatcher:
@@ -211,13 +219,16 @@ class McpDispatcher:
             return jsonrpc.error_response(
                 None, INVALID_REQUEST, "Invalid Request: a request with this id is already in flight", {"id": msg.id}
             )
-        if msg.method not in SERVED_METHODS:
+        if msg.method not in self._served:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {clip(msg.method)!r}", clip(msg.method))
         if in_batch and msg.method == "initialize":
             raise RpcError(INVALID_REQUEST, "Invalid Request: initialize must not be part of a JSON-RPC batch")
         ctx = self._admit(session, msg, notify)
         if msg.method == "tools/call":
-            result = await self._tool_calls.call(session, ctx)
+            if self._scan_tools is not None and self._scan_tools.serves(ctx.params["name"]):
+                result = await self._scan_tools.call(session, ctx)
+            else:
+                result = await self._tool_calls.call(session, ctx)
             if result is None:
                 return None
         else:
@@ -294,7 +305,9 @@ class McpDispatcher:
 
     def _capabilities(self) -> types.ServerCapabilities:
         return types.ServerCapabilities(
-            tools=types.ToolsCapability(list_changed=False), logging=types.LoggingCapability()
+            tools=types.ToolsCapability(list_changed=False),
+            logging=types.LoggingCapability(),
+            resources=types.ResourcesCapability() if self._scans is not None else None,
         )
 
     def _initialize(self, session: Session, ctx: RequestContext) -> dict[str, Any]:
@@ -340,10 +353,15 @@ class McpDispatcher:
         if ctx.params.get("cursor") is not None:
             raise RpcError(INVALID_PARAMS, "Invalid params: unknown cursor; tools/list returns a single page")
         return types.ListToolsResult(
-            tools=[_tool(info) for info in self._backend.list_tools()],
+            tools=[_tool(info) for info in self._listed_tools()],
             ttl_ms=self._list_ttl_ms,
             cache_scope=self._cache_scope,
         ).model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    def _listed_tools(self) -> list[ToolInfo]:
+        """The scanner tools, then the handle tools that reach their scans."""
+        scanners = self._backend.list_tools()
+        return scanners if self._scan_tools is None else [*scanners, *self._scan_tools.list_tools()]
 
     # ------------------------------------------------------------------ notifications
 
