@@ -1,7 +1,8 @@
 """The audit log: who ran what against which target, and how it ended.
 
-One JSON object per line, appended, never rewritten, for every answered call (refused ones too).
-A thread of its own writes the lines, so an actor answering a call never waits on a disk.
+One JSON object per line, appended, never rewritten, each naming its `event`: every answered call
+(refused ones too), every scan started, every cancel asked through the scans, every expiry. A thread
+of its own writes the lines, so neither an actor answering a call nor a caller ever waits on a disk.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from actors.api import Caller
 from actors.results import CallOutcome
+from supervisor.scans.records import ScanRecord
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ def audit_record(
     client's own name for itself, which proves nothing).
     """
     record: dict[str, Any] = {
-        "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "ts": _now(),
+        "event": "call_answered",
         "call_id": outcome.call_id,
         "owner": caller.owner if caller is not None else None,
         "via": caller.detail if caller is not None else None,
@@ -51,6 +54,47 @@ def audit_record(
     return record
 
 
+def scan_started_record(scan: ScanRecord) -> dict[str, Any]:
+    """The line for a scan whose call was admitted: its process is about to run."""
+    return {
+        "ts": _now(),
+        "event": "scan_started",
+        "scan_id": scan.scan_id,
+        "call_id": scan.call_id,
+        "owner": scan.owner,
+        "tool": scan.tool,
+        "target": scan.target,
+        "resolved": list(scan.resolved_targets),
+    }
+
+
+def cancel_requested_record(scan: ScanRecord, by: Caller) -> dict[str, Any]:
+    """The line for a cancel asked of a running scan; `by` may be an admin, not the scan's owner."""
+    return {
+        "ts": _now(),
+        "event": "scan_cancel_requested",
+        "scan_id": scan.scan_id,
+        "owner": scan.owner,
+        "by": by.owner,
+        "via": by.detail,
+        "tool": scan.tool,
+        "target": scan.target,
+    }
+
+
+def scans_expired_record(removed: list[tuple[str, str]]) -> dict[str, Any]:
+    """The line for one sweep of the store: the (scan id, owner) of each scan it removed."""
+    return {
+        "ts": _now(),
+        "event": "scans_expired",
+        "scans": [{"scan_id": scan_id, "owner": owner} for scan_id, owner in removed],
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
 class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -64,6 +108,15 @@ class AuditLog:
 
     def record(self, outcome: CallOutcome, *, caller: Caller | None, arguments: dict[str, Any] | None = None) -> None:
         self._queue.put(audit_record(outcome, caller=caller, arguments=arguments))
+
+    def scan_started(self, scan: ScanRecord) -> None:
+        self._queue.put(scan_started_record(scan))
+
+    def scan_cancel_requested(self, scan: ScanRecord, by: Caller) -> None:
+        self._queue.put(cancel_requested_record(scan, by))
+
+    def scans_expired(self, removed: list[tuple[str, str]]) -> None:
+        self._queue.put(scans_expired_record(removed))
 
     def _write_all(self) -> None:
         while (item := self._queue.get()) is not _STOP:

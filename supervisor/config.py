@@ -162,7 +162,7 @@ class ScansSettings(Strict):
     retention_days: float = Field(default=7.0, gt=0)
     max_scans: int = Field(default=10_000, ge=1)
     # The most text one scan_result or summary carries; the rest is paged.
-    max_result_chars: int = Field(default=20_000, ge=2_000, le=1_000_000)
+    max_result_chars: int = Field(default=20_000, ge=5_000, le=1_000_000)  # views need 5000 at least
 
     @model_validator(mode="after")
     def _inline_within_max(self) -> ScansSettings:

@@ -1,4 +1,5 @@
-"""Prometheus metrics for one runtime: a projection of the call ledger, updated as it changes.
+"""Prometheus metrics for one runtime: a projection of the call ledger, updated as it changes, and
+collectors that read numbers with another owner (the scan store's) when scraped.
 
 Each runtime owns its registry (never the process-global one), so two
 embedded runtimes, or a test's runtime beside the daemon's, never mix their
@@ -9,12 +10,15 @@ histogram's buckets span 10 ms to an hour because a scan can be either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from actors.breaker import BreakerState
 from actors.results import ErrorType
+from supervisor.status import ScanStoreStatus
 
 OUTCOMES = ("ok", *(e.value for e in ErrorType))
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -24,7 +28,7 @@ RESTART_REASONS = ("crash", "hang", "operator")
 class Metrics:
     """The ledger's observer (`supervisor.ledger.LedgerObserver`): it counts nothing of its own."""
 
-    def __init__(self, tools: Iterable[str], version: str) -> None:
+    def __init__(self, tools: Iterable[str], version: str, collectors: Iterable[Collector] = ()) -> None:
         tools = list(tools)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -57,6 +61,8 @@ class Metrics:
             "labrecon_tool_up", "1 when the tool's actor is serving, 0 when restarting or failed.", ["tool"], registry=r
         )
         Info("labrecon_build", "labrecon build information.", registry=r).info({"version": version})
+        for collector in collectors:  # numbers others own, read when scraped
+            r.register(collector)
         # Children looked up once: every call touches these, and labels() takes a lock each time.
         self._call_counters = {tool: {o: self.calls.labels(tool, o) for o in OUTCOMES} for tool in tools}
         self._durations = {tool: self.duration.labels(tool) for tool in tools}
@@ -97,3 +103,30 @@ class Metrics:
     def text(self) -> bytes:
         return generate_latest(self.registry)
 
+
+
+class ScanStoreCollector(Collector):
+    """The scan store's numbers, read at scrape time: the store owns the counts and its size, the
+    runtime's `Scans` the expired total. This collector keeps no copy of any of them."""
+
+    def __init__(self, stats: Callable[[], ScanStoreStatus]) -> None:
+        self._stats = stats
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self._stats())
+
+    def _families(self, stats: ScanStoreStatus | None = None) -> Iterator[Metric]:
+        scans = GaugeMetricFamily("labrecon_scans", "Scans in the store, by status.", labels=["status"])
+        size = GaugeMetricFamily("labrecon_scan_store_bytes", "The scan store's size on disk, its log included.")
+        expired = CounterMetricFamily(
+            "labrecon_scans_expired", "Finished scans removed from the store by age or count."
+        )
+        if stats is not None:
+            for status, count in stats.counts.items():
+                scans.add_metric([status], count)
+            size.add_metric([], stats.size_bytes)
+            expired.add_metric([], stats.expired_total)
+        yield from (scans, size, expired)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -21,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from actors.api import Caller, ProgressSink, StartedScan, ToolInfo, UnknownTool
-from actors.containment import end_left_group, end_leftovers, set_subreaper
+from actors.containment import end_left_group, end_leftovers, process_start_ticks, set_subreaper
 from actors.lookups import Lookups
 from actors.policy import Resolver, TargetPolicy
 from actors.prepare import PreparedCall, prepare_call
@@ -32,10 +34,11 @@ from actors.tools import TOOL_SPECS
 from actors.tools.base import ToolArguments, ToolSpec
 from supervisor.audit import AuditLog
 from supervisor.config import FaultSettings, Settings, settings_from
+from supervisor.metrics import ScanStoreCollector
 from supervisor.scans.service import LiveScan, Scans
 from supervisor.scans.store import ScanStore
 from supervisor.scope import with_scope
-from supervisor.status import Status
+from supervisor.status import ScanStoreStatus, Status
 from supervisor.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -77,14 +80,19 @@ class Runtime:
         self._tool_infos = [with_scope(spec.info(), settings.policy) for spec in self.specs.values()]
         self.audit = AuditLog(settings.logging.audit_path) if settings.logging.audit_path else None
         self.scans = Scans(
-            ScanStore(settings.scans.path),
+            ScanStore(settings.scans.path, daemon=_this_process()),
             cancel_call=self.cancel,
             retention_sec=settings.scans.retention_days * 86_400,
             max_scans=settings.scans.max_scans,
             clock=clock,
+            on_expired=self.audit.scans_expired if self.audit is not None else None,
+            on_started=self.audit.scan_started if self.audit is not None else None,
+            on_cancel_requested=self.audit.scan_cancel_requested if self.audit is not None else None,
         )
         self._settle_interrupted()
-        self.supervisor = Supervisor(settings, self.specs, on_escalate=self._escalate)
+        self.supervisor = Supervisor(
+            settings, self.specs, on_escalate=self._escalate, collectors=[ScanStoreCollector(self._scan_store_status)]
+        )
         self._calls: dict[str, str] = {}  # call_id -> tool, for cancellation
         self._calls_lock = threading.Lock()
         self._stop_lock = threading.Lock()
@@ -227,7 +235,7 @@ class Runtime:
 
     def _settle_interrupted(self) -> None:
         """Scans an earlier life left `working` end as failed/interrupted; what they ran is ended."""
-        for left in self.scans.store.interrupt_running(time.time()):
+        for left in self.scans.store.interrupt_running(time.time(), alive=_still_running):
             if end_left_group(left.pgid, left.start_ticks):
                 logger.warning(
                     "ended the process group of a scan interrupted by the daemon's death",
@@ -235,8 +243,16 @@ class Runtime:
                 )
 
     def status(self) -> Status:
+        """The supervisor's snapshot of the tools, with the scan store's numbers beside it."""
         self._check_running()
-        return self.supervisor.status()
+        scans = self._scan_store_status()
+        return self.supervisor.status().model_copy(update={"scans": scans})
+
+    def _scan_store_status(self) -> ScanStoreStatus:
+        try:
+            return ScanStoreStatus.model_validate(self.scans.stats())
+        except sqlite3.ProgrammingError:  # closed by `stop` meanwhile
+            raise RuntimeStopped("the runtime has stopped") from None
 
     def metrics_text(self) -> str:
         self._check_running()
@@ -371,6 +387,16 @@ class Runtime:
         self.scans.finished(scan, outcome)
         if self.audit is not None:
             self.audit.record(outcome, caller=caller)
+
+
+def _this_process() -> tuple[int, int]:
+    pid = os.getpid()
+    return pid, process_start_ticks(pid) or 0
+
+
+def _still_running(pid: int, start_ticks: int) -> bool:
+    """Whether the process that started at `start_ticks` as `pid` is still there (pid reuse aside)."""
+    return pid > 0 and process_start_ticks(pid) == start_ticks
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -61,9 +61,17 @@ class HealthStatus(BaseModel):
     checks: list[CheckResult] = Field(default_factory=list)
 
 
+class ScanStoreStatus(BaseModel):
+    path: str
+    size_bytes: int
+    counts: dict[str, int]  # scans in the store per status
+    expired_total: int  # removed by age or count since the runtime started
+
+
 class Status(BaseModel):
     runtime: RuntimeInfo
     tools: dict[str, ToolStatus]
     faults: list[dict[str, Any]] = Field(default_factory=list)
     health: HealthStatus
     sessions: dict[str, int] = Field(default_factory=dict)
+    scans: ScanStoreStatus | None = None  # filled by the runtime, which owns the store

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import pykka
+from prometheus_client.registry import Collector
 
 from actors.results import ErrorType
 from actors.tool import Call, Cancel
@@ -34,13 +35,16 @@ class Supervisor:
         *,
         on_escalate: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        collectors: Iterable[Collector] = (),
     ) -> None:
+        """`collectors` add numbers others own to the metrics (read when scraped, never copied)."""
         self.plan = FaultPlan(settings.faults)
         self.slots = build_slots(settings, specs, clock)  # shared with the actor; thread-safe
         self.stash_limit = settings.supervisor.stash_limit
         self.health = HealthChecker(settings, specs)
         self.ref = SupervisorActor.start(
-            settings, specs, self.slots, self.plan, self.health, on_escalate=on_escalate, clock=clock
+            settings, specs, self.slots, self.plan, self.health, on_escalate=on_escalate, clock=clock,
+            collectors=collectors,
         )
 
     # --- calls --------------------------------------------------------------------

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pykka
+from prometheus_client.registry import Collector
 
 from actors.breaker import BreakerState
 from actors.events import ActorCrashed, ActorStarted, BreakerChanged, CallFinished, CallQueued, CallStarted
@@ -57,13 +58,14 @@ class SupervisorActor(pykka.ThreadingActor):
         *,
         on_escalate: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        collectors: Iterable[Collector] = (),
     ) -> None:
         super().__init__()
         self.settings = settings
         self.slots = slots
         self.plan = plan
         self.health = health
-        self.metrics = Metrics(specs, VERSION)
+        self.metrics = Metrics(specs, VERSION, collectors)
         self.ledger = CallLedger(specs, clock=clock, observer=self.metrics)
         self.restarter = Restarter(
             slots,

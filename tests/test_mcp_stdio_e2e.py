@@ -269,7 +269,10 @@ def test_audit_log_records_who_ran_what_and_how_it_ended(tmp_path):
     import getpass
     import json
 
-    ran, refused = [json.loads(line) for line in audit.read_text().splitlines()]
+    started, ran, refused = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert started["event"] == "scan_started" and started["owner"] == getpass.getuser()
+    assert started["tool"] == "nmap" and started["target"] == "10.0.0.5" and started["scan_id"]
+    assert ran["event"] == refused["event"] == "call_answered" and ran["call_id"] == started["call_id"]
     assert ran["owner"] == getpass.getuser() and ran["via"].startswith("stdio mcp") and ran["tool"] == "nmap"
     assert ran["target"] == "10.0.0.5" and ran["outcome"] == "ok" and ran["argv"][-1] == "10.0.0.5"
     assert refused["outcome"] == "validation" and refused["arguments"] == {"target": "8.8.8.8"}

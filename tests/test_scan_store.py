@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from actors.api import Caller
 from actors.containment import end_left_group, process_start_ticks
 from actors.results import CallOutcome, ErrorType
+from supervisor import Runtime
 from supervisor.scans.records import INTERRUPTED, ScanNotFound, ScanRecord, ScanStatus, new_scan_id
 from supervisor.scans.store import BadCursor, ScanStore
-from tests.runtimes import fake_runtime
+from tests.runtimes import fake_config, fake_runtime
 
 DAY = 86_400.0
 
@@ -116,18 +119,23 @@ def test_finished_scans_expire_by_age_then_by_count_and_working_ones_never(tmp_p
 
 
 def test_scans_left_working_by_a_dead_daemon_end_interrupted_with_their_process_groups(tmp_path):
-    store = ScanStore(tmp_path / "scans.sqlite3")
+    dead, living = (111, 5), (222, 6)
+    store = ScanStore(tmp_path / "scans.sqlite3", daemon=dead)
     finished, left, never_spawned = working(), working(), working()
     for record in (finished, left, never_spawned):
         store.add(record)
     done(store, finished, at=1500.0)
     store.record_process(left.scan_id, 4242, 777)
-    groups = ScanStore(tmp_path / "scans.sqlite3").interrupt_running(at=2000.0)
+    neighbour = ScanStore(tmp_path / "scans.sqlite3", daemon=living)
+    still_running = working()
+    neighbour.add(still_running)  # another daemon's scan, sharing the file
+    groups = neighbour.interrupt_running(2000.0, alive=lambda pid, ticks: (pid, ticks) == living)
     assert [(g.scan_id, g.pgid, g.start_ticks) for g in groups] == [(left.scan_id, 4242, 777)]
     for record in (left, never_spawned):
         got = store.get(record.scan_id, None)
         assert got is not None and got.status is ScanStatus.FAILED and got.error_type == INTERRUPTED
     assert store.get(finished.scan_id, None).status is ScanStatus.COMPLETED  # type: ignore[union-attr]
+    assert store.get(still_running.scan_id, None).status is ScanStatus.WORKING  # type: ignore[union-attr]
 
 
 def test_a_left_process_group_is_ended_only_while_its_leader_is_the_same_process():
@@ -167,3 +175,49 @@ def test_every_runtime_call_is_a_scan_kept_past_a_restart(tmp_path):
         with pytest.raises(ScanNotFound):
             runtime.scans.get(Caller(owner="someone-else"), completed.scan_id)
         assert runtime.scans.get(Caller(owner="someone-else", admin=True), completed.scan_id) == completed
+
+
+def test_a_second_runtime_on_the_same_store_leaves_the_first_ones_running_scans_alone(tmp_path):
+    config = {"scans": {"path": str(tmp_path / "scans.sqlite3")}, "tools": {"nmap": {"scenario": {"mode": "hang"}}}}
+    with fake_runtime(tmp_path / "a", **config) as first:
+        running = threading.Event()  # set by the progress edge the process start sends
+        scan_ids: list[str | None] = []
+        outcome: list[CallOutcome] = []
+
+        async def call() -> None:
+            started = await first.astart("nmap", {"target": "10.0.0.5"}, progress=lambda *_: running.set())
+            scan_ids.append(started.scan_id)
+            outcome.append(await started.outcome)
+
+        thread = threading.Thread(target=asyncio.run, args=(call(),))
+        thread.start()
+        assert running.wait(30)
+        me, (scan_id,) = Caller.local(), scan_ids
+        assert scan_id is not None
+        with fake_runtime(tmp_path / "b", **config) as second:
+            assert second.scans.get(me, scan_id).status is ScanStatus.WORKING
+        assert first.scans.cancel(me, scan_id)
+        thread.join(30)
+        assert outcome[0].error_type is ErrorType.CANCELLED
+        assert first.scans.get(me, scan_id).status is ScanStatus.CANCELLED
+
+
+def test_finishing_a_scan_sweeps_out_expired_ones_by_the_runtimes_clock(tmp_path):
+    now = [1_000_000.0]
+    config = fake_config(tmp_path, scans={"path": ":memory:", "retention_days": 7, "max_scans": 3})
+    with Runtime.start(config, clock=lambda: now[0]) as runtime:
+        me = Caller.local()
+        old = [runtime.call("nmap", {"target": "10.0.0.5", "ports": "22"}) for _ in range(2)]
+        assert all(outcome.ok for outcome in old)
+        now[0] += 8 * DAY
+        runtime.call("nmap", {"target": "10.0.0.6", "ports": "22"})
+        kept, _ = runtime.scans.page(me)
+        assert [scan.target for scan in kept] == ["10.0.0.6"]
+        assert runtime.scans.stats()["expired_total"] == 2
+        for _ in range(3):
+            now[0] += 1  # "oldest" is by creation time: give each its own
+            runtime.call("nmap", {"target": "10.0.0.7", "ports": "22"})
+        now[0] += 61  # sweeps run a minute apart: the next finish makes one
+        runtime.call("nmap", {"target": "10.0.0.8", "ports": "22"})
+        kept, _ = runtime.scans.page(me)
+        assert len(kept) == 3 and "10.0.0.6" not in {scan.target for scan in kept}

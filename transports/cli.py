@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="print a fresh random bearer token for auth.token")
     token.set_defaults(handler=cmd_token)
 
-    ops_commands.register(sub)  # status, faults, tools: operating a running daemon
+    ops_commands.register(sub)  # status, faults, tools, scans: operating a running daemon
     return parser
 
 

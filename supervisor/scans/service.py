@@ -54,6 +54,8 @@ class Scans:
         max_scans: int,
         clock: Callable[[], float] = time.time,
         on_expired: Callable[[list[tuple[str, str]]], None] | None = None,
+        on_started: Callable[[ScanRecord], None] | None = None,
+        on_cancel_requested: Callable[[ScanRecord, Caller], None] | None = None,
     ) -> None:
         self.store = store
         self._cancel_call = cancel_call
@@ -61,6 +63,8 @@ class Scans:
         self._max_scans = max_scans
         self._clock = clock
         self._on_expired = on_expired
+        self._on_started = on_started
+        self._on_cancel_requested = on_cancel_requested
         self._live: dict[str, LiveScan] = {}
         self._lock = threading.Lock()
         self._last_expiry = float("-inf")
@@ -83,6 +87,8 @@ class Scans:
         with self._lock:
             self._live[record.scan_id] = live
         self.store.add(record)
+        if self._on_started is not None:
+            self._on_started(record)
         return live
 
     def refused(self, caller: Caller, tool: str, arguments: Any, outcome: CallOutcome) -> str:
@@ -194,6 +200,8 @@ class Scans:
         record = self.get(caller, scan_id)
         if record.status.terminal:
             return False
+        if self._on_cancel_requested is not None:
+            self._on_cancel_requested(record, caller)
         return self._cancel_call(record.call_id)
 
     def stats(self) -> dict[str, Any]:

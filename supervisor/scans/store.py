@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS scans (
     outcome TEXT,
     raw TEXT,
     pgid INTEGER,
-    process_start INTEGER
+    process_start INTEGER,
+    daemon_pid INTEGER,
+    daemon_start INTEGER
 );
 CREATE INDEX IF NOT EXISTS scans_by_owner ON scans (owner, created_at DESC, scan_id DESC);
 CREATE INDEX IF NOT EXISTS scans_by_age ON scans (created_at DESC, scan_id DESC);
@@ -82,8 +84,10 @@ class LeftProcess(tuple[str, int, int]):
 class ScanStore:
     """Scans on disk (or `:memory:`); safe to use from any thread."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, daemon: tuple[int, int] = (0, 0)) -> None:
+        """`daemon` is (pid, start ticks) of the process whose scans this store records as its own."""
         self.path = str(path)
+        self.daemon = daemon
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # The file holds targets and findings: readable by its owner only, from its first byte.
@@ -133,9 +137,11 @@ class ScanStore:
             record.error_type,
             record.error,
             outcome.model_dump_json() if outcome is not None else None,
+            *self.daemon,
         )
+        columns = f"{_RECORD_COLUMNS}, outcome, daemon_pid, daemon_start"
         with self._lock:
-            self._db.execute(f"INSERT INTO scans ({_RECORD_COLUMNS}, outcome) VALUES ({', '.join('?' * 16)})", row)
+            self._db.execute(f"INSERT INTO scans ({columns}) VALUES ({', '.join('?' * len(row))})", row)
 
     def record_process(self, scan_id: str, pgid: int, start_ticks: int) -> None:
         """The scan's process group, so a later start can end it if this process dies first."""
@@ -178,21 +184,23 @@ class ScanStore:
                 ),
             )
 
-    def interrupt_running(self, at: float) -> list[LeftProcess]:
-        """Mark every `working` scan failed/interrupted (their process is gone); returns their process groups."""
+    def interrupt_running(self, at: float, *, alive: Callable[[int, int], bool]) -> list[LeftProcess]:
+        """Settle the scans of daemons that are gone: failed/interrupted; returns their process groups.
+
+        Several daemons of one user may share a store (a stdio server per MCP host, say); a scan whose
+        daemon still lives (`alive(pid, start_ticks)`) is that daemon's, and left alone.
+        """
         with self._transaction() as db:
-            left = [
-                LeftProcess(row)
-                for row in db.execute(
-                    "SELECT scan_id, pgid, process_start FROM scans WHERE status = 'working' AND pgid IS NOT NULL"
-                )
-            ]
-            db.execute(
+            rows = db.execute(
+                "SELECT scan_id, pgid, process_start, daemon_pid, daemon_start FROM scans WHERE status = 'working'"
+            ).fetchall()
+            orphaned = [row for row in rows if not alive(row[3] or 0, row[4] or 0)]
+            db.executemany(
                 "UPDATE scans SET status = 'failed', updated_at = ?, error_type = ?, pgid = NULL, "
-                "error = 'the daemon stopped while this scan was running; run it again' WHERE status = 'working'",
-                (at, INTERRUPTED),
+                "error = 'the daemon stopped while this scan was running; run it again' WHERE scan_id = ?",
+                [(at, INTERRUPTED, row[0]) for row in orphaned],
             )
-        return left
+        return [LeftProcess(row[:3]) for row in orphaned if row[1] is not None]
 
     def expire(self, *, older_than: float, keep: int) -> list[tuple[str, str]]:
         """Remove finished scans last updated before `older_than`, then the oldest beyond `keep` in all.

@@ -126,6 +126,33 @@ class OpsClient:
     def control(self, tool: str, action: str, body: dict[str, Any] | None = None) -> str:
         return self._field(self.request("POST", f"/tools/{quote(tool, safe='')}/{action}", body), "message")
 
+    def scans(
+        self,
+        *,
+        tool: str | None = None,
+        status: str | None = None,
+        owner: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """One page of scans, newest first: `{"scans": [...], "next_cursor": ...}`."""
+        query = {"tool": tool, "status": status, "owner": owner, "cursor": cursor, "limit": limit}
+        answer = self.request("GET", "/scans", query=query)
+        self._field(answer, "scans")
+        return answer
+
+    def scan(self, scan_id: str) -> dict[str, Any]:
+        """One scan's record, with its outcome once it has finished."""
+        answer = self.request("GET", f"/scans/{quote(scan_id, safe='')}")
+        self._field(answer, "scan_id")
+        return answer
+
+    def cancel_scan(self, scan_id: str) -> dict[str, Any]:
+        """Cancel a running scan; the record once it has settled, or as it is if it had already finished."""
+        answer = self.request("POST", f"/scans/{quote(scan_id, safe='')}/cancel")
+        self._field(answer, "scan_id")
+        return answer
+
     def _field(self, answer: Any, key: str) -> Any:
         if not isinstance(answer, dict) or key not in answer:
             raise OpsClientError(f"{self.where} did not answer like labrecon (no {key!r} in the reply)")

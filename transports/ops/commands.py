@@ -1,8 +1,9 @@
-"""`labrecon status`, `labrecon faults …` and `labrecon tools …`: operating a running daemon.
+"""`labrecon status`, `faults …`, `tools …` and `scans …`: operating a running daemon.
 
 These are clients of the ops endpoints, never of the runtime, so they work against a daemon started
-any way. Exit codes: 0 done (`status`: ready); 1 the daemon answered with an error, or is not ready;
-2 usage or config error; 4 the daemon could not be reached or refused the credentials.
+any way. Exit codes: 0 done (`status`: ready); 1 the daemon answered with an error (an unknown scan,
+say), is not ready, or a cancelled scan has not stopped yet; 2 usage or config error; 4 the daemon
+could not be reached or refused the credentials.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from typing import Any, get_args
 from supervisor.config import FaultSettings, load_settings
 from transports.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from transports.ops.client import OpsClient, OpsClientError, OpsRequestFailed
-from transports.ops.status_view import describe_fault, render_faults, render_status, should_color
+from transports.ops.status_view import (
+    describe_fault,
+    render_faults,
+    render_scan,
+    render_scans,
+    render_status,
+    should_color,
+)
 
 __all__ = ["TOKEN_ENV", "client_from", "register"]
 
@@ -24,10 +32,12 @@ TOKEN_ENV = "LABRECON_AUTH__TOKEN"
 
 
 FAULT_KINDS = get_args(FaultSettings.model_fields["kind"].annotation)
+SCAN_STATUSES = ("working", "completed", "failed", "cancelled")
+MAX_PAGE = 200  # what the daemon serves at most per page
 
 
 def register(subparsers: Any) -> None:
-    """Add `status`, `faults` and `tools` to the `labrecon` command's subparsers."""
+    """Add `status`, `faults`, `tools` and `scans` to the `labrecon` command's subparsers."""
     status = subparsers.add_parser("status", help="show a running daemon's tools, breakers, load and health")
     _connection_options(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -76,6 +86,39 @@ def register(subparsers: Any) -> None:
     breaker.add_argument("name", help="tool name, e.g. nmap")
     breaker.add_argument("state", choices=["open", "closed"])
     breaker.set_defaults(handler=cmd_tools_control, action="breaker")
+
+    scans = subparsers.add_parser("scans", help="list, show or cancel the scans of a running daemon")
+    scan_actions = scans.add_subparsers(dest="scans_action", metavar="ACTION", required=True)
+    listing = scan_actions.add_parser("list", help="show scans, newest first")
+    _connection_options(listing)
+    listing.add_argument("--tool", help="only this tool's scans")
+    listing.add_argument("--status", choices=SCAN_STATUSES, help="only scans in this status")
+    listing.add_argument("--owner", help="only this owner's scans")
+    listing.add_argument(
+        "--limit", type=_page_size, default=50, metavar="N", help=f"scans per page, 1 to {MAX_PAGE} (default 50)"
+    )
+    listing.add_argument("--all-pages", action="store_true", help="follow every page, not just the first")
+    listing.add_argument("--json", action="store_true", help="print the scans as JSON")
+    listing.set_defaults(handler=cmd_scans_list)
+    for action, text, handler in (
+        ("show", "show one scan: its record and how it ended", cmd_scans_show),
+        ("cancel", "cancel a running scan (its processes are ended) and show where it ended", cmd_scans_cancel),
+    ):
+        parser = scan_actions.add_parser(action, help=text)
+        _connection_options(parser)
+        parser.add_argument("scan_id", metavar="ID", help="the scan's id (scans list shows it)")
+        parser.add_argument("--json", action="store_true", help="print the scan as JSON")
+        parser.set_defaults(handler=handler)
+
+
+def _page_size(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= MAX_PAGE:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_PAGE}")
+    return size
 
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
@@ -176,6 +219,54 @@ def cmd_tools_control(args: argparse.Namespace) -> int:
         body = {"state": args.state} if args.action == "breaker" else None
         print(client.control(args.name, args.action, body))
         return EXIT_OK
+
+    return _talk(args, run)
+
+
+def cmd_scans_list(args: argparse.Namespace) -> int:
+    def run(client: OpsClient) -> int:
+        query = {"tool": args.tool, "status": args.status, "owner": args.owner, "limit": args.limit}
+        page = client.scans(**query)
+        records = list(page["scans"])
+        while args.all_pages and page.get("next_cursor"):
+            page = client.scans(**query, cursor=page["next_cursor"])
+            records += page["scans"]
+        more = page.get("next_cursor")
+        if args.json:
+            print(json.dumps({"scans": records, "next_cursor": more}, indent=2))
+        else:
+            print(render_scans(records, color=should_color(sys.stdout)))
+            if more:
+                print(f"labrecon: more scans than these {len(records)}; --all-pages lists them all", file=sys.stderr)
+        return EXIT_OK
+
+    return _talk(args, run)
+
+
+def cmd_scans_show(args: argparse.Namespace) -> int:
+    def run(client: OpsClient) -> int:
+        scan = client.scan(args.scan_id)
+        print(json.dumps(scan, indent=2) if args.json else render_scan(scan, color=should_color(sys.stdout)))
+        return EXIT_OK
+
+    return _talk(args, run)
+
+
+def cmd_scans_cancel(args: argparse.Namespace) -> int:
+    def run(client: OpsClient) -> int:
+        scan = client.cancel_scan(args.scan_id)
+        stopped = scan.get("status") != "working"
+        if args.json:
+            print(json.dumps(scan, indent=2))
+        elif not scan.get("cancel_requested"):
+            print(f"scan {scan['scan_id']} had already finished: {scan.get('status')}")
+        elif scan.get("status") == "cancelled":
+            print(f"scan {scan['scan_id']} cancelled")
+        elif stopped:
+            print(f"scan {scan['scan_id']} ended {scan.get('status')} before the cancel reached it")
+        else:
+            print(f"scan {scan['scan_id']} was asked to stop and is still stopping")
+        return EXIT_OK if stopped else EXIT_FAILED
 
     return _talk(args, run)
 

@@ -1,17 +1,21 @@
-"""The ops endpoints: probes, metrics, status, fault injection and tool control over HTTP.
+"""The ops endpoints: probes, metrics, status, fault injection, tool control and scans over HTTP.
 
 Plain routes, mounted on the MCP HTTP app or served alone by `build_ops_app` (e.g. on a Unix socket
-beside stdio). Every runtime call goes through `anyio.to_thread`, so waiting on the supervisor never
-stalls the loop's other clients. Errors are `{"error", "message"}` bodies: 400 bad input, 404
-unknown tool or rule, 503 the runtime cannot answer.
+beside stdio). Every runtime call goes through `anyio.to_thread`, so waiting on the supervisor or the
+scan store never stalls the loop's other clients. Errors are `{"error", "message"}` bodies: 400 bad
+input (naming the `field`), 403 a filter the caller may not use, 404 unknown tool, rule or scan, 503
+the runtime cannot answer. Who asks is `caller_of(request)`, the one place that decides it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
 from functools import partial
 from typing import Any, Protocol
 
@@ -24,10 +28,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from actors.api import UnknownTool
-from actors.results import InvalidCall
+from actors.api import Caller, UnknownTool, local_user
+from actors.results import CallOutcome, InvalidCall
 from supervisor.config import Settings
 from supervisor.runtime import RuntimeStopped
+from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus
+from supervisor.scans.service import Scans
+from supervisor.scans.store import BadCursor
 from supervisor.status import Status
 from transports.http.security import AUTHENTICATED, security_middleware
 from transports.http.server import HttpServer
@@ -37,6 +44,7 @@ __all__ = [
     "OpsRuntime",
     "SessionCounts",
     "build_ops_app",
+    "caller_of",
     "http_error",
     "ops_routes",
     "serve_ops_socket",
@@ -47,6 +55,11 @@ log = logging.getLogger("labrecon.ops")
 # What `generate_latest` writes: the classic Prometheus text format.
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MAX_BODY_BYTES = 64 << 10  # control bodies are a handful of fields
+MAX_PAGE = 200  # scans per page at most
+DEFAULT_PAGE = 50
+# How long a cancel waits for its scan to settle (TERM, the tool's kill grace, KILL) before it answers
+# the record as it stands; below the CLI's default request timeout.
+CANCEL_SETTLE_SEC = 8.0
 
 
 class OpsRuntime(Protocol):
@@ -71,11 +84,24 @@ class OpsRuntime(Protocol):
 
     def force_breaker(self, tool: str, state: str) -> str: ...
 
+    @property
+    def scans(self) -> Scans: ...
+
 
 class _BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.field = field
+
+
+def caller_of(request: Request) -> Caller:
+    """Who makes this ops request: every scan read or cancelled here is read or cancelled as them.
+
+    The ops endpoints sit behind the daemon's token (or an owner-only Unix socket), so whoever gets
+    this far operates the daemon: the local user, an admin who sees every owner's scans.
+    """
+    return Caller(owner=local_user(), admin=True)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -102,11 +128,14 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
             try:
                 return await handler(request)
             except _BadRequest as exc:
-                return _error(exc.status, "invalid" if exc.status == 400 else "too_large", str(exc))
+                kind = {400: "invalid", 403: "forbidden"}.get(exc.status, "too_large")
+                return _error(exc.status, kind, str(exc), field=exc.field)
             except InvalidCall as exc:
                 return _error(400, "invalid", str(exc), field=exc.field)
             except UnknownTool as exc:
                 return _error(404, "not_found", str(exc), known=exc.known)
+            except ScanNotFound as exc:
+                return _error(404, "not_found", str(exc))
             except (pykka.ActorDeadError, pykka.Timeout, RuntimeStopped) as exc:
                 log.warning("ops request %s %s: runtime unavailable: %s", request.method, request.url.path, exc)
                 return _error(503, "unavailable", "the runtime is not answering (stopped or overloaded)")
@@ -177,6 +206,36 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
         handler.__name__ = f"tool_{action}"
         return handler
 
+    async def list_scans(request: Request) -> Response:
+        caller = caller_of(request)
+        query = _ScanQuery.of(request, caller)
+        try:
+            records, next_cursor = await blocking(
+                runtime.scans.page, query.caller, tool=query.tool, status=query.status, cursor=query.cursor,
+                limit=query.limit,
+            )
+        except BadCursor as exc:
+            raise _BadRequest(str(exc), field="cursor") from None
+        return JSONResponse({"scans": [r.to_json() for r in records], "next_cursor": next_cursor})
+
+    async def show_scan(request: Request) -> Response:
+        caller, scan_id = caller_of(request), request.path_params["scan_id"]
+        record: ScanRecord = await blocking(runtime.scans.get, caller, scan_id)
+        return JSONResponse(await blocking(_with_outcome, runtime.scans, caller, record))
+
+    async def cancel_scan(request: Request) -> Response:
+        caller, scan_id = caller_of(request), request.path_params["scan_id"]
+        requested: bool = await blocking(runtime.scans.cancel, caller, scan_id)
+        if requested:
+            log.info("operator %s cancelled scan %s", caller.owner, scan_id)
+        settled: Future[CallOutcome] | None = await blocking(runtime.scans.done, caller, scan_id)
+        if settled is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(settled)), CANCEL_SETTLE_SEC)
+        record: ScanRecord = await blocking(runtime.scans.get, caller, scan_id)
+        answer = await blocking(_with_outcome, runtime.scans, caller, record)
+        return JSONResponse({**answer, "cancel_requested": requested})
+
     return [
         Route("/livez", livez, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -189,7 +248,58 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
         Route("/tools/{name}/reset", guarded(control("reset")), methods=["POST"]),
         Route("/tools/{name}/restart", guarded(control("restart")), methods=["POST"]),
         Route("/tools/{name}/breaker", guarded(control("breaker")), methods=["POST"]),
+        Route("/scans", guarded(list_scans), methods=["GET"]),
+        Route("/scans/{scan_id}", guarded(show_scan), methods=["GET"]),
+        Route("/scans/{scan_id}/cancel", guarded(cancel_scan), methods=["POST"]),
     ]
+
+
+class _ScanQuery:
+    """The query of `GET /scans`, checked: each bad value is a 400 that names its field."""
+
+    def __init__(
+        self, caller: Caller, tool: str | None, status: ScanStatus | None, cursor: str | None, limit: int
+    ) -> None:
+        self.caller, self.tool, self.status, self.cursor, self.limit = caller, tool, status, cursor, limit
+
+    @classmethod
+    def of(cls, request: Request, caller: Caller) -> _ScanQuery:
+        params = request.query_params
+        unknown = sorted(set(params) - {"tool", "status", "owner", "cursor", "limit"})
+        if unknown:
+            raise _BadRequest(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+        tool = params.get("tool")
+        if tool is not None and not tool:
+            raise _BadRequest("tool must be a tool name, e.g. nmap", field="tool")
+        status = None
+        if "status" in params:
+            try:
+                status = ScanStatus(params["status"])
+            except ValueError:
+                known = ", ".join(s.value for s in ScanStatus)
+                raise _BadRequest(f"status must be one of {known}", field="status") from None
+        owner = params.get("owner")
+        if owner is not None:
+            if not owner:
+                raise _BadRequest("owner must be an owner's name", field="owner")
+            if not caller.admin and owner != caller.owner:
+                raise _BadRequest("only an admin may list another owner's scans", status=403, field="owner")
+            caller = Caller(owner=owner, admin=False, detail=caller.detail)  # read as that owner would
+        limit = DEFAULT_PAGE
+        if "limit" in params:
+            try:
+                limit = int(params["limit"])
+            except ValueError:
+                limit = 0
+            if not 1 <= limit <= MAX_PAGE:
+                raise _BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", field="limit")
+        return cls(caller, tool, status, params.get("cursor") or None, limit)
+
+
+def _with_outcome(scans: Scans, caller: Caller, record: ScanRecord) -> dict[str, Any]:
+    """The record, and under `outcome` the full outcome once the scan has finished (null while it runs)."""
+    outcome = scans.outcome(caller, record.scan_id) if record.status.terminal else None
+    return {**record.to_json(), "outcome": outcome.model_dump(mode="json") if outcome is not None else None}
 
 
 def build_ops_app(runtime: OpsRuntime, settings: Settings, sessions: SessionCounts | None = None) -> Starlette:

@@ -1,19 +1,29 @@
-"""The status snapshot as tables an operator reads at a glance, like `kubectl get` and `systemctl status`.
+"""The status snapshot and the scans as tables an operator reads at a glance, like `kubectl get`.
 
-Pure functions from the `Status` model to plain text in aligned columns, so it survives `less`,
-`watch` and a copy into a ticket; colour only on a terminal without `NO_COLOR`, never changing the
-alignment. Free text goes last in a row, so a long reason never pushes the numbers apart.
+Pure functions from the `Status` model (and the scan records the ops endpoints serve) to plain text
+in aligned columns, so it survives `less`, `watch` and a copy into a ticket; colour only on a
+terminal without `NO_COLOR`, never changing the alignment. Free text goes last in a row, so a long
+reason never pushes the numbers apart.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
-from supervisor.status import CheckResult, Status, ToolStatus
+from supervisor.status import CheckResult, ScanStoreStatus, Status, ToolStatus
 
-__all__ = ["describe_fault", "format_duration", "render_faults", "render_status", "should_color"]
+__all__ = [
+    "describe_fault",
+    "format_duration",
+    "render_faults",
+    "render_scan",
+    "render_scans",
+    "render_status",
+    "should_color",
+]
 
 REASON_WIDTH = 48
 
@@ -22,6 +32,7 @@ _CODES = {"green": "32", "yellow": "33", "red": "31", "dim": "2", "bold": "1"}
 _STATE_STYLE = {"running": "green", "restarting": "yellow", "failed": "red", "stopped": "dim", "disabled": "dim"}
 _BREAKER_STYLE = {"closed": "green", "half_open": "yellow", "open": "red"}
 _HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
+_SCAN_STYLE = {"working": "yellow", "completed": "green", "failed": "red", "cancelled": "dim"}
 
 Cell = tuple[str, str | None]  # (text, style)
 
@@ -45,6 +56,8 @@ def render_status(status: Status, *, color: bool = False) -> str:
     lines = [paint(summary, "bold"), f"health: {verdict}, {readiness}"]
     if status.sessions:
         lines.append("sessions: " + ", ".join(f"{name} {count}" for name, count in sorted(status.sessions.items())))
+    if status.scans is not None:
+        lines.append(_store_line(status.scans, paint))
     lines.append("")
     lines += _table(
         ("TOOL", "STATE", "BREAKER", "IN-FLIGHT", "QUEUED", "P50", "P95", "OK", "FAILED", "RESTARTS", "LAST RESTART"),
@@ -63,6 +76,49 @@ def render_faults(rules: Sequence[Mapping[str, Any]], *, color: bool = False) ->
     if not rules:
         return "no fault rules"
     return "\n".join(line.rstrip() for line in _fault_table(rules, _painter(color)))
+
+
+def render_scans(records: Sequence[Mapping[str, Any]], *, color: bool = False) -> str:
+    """Scan records (as `/scans` serves them) one a row, newest first as given."""
+    if not records:
+        return "no scans"
+    headers = ("SCAN", "TOOL", "STATUS", "TARGET", "CREATED (UTC)", "TIME/PROGRESS", "OWNER")
+    return "\n".join(line.rstrip() for line in _table(headers, [_scan_row(r) for r in records], _painter(color)))
+
+
+def render_scan(scan: Mapping[str, Any], *, color: bool = False) -> str:
+    """One scan (as `/scans/{id}` serves it): the record as labelled lines, then how it ended."""
+    paint = _painter(color)
+    status = str(scan.get("status", "?"))
+    rows: list[tuple[str, str]] = [
+        ("scan", str(scan.get("scan_id", "?"))),
+        ("tool", str(scan.get("tool", "?"))),
+        ("status", paint(status, _SCAN_STYLE.get(status))),
+        ("owner", str(scan.get("owner", "?"))),
+        ("target", _target(scan)),
+        ("arguments", " ".join(f"{k}={v}" for k, v in (scan.get("arguments") or {}).items()) or "-"),
+        ("argv", " ".join(scan.get("argv") or []) or "-"),
+        ("created", _when(scan.get("created_at"))),
+        ("updated", _when(scan.get("updated_at"))),
+        ("time", _elapsed_or_progress(scan)),
+    ]
+    if scan.get("error_type"):
+        rows.append(("error", paint(f"{scan['error_type']}: {scan.get('error') or ''}".rstrip(": "), "red")))
+    outcome = scan.get("outcome")
+    if isinstance(outcome, Mapping):
+        rows.append(("returncode", str(outcome.get("returncode", "-"))))
+        capped = [name for name in ("stdout", "stderr") if outcome.get(f"{name}_truncated")]
+        if outcome.get("timed_out"):
+            rows.append(("timed out", "yes"))
+        if capped:
+            rows.append(("truncated", ", ".join(capped) + " (output hit the byte cap)"))
+        result = outcome.get("result")
+        if isinstance(result, Mapping):
+            hosts = result.get("hosts")
+            found = f"{len(hosts)} host{'' if len(hosts) == 1 else 's'}" if isinstance(hosts, list) else "parsed"
+            rows.append(("result", f"{found} (the whole result: --json)"))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label.ljust(width)}  {value}".rstrip() for label, value in rows)
 
 
 def describe_fault(rule: Mapping[str, Any]) -> str:
@@ -118,6 +174,52 @@ def _tool_row(tool: ToolStatus) -> list[Cell]:
         (str(tool.restarts), "yellow" if tool.restarts else None),
         (_clip(reason), "red" if tool.state == "failed" else None),  # free text last, as kubectl does
     ]
+
+
+def _store_line(store: ScanStoreStatus, paint: Any) -> str:
+    counts = ", ".join(
+        paint(f"{status} {count}", _SCAN_STYLE.get(status) if count else None) for status, count in store.counts.items()
+    )
+    return f"scans: {counts}; store {store.path} ({_size(store.size_bytes)}), {store.expired_total} expired"
+
+
+def _scan_row(scan: Mapping[str, Any]) -> list[Cell]:
+    status = str(scan.get("status", "?"))
+    return [
+        (str(scan.get("scan_id", "?")), None),
+        (str(scan.get("tool", "?")), "bold"),
+        (status, _SCAN_STYLE.get(status)),
+        (_clip(_target(scan), 40), None),
+        (_when(scan.get("created_at")), None),
+        (_elapsed_or_progress(scan), None),
+        (str(scan.get("owner", "?")), None),
+    ]
+
+
+def _target(scan: Mapping[str, Any]) -> str:
+    target = scan.get("target") or (scan.get("arguments") or {}).get("target")
+    if not target:
+        return "-"
+    resolved = [str(address) for address in scan.get("resolved_targets") or [] if address != target]
+    return str(target) + (f" ({', '.join(resolved)})" if resolved else "")
+
+
+def _when(stamp: Any) -> str:
+    """`2025-06-01T10:00:03.120Z` as `2025-06-01 10:00:03`: the second is as exact as a glance needs."""
+    return str(stamp)[:19].replace("T", " ") if stamp else "-"
+
+
+def _elapsed_or_progress(scan: Mapping[str, Any]) -> str:
+    """A finished scan's duration; a running one's progress (or that it runs)."""
+    if scan.get("status") == "working":
+        progress = scan.get("progress")
+        return f"{progress:.0f}%" if isinstance(progress, int | float) else "running"
+    try:
+        created = datetime.fromisoformat(str(scan["created_at"]))
+        updated = datetime.fromisoformat(str(scan["updated_at"]))
+    except (KeyError, ValueError):
+        return "-"
+    return format_duration(max(0.0, (updated - created).total_seconds()))
 
 
 def _check_row(check: CheckResult) -> list[Cell]:
