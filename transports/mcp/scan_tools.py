@@ -24,7 +24,7 @@ from actors.tools.base import validation_message
 from actors.tools.schema import compact_schema
 from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus
 from supervisor.scans.store import BadCursor
-from supervisor.scans.views import MAX_LIMIT, MIN_MAX_CHARS, PAGE_SCHEMA, SUMMARY_SCHEMA, result_page, summarize
+from supervisor.scans.views import MAX_LIMIT, PAGE_SCHEMA, SUMMARY_SCHEMA, result_page, summarize
 from transports.mcp import eras, jsonrpc
 from transports.mcp.resources import raw_uri, scan_uri
 from transports.mcp.scan_access import ScanAccess
@@ -295,7 +295,7 @@ class ScanTools:
         outcome = self._access.scans.outcome(caller, arguments.scan_id)
         if outcome is None:
             raise ScanNotFound(arguments.scan_id)  # expired between the two reads
-        max_chars = max(self._access.settings.max_result_chars, MIN_MAX_CHARS)
+        max_chars = self._access.settings.max_result_chars
         if arguments.wants_page:
             view = result_page(
                 outcome, hosts=arguments.hosts, ports=arguments.ports, state=arguments.state,

@@ -131,14 +131,17 @@ def _summarized(
     outcome: CallOutcome, structured: dict[str, Any], text: str, scan_id: str, whole: int, max_chars: int
 ) -> tuple[dict[str, Any], str]:
     """The envelope with the result's summary in place of the result, and a text that says so."""
-    # The summary shares the answer with the envelope's other fields and the sentence above it.
-    view = views.summarize(outcome, max_chars=max_chars // 2)
     where = (
         f"The whole result is {whole} characters, more than the {max_chars} an answer holds, so this answer "
         f"carries its summary: read {scan_uri(scan_id)} for all of it, or call scan_result with scan_id "
         f"{scan_id!r} and hosts/ports/state/service filters or offset/limit to read it in pages."
     )
-    return {**structured, "result": None, "summary": view.structured, "next_step": where}, f"{text} {where}"
+    text = f"{text} {where}"
+    rest = {**structured, "result": None, "next_step": where}
+    # The summary gets what the envelope's other fields and the text leave of the budget (at least what a view needs).
+    spare = max_chars - len(text) - len(json.dumps(rest, separators=(",", ":"), ensure_ascii=False))
+    view = views.summarize(outcome, max_chars=max(spare, views.MIN_MAX_CHARS))
+    return {**rest, "summary": view.structured}, text
 
 
 def _resource_link(outcome: CallOutcome, scan_id: str) -> dict[str, Any]:
