@@ -313,7 +313,8 @@ def test_scans_list_pages_newest_first_and_filters(make_runtime):
         seen: list[str] = []
         cursor = None
         while True:
-            page = await call(client, "scans_list", {"tool": "nmap", "limit": 2, **({"cursor": cursor} if cursor else {})})
+            more = {"cursor": cursor} if cursor else {}
+            page = await call(client, "scans_list", {"tool": "nmap", "limit": 2, **more})
             seen += [item["scan_id"] for item in page["structuredContent"]["scans"]]
             cursor = page["structuredContent"]["next_cursor"]
             if cursor is None:
