@@ -80,7 +80,7 @@ def test_handle_tools_are_listed_after_the_scanner_tools_and_resources_are_a_cap
         if version is None:
             capabilities = (await client.request("server/discover", envelope()))["result"]["capabilities"]
         else:
-            fresh = Peer(runtime, scans=ScanAccess.of(runtime))  # type: ignore[arg-type]
+            fresh = Peer(runtime, scans=ScanAccess.of(runtime))
             capabilities = (await fresh.initialize(version))["result"]["capabilities"]
         assert capabilities["resources"] == {}
 
@@ -279,7 +279,7 @@ def test_a_running_scan_has_no_resource_yet_and_scan_result_says_to_wait(make_ru
 def test_bad_arguments_answer_like_a_scanner_tools_validation_error(make_runtime):
     runtime = make_runtime(scans={"path": ":memory:"})
     client = peer(runtime)
-    refusals = [
+    refusals: list[tuple[str, dict[str, Any], str]] = [
         ("scan_status", {"scan_id": 7}, "scan_id"),
         ("scan_status", {"scan_id": "x", "wait_sec": -1}, "wait_sec"),
         ("scan_result", {"scan_id": "x", "limit": 0}, "limit"),
@@ -313,7 +313,7 @@ def test_scans_list_pages_newest_first_and_filters(make_runtime):
         seen: list[str] = []
         cursor = None
         while True:
-            more = {"cursor": cursor} if cursor else {}
+            more: dict[str, Any] = {"cursor": cursor} if cursor else {}
             page = await call(client, "scans_list", {"tool": "nmap", "limit": 2, **more})
             seen += [item["scan_id"] for item in page["structuredContent"]["scans"]]
             cursor = page["structuredContent"]["next_cursor"]

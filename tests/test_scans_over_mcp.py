@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client
+from mcp_types import TextResourceContents
 
 from tests.fakes.install import install_fake
 from tests.helpers import process_alive, wait_until
@@ -42,14 +43,16 @@ async def handle_pattern(client: Client, nmap: Path | str) -> None:
     ]
 
     read = await client.read_resource(f"labrecon://scans/{scan_id}")
-    whole = json.loads(read.contents[0].text)
+    (contents,) = read.contents
+    assert isinstance(contents, TextResourceContents)
+    whole = json.loads(contents.text)
     assert whole["scan_id"] == scan_id and whole["ok"] is True
     assert [port["port"] for port in whole["result"]["hosts"][0]["ports"]] == [22, 80]
 
     second = await client.call_tool("nmap", {"target": "10.0.0.6"})
     assert second.structured_content["status"] == "working"
-    calls = await anyio.to_thread.run_sync(lambda: wait_until(lambda: len(c := scan_calls(nmap)) == 2 and c))
-    pid = calls[-1]["pid"]
+    await anyio.to_thread.run_sync(lambda: wait_until(lambda: len(scan_calls(nmap)) == 2, what="the second scan"))
+    pid = scan_calls(nmap)[-1]["pid"]
     cancelled = await client.call_tool("scan_cancel", {"scan_id": second.structured_content["scan_id"]})
     assert not cancelled.is_error, cancelled
     assert cancelled.structured_content["status"] == "cancelled"
