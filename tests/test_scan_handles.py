@@ -13,6 +13,7 @@ from typing import Any
 import mcp_types as types
 import pytest
 from jsonschema import Draft202012Validator
+from mcp_types import methods as mcp_methods
 
 from supervisor.runtime import Runtime
 from supervisor.scans.views import PAGE_SCHEMA
@@ -384,5 +385,29 @@ def test_a_client_that_stops_waiting_on_scan_status_leaves_the_scan_running(make
         status = await call(client, "scan_status", {"scan_id": scan_id})
         assert status["structuredContent"]["status"] == "working"
         await call(client, "scan_cancel", {"scan_id": scan_id})
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("version", ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", None])
+def test_every_answer_fits_its_protocol_versions_schema(make_runtime, version):
+    runtime = make_runtime(scans={"path": ":memory:"})
+    client = peer(runtime, version=version)
+    at = version or "2026-07-28"
+
+    async def scenario() -> None:
+        answer = await call(client, "nmap", {"target": "10.0.0.5"})
+        scan_id = answer["structuredContent"]["scan_id"] if "structuredContent" in answer else None
+        scan_id = scan_id or json.loads(answer["content"][1]["text"])["scan_id"]
+        answers = [answer]
+        for name, arguments in [
+            ("scans_list", {}), ("scan_status", {"scan_id": scan_id}), ("scan_result", {"scan_id": scan_id}),
+            ("scan_result", {"scan_id": scan_id, "ports": [22]}), ("scan_cancel", {"scan_id": scan_id}),
+            ("scan_status", {"scan_id": UNKNOWN}), ("scan_status", {}),
+        ]:
+            answers.append(await call(client, name, arguments))
+        for result in answers:
+            mcp_methods.serialize_server_result("tools/call", at, result)
+            assert ("structuredContent" in result) == (at >= "2025-06-18")
 
     asyncio.run(scenario())
