@@ -36,6 +36,7 @@ from supervisor.config import FaultSettings, Settings, settings_from
 from supervisor.metrics import ScanStoreCollector
 from supervisor.scans.service import LiveScan, Scans
 from supervisor.scans.store import ScanStore, StoreClosed
+from supervisor.scope import with_scope
 from supervisor.status import ScanStoreStatus, Status
 from supervisor.supervisor import Supervisor
 
@@ -74,7 +75,8 @@ class Runtime:
             name: TOOL_SPECS[name] for name, tool_settings in settings.tools.items() if tool_settings.enabled
         }
         # Schemas are derived from the specs once: they never change while the runtime lives.
-        self._tool_infos = [spec.info() for spec in self.specs.values()]
+        # Each states the scope it may scan, so a model plans inside it instead of learning it from refusals.
+        self._tool_infos = [with_scope(spec.info(), settings.policy) for spec in self.specs.values()]
         self.audit = AuditLog(settings.logging.audit_path) if settings.logging.audit_path else None
         self.scans = Scans(
             ScanStore(settings.scans.path, daemon=_this_process()),

@@ -36,6 +36,9 @@ ARGUMENTS: dict[str, dict[str, Any]] = {
     "gobuster": {"target": "web.lab.internal"},
 }
 
+HANDLE_TOOLS = ["scans_list", "scan_status", "scan_result", "scan_cancel"]
+"""Listed after the scanner tools wherever scans are kept."""
+
 CLIENT_KINDS = ("sse", "legacy", "auto")
 """Legacy HTTP+SSE, Streamable HTTP with the initialize handshake, Streamable HTTP negotiating 2026-07-28."""
 

@@ -16,7 +16,7 @@ from supervisor.runtime import Runtime
 from supervisor.status import CheckResult
 from tests.extra_tool import HELLO, HELLO_VERSION, HelloSettings, write_hello
 from tests.helpers import wait_until
-from tests.http_support import running_daemon, sdk_client
+from tests.http_support import HANDLE_TOOLS, running_daemon, sdk_client
 from transports.cli import main
 
 
@@ -49,7 +49,7 @@ def test_a_registered_tool_is_listed_called_counted_and_checked_over_mcp(make_ru
         async def scenario() -> None:
             async with sdk_client("auto", daemon.url) as client:
                 listing = {tool.name: tool for tool in (await client.list_tools()).tools}
-                assert list(listing) == ["nmap", "masscan", "gobuster", "hello"]
+                assert list(listing) == ["nmap", "masscan", "gobuster", "hello", *HANDLE_TOOLS]
                 assert listing["hello"].input_schema["properties"]["repeat"]["maximum"] == 10
                 result = await client.call_tool("hello", {"target": "10.0.0.5", "repeat": 2})
                 assert not result.is_error, result

@@ -18,6 +18,7 @@ from tests.fakes.install import running
 from tests.helpers import process_alive, wait_until
 from tests.http_support import (
     ACCEPT_BOTH,
+    HANDLE_TOOLS,
     HANDSHAKE,
     INITIALIZE,
     MODERN,
@@ -100,7 +101,8 @@ def test_streamable_sessions_are_required_then_unknown_once_deleted(served):
         session_id = open_session(client, daemon.url)
         listing = client.post("/mcp", json=request("tools/list"), headers=session_headers(session_id))
         assert listing.status_code == 200 and listing.headers["mcp-session-id"] == session_id
-        assert [tool["name"] for tool in listing.json()["result"]["tools"]] == ["nmap", "masscan", "gobuster"]
+        names = [tool["name"] for tool in listing.json()["result"]["tools"]]
+        assert names == ["nmap", "masscan", "gobuster", *HANDLE_TOOLS]
         assert client.delete("/mcp", headers=session_headers(session_id)).status_code == 204
         assert client.post("/mcp", json=request("ping"), headers=session_headers(session_id)).status_code == 404
         assert client.delete("/mcp", headers=session_headers(session_id)).status_code == 404
@@ -194,7 +196,7 @@ def test_modern_requests_repeat_their_envelope_in_the_routing_headers(served):
         body, headers = modern("tools/list")
         listed = client.post("/mcp", json=body, headers=headers)
         assert listed.status_code == 200 and "mcp-session-id" not in listed.headers
-        assert len(listed.json()["result"]["tools"]) == 3
+        assert len(listed.json()["result"]["tools"]) == 3 + len(HANDLE_TOOLS)
         discover, discover_headers = modern("server/discover")
         assert MODERN in client.post("/mcp", json=discover, headers=discover_headers).json()["result"][
             "supportedVersions"
@@ -209,7 +211,7 @@ def test_modern_requests_repeat_their_envelope_in_the_routing_headers(served):
         twice = [*headers.items(), ("mcp-method", "tools/list")]
         assert client.post("/mcp", json=body, headers=twice).json()["error"]["code"] == -32020
         # Errors a 2026-07-28 request gets as JSON carry the status its code maps to.
-        unknown, unknown_headers = modern("resources/list")
+        unknown, unknown_headers = modern("prompts/list")
         assert client.post("/mcp", json=unknown, headers=unknown_headers).status_code == 404
         bad_params, bad_headers = modern("tools/call", {"name": "nmap", "arguments": 7})
         assert client.post("/mcp", json=bad_params, headers=bad_headers).status_code == 400
@@ -249,7 +251,7 @@ def test_accept_and_content_type_rules(served):
         # A client reading only events gets even a quick answer as an event.
         only_events = client.post("/mcp", json=body, headers={**headers, "accept": "text/event-stream"})
         assert only_events.headers["content-type"].startswith("text/event-stream")
-        assert len(parse_events(only_events.text)[0].json()["result"]["tools"]) == 3
+        assert len(parse_events(only_events.text)[0].json()["result"]["tools"]) == 3 + len(HANDLE_TOOLS)
 
 
 def test_initialize_from_a_client_reading_only_events_is_answered_as_an_event(served):
@@ -262,7 +264,7 @@ def test_initialize_from_a_client_reading_only_events_is_answered_as_an_event(se
         assert event.json()["id"] == 0 and event.json()["result"]["protocolVersion"] == HANDSHAKE
         session_id = answered.headers["mcp-session-id"]
         listed = client.post("/mcp", json=request("tools/list"), headers=session_headers(session_id))
-        assert len(listed.json()["result"]["tools"]) == 3
+        assert len(listed.json()["result"]["tools"]) == 3 + len(HANDLE_TOOLS)
         bad_initialize = request("initialize", {"protocolVersion": 7})
         refused = client.post("/mcp", json=bad_initialize, headers={"accept": "text/event-stream"})
         assert refused.headers["content-type"].startswith("text/event-stream")
@@ -402,7 +404,7 @@ def test_oversized_and_malformed_bodies_are_refused_and_the_server_keeps_serving
         assert client.post(endpoint, json=request("ping", request_id="after")).status_code == 202
         assert next(replies).json()["id"] == "after"
         ok = client.post("/mcp", json=request("tools/list"), headers=session_headers(session_id))
-        assert ok.status_code == 200 and len(ok.json()["result"]["tools"]) == 3
+        assert ok.status_code == 200 and len(ok.json()["result"]["tools"]) == 3 + len(HANDLE_TOOLS)
 
 
 # --- cancellation and lifetimes ---------------------------------------------------------------

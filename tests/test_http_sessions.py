@@ -20,6 +20,7 @@ from tests.helpers import process_alive, wait_until
 from tests.http_support import (
     ACCEPT_BOTH,
     ARGUMENTS,
+    HANDLE_TOOLS,
     HANDSHAKE,
     INITIALIZE,
     binary,
@@ -195,7 +196,7 @@ def test_a_client_at_its_cap_can_still_use_the_sessions_it_holds(make_runtime):
             initialized = await client.post("/mcp", json=notification("notifications/initialized"), headers=headers)
             assert initialized.status_code == 202
             listed = await client.post("/mcp", json=request("tools/list"), headers=headers)
-            assert len(listed.json()["result"]["tools"]) == 3
+            assert len(listed.json()["result"]["tools"]) == 3 + len(HANDLE_TOOLS)
             assert (await client.post("/mcp", json=INITIALIZE, headers=ACCEPT_BOTH)).status_code == 429
             await app.state.mcp.sessions.shutdown()
 

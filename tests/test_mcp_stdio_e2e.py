@@ -26,6 +26,7 @@ from mcp import Client, StdioServerParameters
 
 from tests.fakes.install import install_fake
 from tests.helpers import process_alive, wait_until
+from tests.http_support import HANDLE_TOOLS
 from tests.runtimes import scan_calls
 
 LABRECON = str(Path(sys.executable).with_name("labrecon"))
@@ -100,8 +101,8 @@ def test_sdk_lists_and_calls_every_tool(tmp_path, tcp_listener, web_root, mode):
             assert client.protocol_version == expected
             listed = await client.list_tools()
             tools = {tool.name: tool for tool in listed.tools}
-            assert set(tools) == {"nmap", "masscan", "gobuster"}
-            for tool in tools.values():
+            assert list(tools) == ["nmap", "masscan", "gobuster", *HANDLE_TOOLS]
+            for tool in listed.tools[:3]:
                 assert tool.title and tool.description and tool.output_schema
                 assert tool.input_schema["required"][0] == "target"
                 assert tool.annotations is not None and tool.annotations.read_only_hint is True

@@ -82,7 +82,14 @@ SCAN_FIELDS: dict[str, Any] = {
     },
     "status": {"enum": ["working", "completed", "failed", "cancelled"], "description": "Where the scan stands."},
     "progress": {"type": ["number", "null"], "description": "Percent done, while the scan is working."},
-    "next_step": {"type": "string", "description": "What to call next, while the scan is working."},
+    "next_step": {
+        "type": "string",
+        "description": "What to call next: while the scan is working, or to read a result too long for one answer.",
+    },
+    "summary": {
+        "type": "object",
+        "description": "In place of result when the whole result is longer than one answer holds: its summary.",
+    },
 }
 """What a call's answer adds to the envelope when the call is kept as a scan (see `supervisor.scans`)."""
 

@@ -22,7 +22,9 @@ from supervisor.runtime import Runtime
 from transports.mcp import eras, jsonrpc, tasks
 from transports.mcp.eras import Era
 from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
+from transports.mcp.resources import RESOURCE_METHODS, Resources
 from transports.mcp.scan_access import ScanAccess
+from transports.mcp.scan_tools import ScanTools
 from transports.mcp.session import NotificationSink, RequestContext, Session, clip
 from transports.mcp.tasks import Tasks
 from transports.mcp.tool_calls import ToolCalls
@@ -117,6 +119,12 @@ class McpDispatcher:
             "server/discover": self._discover,
             "tools/list": self._list_tools,
         }
+        self._served = SERVED_METHODS
+        # Where scans are kept, they are reachable as handle tools and as resources too.
+        self._scan_tools = ScanTools(scans, server_info_stamp=self._server_info_stamp) if scans else None
+        if scans is not None:
+            self._handlers.update(Resources(scans).handlers())
+            self._served = SERVED_METHODS | RESOURCE_METHODS
 
     @classmethod
     def for_backend(cls, backend: ToolBackend) -> McpDispatcher:
@@ -222,15 +230,18 @@ class McpDispatcher:
             return jsonrpc.error_response(
                 None, INVALID_REQUEST, "Invalid Request: a request with this id is already in flight", {"id": msg.id}
             )
-        if msg.method not in SERVED_METHODS and not (self._tasks is not None and msg.method in tasks.METHODS):
+        if msg.method not in self._served and not (self._tasks is not None and msg.method in tasks.METHODS):
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {clip(msg.method)!r}", clip(msg.method))
         if in_batch and msg.method == "initialize":
             raise RpcError(INVALID_REQUEST, "Invalid Request: initialize must not be part of a JSON-RPC batch")
         ctx = self._admit(session, msg, notify)
         if msg.method == "tools/call":
             if self._tasks is not None:
-                self._tasks.refuse_forbidden(ctx, lambda: [tool.name for tool in self._tools()])
-            result = await self._tool_calls.call(session, ctx)
+                self._tasks.refuse_forbidden(ctx, lambda: [info.name for info in self._listed_tools()])
+            if self._scan_tools is not None and self._scan_tools.serves(ctx.params["name"]):
+                result = await self._scan_tools.call(session, ctx)
+            else:
+                result = await self._tool_calls.call(session, ctx)
             if result is None:
                 return None
         elif msg.method in tasks.METHODS and self._tasks is not None:
@@ -312,6 +323,7 @@ class McpDispatcher:
         return types.ServerCapabilities(
             tools=types.ToolsCapability(list_changed=False),
             logging=types.LoggingCapability(),
+            resources=types.ResourcesCapability() if self._scans is not None else None,
             **(self._tasks.capabilities(version) if self._tasks is not None else {}),
         )
 
@@ -364,8 +376,14 @@ class McpDispatcher:
         ).model_dump(by_alias=True, mode="json", exclude_none=True)
 
     def _tools(self) -> list[types.Tool]:
-        tools = [_tool(info) for info in self._backend.list_tools()]
+        """Every listed tool as the wire has it, marked for tasks where tasks are served."""
+        tools = [_tool(info) for info in self._listed_tools()]
         return self._tasks.mark(tools) if self._tasks is not None else tools
+
+    def _listed_tools(self) -> list[ToolInfo]:
+        """The scanner tools, then the handle tools that reach their scans."""
+        scanners = self._backend.list_tools()
+        return scanners if self._scan_tools is None else [*scanners, *self._scan_tools.list_tools()]
 
     # ------------------------------------------------------------------ notifications
 

@@ -79,6 +79,7 @@ _FEATURE_SINCE: Final[dict[str, str]] = {
     "tool_title": "2025-06-18",
     "output_schema": "2025-06-18",
     "structured_content": "2025-06-18",
+    "resource_links": "2025-06-18",
     "resumable_streams": "2025-11-25",
     "tasks": "2025-11-25",
 }

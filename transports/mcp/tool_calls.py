@@ -224,7 +224,11 @@ class ToolCalls:
         )
         # Built to the negotiated version's shape directly: the hot path skips the schema sieve.
         result = call_tool_result(
-            outcome, structured_content=eras.has_feature(ctx.version, "structured_content"), scan_id=call.scan_id
+            outcome,
+            structured_content=eras.has_feature(ctx.version, "structured_content"),
+            scan_id=call.scan_id,
+            resource_links=eras.has_feature(ctx.version, "resource_links"),
+            max_chars=self._scans.settings.max_result_chars if self._scans is not None else None,
         )
         return eras.stamp_modern(result, self._server_info_stamp) if ctx.version in eras.MODERN_VERSIONS else result
 

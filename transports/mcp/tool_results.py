@@ -11,13 +11,20 @@ import json
 from typing import Any
 
 from actors.results import CallOutcome
+from supervisor.scans import views
 from supervisor.scans.records import ScanRecord, status_of
+from transports.mcp.resources import scan_uri
 
 __all__ = ["call_tool_result", "summarize", "working_result"]
 
 
 def call_tool_result(
-    outcome: CallOutcome, *, structured_content: bool = True, scan_id: str | None = None
+    outcome: CallOutcome,
+    *,
+    structured_content: bool = True,
+    scan_id: str | None = None,
+    resource_links: bool = False,
+    max_chars: int | None = None,
 ) -> dict[str, Any]:
     """The `CallToolResult` for `outcome`, as JSON-ready wire fields.
 
@@ -26,17 +33,23 @@ def call_tool_result(
     reply. The tests check the output against every version's `mcp_types` schema.
 
     `structured_content` is False for protocol revisions that predate
-    `structuredContent`; their clients read the JSON text block instead.
+    `structuredContent`; their clients read the JSON text block instead. A completed scan's answer
+    links its resource (`resource_links`, from 2025-06-18 on), and when its envelope is longer than
+    `max_chars` it carries the result's summary in place of the whole result, and says so.
     """
     structured = outcome.model_dump(mode="json")
+    text = summarize(outcome, scan_id)
     if scan_id is not None:
         structured["scan_id"] = scan_id
         structured["status"] = status_of(outcome).value
     as_json = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
-    result: dict[str, Any] = {
-        "content": [{"type": "text", "text": summarize(outcome, scan_id)}, {"type": "text", "text": as_json}],
-        "isError": not outcome.ok,
-    }
+    if scan_id is not None and outcome.ok and max_chars is not None and len(as_json) > max_chars:
+        structured, text = _summarized(outcome, structured, text, scan_id, len(as_json), max_chars)
+        as_json = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}, {"type": "text", "text": as_json}]
+    if scan_id is not None and outcome.ok and resource_links:
+        content.append(_resource_link(outcome, scan_id))
+    result: dict[str, Any] = {"content": content, "isError": not outcome.ok}
     if structured_content:
         result["structuredContent"] = structured
     return result
@@ -112,3 +125,32 @@ def _findings(result: dict[str, Any] | None) -> str:
     if isinstance(findings, list):
         facts.append(f"{len(findings)} finding{'s' if len(findings) != 1 else ''}")
     return ", ".join(facts) if facts else "parsed output attached"
+
+
+def _summarized(
+    outcome: CallOutcome, structured: dict[str, Any], text: str, scan_id: str, whole: int, max_chars: int
+) -> tuple[dict[str, Any], str]:
+    """The envelope with the result's summary in place of the result, and a text that says so."""
+    where = (
+        f"The whole result is {whole} characters, more than the {max_chars} an answer holds, so this answer "
+        f"carries its summary: read {scan_uri(scan_id)} for all of it, or call scan_result with scan_id "
+        f"{scan_id!r} and hosts/ports/state/service filters or offset/limit to read it in pages."
+    )
+    text = f"{text} {where}"
+    rest = {**structured, "result": None, "next_step": where}
+    # The summary gets what the envelope's other fields and the text leave of the budget (at least what a view needs).
+    spare = max_chars - len(text) - len(json.dumps(rest, separators=(",", ":"), ensure_ascii=False))
+    view = views.summarize(outcome, max_chars=max(spare, views.MIN_MAX_CHARS))
+    return {**rest, "summary": view.structured}, text
+
+
+def _resource_link(outcome: CallOutcome, scan_id: str) -> dict[str, Any]:
+    subject = outcome.tool + (f" {outcome.target}" if outcome.target else "")
+    return {
+        "type": "resource_link",
+        "uri": scan_uri(scan_id),
+        "name": f"scan-{scan_id}",
+        "title": f"{subject}: the whole result",
+        "description": "The complete outcome of this scan as JSON; scan_result reads it in pieces.",
+        "mimeType": "application/json",
+    }
