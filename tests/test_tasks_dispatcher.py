@@ -126,6 +126,9 @@ def test_every_tool_listed_as_forbidden_refuses_to_run_as_a_task(blocked) -> Non
         alice = peer(blocked, "alice")
         await alice.initialize()
         tools = (await alice.request("tools/list"))["result"]["tools"]
+        assert [t["name"] for t in tools if t["execution"]["taskSupport"] == "forbidden"] == [
+            "scans_list", "scan_status", "scan_result", "scan_cancel"
+        ]
         for tool in tools:
             support = tool["execution"]["taskSupport"]
             assert support == ("optional" if tool["name"] in ("nmap", "masscan", "gobuster") else "forbidden")

@@ -98,9 +98,10 @@ def test_a_task_reports_on_the_standalone_stream_and_tasks_result_blocks_until_i
         session_id, init = initialize(client)
         assert init["capabilities"]["tasks"] == TASKS_CAPABILITY
         tools = rpc(client, session_id, "tools/list")["result"]["tools"]
-        assert {tool["name"]: tool["execution"]["taskSupport"] for tool in tools} == dict.fromkeys(
-            ("nmap", "masscan", "gobuster"), "optional"
-        )
+        assert {tool["name"]: tool["execution"]["taskSupport"] for tool in tools} == {
+            **dict.fromkeys(("nmap", "masscan", "gobuster"), "optional"),
+            **dict.fromkeys(("scans_list", "scan_status", "scan_result", "scan_cancel"), "forbidden"),
+        }
         with client.stream("GET", "/mcp", headers=session_headers(session_id)) as standalone:
             assert standalone.status_code == 200
             created = rpc(client, session_id, "tools/call",

@@ -138,8 +138,9 @@ def test_a_task_call_answers_at_once_then_its_result_its_status_and_its_progress
     init = server.initialize()["result"]
     assert init["capabilities"]["tasks"] == TASKS_CAPABILITY
     tools = {tool["name"]: tool for tool in server.request("tools/list")["result"]["tools"]}
-    assert {name: tool["execution"] for name, tool in tools.items()} == {
-        name: {"taskSupport": "optional"} for name in ("nmap", "masscan", "gobuster")
+    assert {name: tool["execution"]["taskSupport"] for name, tool in tools.items()} == {
+        **dict.fromkeys(("nmap", "masscan", "gobuster"), "optional"),
+        **dict.fromkeys(("scans_list", "scan_status", "scan_result", "scan_cancel"), "forbidden"),
     }
 
     created = server.request(
