@@ -9,7 +9,7 @@ calling thread.
 
 from __future__ import annotations
 
-import ctypes
+import errno
 import logging
 import math
 import os
@@ -51,48 +51,28 @@ MINIMAL_ENV: Mapping[str, str] = MappingProxyType({"PATH": "/usr/local/bin:/usr/
 # since making and removing a directory there costs a tenth of what it costs on disk.
 RUN_DIRECTORY_BASE: str | None = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
 
-_PR_SET_PDEATHSIG = 1
+SETPRIV: str | None = shutil.which("setpriv", path="/usr/bin:/bin") if sys.platform.startswith("linux") else None
+"""util-linux `setpriv`: it arms the parent-death signal, then execs the tool: nothing runs between fork and exec."""
 
 
-def _resolve_prctl() -> Callable[..., int] | None:
-    """libc's ``prctl``, typed, resolved once here: the forked child must not look anything up."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
+def dying_with_parent(argv: Sequence[str], path: str) -> list[str]:
+    """`argv`, run so that the tool gets SIGKILL when the thread that started it exits (Linux).
 
-
-_PRCTL = _resolve_prctl()
-
-
-def _dies_with(parent: int) -> Callable[[], None] | None:
-    """What the child runs between fork and exec so that it gets SIGKILL when its parent dies (Linux).
-
-    Caveats of the parent-death signal, and why it still holds here:
-    - It fires when the *thread* that forked exits, not the process. The thread that spawns a run
-      also supervises it and reaps the leader before it returns (`ProcessRun.run`), so it outlives
-      the process it started; `spawn` and `run` belong on one thread.
-    - It runs as Python in the forked child of a threaded process, where a lock another thread held
-      at the fork stays held. So it takes none: two calls resolved before the fork, nothing else.
-      A Python pre-exec step also costs a full fork instead of vfork (about 2 ms a spawn).
-    - The kernel clears it for a set-uid, set-gid or file-capability binary, and a tool's own
-      children never inherit it. For those the recorded process group is ended by the next start.
+    The signal is armed by `setpriv --pdeathsig KILL`, which then execs the tool (same pid, same
+    group), so the spawn stays a vfork: arming it from Python between fork and exec would cost a
+    full fork, milliseconds a run. Caveats: it fires when the *thread* that spawned the tool exits
+    (the runner thread also supervises and reaps it, so it outlives it); the kernel clears it for
+    set-uid and file-capability binaries, and the tool's own children do not inherit it. What it
+    misses, the next start ends through the process group the scan store recorded.
     """
-    prctl = _PRCTL
-    if prctl is None:
-        return None
-
-    def in_child() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os._exit(1)
-
-    return in_child
+    if SETPRIV is None:
+        return list(argv)
+    program = shutil.which(argv[0], path=path)
+    if program is None:  # as Popen would say it, before a wrapper hides it behind its own exit status
+        if os.path.exists(argv[0]):
+            raise PermissionError(errno.EACCES, "Permission denied", argv[0])
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", argv[0])
+    return [SETPRIV, "--pdeathsig", "KILL", "--", program, *argv[1:]]
 
 
 @dataclass(frozen=True)
@@ -247,7 +227,7 @@ class ProcessRun:
                 env = {**MINIMAL_ENV, **(request.env or {}), "HOME": self._home}
                 wake = os.pipe()
                 self._proc = subprocess.Popen(
-                    request.argv,
+                    dying_with_parent(request.argv, env["PATH"]),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
@@ -256,7 +236,6 @@ class ProcessRun:
                     start_new_session=True,
                     env=env,
                     cwd=request.cwd or self._home,
-                    preexec_fn=_dies_with(os.getpid()),
                 )
             except Exception as exc:  # noqa: BLE001 - whatever failed, no process exists: the run ends as a spawn error
                 for fd in wake or ():

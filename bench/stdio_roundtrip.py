@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -216,6 +217,7 @@ class Figures:
 
 def measure(args: argparse.Namespace, work: Path) -> tuple[dict[str, Figures], dict[str, list[str]]]:
     fakes = install_fast_fakes(work / "fakes")
+    os.environ["XDG_STATE_HOME"] = str(work / "state")  # each run's scans in a store of its own
     config = work / "labrecon.toml"
     config.write_text(
         "[policy]\ndns = false\n"
