@@ -10,7 +10,7 @@ import mcp_types as types
 
 from supervisor.scans.store import ScanStore
 from transports.mcp.tasks import EXTENSION, RELATED_TASK
-from transports.mcp.tool_results import call_tool_result
+from transports.mcp.tool_results import scan_call_result
 
 MODERN = "2026-07-28"
 TASK_ID = re.compile(r"[0-9a-f]{32}")
@@ -30,15 +30,15 @@ def modern_meta(capabilities: dict[str, Any] | None = None, **extra: Any) -> dic
     }
 
 
-def stored_result(store: Path | str, task_id: str) -> dict[str, Any]:
-    """Exactly the CallToolResult the call gives for the scan `task_id`, built from the store's record of it."""
+def stored_result(store: Path | str, task_id: str, version: str = "2025-11-25") -> dict[str, Any]:
+    """Exactly the CallToolResult a call at `version` gives for the scan `task_id`, from the store's record of it."""
     opened = ScanStore(store)
     try:
         outcome = opened.outcome(task_id, None)
     finally:
         opened.close()
     assert outcome is not None, f"scan {task_id} has no outcome in {store}"
-    return call_tool_result(outcome, scan_id=task_id)
+    return scan_call_result(outcome, version=version, scan_id=task_id, max_chars=20_000)
 
 
 def related(result: dict[str, Any]) -> str:

@@ -15,6 +15,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from mcp_types import methods as mcp_methods
 
+from actors.api import Caller
+from actors.results import CallOutcome, ErrorType
 from supervisor.runtime import Runtime
 from supervisor.scans.views import PAGE_SCHEMA
 from tests.fakes.install import running
@@ -25,6 +27,7 @@ from tests.test_mcp_dispatcher import Peer, envelope, error_of
 from transports.mcp.eras import Era
 from transports.mcp.scan_access import ScanAccess
 from transports.mcp.session import Session
+from transports.mcp.tool_results import call_tool_result
 
 HANDLE_TOOLS = ["scans_list", "scan_status", "scan_result", "scan_cancel"]
 UNKNOWN = "0" * 32
@@ -59,7 +62,13 @@ def masked(answer: dict[str, Any], *values: str) -> str:
 
 
 def call_id(result: dict[str, Any]) -> str:
-    return result["structuredContent"]["call_id"]
+    return error_envelope(result)["call_id"]
+
+
+def error_envelope(result: dict[str, Any]) -> dict[str, Any]:
+    """A handle tool's error answer carries its envelope as JSON text only (its output schema is for results)."""
+    assert "structuredContent" not in result, "an error answer must not claim the tool's output schema"
+    return json.loads(result["content"][1]["text"])
 
 
 # ---------------------------------------------------------------- listing
@@ -138,8 +147,8 @@ def test_another_owners_scan_answers_exactly_like_an_unknown_id(make_runtime):
         for name in ("scan_status", "scan_result", "scan_cancel"):
             foreign = await call(bob, name, {"scan_id": theirs})
             unknown = await call(bob, name, {"scan_id": UNKNOWN})
-            assert foreign["isError"] and foreign["structuredContent"]["error"]["error_type"] == "not_found"
-            assert "scans_list" in foreign["structuredContent"]["error"]["recovery_suggestion"]
+            assert foreign["isError"] and error_envelope(foreign)["error"]["error_type"] == "not_found"
+            assert "scans_list" in error_envelope(foreign)["error"]["recovery_suggestion"]
             assert masked(foreign, theirs, call_id(foreign)) == masked(unknown, UNKNOWN, call_id(unknown))
         for suffix in ("", "/raw"):
             foreign = error_of(await bob.request("resources/read", {"uri": f"labrecon://scans/{theirs}{suffix}"}))
@@ -261,14 +270,17 @@ def test_resources_read_the_whole_outcome_and_the_raw_output(make_runtime):
     asyncio.run(scenario())
 
 
-def test_a_running_scan_has_no_resource_yet_and_scan_result_says_to_wait(make_runtime):
+def test_a_running_scan_reads_as_where_it_stands_has_no_raw_output_yet_and_scan_result_says_to_wait(make_runtime):
     runtime = make_runtime(scans={"path": ":memory:"}, tools={"nmap": {"scenario": {"mode": "hang"}}})
     client = peer(runtime)
 
     async def scenario() -> None:
         scan_id = await scan(client, {"target": "10.0.0.5", "wait_sec": 0})
-        for uri in (f"labrecon://scans/{scan_id}", f"labrecon://scans/{scan_id}/raw"):
-            assert error_of(await client.request("resources/read", {"uri": uri}))["code"] == -32002
+        read = await client.request("resources/read", {"uri": f"labrecon://scans/{scan_id}"})
+        (contents,) = read["result"]["contents"]
+        assert json.loads(contents["text"])["status"] == "working"
+        raw = await client.request("resources/read", {"uri": f"labrecon://scans/{scan_id}/raw"})
+        assert error_of(raw)["code"] == -32002
         result = await call(client, "scan_result", {"scan_id": scan_id})
         assert not result["isError"] and result["structuredContent"]["status"] == "working"
         assert "scan_status" in result["structuredContent"]["next_step"]
@@ -296,10 +308,10 @@ def test_bad_arguments_answer_like_a_scanner_tools_validation_error(make_runtime
         for name, arguments, named in refusals:
             refused = await call(client, name, arguments)
             assert refused["isError"], (name, arguments)
-            error = refused["structuredContent"]["error"]
+            error = error_envelope(refused)["error"]
             assert error["error_type"] == "validation" and named in error["message"], error
             assert error["recovery_suggestion"] == scanner["structuredContent"]["error"]["recovery_suggestion"]
-            assert set(refused["structuredContent"]) <= set(scanner["structuredContent"])
+            assert set(error_envelope(refused)) <= set(scanner["structuredContent"])
 
     asyncio.run(scenario())
 
@@ -408,6 +420,47 @@ def test_every_answer_fits_its_protocol_versions_schema(make_runtime, version):
             answers.append(await call(client, name, arguments))
         for result in answers:
             mcp_methods.serialize_server_result("tools/call", at, result)
-            assert ("structuredContent" in result) == (at >= "2025-06-18")
+            # Results carry structuredContent where the version has it; error answers of the handle tools never.
+            handle_error = result["isError"] and result is not answer
+            assert ("structuredContent" in result) == (at >= "2025-06-18" and not handle_error)
 
     asyncio.run(scenario())
+
+
+def test_scans_list_stays_within_max_result_chars_and_its_pages_hold_every_scan_once(make_runtime):
+    runtime = make_runtime(scans={"path": ":memory:", "max_result_chars": 5000})
+    refused = [runtime.call("nmap", {"target": f"203.0.113.{n}", "extra_args": "-x" * 100}) for n in range(60)]
+    assert not any(outcome.ok for outcome in refused)
+    client = peer(runtime)
+
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            answer = await call(client, "scans_list", {"limit": 100, **({"cursor": cursor} if cursor else {})})
+            text = "".join(part["text"] for part in answer["content"])
+            assert len(text) + len(json.dumps(answer["structuredContent"], separators=(",", ":"))) <= 5000
+            seen += [scan["scan_id"] for scan in answer["structuredContent"]["scans"]]
+            cursor = answer["structuredContent"]["next_cursor"]
+            if cursor is None:
+                return seen
+
+    seen = asyncio.run(scenario())
+    stored, _ = runtime.scans.page(Caller.local(), limit=100)
+    assert seen == [scan.scan_id for scan in stored] and len(seen) == 60
+
+
+def test_a_failed_scans_partial_result_too_long_for_an_answer_comes_as_its_summary():
+    hosts = [
+        {"address": f"10.0.{n // 250}.{n % 250}", "status": "up",
+         "ports": [{"port": p, "protocol": "tcp", "state": "open", "service": "http"} for p in range(1, 21)]}
+        for n in range(300)
+    ]
+    outcome = CallOutcome.failure(
+        "nmap", "c1", ErrorType.TIMEOUT, "nmap did not finish", target="10.0.0.0/16", result={"hosts": hosts}
+    )
+    answer = call_tool_result(outcome, scan_id="a" * 32, max_chars=20_000, resource_links=True)
+    structured = answer["structuredContent"]
+    assert answer["isError"] and structured["result"] is None and structured["summary"]["counts"]["open_ports"] == 6000
+    assert sum(len(part.get("text", "")) for part in answer["content"]) < 2 * 20_000
+    assert answer["content"][-1]["uri"] == f"labrecon://scans/{'a' * 32}"

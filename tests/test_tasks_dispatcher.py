@@ -7,6 +7,7 @@ tasks at all.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -137,5 +138,24 @@ def test_every_tool_listed_as_forbidden_refuses_to_run_as_a_task(blocked) -> Non
                 assert error_of(refused)["code"] == -32601
         unknown = await alice.request("tools/call", {"name": "no-such-tool", "arguments": {}, "task": {}})
         assert error_of(unknown)["code"] == -32602
+
+    run(scenario())
+
+
+def test_a_waiting_tasks_result_holds_its_id_and_a_client_cancel_ends_it_without_a_reply(blocked) -> None:
+    async def scenario() -> None:
+        alice = peer(blocked, "alice")
+        await alice.initialize()
+        created = await alice.request("tools/call", {"name": "nmap", "arguments": NMAP, "task": {}})
+        task_id = created["result"]["task"]["taskId"]
+        message = {"jsonrpc": "2.0", "id": 77, "method": "tasks/result", "params": {"taskId": task_id}}
+        # Tasks start in the order they are made: the first holds id 77 (and waits) before the second arrives.
+        waiting = asyncio.ensure_future(alice.send(message))
+        again = await asyncio.ensure_future(alice.send(dict(message)))
+        assert again["id"] is None and again["error"]["code"] == -32600  # one request per id in flight
+        assert not waiting.done()
+        await alice.notify("notifications/cancelled", {"requestId": 77})
+        assert await asyncio.wait_for(waiting, 30) is None  # cancelled: no reply at all
+        assert (await alice.request("tasks/get", {"taskId": task_id}))["result"]["status"] == "working"
 
     run(scenario())

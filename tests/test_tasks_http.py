@@ -195,7 +195,7 @@ def test_a_modern_task_over_http_is_routed_by_its_id(lab, gate) -> None:
             and r,
             what="the task to complete",
         )
-    assert unstamped(done["result"]) == stored_result(runtime.settings.scans.path, task_id)
+    assert unstamped(done["result"]) == stored_result(runtime.settings.scans.path, task_id, MODERN)
 
 
 def test_modern_tasks_cancel_over_http_acknowledges_and_ends_the_process(lab) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from tests.fakes.install import install_fake
 from tests.helpers import process_alive, wait_until
+from tests.http_support import MODERN
 from tests.runtimes import scan_calls
 from tests.tasks_support import (
     NMAP,
@@ -276,7 +277,7 @@ def test_a_modern_call_that_outlives_its_wait_answers_a_task_tasks_get_finds(lab
         what="the task to complete",
     )
     check_modern_task(done, "completed")
-    assert unstamped(done["result"]) == stored_result(lab.store, task_id)
+    assert unstamped(done["result"]) == stored_result(lab.store, task_id, MODERN)
     assert done["result"]["resultType"] == "complete"
     # Cancelling a finished task is acknowledged, and changes nothing.
     assert server.modern("tasks/cancel", {"taskId": task_id})["result"]["resultType"] == "complete"

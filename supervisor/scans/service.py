@@ -23,7 +23,7 @@ from actors.api import Caller, ProgressSink
 from actors.containment import process_home, process_start_ticks
 from actors.results import CallOutcome
 from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus, new_scan_id, status_of
-from supervisor.scans.store import ScanStore
+from supervisor.scans.store import ScanStore, page_cursor
 
 __all__ = ["LiveScan", "Scans"]
 
@@ -117,9 +117,9 @@ class Scans:
             resolved_targets=resolved_targets, argv=argv,
         )
         live = LiveScan(record)
+        self.store.add(record)  # first: a scan the store refused is not left live
         with self._lock:
             self._live[record.scan_id] = live
-        self.store.add(record)
         if self._on_started is not None:
             self._on_started(record)
         return live
@@ -228,6 +228,10 @@ class Scans:
         owner = _visible_to(caller)
         records, next_cursor = self.store.page(owner, tool=tool, status=status, cursor=cursor, limit=limit)
         return [self._live_view(record) for record in records], next_cursor
+
+    def cursor_after(self, record: ScanRecord) -> str:
+        """The `page` cursor that continues right after `record` (for a page cut short by its reader)."""
+        return page_cursor(record)
 
     def settled(self, caller: Caller, scan_id: str) -> Future[CallOutcome] | None:
         """A future that completes when the scan is settled in the store; None if it already is."""

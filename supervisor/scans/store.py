@@ -24,7 +24,7 @@ from actors.results import CallOutcome
 from supervisor.config import ConfigError
 from supervisor.scans.records import INTERRUPTED, ScanRecord, ScanStatus
 
-__all__ = ["SCHEMA_VERSION", "BadCursor", "LeftProcess", "ScanStore", "StoreClosed", "StoreUnusable"]
+__all__ = ["SCHEMA_VERSION", "BadCursor", "LeftProcess", "ScanStore", "StoreClosed", "StoreUnusable", "page_cursor"]
 
 _SCHEMA: Final[str] = """
 CREATE TABLE IF NOT EXISTS scans (
@@ -324,7 +324,7 @@ class ScanStore:
             rows = db.execute(sql, args).fetchall()
         records = [_record(row) for row in rows[:limit]]
         more = len(rows) > limit and records
-        return records, _cursor(records[-1]) if more else None
+        return records, page_cursor(records[-1]) if more else None
 
     def counts(self) -> dict[str, int]:
         """How many scans there are in each status."""
@@ -370,7 +370,8 @@ def _record(row: Any) -> ScanRecord:
     )
 
 
-def _cursor(last: ScanRecord) -> str:
+def page_cursor(last: ScanRecord) -> str:
+    """The cursor of the page that starts right after `last`."""
     return base64.urlsafe_b64encode(f"{last.created_at!r}|{last.scan_id}".encode()).decode()
 
 

@@ -25,7 +25,7 @@ from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUE
 from transports.mcp.resources import RESOURCE_METHODS, Resources
 from transports.mcp.scan_access import ScanAccess
 from transports.mcp.scan_tools import ScanTools
-from transports.mcp.session import NotificationSink, RequestContext, Session, clip
+from transports.mcp.session import NotificationSink, RequestContext, Session, clip, held
 from transports.mcp.tasks import Tasks
 from transports.mcp.tool_calls import ToolCalls
 
@@ -245,7 +245,18 @@ class McpDispatcher:
             if result is None:
                 return None
         elif msg.method in tasks.METHODS and self._tasks is not None:
-            result = await self._tasks.handle(session, ctx)
+            with held(session, ctx, msg.method) as call:  # tasks/result may wait long: its id stays taken
+                try:
+                    result = await self._tasks.handle(session, ctx)
+                except asyncio.CancelledError:
+                    if not call.task_cancelled:
+                        raise
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
+                    if call.cancelled_by_client:
+                        return None  # the client will not read the answer
+                    raise RpcError(INTERNAL_ERROR, "Internal error: the request was cancelled") from None
         else:
             result = self._shape(msg.method, ctx.version, self._handlers[msg.method](session, ctx))
         return jsonrpc.result_response(msg.id, result)

@@ -133,8 +133,13 @@ class Resources:
             outcome = self._access.scans.outcome(caller, scan_id)
         except ScanNotFound:
             return None
-        if outcome is None:
-            return None
+        if outcome is None:  # still running: where it stands, and when the rest is here
+            record = self._access.scans.get(caller, scan_id)
+            document: dict[str, Any] = {
+                "scan_id": scan_id, "status": record.status.value, "progress": record.progress,
+                "note": "the scan is still running; its whole outcome is here once it has finished",
+            }
+            return types.TextResourceContents(uri=uri, mime_type="application/json", text=json.dumps(document))
         document = {"scan_id": scan_id, "status": status_of(outcome).value, **outcome.model_dump(mode="json")}
         return types.TextResourceContents(uri=uri, mime_type="application/json", text=json.dumps(document))
 
@@ -156,7 +161,7 @@ def _scope_resource() -> types.Resource:
 
 def _scan_resource(record: ScanRecord) -> types.Resource:
     subject = record.tool + (f" {record.target}" if record.target else "")
-    readable = "the whole outcome" if record.status.terminal else "readable once it has finished"
+    readable = "the whole outcome" if record.status.terminal else "where it stands; the whole outcome once finished"
     return types.Resource(
         uri=scan_uri(record.scan_id),
         name=f"scan-{record.scan_id}",

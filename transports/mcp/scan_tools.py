@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Final, Literal
 
@@ -24,11 +23,11 @@ from actors.tools.base import validation_message
 from actors.tools.schema import compact_schema
 from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus
 from supervisor.scans.store import BadCursor
-from supervisor.scans.views import MAX_LIMIT, PAGE_SCHEMA, SUMMARY_SCHEMA, result_page, summarize
-from transports.mcp import eras, jsonrpc
+from supervisor.scans.views import MAX_LIMIT, PAGE_SCHEMA, SUMMARY_SCHEMA, View, result_page, summarize
+from transports.mcp import eras
 from transports.mcp.resources import raw_uri, scan_uri
 from transports.mcp.scan_access import ScanAccess
-from transports.mcp.session import PendingCall, RequestContext, Session
+from transports.mcp.session import PendingCall, RequestContext, Session, held
 from transports.mcp.tool_results import call_tool_result
 
 __all__ = ["SCAN_TOOL_NAMES", "ScanTools", "next_step"]
@@ -221,25 +220,21 @@ class ScanTools:
     async def call(self, session: Session, ctx: RequestContext) -> dict[str, Any] | None:
         """The `CallToolResult` of one handle-tool call, or None when the client cancelled it."""
         name: str = ctx.params["name"]
-        key = jsonrpc.request_key(ctx.request.id)
-        call = PendingCall(call_id=uuid.uuid4().hex, tool=name, task=asyncio.current_task(), progress_token=None)
-        session.calls[key] = call  # so notifications/cancelled reaches a waiting scan_status
-        try:
-            result = await self._answer(call, ctx.params.get("arguments") or {}, ctx.caller_in(session), ctx.version)
-        except asyncio.CancelledError:
-            if not call.task_cancelled:
-                raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            result = call_tool_result(
-                CallOutcome.failure(name, call.call_id, ErrorType.CANCELLED, "the call was cancelled"),
-                structured_content=eras.has_feature(ctx.version, "structured_content"),
-            )
-        finally:
-            call.finished = True
-            if session.calls.get(key) is call:
-                del session.calls[key]
+        with held(session, ctx, name) as call:  # so notifications/cancelled reaches a waiting scan_status
+            try:
+                result = await self._answer(
+                    call, ctx.params.get("arguments") or {}, ctx.caller_in(session), ctx.version
+                )
+            except asyncio.CancelledError:
+                if not call.task_cancelled:
+                    raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                result = call_tool_result(
+                    CallOutcome.failure(name, call.call_id, ErrorType.CANCELLED, "the call was cancelled"),
+                    structured_content=eras.has_feature(ctx.version, "structured_content"),
+                )
         if call.cancelled_by_client:
             return None  # the client said it will not read the answer
         return eras.stamp_modern(result, self._server_info_stamp) if ctx.version in eras.MODERN_VERSIONS else result
@@ -254,11 +249,12 @@ class ScanTools:
             except ValidationError as exc:
                 raise _Invalid(f"invalid {call.tool} arguments: {validation_message(exc)[0]}") from None
             answer = await self._tools[call.tool](parsed, caller)
+        # An error answer carries no structuredContent: the tool's output schema describes its results only.
         except _Invalid as exc:
             outcome = CallOutcome.failure(call.tool, call.call_id, ErrorType.VALIDATION, str(exc))
-            return call_tool_result(outcome, structured_content=structured_content)
+            return call_tool_result(outcome, structured_content=False)
         except ScanNotFound as exc:
-            return call_tool_result(_not_found(call, exc), structured_content=structured_content)
+            return call_tool_result(_not_found(call, exc), structured_content=False)
         content = [{"type": "text", "text": answer.text}]
         if answer.as_json or not structured_content:
             content.append({"type": "text", "text": json.dumps(answer.structured, separators=(",", ":"))})
@@ -277,11 +273,26 @@ class ScanTools:
             )
         except BadCursor as exc:
             raise _Invalid(f"invalid scans_list arguments: cursor: {exc}") from None
-        lines = [_line(record) for record in records] or ["No scans match."]
+        # Records are added while the answer (text, the JSON as text, structuredContent) stays within
+        # max_result_chars; the rest is the next page.
+        budget = self._access.settings.max_result_chars - _LIST_MARGIN
+        lines: list[str] = []
+        briefs: list[dict[str, Any]] = []
+        used = 0
+        for index, record in enumerate(records):
+            line, brief = _line(record), _brief(record)
+            cost = len(line) + 1 + 2 * (len(json.dumps(brief, separators=(",", ":"), ensure_ascii=False)) + 1)
+            if briefs and used + cost > budget:
+                next_cursor = self._access.scans.cursor_after(records[index - 1])
+                break
+            lines.append(line)
+            briefs.append(brief)
+            used += cost
+        if not lines:
+            lines = ["No scans match."]
         if next_cursor is not None:
             lines.append(f"More scans: call scans_list again with cursor {next_cursor!r}.")
-        structured = {"scans": [_brief(record) for record in records], "next_cursor": next_cursor}
-        return _Answer(structured, "\n".join(lines))
+        return _Answer({"scans": briefs, "next_cursor": next_cursor}, "\n".join(lines))
 
     async def _scan_status(self, arguments: ScanStatusArguments, caller: Caller) -> _Answer:
         wait = self._access.wait_sec(arguments.wait_sec)
@@ -292,20 +303,23 @@ class ScanTools:
         record = self._access.scans.get(caller, arguments.scan_id)
         if not record.status.terminal:
             return _status_answer(record)
+        # Reading a big outcome and building its view take tens of milliseconds: off the loop that serves every client.
+        view = await asyncio.to_thread(self._view, caller, arguments)
+        # The view's text and its JSON together fit max_chars; the JSON goes as text only to older clients.
+        return _Answer(view.structured, view.text, as_json=False)
+
+    def _view(self, caller: Caller, arguments: ScanResultArguments) -> View:
         outcome = self._access.scans.outcome(caller, arguments.scan_id)
         if outcome is None:
             raise ScanNotFound(arguments.scan_id)  # expired between the two reads
         max_chars = self._access.settings.max_result_chars
         if arguments.wants_page:
-            view = result_page(
+            return result_page(
                 outcome, hosts=arguments.hosts, ports=arguments.ports, state=arguments.state,
                 service=arguments.service, offset=arguments.offset or 0, limit=arguments.limit or DEFAULT_LIMIT,
                 max_chars=max_chars,
             )
-        else:
-            view = summarize(outcome, max_chars=max_chars)
-        # The view's text and its JSON together fit max_chars; the JSON goes as text only to older clients.
-        return _Answer(view.structured, view.text, as_json=False)
+        return summarize(outcome, max_chars=max_chars)
 
     async def _scan_cancel(self, arguments: ScanCancelArguments, caller: Caller) -> _Answer:
         scans = self._access.scans
@@ -316,6 +330,9 @@ class ScanTools:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), self._access.settings.max_wait_sec)
         return _status_answer(scans.get(caller, arguments.scan_id))
+
+
+_LIST_MARGIN = 200  # for the closing line and the cursor
 
 
 class _Invalid(ValueError):

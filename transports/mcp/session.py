@@ -8,7 +8,9 @@ time. Its era, once decided by the first era-distinctive request, never changes;
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -18,7 +20,7 @@ from actors.api import Caller
 from transports.mcp import eras, jsonrpc
 from transports.mcp.eras import Era
 
-__all__ = ["NotificationSink", "PendingCall", "RequestContext", "Session", "clip"]
+__all__ = ["NotificationSink", "PendingCall", "RequestContext", "Session", "clip", "held"]
 
 NotificationSink = Callable[[dict[str, Any]], None]
 """Receives a ready-to-send JSON-RPC notification; must not block (transports enqueue)."""
@@ -96,6 +98,24 @@ class Session:
     def in_flight(self) -> int:
         # list() snapshots the dict in one step, so a status reader on another thread is safe.
         return sum(1 for call in list(self.calls.values()) if not call.finished)
+
+
+@contextmanager
+def held(session: Session, ctx: RequestContext, name: str) -> Iterator[PendingCall]:
+    """A request that may wait (a handle tool, `tasks/*`), held in `session.calls` until its answer is built.
+
+    Its id stays taken meanwhile, and a client's `notifications/cancelled` reaches it (as a
+    cancellation of its task, marked `task_cancelled` and `cancelled_by_client`).
+    """
+    key = jsonrpc.request_key(ctx.request.id)
+    call = PendingCall(call_id=uuid.uuid4().hex, tool=name, task=asyncio.current_task(), progress_token=None)
+    session.calls[key] = call
+    try:
+        yield call
+    finally:
+        call.finished = True
+        if session.calls.get(key) is call:
+            del session.calls[key]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from transports.mcp.eras import Era
 from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
 from transports.mcp.scan_access import ScanAccess
 from transports.mcp.session import PendingCall, RequestContext, Session, clip
-from transports.mcp.tool_results import call_tool_result
+from transports.mcp.tool_results import scan_call_result
 
 __all__ = [
     "EXTENSION",
@@ -44,6 +44,8 @@ IMMEDIATE_RESPONSE: Final[str] = "io.modelcontextprotocol/model-immediate-respon
 
 TASKS_VERSION: Final[str] = "2025-11-25"
 """The one handshake revision that defines tasks; older sessions never see them."""
+
+MODERN_VERSION: Final[str] = eras.MODERN_VERSIONS[-1]
 
 HANDSHAKE_METHODS: Final[frozenset[str]] = frozenset({"tasks/get", "tasks/result", "tasks/list", "tasks/cancel"})
 MODERN_METHODS: Final[frozenset[str]] = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
@@ -233,7 +235,14 @@ class Tasks:
                 )
             self._access.scans.cancel(caller, task_id)
             await self._settled(caller, task_id, CANCEL_SETTLE_SEC)
-            return self._task(self._get(caller, task_id), Era.HANDSHAKE)
+            after = self._get(caller, task_id)
+            if after.status is ScanStatus.CANCELLED:
+                return self._task(after, Era.HANDSHAKE)
+            if after.status.terminal:  # it finished before the cancel reached it
+                raise RpcError(
+                    INVALID_PARAMS, f"Invalid params: task {clip(task_id)!r} is already {after.status.value}"
+                )
+            raise RpcError(INTERNAL_ERROR, f"Internal error: task {clip(task_id)!r} is still stopping; ask again")
         # tasks/result: block until the scan is settled, then answer exactly what the call would have.
         await self._settled(caller, task_id, None)
         result = self._call_result(caller, self._get(caller, task_id))
@@ -275,8 +284,12 @@ class Tasks:
         task = self._task(record, Era.MODERN)
         if task["status"] == "completed":
             outcome = self._access.scans.outcome(caller, record.scan_id)
-            assert outcome is not None  # a modern task is completed only with an outcome
-            result = call_tool_result(outcome, scan_id=record.scan_id)
+            if outcome is None:  # a modern task is completed only with an outcome
+                raise RpcError(INTERNAL_ERROR, "Internal error: a completed task without its result")
+            result = scan_call_result(
+                    outcome, version=MODERN_VERSION, scan_id=record.scan_id,
+                max_chars=self._access.settings.max_result_chars,
+            )
             task["result"] = eras.stamp_modern(result, self._server_info_stamp)
         elif task["status"] == "failed":
             lost = _lost_call(record)
@@ -287,7 +300,9 @@ class Tasks:
         outcome = self._access.scans.outcome(caller, record.scan_id)
         if outcome is None:
             raise _lost_call(record)
-        return call_tool_result(outcome, structured_content=True, scan_id=record.scan_id)
+        return scan_call_result(
+            outcome, version=TASKS_VERSION, scan_id=record.scan_id, max_chars=self._access.settings.max_result_chars
+        )
 
     def _get(self, caller: Caller, task_id: str) -> ScanRecord:
         try:

@@ -26,7 +26,7 @@ from transports.mcp.jsonrpc import INVALID_PARAMS, RpcError
 from transports.mcp.scan_access import ScanAccess
 from transports.mcp.session import NotificationSink, PendingCall, RequestContext, Session, clip
 from transports.mcp.tasks import Tasks
-from transports.mcp.tool_results import call_tool_result, working_result
+from transports.mcp.tool_results import scan_call_result, working_result
 
 __all__ = ["ToolCalls"]
 
@@ -223,11 +223,10 @@ class ToolCalls:
              "error_type": outcome.error_type.value if outcome.error_type else None},
         )
         # Built to the negotiated version's shape directly: the hot path skips the schema sieve.
-        result = call_tool_result(
+        result = scan_call_result(
             outcome,
-            structured_content=eras.has_feature(ctx.version, "structured_content"),
+            version=ctx.version,
             scan_id=call.scan_id,
-            resource_links=eras.has_feature(ctx.version, "resource_links"),
             max_chars=self._scans.settings.max_result_chars if self._scans is not None else None,
         )
         return eras.stamp_modern(result, self._server_info_stamp) if ctx.version in eras.MODERN_VERSIONS else result

@@ -13,9 +13,10 @@ from typing import Any
 from actors.results import CallOutcome
 from supervisor.scans import views
 from supervisor.scans.records import ScanRecord, status_of
+from transports.mcp import eras
 from transports.mcp.resources import scan_uri
 
-__all__ = ["call_tool_result", "summarize", "working_result"]
+__all__ = ["call_tool_result", "scan_call_result", "summarize", "working_result"]
 
 
 def call_tool_result(
@@ -35,7 +36,8 @@ def call_tool_result(
     `structured_content` is False for protocol revisions that predate
     `structuredContent`; their clients read the JSON text block instead. A completed scan's answer
     links its resource (`resource_links`, from 2025-06-18 on), and when its envelope is longer than
-    `max_chars` it carries the result's summary in place of the whole result, and says so.
+    `max_chars` (a big result, or the partial one of a failed or timed-out scan) it carries the
+    result's summary in place of the whole result, and says so.
     """
     structured = outcome.model_dump(mode="json")
     text = summarize(outcome, scan_id)
@@ -43,16 +45,29 @@ def call_tool_result(
         structured["scan_id"] = scan_id
         structured["status"] = status_of(outcome).value
     as_json = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
-    if scan_id is not None and outcome.ok and max_chars is not None and len(as_json) > max_chars:
+    if scan_id is not None and max_chars is not None and len(as_json) > max_chars:
         structured, text = _summarized(outcome, structured, text, scan_id, len(as_json), max_chars)
         as_json = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
     content: list[dict[str, Any]] = [{"type": "text", "text": text}, {"type": "text", "text": as_json}]
-    if scan_id is not None and outcome.ok and resource_links:
+    if scan_id is not None and resource_links:
         content.append(_resource_link(outcome, scan_id))
     result: dict[str, Any] = {"content": content, "isError": not outcome.ok}
     if structured_content:
         result["structuredContent"] = structured
     return result
+
+
+def scan_call_result(
+    outcome: CallOutcome, *, version: str, scan_id: str | None, max_chars: int | None
+) -> dict[str, Any]:
+    """Exactly what a `tools/call` answers at `version` for a settled scan; `tasks/result` and `tasks/get` too."""
+    return call_tool_result(
+        outcome,
+        structured_content=eras.has_feature(version, "structured_content"),
+        scan_id=scan_id,
+        resource_links=eras.has_feature(version, "resource_links"),
+        max_chars=max_chars,
+    )
 
 
 def working_result(record: ScanRecord, *, structured_content: bool = True) -> dict[str, Any]:
