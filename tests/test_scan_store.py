@@ -277,3 +277,35 @@ def test_an_answer_the_store_cannot_take_is_kept_in_memory_and_a_failed_spawn_re
         (scan,), _ = runtime.scans.page(me)
         assert scan.status is ScanStatus.COMPLETED
         assert runtime.scans.outcome(me, scan.scan_id) == outcome
+
+
+def test_a_scan_another_daemon_runs_is_waited_for_through_the_shared_store(tmp_path):
+    gate = tmp_path / "release"
+    store = {"path": str(tmp_path / "scans.sqlite3")}
+    blocked = {"nmap": {"scenario": {"mode": "block", "release_file": str(gate)}}}
+    with (
+        fake_runtime(tmp_path / "a", scans=store, tools=blocked) as runner,
+        fake_runtime(tmp_path / "b", scans=store) as other,
+    ):
+        started = threading.Event()  # set by the progress edge the process start sends
+        scan_ids: list[str | None] = []
+
+        async def run() -> None:
+            began = await runner.astart("nmap", {"target": "10.0.0.5"}, progress=lambda *_: started.set())
+            scan_ids.append(began.scan_id)
+            await began.outcome
+
+        thread = threading.Thread(target=asyncio.run, args=(run(),))
+        thread.start()
+        assert started.wait(30)
+        (scan_id,) = scan_ids
+        assert scan_id is not None
+        me = Caller.local()
+
+        async def wait_elsewhere() -> ScanStatus:
+            waiting = asyncio.ensure_future(other.scans.wait(me, scan_id, 60))
+            gate.touch()  # the other daemon's scan may finish now
+            return (await waiting).status
+
+        assert asyncio.run(wait_elsewhere()) is ScanStatus.COMPLETED
+        thread.join(30)

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 EXPIRY_BATCH = 500
 """Scans removed per store transaction, so a sweep never holds the store for long."""
 
+ELSEWHERE_POLL_SEC = 1.0
+"""How often a waiter reads again a scan that another daemon sharing the store runs."""
+
 EXPIRY_EVERY_SEC = 60.0
 """How often the sweeper removes expired scans."""
 
@@ -239,13 +242,26 @@ class Scans:
         live = self._live.get(scan_id)
         return live.done if live is not None else None
 
-    async def wait(self, caller: Caller, scan_id: str, wait_sec: float) -> ScanRecord:
-        """The scan once it has finished, or as it stands after `wait_sec` seconds."""
-        future = self.settled(caller, scan_id)
-        if future is not None and wait_sec > 0:
+    async def wait(self, caller: Caller, scan_id: str, wait_sec: float | None) -> ScanRecord:
+        """The scan once it has finished, or as it stands after `wait_sec` seconds (None: no limit).
+
+        A scan this runtime runs wakes its waiters as it settles; one that another daemon sharing the
+        store runs is read again every `ELSEWHERE_POLL_SEC`, the only news of it there is.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if wait_sec is None else loop.time() + wait_sec
+        while True:
+            future = self.settled(caller, scan_id)
+            record = self.get(caller, scan_id)
+            left = None if deadline is None else deadline - loop.time()
+            if record.status.terminal or (left is not None and left <= 0):
+                return record
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), wait_sec)
-        return self.get(caller, scan_id)
+                if future is not None:
+                    # Shielded: a waiter that gives up must not cancel the scan's own future.
+                    await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), left)
+                else:
+                    await asyncio.sleep(ELSEWHERE_POLL_SEC if left is None else min(ELSEWHERE_POLL_SEC, left))
 
     def cancel(self, caller: Caller, scan_id: str) -> bool:
         """Ask a running scan to stop (its process group is killed); False if it had already finished."""

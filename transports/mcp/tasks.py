@@ -313,14 +313,9 @@ class Tasks:
     async def _settled(self, caller: Caller, task_id: str, within: float | None) -> None:
         """Wait until the scan is settled in the store (at most `within` seconds)."""
         try:
-            done = self._access.scans.settled(caller, task_id)
+            await self._access.scans.wait(caller, task_id, within)
         except ScanNotFound as exc:
             raise RpcError(INVALID_PARAMS, f"Invalid params: {str(exc).replace('scan', 'task', 1)}") from None
-        if done is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            # Shielded: whoever stops waiting (a client gone) must not cancel the scan's own future.
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), within)
 
 
 def _modern_status(record: ScanRecord) -> str:
