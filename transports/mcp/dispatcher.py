@@ -25,7 +25,7 @@ from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUE
 from transports.mcp.resources import RESOURCE_METHODS, Resources
 from transports.mcp.scan_access import ScanAccess
 from transports.mcp.scan_tools import ScanTools
-from transports.mcp.session import NotificationSink, RequestContext, Session, clip, held
+from transports.mcp.session import NotificationSink, RequestContext, Session, clip, held, took_back_own_cancel
 from transports.mcp.tasks import Tasks
 from transports.mcp.tool_calls import ToolCalls
 
@@ -249,11 +249,8 @@ class McpDispatcher:
                 try:
                     result = await self._tasks.handle(session, ctx)
                 except asyncio.CancelledError:
-                    if not call.task_cancelled:
+                    if not took_back_own_cancel(call):
                         raise
-                    task = asyncio.current_task()
-                    if task is not None:
-                        task.uncancel()
                     if call.cancelled_by_client:
                         return None  # the client will not read the answer
                     raise RpcError(INTERNAL_ERROR, "Internal error: the request was cancelled") from None

@@ -27,7 +27,7 @@ from supervisor.scans.views import MAX_LIMIT, PAGE_SCHEMA, SUMMARY_SCHEMA, View,
 from transports.mcp import eras
 from transports.mcp.resources import raw_uri, scan_uri
 from transports.mcp.scan_access import ScanAccess
-from transports.mcp.session import PendingCall, RequestContext, Session, held
+from transports.mcp.session import PendingCall, RequestContext, Session, held, took_back_own_cancel
 from transports.mcp.tool_results import call_tool_result
 
 __all__ = ["SCAN_TOOL_NAMES", "ScanTools", "next_step"]
@@ -226,11 +226,8 @@ class ScanTools:
                     call, ctx.params.get("arguments") or {}, ctx.caller_in(session), ctx.version
                 )
             except asyncio.CancelledError:
-                if not call.task_cancelled:
+                if not took_back_own_cancel(call):
                     raise
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
                 result = call_tool_result(
                     CallOutcome.failure(name, call.call_id, ErrorType.CANCELLED, "the call was cancelled"),
                     structured_content=eras.has_feature(ctx.version, "structured_content"),

@@ -20,7 +20,7 @@ from actors.api import Caller
 from transports.mcp import eras, jsonrpc
 from transports.mcp.eras import Era
 
-__all__ = ["NotificationSink", "PendingCall", "RequestContext", "Session", "clip", "held"]
+__all__ = ["NotificationSink", "PendingCall", "RequestContext", "Session", "clip", "held", "took_back_own_cancel"]
 
 NotificationSink = Callable[[dict[str, Any]], None]
 """Receives a ready-to-send JSON-RPC notification; must not block (transports enqueue)."""
@@ -98,6 +98,17 @@ class Session:
     def in_flight(self) -> int:
         # list() snapshots the dict in one step, so a status reader on another thread is safe.
         return sum(1 for call in list(self.calls.values()) if not call.finished)
+
+
+def took_back_own_cancel(call: PendingCall) -> bool:
+    """After a `CancelledError`: True if it was our own cancel of `call`'s task (now taken back, so the
+    request settles through its normal path), False if it came from elsewhere and must propagate."""
+    if not call.task_cancelled:
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return True
 
 
 @contextmanager

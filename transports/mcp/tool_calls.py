@@ -24,7 +24,7 @@ from transports.mcp import eras, jsonrpc, tasks
 from transports.mcp.eras import Era
 from transports.mcp.jsonrpc import INVALID_PARAMS, RpcError
 from transports.mcp.scan_access import ScanAccess
-from transports.mcp.session import NotificationSink, PendingCall, RequestContext, Session, clip
+from transports.mcp.session import NotificationSink, PendingCall, RequestContext, Session, clip, took_back_own_cancel
 from transports.mcp.tasks import Tasks
 from transports.mcp.tool_results import scan_call_result, working_result
 
@@ -172,13 +172,8 @@ class ToolCalls:
                 if not call.cancelled_by_client:
                     self._cancel_in_backend(call)
                 started.outcome.cancel()
-            if not call.task_cancelled:
+            if not took_back_own_cancel(call):  # our own fallback cancel: the backend did not know the call yet
                 raise
-            # Our own fallback cancel (the backend did not know the call yet):
-            # absorb it so the request still settles through the normal path.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
             return CallOutcome.failure(call.tool, call.call_id, ErrorType.CANCELLED, "the call was cancelled")
         except Exception:
             logger.exception("tool backend raised", extra={"tool": call.tool})
