@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 EXPIRY_BATCH = 500
 """Scans removed per store transaction, so a sweep never holds the store for long."""
+
+OUTCOMES_KEPT = 8
+"""Finished outcomes kept in memory once read: a model paging through a big scan reads it many times."""
 
 ELSEWHERE_POLL_SEC = 1.0
 """How often a waiter reads again a scan that another daemon sharing the store runs."""
@@ -74,6 +78,7 @@ class Scans:
         self._on_started = on_started
         self._on_cancel_requested = on_cancel_requested
         self._live: dict[str, LiveScan] = {}
+        self._outcomes: OrderedDict[str, CallOutcome] = OrderedDict()  # recently read finished outcomes
         self._lock = threading.Lock()
         self._stop_sweeping = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -194,6 +199,9 @@ class Scans:
             now = self._clock()
             removed = self.store.expire(older_than=now - self._retention_sec, keep=self._max_scans)
             if removed:
+                with self._lock:
+                    for scan_id, _ in removed:
+                        self._outcomes.pop(scan_id, None)
                 self.expired_total += len(removed)
                 total += len(removed)
                 if self._on_expired is not None:
@@ -217,7 +225,17 @@ class Scans:
         live = self._live.get(scan_id)
         if live is not None and live.unstored is not None:
             return live.unstored
-        return self.store.outcome(scan_id, _visible_to(caller))
+        with self._lock:
+            cached = self._outcomes.get(scan_id)
+        if cached is not None:  # the caller may see it: `get` above said so
+            return cached
+        outcome = self.store.outcome(scan_id, _visible_to(caller))
+        if outcome is not None:
+            with self._lock:  # a finished scan never changes: read it again from memory, while it is recent
+                self._outcomes[scan_id] = outcome
+                while len(self._outcomes) > OUTCOMES_KEPT:
+                    self._outcomes.popitem(last=False)
+        return outcome
 
     def raw(self, caller: Caller, scan_id: str) -> str | None:
         """The tool's raw output of a finished scan (None while it runs, or if it never ran)."""

@@ -1,8 +1,9 @@
 """The MCP dispatcher: one decoded JSON-RPC message in, its answer out, the same for every transport.
 
-It does no I/O and starts no threads: a transport hands it a `Session` and a `NotificationSink` and
-sends what comes back. For a single message everything except running a tool happens before the first
-`await`, so session changes (initialize, logging/setLevel, cancellation) take effect in arrival order.
+It touches no socket and starts no thread: a transport hands it a `Session` and a `NotificationSink`
+and sends what comes back; scans are read through the runtime's `Scans`. For a single message
+everything except running a tool or reading a scan happens before the first `await`, so session
+changes (initialize, logging/setLevel, cancellation) take effect in arrival order.
 """
 
 from __future__ import annotations
@@ -122,8 +123,9 @@ class McpDispatcher:
         self._served = SERVED_METHODS
         # Where scans are kept, they are reachable as handle tools and as resources too.
         self._scan_tools = ScanTools(scans, server_info_stamp=self._server_info_stamp) if scans else None
-        if scans is not None:
-            self._handlers.update(Resources(scans).handlers())
+        self._resources = Resources(scans) if scans is not None else None
+        if self._resources is not None:
+            self._handlers.update(self._resources.handlers())
             self._served = SERVED_METHODS | RESOURCE_METHODS
 
     @classmethod
@@ -244,6 +246,8 @@ class McpDispatcher:
                 result = await self._tool_calls.call(session, ctx)
             if result is None:
                 return None
+        elif msg.method == "resources/read" and self._resources is not None:
+            result = self._shape(msg.method, ctx.version, await self._resources.read(session, ctx))
         elif msg.method in tasks.METHODS and self._tasks is not None:
             with held(session, ctx, msg.method) as call:  # tasks/result may wait long: its id stays taken
                 try:

@@ -8,6 +8,7 @@ version (-32002 up to 2025-11-25, -32602 from 2026-07-28), carrying only the URI
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any, Final
@@ -80,11 +81,8 @@ class Resources:
         self._access = access
 
     def handlers(self) -> dict[str, Handler]:
-        return {
-            "resources/list": self._list,
-            "resources/templates/list": self._templates,
-            "resources/read": self._read,
-        }
+        """The methods answered at once; `read` is awaited (it may load a whole outcome)."""
+        return {"resources/list": self._list, "resources/templates/list": self._templates}
 
     def _list(self, session: Session, ctx: RequestContext) -> dict[str, Any]:
         cursor = ctx.params.get("cursor")
@@ -105,9 +103,10 @@ class Resources:
             by_alias=True, mode="json", exclude_none=True
         )
 
-    def _read(self, session: Session, ctx: RequestContext) -> dict[str, Any]:
+    async def read(self, session: Session, ctx: RequestContext) -> dict[str, Any]:
+        """`resources/read`; a scan's outcome is loaded and encoded off the loop that serves every client."""
         uri: str = ctx.params["uri"]
-        contents = self._contents(ctx.caller_in(session), uri)
+        contents = await asyncio.to_thread(self._contents, ctx.caller_in(session), uri)
         if contents is None:
             raise _not_found(uri, ctx.version)
         return types.ReadResourceResult(contents=[contents]).model_dump(by_alias=True, mode="json", exclude_none=True)

@@ -245,7 +245,7 @@ class Tasks:
             raise RpcError(INTERNAL_ERROR, f"Internal error: task {clip(task_id)!r} is still stopping; ask again")
         # tasks/result: block until the scan is settled, then answer exactly what the call would have.
         await self._settled(caller, task_id, None)
-        result = self._call_result(caller, self._get(caller, task_id))
+        result = await asyncio.to_thread(self._call_result, caller, self._get(caller, task_id))
         meta = result.get("_meta")
         result["_meta"] = {**(meta if isinstance(meta, dict) else {}), RELATED_TASK: {"taskId": task_id}}
         return result
@@ -253,8 +253,8 @@ class Tasks:
     async def _modern(self, method: str, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
         task_id: str = params["taskId"]
         record = self._get(caller, task_id)
-        if method == "tasks/get":
-            return self._detailed(caller, record)
+        if method == "tasks/get":  # a completed task carries its result: read and shaped off the loop
+            return await asyncio.to_thread(self._detailed, caller, record)
         if method == "tasks/cancel" and not record.status.terminal:
             # Cooperative: acknowledged now, the scan settles as `cancelled` once its process group is gone.
             self._access.scans.cancel(caller, task_id)
@@ -287,7 +287,7 @@ class Tasks:
             if outcome is None:  # a modern task is completed only with an outcome
                 raise RpcError(INTERNAL_ERROR, "Internal error: a completed task without its result")
             result = scan_call_result(
-                    outcome, version=MODERN_VERSION, scan_id=record.scan_id,
+                outcome, version=MODERN_VERSION, scan_id=record.scan_id,
                 max_chars=self._access.settings.max_result_chars,
             )
             task["result"] = eras.stamp_modern(result, self._server_info_stamp)

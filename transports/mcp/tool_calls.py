@@ -3,7 +3,8 @@
 Each call is a `PendingCall` on its session from the moment it is admitted until its result is built,
 and it settles exactly once: with the backend's outcome, or - when the client cancelled it - with no
 reply at all. A refused or failed run is a normal result with `isError: true`, so the model can read
-why and correct itself. Like the dispatcher, this module does no I/O and starts no threads.
+why and correct itself. A scan that outlives the call's wait goes on; the answer then says where it
+stands. Like the dispatcher, this module touches no socket and starts no thread.
 """
 
 from __future__ import annotations
