@@ -22,13 +22,16 @@ import psutil
 import pytest
 
 from actors.api import Caller
+from actors.runner import SETPRIV
 from supervisor import Runtime
 from supervisor.scans.records import INTERRUPTED, ScanStatus
 from tests.fakes.install import install_fake, set_scenario
 from tests.helpers import process_alive, wait_until
 from tests.runtimes import fake_config, scan_calls
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+pytestmark = pytest.mark.skipif(
+    SETPRIV is None, reason="parent-death signals need Linux and util-linux setpriv (scripts/setup installs it)"
+)
 
 LABRECON = str(Path(sys.executable).with_name("labrecon"))
 INIT = {
