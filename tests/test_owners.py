@@ -10,6 +10,8 @@ import asyncio
 import getpass
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import mcp_types as types
@@ -308,3 +310,63 @@ def test_a_named_token_sees_only_its_own_scans_and_a_foreign_id_answers_like_an_
         assert http.get(f"/scans/{scan_id}", headers=bearer(TOKEN_A)).json()["owner"] == "team-a"
         assert http.get("/scans", params={"owner": "team-a"}, headers=bearer(TOKEN_B)).status_code == 403
         assert http.get("/status", headers=bearer(TOKEN_A)).status_code == 403
+
+
+def test_over_http_another_tokens_scan_answers_like_an_unknown_one_on_every_mcp_surface(served, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    _, daemon = served(auth={"tokens": TOKENS}, logging={"audit_path": str(audit)})
+    unknown_id = "f" * 32
+
+    def session(client: httpx.Client) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+        session_id = open_session(client, "")
+
+        def ask(method: str, params: dict[str, Any]) -> dict[str, Any]:
+            reply = client.post("/mcp", json=request(method, params), headers=session_headers(session_id))
+            (answer,) = messages_in(reply.text) if reply.headers["content-type"].startswith("text/event-stream") else [
+                reply.json()
+            ]
+            return answer
+
+        return ask
+
+    with (
+        httpx.Client(base_url=daemon.url, headers={**ACCEPT_BOTH, **bearer(TOKEN_A)}, timeout=30) as alice_http,
+        httpx.Client(base_url=daemon.url, headers={**ACCEPT_BOTH, **bearer(TOKEN_B)}, timeout=30) as bob_http,
+    ):
+        alice, bob = session(alice_http), session(bob_http)
+        ran = alice("tools/call", {"name": "nmap", "arguments": ARGUMENTS["nmap"]})
+        scan_id = ran["result"]["structuredContent"]["scan_id"]
+        asks = [
+            ("tools/call", {"name": "scan_status", "arguments": {"scan_id": "{id}"}}),
+            ("tools/call", {"name": "scan_result", "arguments": {"scan_id": "{id}"}}),
+            ("tools/call", {"name": "scan_cancel", "arguments": {"scan_id": "{id}"}}),
+            ("resources/read", {"uri": "labrecon://scans/{id}"}),
+            ("resources/read", {"uri": "labrecon://scans/{id}/raw"}),
+            ("tasks/get", {"taskId": "{id}"}),
+            ("tasks/result", {"taskId": "{id}"}),
+            ("tasks/cancel", {"taskId": "{id}"}),
+        ]
+        for method, params in asks:
+            text = json.dumps(params)
+            foreign = bob(method, json.loads(text.replace("{id}", scan_id)))
+            unknown = bob(method, json.loads(text.replace("{id}", unknown_id)))
+            answer = json.dumps(foreign).replace(scan_id, unknown_id)
+            assert json.loads(answer) == unknown or _same_but_call_ids(json.loads(answer), unknown), method
+            assert "error" in foreign or foreign["result"].get("isError"), method
+            mine = alice(method, json.loads(text.replace("{id}", scan_id)))
+            assert "error" not in mine or method == "tasks/cancel", (method, mine)  # a finished task: -32602
+        assert bob("tools/call", {"name": "scans_list", "arguments": {}})["result"]["structuredContent"]["scans"] == []
+        assert bob("tasks/list", {})["result"]["tasks"] == []
+        assert [r["uri"] for r in bob("resources/list", {})["result"]["resources"]] == ["labrecon://scope"]
+    owners = {line["owner"] for line in audit_lines(audit, 1)}
+    assert owners == {"team-a"}  # the scan is team-a's, whatever the client called itself
+
+
+def _same_but_call_ids(one: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Two handle-tool error answers alike but for the correlation id each call gets."""
+    def masked(answer: dict[str, Any]) -> str:
+        text = json.dumps(answer)
+        envelope = json.loads(answer["result"]["content"][1]["text"])
+        return text.replace(envelope["call_id"], "<call>")
+
+    return "result" in one and "result" in other and masked(one) == masked(other)
