@@ -19,6 +19,7 @@ from supervisor import Runtime
 from supervisor.scans.records import INTERRUPTED, ScanNotFound, ScanRecord, ScanStatus, new_scan_id
 from supervisor.scans.store import BadCursor, ScanStore, StoreUnusable
 from tests.runtimes import fake_config, fake_runtime
+from transports.cli import main
 
 DAY = 86_400.0
 LABRECON = str(Path(sys.executable).with_name("labrecon"))
@@ -309,3 +310,12 @@ def test_a_scan_another_daemon_runs_is_waited_for_through_the_shared_store(tmp_p
 
         assert asyncio.run(wait_elsewhere()) is ScanStatus.COMPLETED
         thread.join(30)
+
+
+def test_labrecon_check_shows_where_scans_are_kept_and_for_how_long(tmp_path, capsys):
+    config = tmp_path / "labrecon.toml"
+    config.write_text(f'[scans]\npath = "{tmp_path / "kept.sqlite3"}"\ninline_wait_sec = 5\nretention_days = 2\n')
+    main(["check", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert f"store     {tmp_path / 'kept.sqlite3'}" in out and "a call waits 5s" in out and "kept 2 days" in out
+    assert not (tmp_path / "kept.sqlite3").exists()  # checking opens no store

@@ -147,7 +147,8 @@ def check_report(settings: Settings, probes: dict[str, dict[str, Any]]) -> dict[
             "breaker": tool.breaker.model_dump(mode="json"),
         }
     policy = settings.policy.model_dump(mode="json")
-    return {"version": VERSION, "config_digest": settings.digest(), "policy": policy, "tools": tools}
+    scans = settings.scans.model_dump(mode="json")
+    return {"version": VERSION, "config_digest": settings.digest(), "policy": policy, "tools": tools, "scans": scans}
 
 
 def render_check(report: dict[str, Any]) -> str:
@@ -178,6 +179,14 @@ def render_check(report: dict[str, Any]) -> str:
     lines.append(f"  max hosts {policy['max_hosts']} per call; {dns}")
     if policy["hosts"]:
         lines.append("  static    " + ", ".join(f"{k}={v}" for k, v in policy["hosts"].items()))
+    scans = report["scans"]
+    lines += ["", "Scans"]
+    lines.append(f"  store     {scans['path']}")
+    lines.append(
+        f"  a call waits {scans['inline_wait_sec']:g}s (at most {scans['max_wait_sec']:g}s asked), then answers "
+        f"'working'; kept {scans['retention_days']:g} days, at most {scans['max_scans']}; "
+        f"{scans['max_result_chars']} characters an answer"
+    )
     return "\n".join(lines)
 
 
