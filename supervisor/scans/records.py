@@ -22,6 +22,7 @@ __all__ = [
     "ScanStatus",
     "iso",
     "new_scan_id",
+    "scan_subject",
     "status_of",
 ]
 
@@ -100,6 +101,11 @@ class ScanRecord:
             "error_type": self.error_type,
             "error": self.error,
         }
+
+
+def scan_subject(tool: str, target: str | None) -> str:
+    """How an answer names a scan to a model: the tool, and its target when it has one."""
+    return f"{tool} {target}" if target else tool
 
 
 def iso(seconds: float) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Final
 import mcp_types as types
 
 from actors.api import Caller
-from supervisor.scans.records import ScanNotFound, ScanRecord, iso, status_of
+from supervisor.scans.records import ScanNotFound, ScanRecord, iso, scan_subject, status_of
 from supervisor.scans.store import BadCursor
 from supervisor.scope import scope_document
 from transports.mcp.eras import MODERN_VERSIONS
@@ -159,7 +159,7 @@ def _scope_resource() -> types.Resource:
 
 
 def _scan_resource(record: ScanRecord) -> types.Resource:
-    subject = record.tool + (f" {record.target}" if record.target else "")
+    subject = scan_subject(record.tool, record.target)
     readable = "the whole outcome" if record.status.terminal else "where it stands; the whole outcome once finished"
     return types.Resource(
         uri=scan_uri(record.scan_id),

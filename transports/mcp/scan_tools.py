@@ -21,7 +21,7 @@ from actors.api import Caller, ToolInfo
 from actors.results import RECOVERY, CallError, CallOutcome, ErrorType
 from actors.tools.base import validation_message
 from actors.tools.schema import compact_schema
-from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus
+from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus, scan_subject
 from supervisor.scans.store import BadCursor
 from supervisor.scans.views import MAX_LIMIT, PAGE_SCHEMA, SUMMARY_SCHEMA, View, result_page, summarize
 from transports.mcp import eras
@@ -377,7 +377,7 @@ def _brief(record: ScanRecord) -> dict[str, Any]:
 
 
 def _line(record: ScanRecord) -> str:
-    subject = record.tool + (f" {record.target}" if record.target else "")
+    subject = scan_subject(record.tool, record.target)
     progress = f", {record.progress:g}%" if record.progress is not None and not record.status.terminal else ""
     return f"- {record.scan_id}: {subject}, {record.status.value}{progress}, started {record.to_json()['created_at']}"
 
@@ -386,6 +386,6 @@ def _status_answer(record: ScanRecord) -> _Answer:
     whole = record.to_json()
     structured = {key: whole[key] for key in _STATUS_SCHEMA["properties"] if key in whole}
     structured["next_step"] = next_step(record)
-    subject = record.tool + (f" {record.target}" if record.target else "")
+    subject = scan_subject(record.tool, record.target)
     text = f"Scan {record.scan_id} ({subject}): {record.status.value}. {structured['next_step']}"
     return _Answer(structured, text)

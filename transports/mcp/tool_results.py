@@ -12,7 +12,7 @@ from typing import Any
 
 from actors.results import CallOutcome
 from supervisor.scans import views
-from supervisor.scans.records import ScanRecord, status_of
+from supervisor.scans.records import ScanRecord, scan_subject, status_of
 from transports.mcp import eras
 from transports.mcp.resources import scan_uri
 
@@ -72,7 +72,7 @@ def scan_call_result(
 
 def working_result(record: ScanRecord, *, structured_content: bool = True) -> dict[str, Any]:
     """The answer to a call whose scan outlived the call's wait: not an error, and what to do next."""
-    subject = record.tool + (f" {record.target}" if record.target else "")
+    subject = scan_subject(record.tool, record.target)
     done = f" ({record.progress:g}% done)" if record.progress is not None else ""
     text = (
         f"{subject} is still running{done} as scan {record.scan_id}. Call scan_status with scan_id "
@@ -100,7 +100,7 @@ def working_result(record: ScanRecord, *, structured_content: bool = True) -> di
 
 
 def summarize(outcome: CallOutcome, scan_id: str | None = None) -> str:
-    subject = outcome.tool + (f" {outcome.target}" if outcome.target else "")
+    subject = scan_subject(outcome.tool, outcome.target)
     handle = f"Scan id {scan_id}, call id {outcome.call_id}." if scan_id else f"Call id {outcome.call_id}."
     if outcome.error is not None or not outcome.ok:
         error = outcome.error
@@ -160,7 +160,7 @@ def _summarized(
 
 
 def _resource_link(outcome: CallOutcome, scan_id: str) -> dict[str, Any]:
-    subject = outcome.tool + (f" {outcome.target}" if outcome.target else "")
+    subject = scan_subject(outcome.tool, outcome.target)
     return {
         "type": "resource_link",
         "uri": scan_uri(scan_id),
