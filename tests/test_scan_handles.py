@@ -464,3 +464,20 @@ def test_a_failed_scans_partial_result_too_long_for_an_answer_comes_as_its_summa
     assert answer["isError"] and structured["result"] is None and structured["summary"]["counts"]["open_ports"] == 6000
     assert sum(len(part.get("text", "")) for part in answer["content"]) < 2 * 20_000
     assert answer["content"][-1]["uri"] == f"labrecon://scans/{'a' * 32}"
+
+
+def test_scan_cancel_of_a_scan_another_daemon_runs_says_where_it_runs_and_stops_nothing(make_runtime, tmp_path):
+    shared = {"path": str(tmp_path / "scans.sqlite3"), "inline_wait_sec": 0}
+    runner = make_runtime(scans=shared, tools={"nmap": {"scenario": {"mode": "hang"}}})
+    other = make_runtime(scans=shared)
+
+    async def scenario() -> None:
+        scan_id = await scan(peer(runner), {"target": "10.0.0.5"})
+        wait_until(lambda: scan_calls(binary(runner, "nmap")), what="the scan's process")
+        answer = await call(peer(other), "scan_cancel", {"scan_id": scan_id})
+        assert not answer["isError"] and answer["structuredContent"]["status"] == "working"
+        assert "Another labrecon process" in answer["structuredContent"]["next_step"]
+        assert runner.scans.get(Caller.local(), scan_id).status.value == "working"  # nothing was stopped
+        await call(peer(runner), "scan_cancel", {"scan_id": scan_id})
+
+    asyncio.run(scenario())

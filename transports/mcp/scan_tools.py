@@ -326,7 +326,17 @@ class ScanTools:
             # The kill is quick; the bound only guards against a scan that will not settle.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), self._access.settings.max_wait_sec)
-        return _status_answer(scans.get(caller, arguments.scan_id))
+            return _status_answer(scans.get(caller, arguments.scan_id))
+        record = scans.get(caller, arguments.scan_id)
+        if record.status.terminal:
+            return _status_answer(record)
+        # Working, but not here: another labrecon sharing the store runs it, and only it can stop it.
+        answer = _status_answer(record)
+        elsewhere = (
+            "Another labrecon process sharing the scan store runs this scan; only it can stop it. "
+            f"Call scan_status with scan_id {record.scan_id!r} to follow it."
+        )
+        return _Answer({**answer.structured, "next_step": elsewhere}, f"Scan {record.scan_id}: working. {elsewhere}")
 
 
 _LIST_MARGIN = 200  # for the closing line and the cursor
