@@ -101,7 +101,7 @@ def end_left_group(pgid: int, start_ticks: int, home: str | None = None) -> bool
     """Kill what is left of process group `pgid`, recorded by an earlier life of this daemon.
 
     While its leader is still the process that started at `start_ticks`, the whole group goes. Once
-    the leader is gone (its parent-death signal killed it), its members still carrying the run's
+    the leader is gone (the run's watchdog, or the tool itself, ended it), its members still carrying the run's
     `home` go: the kernel gives no new process the pid of a group that still has members, and a
     stranger's group is told apart by that mark. True if anything was signalled.
     """

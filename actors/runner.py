@@ -3,13 +3,11 @@
 A run never hangs its caller, never keeps more output than its caps, never leaves a process behind
 and never shows the tool our environment: no shell, stdin from /dev/null, a minimal environment and
 a fresh private HOME; the tool leads its own process group, which gets TERM then KILL on timeout or
-cancel, and (Linux) dies with the thread that spawned it; both pipes are read by one poll loop on the
-calling thread.
+cancel; both pipes are read by one poll loop on the calling thread.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -17,7 +15,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,30 +47,6 @@ MINIMAL_ENV: Mapping[str, str] = MappingProxyType({"PATH": "/usr/local/bin:/usr/
 # Where each run's private HOME and working directory is made: a memory file system when there is one,
 # since making and removing a directory there costs a tenth of what it costs on disk.
 RUN_DIRECTORY_BASE: str | None = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
-
-SETPRIV: str | None = shutil.which("setpriv", path="/usr/bin:/bin") if sys.platform.startswith("linux") else None
-"""util-linux `setpriv`: it arms the parent-death signal, then execs the tool: nothing runs between fork and exec."""
-
-
-def dying_with_parent(argv: Sequence[str], path: str) -> list[str]:
-    """`argv`, run so that the tool gets SIGKILL when the thread that started it exits (Linux).
-
-    The signal is armed by `setpriv --pdeathsig KILL`, which then execs the tool (same pid, same
-    group), so the spawn stays a vfork: arming it from Python between fork and exec would cost a
-    full fork, milliseconds a run. Caveats: it fires when the *thread* that spawned the tool exits
-    (the runner thread also supervises and reaps it, so it outlives it); the kernel clears it for
-    set-uid and file-capability binaries, and the tool's own children do not inherit it. What it
-    misses, the next start ends through the process group the scan store recorded.
-    """
-    if SETPRIV is None:
-        return list(argv)
-    program = shutil.which(argv[0], path=path)
-    if program is None:  # as Popen would say it, before a wrapper hides it behind its own exit status
-        if os.path.exists(argv[0]):
-            raise PermissionError(errno.EACCES, "Permission denied", argv[0])
-        raise FileNotFoundError(errno.ENOENT, "No such file or directory", argv[0])
-    return [SETPRIV, "--pdeathsig", "KILL", "--", program, *argv[1:]]
-
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -209,8 +182,7 @@ class ProcessRun:
 
         The lock is held while the process starts: a `run` on another thread
         then waits for it instead of starting a second one, and a `cancel`
-        lands once there is a process to stop. The process dies with the
-        thread that spawns it (Linux): that thread must also `run` it.
+        lands once there is a process to stop.
         """
         request = self.request
         with self._lock:
@@ -227,7 +199,7 @@ class ProcessRun:
                 env = {**MINIMAL_ENV, **(request.env or {}), "HOME": self._home}
                 wake = os.pipe()
                 self._proc = subprocess.Popen(
-                    dying_with_parent(request.argv, env["PATH"]),
+                    request.argv,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,

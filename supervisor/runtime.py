@@ -22,7 +22,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from actors.api import Caller, ProgressSink, StartedScan, ToolInfo, UnknownTool
-from actors.containment import boot_id, end_left_group, end_leftovers, process_start_ticks, set_subreaper
+from actors.containment import (
+    boot_id,
+    end_left_group,
+    end_leftovers,
+    process_home,
+    process_start_ticks,
+    set_subreaper,
+)
 from actors.lookups import Lookups
 from actors.policy import Resolver, TargetPolicy
 from actors.prepare import PreparedCall, prepare_call
@@ -31,6 +38,7 @@ from actors.results import CallOutcome, ErrorType, InvalidCall
 from actors.tool import Call
 from actors.tools import TOOL_SPECS
 from actors.tools.base import ToolArguments, ToolSpec
+from actors.watchdog import Watchdog
 from supervisor.audit import AuditLog
 from supervisor.config import FaultSettings, Settings, settings_from
 from supervisor.metrics import ScanStoreCollector
@@ -65,6 +73,8 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.owns_process = owns_process and set_subreaper(True)
+        # Owning the process, the runtime also ends its runs if it is killed: a watchdog outlives it for that.
+        self.watchdog = Watchdog() if self.owns_process else None
         policy = TargetPolicy(settings.policy, resolver=resolver)
         self.lookups = Lookups(
             policy.resolver, timeout_sec=settings.policy.dns_timeout_sec, limit=settings.policy.dns_concurrency
@@ -118,7 +128,8 @@ class Runtime:
         descends from its tool. A process a tool detaches by forking twice is
         re-parented away and traced only when this process is a child
         subreaper. With `owns_process` (this process runs nothing else) the
-        runtime makes it one (Linux), and `stop` ends every child process left.
+        runtime makes it one (Linux), starts a watchdog process that ends the
+        runs should this process be killed, and `stop` ends every child left.
         """
         return cls(settings_from(config), resolver=resolver, owns_process=owns_process, clock=clock)
 
@@ -132,6 +143,8 @@ class Runtime:
             if not self._stopped:
                 self._stopped = True
                 self.supervisor.shutdown(grace)
+                if self.watchdog is not None:
+                    self.watchdog.close()  # every run has ended: nothing is left for it to end
                 if self.owns_process:
                     end_leftovers()  # whatever got past the runs, zombies included
                 self.scans.close()  # every call is answered by now, every scan settled
@@ -373,7 +386,7 @@ class Runtime:
             prepared=prepared,
             reply=reply,
             progress=self.scans.progress_sink(scan, then=progress),
-            on_spawn=lambda pid: self.scans.spawned(scan, pid),
+            on_spawn=lambda pid: self._spawned(scan, pid),
         )
         reply.on_resolved(lambda outcome: self._answered(call_id, scan, outcome, caller))
         self.supervisor.submit(call)
@@ -386,9 +399,21 @@ class Runtime:
             raise InvalidCall("arguments must be an object", field="arguments")
         return prepare_call(spec, arguments, settings=getattr(self.settings.tools, spec.name), policy=policy)
 
+    def _spawned(self, scan: LiveScan, pid: int) -> None:
+        """Runner thread: a run's process group exists; the store and the watchdog learn where it is."""
+        ticks = process_start_ticks(pid)
+        if ticks is None:  # already gone
+            return
+        home = process_home(pid)
+        self.scans.spawned(scan, pid, ticks, home)
+        if self.watchdog is not None:
+            self.watchdog.watch(scan.record.scan_id, pid, ticks, home)
+
     def _answered(self, call_id: str, scan: LiveScan, outcome: CallOutcome, caller: Caller) -> None:
         with self._calls_lock:
             self._calls.pop(call_id, None)
+        if self.watchdog is not None:
+            self.watchdog.forget(scan.record.scan_id)
         self.scans.finished(scan, outcome)
         if self.audit is not None:
             self.audit.record(outcome, caller=caller)

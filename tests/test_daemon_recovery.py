@@ -1,8 +1,8 @@
 """A `labrecon serve` killed with SIGKILL mid-scan leaves no process behind, and its store survives it.
 
-Two mechanisms, each shown on its own: the tool dies with the daemon (its parent-death signal), and a
-member of the tool's process group that the signal cannot reach is ended by the next start, which
-reads the group from the store. The store is read back through `Runtime.start(...).scans`.
+Two mechanisms, each shown on its own: the daemon's watchdog ends the runs the moment the daemon dies,
+and, should the watchdog be gone too, the next start ends them, reading their groups from the store.
+The store is read back through `Runtime.start(...).scans`.
 """
 
 from __future__ import annotations
@@ -22,16 +22,13 @@ import psutil
 import pytest
 
 from actors.api import Caller
-from actors.runner import SETPRIV
 from supervisor import Runtime
 from supervisor.scans.records import INTERRUPTED, ScanStatus
 from tests.fakes.install import install_fake, set_scenario
 from tests.helpers import process_alive, wait_until
 from tests.runtimes import fake_config, scan_calls
 
-pytestmark = pytest.mark.skipif(
-    SETPRIV is None, reason="parent-death signals need Linux and util-linux setpriv (scripts/setup installs it)"
-)
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups are read from /proc")
 
 LABRECON = str(Path(sys.executable).with_name("labrecon"))
 INIT = {
@@ -83,6 +80,12 @@ class StdioDaemon:
                         and "started" in params.get("message", ""))
 
         self.read(started)
+
+    def watchdog(self) -> psutil.Process:
+        (watchdog,) = [
+            child for child in psutil.Process(self.process.pid).children() if "actors.watchdog" in child.cmdline()
+        ]
+        return watchdog
 
     def kill(self) -> None:
         self.process.kill()
@@ -137,9 +140,11 @@ def test_a_daemon_killed_mid_scan_keeps_finished_scans_fails_the_running_one_and
         daemon.wait_spawned(4)
         (slow,) = wait_until(lambda: [c for c in scan_calls(nmap) if c["mode"] == "slow"], what="the slow scan")
         with ended_at_exit([slow["pid"]]):
+            watchdog = daemon.watchdog()
             daemon.kill()
-            # Nothing has started again yet: the parent-death signal alone ends the scan's process.
+            # Nothing has started again yet: the watchdog alone ends the scan's process, then itself.
             wait_until(lambda: not process_alive(slow["pid"]), what="the slow scan's process to die with the daemon")
+            wait_until(lambda: not process_alive(watchdog.pid), what="the watchdog to end")
 
             runtime = Runtime.start(config)
             try:
@@ -157,9 +162,9 @@ def test_a_daemon_killed_mid_scan_keeps_finished_scans_fails_the_running_one_and
                 runtime.stop(grace=2.0)
 
 
-def test_a_process_the_parent_death_signal_misses_is_ended_by_the_next_start(tmp_path, subreaper):
-    # The tool's own child stays in its process group but never gets the signal: only the store can find it.
-    # Orphans come back to this test (a subreaper), which reaps the dead leader as init would.
+def test_runs_left_when_the_watchdog_died_too_are_ended_by_the_next_start(tmp_path, subreaper):
+    # The watchdog is killed first: then only the store knows the group, leader and child alike.
+    # Orphans come back to this test (a subreaper), which reaps them as init would.
     with daemon_on_fakes(tmp_path) as (daemon, nmap, config):
         set_scenario(nmap, mode="hang_with_child")
         daemon.start_call(1, "10.0.0.1")
@@ -167,45 +172,44 @@ def test_a_process_the_parent_death_signal_misses_is_ended_by_the_next_start(tmp
         call = wait_until(lambda: [c for c in scan_calls(nmap) if c.get("child_pid")], what="the fake's child")[0]
         leader, child = call["pid"], call["child_pid"]
         with ended_at_exit([leader, child]):
+            watchdog = daemon.watchdog()
+            watchdog.kill()
+            wait_until(lambda: not process_alive(watchdog.pid), what="the watchdog to die")
             daemon.kill()
-            wait_until(lambda: not process_alive(leader), what="the leader to die with the daemon")
-            os.waitpid(leader, 0)
-            assert not psutil.pid_exists(leader)
-            assert process_alive(child) and os.getpgid(child) == leader
+            assert process_alive(leader) and process_alive(child) and os.getpgid(child) == leader
 
             runtime = Runtime.start(config)
             try:
-                wait_until(lambda: not process_alive(child), what="the next start to end the group's last member")
+                wait_until(lambda: not (process_alive(leader) or process_alive(child)), what="the next start")
                 (scan,) = runtime.scans.page(Caller.local())[0]
                 assert scan.status is ScanStatus.FAILED and scan.error_type == INTERRUPTED
             finally:
                 runtime.stop(grace=2.0)
 
 
-def test_a_daemon_whose_runner_thread_dies_takes_its_tool_along(tmp_path):
-    """The signal follows the thread that spawned the tool; a runner thread supervises until its tool is gone."""
+def test_the_watchdog_ends_the_groups_still_listed_when_its_daemon_dies_and_no_others(tmp_path):
     script = (
-        "import sys, threading\n"
-        "from actors.runner import ProcessRun, RunRequest\n"
-        "run = ProcessRun(RunRequest(argv=sys.argv[1:], timeout_sec=600))\n"
-        "def spawn():\n"
-        "    run.spawn()\n"
-        "    while b'setpriv' in open(f'/proc/{run.pid}/cmdline', 'rb').read().split(bytes(1))[0]:\n"
-        "        pass  # until the signal is armed: setpriv has exec'd the tool\n"
-        "spawner = threading.Thread(target=spawn)\n"
-        "spawner.start(); spawner.join()\n"
-        "print(run.pid, flush=True)\n"
+        "import subprocess, sys\n"
+        "from actors.containment import process_start_ticks\n"
+        "from actors.watchdog import Watchdog\n"
+        "watchdog = Watchdog()\n"
+        "kept, ended = (subprocess.Popen([sys.argv[1], '10.0.0.1'], start_new_session=True) for _ in range(2))\n"
+        "for key, run in (('kept', kept), ('ended', ended)):\n"
+        "    watchdog.watch(key, run.pid, process_start_ticks(run.pid), None)\n"
+        "watchdog.forget('kept')  # its run is over, as far as the daemon knows\n"
+        "print(watchdog.pid, kept.pid, ended.pid, flush=True)\n"
         "sys.stdin.read()\n"
     )
     nmap = install_fake(tmp_path / "fakes", "nmap", mode="hang")
     root = Path(__file__).resolve().parent.parent
     with subprocess.Popen(
-        [sys.executable, "-c", script, str(nmap), "10.0.0.1"], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-c", script, str(nmap)], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     ) as host:
-        assert host.stdout is not None and host.stdin is not None
-        pid = int(host.stdout.readline())
-        with ended_at_exit([pid]):
-            # The spawning thread has returned while its host lives on: the tool went with that thread.
-            wait_until(lambda: not process_alive(pid), what="the tool to die with the thread that spawned it")
-            assert host.poll() is None
-            host.stdin.close()
+        assert host.stdout is not None
+        watchdog, kept, ended = (int(pid) for pid in host.stdout.readline().split())
+        with ended_at_exit([kept, ended, watchdog]):
+            host.kill()  # as SIGKILL takes a daemon: no goodbye
+            host.wait(10)
+            wait_until(lambda: not process_alive(ended), what="the listed run to be ended")
+            wait_until(lambda: not process_alive(watchdog), what="the watchdog to end")
+            assert process_alive(kept)

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.api import Caller, ProgressSink
-from actors.containment import process_home, process_start_ticks
 from actors.results import CallOutcome
 from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus, new_scan_id, status_of
 from supervisor.scans.store import ScanStore, page_cursor
@@ -159,16 +158,13 @@ class Scans:
 
         return progressed
 
-    def spawned(self, live: LiveScan, pid: int) -> None:
+    def spawned(self, live: LiveScan, pid: int, start_ticks: int, home: str | None) -> None:
         """Runner thread: the scan's process group exists; recorded so a later start can end it.
 
         Bookkeeping never gets in the way of supervising the process: a failed write is logged.
         """
-        ticks = process_start_ticks(pid)
-        if ticks is None:
-            return
         try:
-            self.store.record_process(live.record.scan_id, pid, ticks, process_home(pid))
+            self.store.record_process(live.record.scan_id, pid, start_ticks, home)
         except sqlite3.Error:
             logger.exception("the scan store could not record a process group", extra={"scan_id": live.record.scan_id})
 

@@ -1,0 +1,90 @@
+"""A process that outlives the daemon only to end the runs the daemon leaves behind.
+
+The daemon tells it, over a pipe, each run's process group when the run starts and when it ends.
+When the pipe closes (the daemon exited, or was killed: the kernel closes its end either way), it
+ends every group still listed, each checked by its leader's start time and its run's HOME as
+`end_left_group` does, and exits. A daemon that stops in order has ended its runs first, so then the
+list is empty. A run's start costs one line on a pipe; nothing runs between fork and exec.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+
+from actors.containment import end_left_group
+
+__all__ = ["Watchdog"]
+
+logger = logging.getLogger(__name__)
+
+
+class Watchdog:
+    """The daemon's end of the pipe; `watch` and `forget` may be called from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lost = False
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "actors.watchdog"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,  # a signal to the daemon's group (Ctrl-C) must not reach it
+        )
+        self.pid = self._proc.pid
+
+    def watch(self, key: str, pgid: int, start_ticks: int, home: str | None) -> None:
+        """A run's group exists: end it if the daemon dies before `forget(key)`."""
+        self._send(json.dumps(["+", key, pgid, start_ticks, home]) + "\n")
+
+    def forget(self, key: str) -> None:
+        """The run is over: its group is the daemon's business no more."""
+        self._send(json.dumps(["-", key]) + "\n")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close the pipe and wait for the watchdog to end what is still listed (nothing, after a clean stop)."""
+        with self._lock:
+            self._lost = True
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def _send(self, line: str) -> None:
+        with self._lock:
+            if self._lost:
+                return
+            assert self._proc.stdin is not None
+            try:
+                self._proc.stdin.write(line.encode())
+                self._proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                self._lost = True
+                logger.error("the watchdog is gone: runs will be ended by the next start, not at this one's death")
+
+
+def main() -> None:
+    """The watchdog itself: keep the list until the pipe closes, then end what is on it."""
+    listed: dict[str, tuple[int, int, str | None]] = {}
+    for line in sys.stdin.buffer:
+        match json.loads(line):
+            case ["+", str(key), int(pgid), int(ticks), home]:
+                listed[key] = (pgid, ticks, home if isinstance(home, str) else None)
+            case ["-", str(key)]:
+                listed.pop(key, None)
+    for pgid, ticks, home in listed.values():
+        end_left_group(pgid, ticks, home)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
