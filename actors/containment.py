@@ -25,7 +25,6 @@ __all__ = [
     "end_left_group",
     "end_leftovers",
     "is_subreaper",
-    "process_home",
     "process_start_ticks",
     "set_subreaper",
 ]
@@ -78,13 +77,6 @@ def process_start_ticks(pid: int) -> int | None:
     except (OSError, IndexError):
         return None
     return int(fields[19])  # field 22 of stat(5); the first two (pid, comm) precede the ")"
-
-
-def process_home(pid: int) -> str | None:
-    """The ``HOME`` `pid` was started with: a run's private directory marks every process of that run."""
-    with contextlib.suppress(psutil.Error):
-        return _home_of(psutil.Process(pid))
-    return None
 
 
 @functools.cache

@@ -148,6 +148,7 @@ class ProcessRun:
     def __init__(self, request: RunRequest, on_line: Callable[[str], None] | None = None) -> None:
         self.request = request
         self.pid: int | None = None
+        self.home: str | None = None  # the run's private HOME once spawned: every process of the run carries it
         self._on_line = on_line
         self._line_error_logged = False
         self._lock = threading.Lock()
@@ -219,6 +220,7 @@ class ProcessRun:
                 return
             self._wake_r, self._wake_w = wake
             self.pid = self._proc.pid
+            self.home = self._home
             self._processes = RunProcesses(self._proc.pid, self._home)
 
     def run(self) -> RunResult:

@@ -43,7 +43,7 @@ class Call:
     prepared: PreparedCall
     reply: Reply[CallOutcome]
     progress: ProgressSink | None = None
-    on_spawn: Callable[[int], None] | None = None  # runner thread: the process (and its group) exists
+    on_spawn: Callable[[int, str | None], None] | None = None  # runner thread: the process (pid, HOME) exists
     admitted_at: float = field(default_factory=time.monotonic)
     # Written by the owning actor, read by the supervisor when that actor dies or hangs.
     started: bool = False
@@ -343,7 +343,7 @@ class ToolActor(pykka.ThreadingActor):
             run.spawn()
             if call.on_spawn is not None and run.pid is not None:
                 try:
-                    call.on_spawn(run.pid)
+                    call.on_spawn(run.pid, run.home)
                 except Exception:  # bookkeeping must never keep a process from its supervision
                     logger.exception("a spawn hook failed; the run goes on", extra={"call_id": call.call_id})
             self._progress_edge(call, run, 0.0, "started")

@@ -26,7 +26,6 @@ from actors.containment import (
     boot_id,
     end_left_group,
     end_leftovers,
-    process_home,
     process_start_ticks,
     set_subreaper,
 )
@@ -386,7 +385,7 @@ class Runtime:
             prepared=prepared,
             reply=reply,
             progress=self.scans.progress_sink(scan, then=progress),
-            on_spawn=lambda pid: self._spawned(scan, pid),
+            on_spawn=lambda pid, home: self._spawned(scan, pid, home),
         )
         reply.on_resolved(lambda outcome: self._answered(call_id, scan, outcome, caller))
         self.supervisor.submit(call)
@@ -399,12 +398,11 @@ class Runtime:
             raise InvalidCall("arguments must be an object", field="arguments")
         return prepare_call(spec, arguments, settings=getattr(self.settings.tools, spec.name), policy=policy)
 
-    def _spawned(self, scan: LiveScan, pid: int) -> None:
+    def _spawned(self, scan: LiveScan, pid: int, home: str | None) -> None:
         """Runner thread: a run's process group exists; the store and the watchdog learn where it is."""
         ticks = process_start_ticks(pid)
         if ticks is None:  # already gone
             return
-        home = process_home(pid)
         self.scans.spawned(scan, pid, ticks, home)
         if self.watchdog is not None:
             self.watchdog.watch(scan.record.scan_id, pid, ticks, home)
