@@ -76,7 +76,11 @@ def main() -> None:
     """The watchdog itself: keep the list until the pipe closes, then end what is on it."""
     listed: dict[str, tuple[int, int, str | None]] = {}
     for line in sys.stdin.buffer:
-        match json.loads(line):
+        try:
+            message = json.loads(line)
+        except ValueError:  # a line cut short by the daemon's death: the groups before it still count
+            continue
+        match message:
             case ["+", str(key), int(pgid), int(ticks), home]:
                 listed[key] = (pgid, ticks, home if isinstance(home, str) else None)
             case ["-", str(key)]:
