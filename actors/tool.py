@@ -44,6 +44,7 @@ class Call:
     reply: Reply[CallOutcome]
     progress: ProgressSink | None = None
     on_spawn: Callable[[int, str | None], None] | None = None  # runner thread: the process (pid, HOME) exists
+    on_reaped: Callable[[], None] | None = None  # runner thread: that process and its group are gone
     admitted_at: float = field(default_factory=time.monotonic)
     # Written by the owning actor, read by the supervisor when that actor dies or hangs.
     started: bool = False
@@ -341,13 +342,15 @@ class ToolActor(pykka.ThreadingActor):
             if fault is not None:
                 fault.before_run(run)
             run.spawn()
-            if call.on_spawn is not None and run.pid is not None:
-                try:
-                    call.on_spawn(run.pid, run.home)
-                except Exception:  # bookkeeping must never keep a process from its supervision
-                    logger.exception("a spawn hook failed; the run goes on", extra={"call_id": call.call_id})
+            on_spawn, pid = call.on_spawn, run.pid
+            if on_spawn is not None and pid is not None:
+                _bookkeep(lambda: on_spawn(pid, run.home), call)
             self._progress_edge(call, run, 0.0, "started")
-            result = run.run()
+            try:
+                result = run.run()
+            finally:
+                if call.on_reaped is not None and run.pid is not None:
+                    _bookkeep(call.on_reaped, call)
             self._progress_edge(call, run, 100.0, "ended")
             outcome, verdict = outcome_from_run(self.spec, call.call_id, call.prepared, result)
         except Exception:  # noqa: BLE001 - whatever breaks in a runner, the call still gets its answer
@@ -449,3 +452,11 @@ class ToolActor(pykka.ThreadingActor):
         if self.parent is not None:
             with contextlib.suppress(pykka.ActorDeadError):
                 self.parent.tell(event)
+
+
+def _bookkeep(hook: Callable[[], None], call: Call) -> None:
+    """Run a bookkeeping hook on the runner thread; whatever it does, the run's supervision goes on."""
+    try:
+        hook()
+    except Exception:  # bookkeeping must never keep a process from its supervision
+        logger.exception("a run's bookkeeping hook failed; the run goes on", extra={"call_id": call.call_id})

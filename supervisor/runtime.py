@@ -386,6 +386,7 @@ class Runtime:
             reply=reply,
             progress=self.scans.progress_sink(scan, then=progress),
             on_spawn=lambda pid, home: self._spawned(scan, pid, home),
+            on_reaped=lambda: self._reaped(scan),
         )
         reply.on_resolved(lambda outcome: self._answered(call_id, scan, outcome, caller))
         self.supervisor.submit(call)
@@ -407,11 +408,14 @@ class Runtime:
         if self.watchdog is not None:
             self.watchdog.watch(scan.record.scan_id, pid, ticks, home)
 
+    def _reaped(self, scan: LiveScan) -> None:
+        """Runner thread: the run's processes are gone (its answer may have gone out long before)."""
+        if self.watchdog is not None:
+            self.watchdog.forget(scan.record.scan_id)
+
     def _answered(self, call_id: str, scan: LiveScan, outcome: CallOutcome, caller: Caller) -> None:
         with self._calls_lock:
             self._calls.pop(call_id, None)
-        if self.watchdog is not None:
-            self.watchdog.forget(scan.record.scan_id)
         self.scans.finished(scan, outcome)
         if self.audit is not None:
             self.audit.record(outcome, caller=caller)

@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from actors.api import Caller
+from actors.watchdog import Watchdog
 from supervisor import Runtime
 from supervisor.scans.records import INTERRUPTED, ScanStatus
 from tests.fakes.install import install_fake, set_scenario
@@ -213,3 +214,24 @@ def test_the_watchdog_ends_the_groups_still_listed_when_its_daemon_dies_and_no_o
             wait_until(lambda: not process_alive(ended), what="the listed run to be ended")
             wait_until(lambda: not process_alive(watchdog), what="the watchdog to end")
             assert process_alive(kept)
+
+
+def test_the_watchdog_imports_nothing_from_the_daemons_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "json.py").write_text("raise SystemExit('a module of the daemon directory ran')\n")
+    watchdog = Watchdog()
+    watchdog.watch("gone", 2**22 + 1, 1, None)  # no such process: nothing to end
+    assert watchdog.close(timeout=30) == 0
+
+
+def test_a_stuck_watchdog_never_stalls_the_daemon_and_one_that_died_does_not_break_its_stop():
+    watchdog = Watchdog()
+    try:
+        os.kill(watchdog.pid, signal.SIGSTOP)
+        for n in range(5000):  # far more than a pipe holds
+            watchdog.watch(f"run-{n}", n + 2, 1, None)  # returns at once: a full pipe means a lost watchdog
+        os.kill(watchdog.pid, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(watchdog.pid, signal.SIGCONT)
+    assert watchdog.close(timeout=10) == -signal.SIGKILL  # and no BrokenPipeError on the way

@@ -339,7 +339,7 @@ class ScanTools:
         return _Answer({**answer.structured, "next_step": elsewhere}, f"Scan {record.scan_id}: working. {elsewhere}")
 
 
-_LIST_MARGIN = 200  # for the closing line and the cursor
+_LIST_MARGIN = 400  # the closing line, and the cursor three times over (text, JSON text, structuredContent)
 
 
 class _Invalid(ValueError):
