@@ -58,6 +58,28 @@ def test_readyz_is_ready_and_verbose_lists_every_check(client):
     assert all(set(check) == {"name", "ok", "critical", "detail"} for check in verbose["checks"])
 
 
+def test_healthz_sums_up_health_with_every_check(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] in ("healthy", "degraded") and body["live"] is True and body["ready"] is True
+    names = {check["name"] for check in body["checks"]}
+    assert {"system", "process", "tools", "actor:nmap", "breaker:masscan", "binary:gobuster"} <= names
+
+
+def test_healthz_is_503_while_unhealthy(tmp_path):
+    rt = crash_until_failed(tmp_path)
+    try:
+        with TestClient(build_ops_app(rt, rt.settings)) as client:
+            wait_until(lambda: rt.status().tools["nmap"].state == "failed", what="nmap marked failed")
+            response = client.get("/healthz")
+            assert response.status_code == 503 and response.json()["status"] == "unhealthy"
+            failing = [check["name"] for check in response.json()["checks"] if not check["ok"]]
+            assert "tools" in failing
+    finally:
+        rt.stop(grace=2.0)
+
+
 def test_readyz_turns_503_when_no_tool_serves_and_reset_brings_it_back(tmp_path):
     rt = crash_until_failed(tmp_path)
     try:

@@ -162,8 +162,8 @@ def test_a_legacy_sse_session_id_is_unknown_to_another_token(served):
 def test_the_ops_endpoints_need_an_admin_token_and_the_probes_none(served):
     runtime, daemon = served(auth={"tokens": TOKENS})
     with httpx.Client(base_url=daemon.url, timeout=30) as client:
-        for method, path in [("GET", "/status"), ("GET", "/metrics"), ("GET", "/faults"), ("POST", "/faults"),
-                             ("POST", "/tools/nmap/restart")]:
+        for method, path in [("GET", "/status"), ("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/faults"),
+                             ("POST", "/faults"), ("POST", "/tools/nmap/restart")]:
             refused = client.request(method, path, json={"tool": "nmap", "kind": "fail"}, headers=bearer(TOKEN_A))
             assert refused.status_code == 403, (method, path)
             assert refused.json()["error"] == "forbidden" and "admin" in refused.json()["message"]

@@ -172,6 +172,17 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
             body["checks"] = [check.model_dump(mode="json", exclude={"data"}) for check in health.checks]
         return JSONResponse(body, status_code=200 if health.ready else 503)
 
+    async def healthz(request: Request) -> Response:
+        """One health summary with every check's detail, for an operator; 503 while unhealthy."""
+        health = (await blocking(runtime.status)).health
+        body = {
+            "status": health.status,
+            "live": health.live,
+            "ready": health.ready,
+            "checks": [check.model_dump(mode="json", exclude={"data"}) for check in health.checks],
+        }
+        return JSONResponse(body, status_code=503 if health.status == "unhealthy" else 200)
+
     async def metrics(request: Request) -> Response:
         text: str = await blocking(runtime.metrics_text)
         return Response(text, media_type=METRICS_CONTENT_TYPE)
@@ -250,6 +261,7 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
     return [
         Route("/livez", livez, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/healthz", guarded(healthz), methods=["GET"]),
         Route("/metrics", guarded(metrics), methods=["GET"]),
         Route("/status", guarded(status), methods=["GET"]),
         Route("/faults", guarded(list_faults), methods=["GET"]),
