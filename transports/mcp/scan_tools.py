@@ -9,7 +9,6 @@ answer's text is longer than `[scans] max_result_chars`; the rest is paged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -320,13 +319,10 @@ class ScanTools:
 
     async def _scan_cancel(self, arguments: ScanCancelArguments, caller: Caller) -> _Answer:
         scans = self._access.scans
-        done = scans.settled(caller, arguments.scan_id)
-        if done is not None:
+        if scans.settled(caller, arguments.scan_id) is not None:  # it runs here
             scans.cancel(caller, arguments.scan_id)
             # The kill is quick; the bound only guards against a scan that will not settle.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), self._access.settings.max_wait_sec)
-            return _status_answer(scans.get(caller, arguments.scan_id))
+            return _status_answer(await scans.wait(caller, arguments.scan_id, self._access.settings.max_wait_sec))
         record = scans.get(caller, arguments.scan_id)
         if record.status.terminal:
             return _status_answer(record)
