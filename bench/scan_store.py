@@ -93,7 +93,7 @@ def filled_store(path: Path, count: int) -> Scans:
             resolved_targets=("10.0.0.5",), argv=("nmap", "10.0.0.5"),
         )
         store.add(record)
-        store.finish(record.scan_id, ScanStatus.COMPLETED, outcome, at=start + n, progress=100.0, progress_message=None)
+        store.finish(record.scan_id, outcome, at=start + n, progress=100.0, progress_message=None)
     return scans
 
 

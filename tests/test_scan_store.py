@@ -38,8 +38,7 @@ def done(store: ScanStore, record: ScanRecord, *, at: float, ok: bool = True) ->
         outcome = CallOutcome(tool=record.tool, call_id="c", ok=True, result={"hosts": []}, raw_output="<xml/>")
     else:
         outcome = CallOutcome.failure(record.tool, "c", ErrorType.TIMEOUT, "too slow")
-    status = ScanStatus.COMPLETED if ok else ScanStatus.FAILED
-    store.finish(record.scan_id, status, outcome, at=at, progress=100.0, progress_message=None)
+    store.finish(record.scan_id, outcome, at=at, progress=100.0, progress_message=None)
 
 
 def test_scan_ids_carry_128_random_bits():

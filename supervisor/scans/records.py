@@ -23,6 +23,7 @@ __all__ = [
     "iso",
     "new_scan_id",
     "scan_subject",
+    "settled_fields",
     "status_of",
 ]
 
@@ -61,6 +62,16 @@ def status_of(outcome: CallOutcome) -> ScanStatus:
     if outcome.error_type is ErrorType.CANCELLED:
         return ScanStatus.CANCELLED
     return ScanStatus.FAILED
+
+
+def settled_fields(outcome: CallOutcome) -> dict[str, Any]:
+    """What a scan's record takes from the outcome it settled with: its status and its error."""
+    error = outcome.error
+    return {
+        "status": status_of(outcome),
+        "error_type": error.error_type.value if error is not None else None,
+        "error": error.message if error is not None else None,
+    }
 
 
 @dataclass(frozen=True)

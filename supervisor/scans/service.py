@@ -22,7 +22,7 @@ from typing import Any
 
 from actors.api import Caller, ProgressSink
 from actors.results import CallOutcome
-from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus, new_scan_id, status_of
+from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus, new_scan_id, settled_fields
 from supervisor.scans.store import ScanStore, page_cursor
 
 __all__ = ["LiveScan", "Scans"]
@@ -134,13 +134,10 @@ class Scans:
     def refused(self, caller: Caller, tool: str, arguments: Any, outcome: CallOutcome) -> str:
         """A call was answered before it was admitted (bad arguments, a target outside the policy)."""
         now = self._clock()
-        error = outcome.error
         record = ScanRecord(
             scan_id=new_scan_id(), owner=caller.owner, tool=tool, call_id=outcome.call_id,
-            status=status_of(outcome), created_at=now, updated_at=now,
-            arguments=dict(arguments) if isinstance(arguments, Mapping) else {},
-            error_type=error.error_type.value if error is not None else None,
-            error=error.message if error is not None else None,
+            created_at=now, updated_at=now, arguments=dict(arguments) if isinstance(arguments, Mapping) else {},
+            **settled_fields(outcome),
         )
         self.store.add(record, outcome=outcome)
         return record.scan_id
@@ -176,7 +173,7 @@ class Scans:
         """
         try:
             self.store.finish(
-                live.record.scan_id, status_of(outcome), outcome, at=self._clock(),
+                live.record.scan_id, outcome, at=self._clock(),
                 progress=100.0 if outcome.ok else live.progress, progress_message=live.progress_message,
             )
         except sqlite3.Error:
@@ -299,12 +296,9 @@ class Scans:
         if live is None:
             return record
         if live.unstored is not None:
-            outcome = live.unstored
-            error = outcome.error
             return replace(
-                record, status=status_of(outcome), progress=live.progress, progress_message=live.progress_message,
-                error_type=error.error_type.value if error is not None else None,
-                error=error.message if error is not None else None,
+                record, progress=live.progress, progress_message=live.progress_message,
+                **settled_fields(live.unstored),
             )
         return _with_progress(record, live)
 

@@ -22,7 +22,7 @@ from typing import Any, Final, NamedTuple
 
 from actors.results import CallOutcome
 from supervisor.config import ConfigError
-from supervisor.scans.records import INTERRUPTED, ScanRecord, ScanStatus
+from supervisor.scans.records import INTERRUPTED, ScanRecord, ScanStatus, settled_fields
 
 __all__ = ["SCHEMA_VERSION", "BadCursor", "LeftProcess", "ScanStore", "StoreClosed", "StoreUnusable", "page_cursor"]
 
@@ -197,7 +197,6 @@ class ScanStore:
     def finish(
         self,
         scan_id: str,
-        status: ScanStatus,
         outcome: CallOutcome,
         *,
         at: float,
@@ -205,22 +204,22 @@ class ScanStore:
         progress_message: str | None,
     ) -> None:
         """Settle a working scan with its outcome and raw output; a settled scan is never changed again."""
-        error = outcome.error
+        settled = settled_fields(outcome)
         with self._connection() as db:
             db.execute(
                 "UPDATE scans SET status = ?, updated_at = ?, target = ?, resolved_targets = ?, argv = ?, "
                 "progress = ?, progress_message = ?, error_type = ?, error = ?, outcome = ?, raw = ?, pgid = NULL "
                 "WHERE scan_id = ? AND status = 'working'",
                 (
-                    status.value,
+                    settled["status"].value,
                     at,
                     outcome.target,
                     json.dumps(outcome.resolved_targets),
                     json.dumps(outcome.argv),
                     progress,
                     progress_message,
-                    error.error_type.value if error is not None else None,
-                    error.message if error is not None else None,
+                    settled["error_type"],
+                    settled["error"],
                     outcome.model_dump_json(),
                     outcome.raw_output,
                     scan_id,
