@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace", type=float, default=10.0, help="seconds running calls get to finish on shutdown")
     serve.set_defaults(handler=cmd_serve)
 
-    check = sub.add_parser("check", help="show which tools are found, their versions, the policy and limits")
+    check = sub.add_parser("check", help="show the tools found, their versions, the policy, limits and scan store")
     _config_option(check)
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
     check.set_defaults(handler=cmd_check)
