@@ -130,6 +130,17 @@ class CircuitBreaker:
             return self._move(BreakerState.CLOSED, reason)
         raise ValueError(f"cannot force breaker to {state}")
 
+    def configure(self, settings: BreakerSettings) -> None:
+        """New thresholds and periods from a reload; the state, failures and any open period run on.
+
+        A closed breaker starts its next open period from the new base.
+        """
+        self._settings = settings
+        if self.state is BreakerState.CLOSED:
+            self.open_period_sec = settings.open_sec
+        else:
+            self.open_period_sec = min(self.open_period_sec, settings.max_open_sec)
+
     def _not_the_trial(self, call_id: str | None) -> bool:
         """While half-open, a named call's result counts only if it is the trial's; the trial's ends the trial."""
         if call_id is not None and call_id == self._trial_id:

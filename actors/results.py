@@ -24,6 +24,7 @@ class ErrorType(StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     ACTOR_RESTARTED = "actor_restarted"
     TOOL_FAILED = "tool_failed"
+    TOOL_DISABLED = "tool_disabled"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
 
@@ -37,6 +38,8 @@ RECOVERY: dict[ErrorType, str] = {
     ErrorType.CIRCUIT_OPEN: "The tool failed repeatedly and is paused; retry after the suggested delay.",
     ErrorType.ACTOR_RESTARTED: "The tool's worker restarted while the call ran; it is safe to retry now.",
     ErrorType.TOOL_FAILED: "The tool exceeded its restart limit and is disabled until an operator resets it.",
+    ErrorType.TOOL_DISABLED: "An operator has taken the tool out of service (the message says why); use another tool "
+    "or try again later.",
     ErrorType.CANCELLED: "The call was cancelled; resend it if the result is still wanted.",
     ErrorType.INTERNAL: "An internal error occurred; retry once, then report it with the correlation id.",
 }

@@ -18,6 +18,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+MAX_CONCURRENCY = 64
+"""The most runs one tool may have at once."""
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -78,7 +82,7 @@ class ToolSettings(Strict):
 
     binary: str
     enabled: bool = True
-    concurrency: int = Field(default=2, ge=1, le=64)
+    concurrency: int = Field(default=2, ge=1, le=MAX_CONCURRENCY)
     max_queue: int = Field(default=16, ge=0, le=10_000)
     timeout_sec: float = Field(default=300.0, gt=0)
     max_timeout_sec: float = Field(default=3600.0, gt=0)

@@ -30,7 +30,7 @@ from actors.prepare import PreparedCall
 from actors.reply import Reply
 from actors.results import CallOutcome, ErrorType
 from actors.runner import ProcessRun, RunRequest, RunResult
-from actors.settings import ToolSettings
+from actors.settings import MAX_CONCURRENCY, ToolSettings
 from actors.tools.base import ToolSpec
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class Call:
     on_spawn: Callable[[int, str | None], None] | None = None  # runner thread: the process (pid, HOME) exists
     on_reaped: Callable[[], None] | None = None  # runner thread: that process and its group are gone
     admitted_at: float = field(default_factory=time.monotonic)
+    # The incarnation the call was handed to; written by the slot that routes it, under its lock.
+    incarnation: int = 0
     # Written by the owning actor, read by the supervisor when that actor dies or hangs.
     started: bool = False
     run: ProcessRun | None = None
@@ -104,6 +106,21 @@ class Drain:
 
 
 @dataclass(frozen=True)
+class Configure:
+    """New limits from a reload (concurrency, queue, caps, breaker); running and queued calls go on."""
+
+    settings: ToolSettings
+
+
+@dataclass(frozen=True)
+class Disable:
+    """Taken out of service: answer the queue `tool_disabled` with `reason`, then drain like `Drain`."""
+
+    reason: str
+    reply: Reply[None]
+
+
+@dataclass(frozen=True)
 class Ping:
     reply: Reply[float]
 
@@ -154,7 +171,9 @@ class ToolActor(pykka.ThreadingActor):
         self.running: dict[str, _Running] = {}
         self.queue: OrderedDict[str, Call] = OrderedDict()
         self.draining: list[Reply[None]] = []
-        self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix=f"{self.name}-run")
+        self.disabled_reason: str | None = None  # set by Disable: what a late arrival is told
+        # Sized for the highest concurrency a reload may set; threads are made only as runs need them.
+        self._pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENCY, thread_name_prefix=f"{self.name}-run")
 
     # --- pykka hooks ------------------------------------------------------------
 
@@ -178,6 +197,10 @@ class ToolActor(pykka.ThreadingActor):
             case Drain(reply):
                 self.draining.append(reply)
                 self._maybe_drained()
+            case Configure(settings):
+                self._configure(settings)
+            case Disable(reason, reply):
+                self._disable(reason, reply)
             case Restart(reason):
                 raise OperatorRestart(reason)
             case _:
@@ -248,6 +271,9 @@ class ToolActor(pykka.ThreadingActor):
         if call.cancel_requested:
             self._refuse(call, ErrorType.CANCELLED, "the call was cancelled before it started")
             return
+        if self.disabled_reason is not None:
+            self._refuse(call, ErrorType.TOOL_DISABLED, self.disabled_reason)
+            return
         if self.draining:
             self._refuse(call, ErrorType.CANCELLED, f"{self.name} is stopping and admits no new calls")
             return
@@ -268,6 +294,21 @@ class ToolActor(pykka.ThreadingActor):
                 self.breaker.record_neutral(call.call_id)
             message = f"{self.name} is running {len(self.running)} calls with {len(self.queue)} queued, its limit"
             self._refuse(call, ErrorType.RESOURCE_EXHAUSTED, message, retry_after_sec=self._retry_hint())
+
+    def _configure(self, settings: ToolSettings) -> None:
+        """Limits change between calls: more room starts queued calls now; less lets running ones finish."""
+        self.settings = settings
+        self.breaker.configure(settings.breaker)
+        self._start_queued()
+
+    def _disable(self, reason: str, reply: Reply[None]) -> None:
+        """Out of service: the queue is answered now, running calls finish, then `reply` resolves."""
+        self.disabled_reason = reason
+        for call in self._take_queued():
+            self.breaker.record_neutral(call.call_id)
+            self._refuse(call, ErrorType.TOOL_DISABLED, reason)
+        self.draining.append(reply)
+        self._maybe_drained()
 
     def _refuse(self, call: Call, error_type: ErrorType, message: str, *, retry_after_sec: float | None = None) -> None:
         """Answer a call that will not run."""

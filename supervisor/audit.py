@@ -1,7 +1,8 @@
 """The audit log: who ran what against which target, and how it ended.
 
 One JSON object per line, appended, never rewritten, each naming its `event`: every answered call
-(refused ones too), every scan started, every cancel asked through the scans, every expiry. A thread
+(refused ones too), every scan started, every cancel asked through the scans, every expiry, every
+reload (applied or refused) and every tool an operator disabled or enabled. A thread
 of its own writes the lines, so neither an actor answering a call nor a caller ever waits on a disk.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from actors.api import Caller
 from actors.results import CallOutcome
 from supervisor.scans.records import ScanRecord
+from supervisor.status import ReloadAttempt
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,17 @@ def scans_expired_record(removed: list[tuple[str, str]]) -> dict[str, Any]:
     }
 
 
+def reload_record(attempt: ReloadAttempt) -> dict[str, Any]:
+    """The line for a reload, applied or refused: who, the config fingerprints, what changed (keys, never values)."""
+    return {"ts": _now(), "event": "config_reloaded" if attempt.ok else "config_reload_refused", **attempt.model_dump()}
+
+
+def tool_switched_record(tool: str, *, enabled: bool, by: str, reason: str | None) -> dict[str, Any]:
+    """The line for an operator taking a tool out of service or bringing it back."""
+    event = "tool_enabled" if enabled else "tool_disabled"
+    return {"ts": _now(), "event": event, "tool": tool, "by": by, "reason": reason}
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -117,6 +130,12 @@ class AuditLog:
 
     def scans_expired(self, removed: list[tuple[str, str]]) -> None:
         self._queue.put(scans_expired_record(removed))
+
+    def reloaded(self, attempt: ReloadAttempt) -> None:
+        self._queue.put(reload_record(attempt))
+
+    def tool_switched(self, tool: str, *, enabled: bool, by: str, reason: str | None = None) -> None:
+        self._queue.put(tool_switched_record(tool, enabled=enabled, by=by, reason=reason))
 
     def _write_all(self) -> None:
         while (item := self._queue.get()) is not _STOP:

@@ -22,7 +22,14 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, create_model, model_validator
-from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from actors.api import local_user
 from actors.settings import PolicySettings, Strict, ToolSettings
@@ -215,6 +222,19 @@ class ScansSettings(Strict):
         return self
 
 
+class ConfigSettings(Strict):
+    """How the daemon follows its own config file."""
+
+    # Reload when the file changes, as `labrecon reload` and SIGHUP do.
+    watch: bool = False
+
+
+class ReloadSettings(Strict):
+    # A tool a reload replaced (a new binary) or an operator disabled finishes its running calls within
+    # this; what still runs then is cancelled and answered.
+    drain_sec: float = Field(default=300.0, gt=0, le=86_400)
+
+
 class LoggingSettings(Strict):
     # Any case: operators write both `level = "debug"` and LABRECON_LOGGING__LEVEL=DEBUG.
     level: Annotated[str, BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value)] = Field(
@@ -222,6 +242,15 @@ class LoggingSettings(Strict):
     )
     # Append-only JSONL record of every call: who, what, against which target, how it ended.
     audit_path: Path | None = None
+
+
+class _Environment(EnvSettingsSource):
+    """LABRECON_* variables; LABRECON_CONFIG names the config file, so it is not read as the [config] table
+    (LABRECON_CONFIG__WATCH still is)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        value, key, complex_ = super().get_field_value(field, field_name)
+        return (None if field_name == "config" else value), key, complex_
 
 
 class Settings(BaseSettings):
@@ -242,6 +271,8 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     scans: ScansSettings = Field(default_factory=ScansSettings)
+    config: ConfigSettings = Field(default_factory=ConfigSettings)
+    reload: ReloadSettings = Field(default_factory=ReloadSettings)
 
     @model_validator(mode="after")
     def _faults_name_tools(self) -> Settings:
@@ -260,7 +291,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, InitSettingsSource(settings_cls, dict(_FILE_DATA.get())))
+        file_settings = InitSettingsSource(settings_cls, dict(_FILE_DATA.get()))
+        return (init_settings, _Environment(settings_cls), file_settings)
 
     def digest(self) -> str:
         """A short fingerprint of the effective config, for status pages and audit lines."""

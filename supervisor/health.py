@@ -33,7 +33,7 @@ class BinaryProbe:
     """Finds each tool's binary and asks its version, once, off the caller's thread; `close()` ends it."""
 
     def __init__(self, binaries: dict[str, tuple[str, tuple[str, ...]]]) -> None:
-        self._binaries = binaries
+        self.queries = binaries
         self.results: dict[str, dict[str, Any]] = {
             name: {"binary": binary, "found": False, "path": None, "version": None, "probed": False}
             for name, (binary, _) in binaries.items()
@@ -45,7 +45,7 @@ class BinaryProbe:
         self._thread.start()
 
     def _probe_all(self) -> None:
-        for name, (binary, version_argv) in self._binaries.items():
+        for name, (binary, version_argv) in self.queries.items():
             if self._closed.is_set():
                 return
             self.results[name] = probe_binary(binary, version_argv, started=self._track)
@@ -111,6 +111,15 @@ class HealthChecker:
     def close(self) -> None:
         self.binaries.close()
 
+    def reconfigure(self, settings: Settings, specs: Mapping[str, ToolSpec]) -> None:
+        """After a reload: new thresholds, and the serving tools' binaries probed anew (on the supervisor's thread)."""
+        self.thresholds = settings.health
+        self.problems = installation_problems(settings, specs)
+        queries = version_queries(settings, specs)
+        if queries != self.binaries.queries:
+            old, self.binaries = self.binaries, BinaryProbe(queries)
+            old.close()
+
     def evaluate(self, tools: dict[str, ToolStatus]) -> HealthStatus:
         t = self.thresholds
         checks = [self._system(t), self._process_check(t)]
@@ -123,9 +132,10 @@ class HealthChecker:
             data = {**info, "problems": list(problems)}
             checks.append(CheckResult(name=f"binary:{name}", ok=ok, critical=False, detail=detail, data=data))
         for name, tool in tools.items():
-            ok = tool.state == "running"
-            why = tool.failed_reason or tool.last_restart_reason or ""
-            detail = tool.state if ok else f"{tool.state}: {why}".rstrip(": ")
+            # A tool an operator or the config took out of service is not a fault.
+            ok = tool.state in ("running", "disabled")
+            why = tool.disabled_reason or tool.failed_reason or tool.last_restart_reason or ""
+            detail = "running" if tool.state == "running" else f"{tool.state}: {why}".rstrip(": ")
             checks.append(CheckResult(name=f"actor:{name}", ok=ok, critical=False, detail=detail))
             breaker_ok = tool.breaker.state == "closed"
             checks.append(CheckResult(name=f"breaker:{name}", ok=breaker_ok, critical=False, detail=tool.breaker.state))

@@ -107,6 +107,11 @@ class CallLedger:
         if self.observer is not None:
             self.observer.serving_changed(tool, True)
 
+    def serving_changed(self, tool: str, serving: bool) -> None:
+        """The tool was taken out of service, or brought back, by an operator or a reload."""
+        if self.observer is not None:
+            self.observer.serving_changed(tool, serving)
+
     def child_died(self, tool: str, reason: str, detail: str) -> None:
         """The serving incarnation died (`reason`: crash, hang or operator); what it held is no longer in flight."""
         tallies = self._tools[tool]

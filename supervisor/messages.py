@@ -6,7 +6,14 @@ an exception handling one goes back to the asker, while a bad event is logged an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actors.tools.base import ToolSpec
+    from supervisor.config import Settings
+    from supervisor.tool_changes import ToolChange
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,32 @@ class Control:
 
 
 @dataclass(frozen=True)
+class ChangeTools:
+    """Apply a reload's or an operator's tool changes, in order, as one message; `settings` is now in force."""
+
+    changes: tuple[ToolChange, ...]
+    settings: Settings | None = None  # None: an operator's switch, the config is unchanged
+    specs: Mapping[str, ToolSpec] | None = None  # the tools that serve now (their binaries are probed)
+
+
+@dataclass(frozen=True)
+class Retired:
+    """A retired incarnation has finished every call it held."""
+
+    tool: str
+    incarnation: int
+
+
+@dataclass(frozen=True)
+class RetireOver:
+    """A retired incarnation's drain time is over: cancel and answer what it still runs."""
+
+    tool: str
+    incarnation: int
+    drain_sec: float
+
+
+@dataclass(frozen=True)
 class GetStatus:
     pass
 
@@ -56,4 +89,4 @@ class FinishShutdown:
     """Every actor has stopped: answer whatever a dead or hung incarnation still held."""
 
 
-QUERIES = (GetStatus, GetMetrics, Control, BeginShutdown, FinishShutdown)
+QUERIES = (GetStatus, GetMetrics, Control, ChangeTools, BeginShutdown, FinishShutdown)

@@ -55,7 +55,8 @@ class Restarter:
     def start(self) -> None:
         """Start every tool's first incarnation, and the pings that look for hangs."""
         for slot in self.slots.values():
-            self.start_child(slot)
+            if slot.state != "disabled":
+                self.start_child(slot)
         self._ticker.start()
 
     def stop(self) -> None:
@@ -152,7 +153,10 @@ class Restarter:
         if delay <= 0:
             self.start_child(slot)
             return
-        message = StartChild(slot.name, slot.incarnation)
+        self.tell_later(delay, StartChild(slot.name, slot.incarnation))
+
+    def tell_later(self, delay: float, message: Any) -> threading.Timer:
+        """Send the supervisor `message` after `delay` seconds, unless stopped (or the timer cancelled) first."""
 
         def fire() -> None:
             self._timers.discard(timer)
@@ -163,6 +167,7 @@ class Restarter:
         timer.daemon = True
         self._timers.add(timer)
         timer.start()
+        return timer
 
     def _give_up(self, slot: ToolSlot, reason: str) -> None:
         slot.set_state("failed", reason)

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +40,37 @@ from actors.tools import TOOL_SPECS
 from actors.tools.base import ToolArguments, ToolSpec
 from actors.watchdog import Watchdog
 from supervisor.audit import AuditLog
-from supervisor.config import FaultSettings, Settings, settings_from
+from supervisor.config import CONFIG_ENV, ConfigError, FaultSettings, Settings, load_settings, settings_from
 from supervisor.metrics import ScanStoreCollector
+from supervisor.reload_plan import ReloadPlan, plan_reload
 from supervisor.scans.service import LiveScan, Scans
 from supervisor.scans.store import ScanStore, StoreClosed
 from supervisor.scope import with_scope
-from supervisor.status import ScanStoreStatus, Status
+from supervisor.slots import disabled_in_config
+from supervisor.status import ConfigStatus, ReloadAttempt, ScanStoreStatus, Status
 from supervisor.supervisor import Supervisor
+from supervisor.tool_changes import ToolChange
 
 logger = logging.getLogger(__name__)
 
 
+ConfigLike = Settings | Mapping[str, Any] | str | Path
+"""What a config may be given as: settings, a dict shaped like the TOML file, or a path to one."""
+
+
 class RuntimeStopped(RuntimeError):
     """An operator query (status, metrics, controls) reached a runtime that has stopped."""
+
+
+@dataclass(frozen=True)
+class InForce:
+    """The config calls are admitted under, swapped whole by a reload: a call reads it once."""
+
+    settings: Settings
+    policy: TargetPolicy
+    lookups: Lookups
+    serving: frozenset[str]  # the tools that take calls
+    tool_infos: tuple[ToolInfo, ...]  # what tools/list shows: the serving tools, each with the scope
 
 
 class Runtime:
@@ -69,23 +88,26 @@ class Runtime:
         resolver: Resolver | None = None,
         owns_process: bool = False,
         clock: Callable[[], float] = time.time,
+        source: Callable[[], Settings] | None = None,
+        source_name: str | None = None,
     ) -> None:
-        self.settings = settings
         self.owns_process = owns_process and set_subreaper(True)
         # Owning the process, the runtime also ends its runs if it is killed: a watchdog outlives it for that.
         self.watchdog = Watchdog() if self.owns_process else None
-        policy = TargetPolicy(settings.policy, resolver=resolver)
-        self.lookups = Lookups(
-            policy.resolver, timeout_sec=settings.policy.dns_timeout_sec, limit=settings.policy.dns_concurrency
-        )
-        # Blocking calls wait on a look-up here, at most its deadline; `acall` settles it first, on the loop.
-        self.policy = policy.with_resolver(self.lookups.resolve)
-        self.specs = {
-            name: TOOL_SPECS[name] for name, tool_settings in settings.tools.items() if tool_settings.enabled
-        }
-        # Schemas are derived from the specs once: they never change while the runtime lives.
-        # Each states the scope it may scan, so a model plans inside it instead of learning it from refusals.
-        self._tool_infos = [with_scope(spec.info(), settings.policy) for spec in self.specs.values()]
+        self._resolver = resolver
+        self._clock = clock
+        # Every tool the config names has a slot, serving or not: a reload or an operator may switch it.
+        self.specs = {name: TOOL_SPECS[name] for name, _ in settings.tools.items()}
+        self._operator_disabled: dict[str, str] = {}  # tool -> what its callers are told
+        self._in_force = self._config_in_force(settings, None)
+        self.config = ConfigStatus(digest=settings.digest(), source=source_name, loaded_at=clock())
+        self._source = source
+        # One reload or switch at a time; calls are admitted under one config, never half of a reload.
+        self._reload_lock = threading.Lock()
+        self._admission = threading.Lock()
+        self._reload_checks: list[Callable[[Settings], None]] = []
+        self._tools_listeners: list[Callable[[], None]] = []
+        self._reload_listeners: list[Callable[[Settings, Settings], None]] = []
         self.audit = AuditLog(settings.logging.audit_path) if settings.logging.audit_path else None
         self.scans = Scans(
             ScanStore(settings.scans.path, daemon=_this_process()),
@@ -110,6 +132,37 @@ class Runtime:
         self.escalated = threading.Event()
         self.escalation_reason: str | None = None
 
+    @property
+    def settings(self) -> Settings:
+        """The settings in force: those the runtime started with, or the last reload's."""
+        return self._in_force.settings
+
+    @property
+    def policy(self) -> TargetPolicy:
+        """The target policy in force (names are looked up on the look-up threads, within their deadline)."""
+        return self._in_force.policy
+
+    @property
+    def lookups(self) -> Lookups:
+        return self._in_force.lookups
+
+    def _config_in_force(self, settings: Settings, before: InForce | None) -> InForce:
+        """What calls are admitted under: the settings, the policy and look-ups built from them, the tool list."""
+        lookups = before.lookups if before is not None else None
+        dns = settings.policy
+        if lookups is None or (lookups.timeout_sec, lookups.limit) != (dns.dns_timeout_sec, dns.dns_concurrency):
+            policy = TargetPolicy(dns, resolver=self._resolver)
+            lookups = Lookups(policy.resolver, timeout_sec=dns.dns_timeout_sec, limit=dns.dns_concurrency)
+        # Blocking calls wait on a look-up here, at most its deadline; `acall` settles it first, on the loop.
+        policy = TargetPolicy(dns, resolver=lookups.resolve)
+        serving = frozenset(
+            name for name, tool in settings.tools.items()
+            if name in self.specs and tool.enabled and name not in self._operator_disabled
+        )
+        # Each scanner states the scope it may scan, so a model plans inside it instead of learning it from refusals.
+        infos = tuple(with_scope(self.specs[name].info(), settings.policy) for name in self.specs if name in serving)
+        return InForce(settings, policy, lookups, serving, infos)
+
     # --- life -------------------------------------------------------------------
 
     @classmethod
@@ -130,7 +183,11 @@ class Runtime:
         runtime makes it one (Linux), starts a watchdog process that ends the
         runs should this process be killed, and `stop` ends every child left.
         """
-        return cls(settings_from(config), resolver=resolver, owns_process=owns_process, clock=clock)
+        source, source_name = _source_of(config)
+        return cls(
+            settings_from(config), resolver=resolver, owns_process=owns_process, clock=clock,
+            source=source, source_name=source_name,
+        )
 
     def stop(self, grace: float = 10.0) -> None:
         """Admit nothing new, let running calls finish within `grace` seconds, then end them.
@@ -165,7 +222,7 @@ class Runtime:
     # --- the tool surface -------------------------------------------------------
 
     def list_tools(self) -> list[ToolInfo]:
-        return list(self._tool_infos)
+        return list(self._in_force.tool_infos)
 
     def call(
         self,
@@ -182,9 +239,7 @@ class Runtime:
         `cancelled` answer returned, so nothing is left running behind the caller.
         """
         reply: ThreadReply[CallOutcome] = ThreadReply()
-        call_id, _, early = self._submit(
-            tool, arguments, reply, self.policy, call_id=call_id, progress=None, caller=caller
-        )
+        call_id, _, early = self._submit(tool, arguments, reply, None, call_id=call_id, progress=None, caller=caller)
         if early is not None:
             return early
         try:
@@ -224,12 +279,12 @@ class Runtime:
         Awaiting `outcome` is optional: the scan runs on whether anyone waits, and `scans` reads it
         back by id. Cancel it with `cancel(call_id)` (or `scans.cancel`).
         """
-        policy, validated = await self._looked_up(self._spec(tool), arguments)
+        looked_up, validated = await self._looked_up(self._spec(tool), arguments)
         loop = asyncio.get_running_loop()
         reply: AsyncReply[CallOutcome] = AsyncReply(loop)
         sink = _on_loop(loop, progress) if progress is not None else None
         call_id, scan_id, early = self._submit(
-            tool, arguments, reply, policy, call_id=call_id, progress=sink, caller=caller, validated=validated
+            tool, arguments, reply, looked_up, call_id=call_id, progress=sink, caller=caller, validated=validated
         )
         if early is not None:
             reply.resolve(early)
@@ -255,10 +310,152 @@ class Runtime:
                 )
 
     def status(self) -> Status:
-        """The supervisor's snapshot of the tools, with the scan store's numbers beside it."""
+        """The supervisor's snapshot of the tools, with the scan store's numbers and the config beside it."""
         self._check_running()
         scans = self._scan_store_status()
-        return self.supervisor.status().model_copy(update={"scans": scans})
+        return self.supervisor.status().model_copy(update={"scans": scans, "config": self.config})
+
+    # --- live configuration ---------------------------------------------------------
+
+    def reload(self, config: ConfigLike | None = None, *, by: str = "operator") -> ReloadAttempt:
+        """Read and validate a whole new config, then put it in force at once; returns what changed.
+
+        `config` defaults to where the runtime's config came from (its file, re-read). A config that
+        does not validate changes nothing: `ConfigError` names the key, and status keeps the attempt.
+        Calls already admitted keep the config they were admitted under; a tool whose binary changed
+        gets a new incarnation while the old one finishes its calls (`[reload] drain_sec`); keys that
+        cannot change while serving are reported in `needs_restart` and keep their running values.
+        """
+        with self._reload_lock:
+            self._check_running()
+            started, old = time.monotonic(), self.settings
+            try:
+                new = self._read_config(config)
+                for check in self._reload_checks:
+                    check(new)
+            except ConfigError as exc:
+                failed = ReloadAttempt(at=self._clock(), by=by, ok=False, old_digest=old.digest(), error=str(exc))
+                self.config = self.config.model_copy(update={"last_failure": failed})
+                self._audit_reload(failed)
+                raise
+            plan = plan_reload(old, new, self._operator_disabled)
+            self._put_in_force(plan.settings, self._tool_changes(plan))
+            attempt = _applied(plan, old, by=by, at=self._clock(), took_sec=time.monotonic() - started)
+            self.config = self.config.model_copy(
+                update={
+                    "digest": attempt.new_digest,
+                    "loaded_at": attempt.at,
+                    "reloads": self.config.reloads + 1,
+                    "last_reload": attempt,
+                    "needs_restart": sorted(set(plan.needs_restart)),
+                }
+            )
+            self._audit_reload(attempt)
+        for listener in list(self._reload_listeners):
+            _notify(listener, old, plan.settings)
+        logger.info(
+            "configuration reloaded",
+            extra={"by": by, "digest": attempt.new_digest, "changed": attempt.changed, "later": attempt.needs_restart},
+        )
+        return attempt
+
+    def disable_tool(self, tool: str, reason: str = "", *, by: str = "operator") -> str:
+        """Take a tool out of service until `enable_tool`: it is no longer listed, new calls are answered
+        `tool_disabled` with the reason, its queued calls too; its running calls finish. A reload keeps it so."""
+        self._spec(tool)
+        with self._reload_lock:
+            self._check_running()
+            if tool in self._operator_disabled:
+                return f"{tool} is already disabled"
+            told = f"{tool} was disabled by {by}" + (f": {reason}" if reason else "")
+            self._operator_disabled[tool] = told
+            settings = self.settings
+            was_serving = tool in self._in_force.serving
+            changes = [ToolChange(tool, "disable", getattr(settings.tools, tool), told)] if was_serving else []
+            self._put_in_force(settings, changes, digest_unchanged=True)
+            if self.audit is not None:
+                self.audit.tool_switched(tool, enabled=False, by=by, reason=reason or None)
+        logger.info("tool disabled", extra={"tool": tool, "by": by, "reason": reason})
+        return f"{tool} disabled; its running calls finish" if was_serving else f"{tool} disabled"
+
+    def enable_tool(self, tool: str, *, by: str = "operator") -> str:
+        """Bring back a tool an operator disabled; one the config disables stays disabled (the config says so)."""
+        self._spec(tool)
+        with self._reload_lock:
+            self._check_running()
+            if self._operator_disabled.pop(tool, None) is None:
+                return f"{tool} is not disabled by an operator" + (
+                    "" if getattr(self.settings.tools, tool).enabled else f"; {disabled_in_config(tool)}"
+                )
+            settings = self.settings
+            tool_settings = getattr(settings.tools, tool)
+            changes = [ToolChange(tool, "enable", tool_settings)] if tool_settings.enabled else []
+            self._put_in_force(settings, changes, digest_unchanged=True)
+            if self.audit is not None:
+                self.audit.tool_switched(tool, enabled=True, by=by)
+        logger.info("tool enabled", extra={"tool": tool, "by": by})
+        if not tool_settings.enabled:
+            return f"{tool} is no longer disabled by an operator, but {disabled_in_config(tool)}"
+        return f"{tool} enabled"
+
+    def on_tools_changed(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` (on the changing thread) whenever `list_tools()` changes; returns the unsubscribe."""
+        self._tools_listeners.append(listener)
+        return lambda: _discard(self._tools_listeners, listener)
+
+    def on_reloaded(self, listener: Callable[[Settings, Settings], None]) -> Callable[[], None]:
+        """Call `listener(old, new)` after each applied reload; returns the unsubscribe."""
+        self._reload_listeners.append(listener)
+        return lambda: _discard(self._reload_listeners, listener)
+
+    def add_reload_check(self, check: Callable[[Settings], None]) -> None:
+        """A check a new config must pass before it is put in force (it raises `ConfigError`)."""
+        self._reload_checks.append(check)
+
+    def _tool_changes(self, plan: ReloadPlan) -> list[ToolChange]:
+        tools = plan.settings.tools
+        return [
+            ToolChange(tool, kind, getattr(tools, tool), self._why_disabled_by(tool, plan.settings))
+            for tool, kind in plan.tools.items()
+        ]
+
+    def _read_config(self, config: ConfigLike | None) -> Settings:
+        if config is not None:
+            return settings_from(config)
+        if self._source is None:
+            raise ConfigError("this runtime was started from settings, not a file: pass the new settings to reload")
+        return self._source()
+
+    def _put_in_force(self, settings: Settings, changes: list[ToolChange], *, digest_unchanged: bool = False) -> None:
+        """The supervisor first, then the config calls are admitted under; then whoever lists tools is told.
+
+        In that order a call never meets a tool half-switched: until the swap, a newly enabled tool is
+        still refused here, and a newly disabled one is refused by its slot.
+        """
+        before = self._in_force
+        specs = {
+            name: spec for name, spec in self.specs.items()
+            if getattr(settings.tools, name).enabled and name not in self._operator_disabled
+        }
+        if changes or not digest_unchanged:
+            self.supervisor.change_tools(changes, None if digest_unchanged else settings, specs)
+        self._in_force = self._config_in_force(settings, before)
+        if self._in_force.tool_infos != before.tool_infos:
+            for listener in list(self._tools_listeners):
+                _notify(listener)
+
+    def _why_disabled(self, tool: str) -> str:
+        return self._why_disabled_by(tool, self.settings)
+
+    def _why_disabled_by(self, tool: str, settings: Settings) -> str:
+        told = self._operator_disabled.get(tool)
+        if told is not None:
+            return told
+        return disabled_in_config(tool) if not getattr(settings.tools, tool).enabled else ""
+
+    def _audit_reload(self, attempt: ReloadAttempt) -> None:
+        if self.audit is not None:
+            self.audit.reloaded(attempt)
 
     def _scan_store_status(self) -> ScanStoreStatus:
         try:
@@ -321,56 +518,56 @@ class Runtime:
 
     async def _looked_up(
         self, spec: ToolSpec, arguments: Mapping[str, Any]
-    ) -> tuple[TargetPolicy, ToolArguments | None]:
-        """The policy for one call from asyncio, with its target's look-up (if any) already settled.
+    ) -> tuple[LookedUp | None, ToolArguments | None]:
+        """The look-up one call from asyncio needs, settled, and its validated arguments.
 
         A call that will be refused anyway (the runtime stopping, arguments that do not validate) looks
         nothing up: names are resolved only for calls that may run.
         """
         if self._stopped or not isinstance(arguments, Mapping):
-            return self.policy, None
+            return None, None
         try:
             validated = spec.validate_arguments(arguments)  # once: the call is prepared from this
         except InvalidCall:
-            return self.policy, None
-        name = self.policy.lookup_name(validated.target)
+            return None, None
+        live = self._in_force
+        name = live.policy.lookup_name(validated.target)
         if name is None:
-            return self.policy, validated
-        lookup = self.lookups.start(name)
+            return None, validated
+        lookup = live.lookups.start(name)
         await lookup.settled()
-        return self.policy.with_resolver(lookup.answer), validated
+        return LookedUp(name, lookup.answer), validated
 
     def _submit(
         self,
         tool: str,
         arguments: Mapping[str, Any],
         reply: Reply[CallOutcome],
-        policy: TargetPolicy,
+        looked_up: LookedUp | None,
         *,
         call_id: str | None,
         progress: ProgressSink | None,
         caller: Caller | None,
         validated: ToolArguments | None = None,
     ) -> tuple[str, str | None, CallOutcome | None]:
-        """Admit a call, or refuse it; (call id, scan id, the refusal's answer or None)."""
+        """Admit a call under the config in force, or refuse it; (call id, scan id, the refusal's answer or None)."""
         spec = self._spec(tool)
         call_id = call_id or uuid.uuid4().hex
         caller = caller or Caller.local()
         if self._stopped:
             return call_id, None, CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, "the runtime is stopping")
+        live = self._in_force  # read once: this call is checked and prepared under one config
+        if tool not in live.serving:
+            return self._refused(tool, call_id, caller, arguments, ErrorType.TOOL_DISABLED, self._why_disabled(tool))
         try:
-            prepared = self._prepare(spec, validated or arguments, policy)
+            policy = _policy_for(live.policy, validated, looked_up)
+            prepared = self._prepare(spec, validated or arguments, policy, live.settings)
             with self._calls_lock:
                 if call_id in self._calls:
                     raise InvalidCall(f"call id {call_id!r} is already in use by a call in flight", field="call_id")
                 self._calls[call_id] = tool
         except InvalidCall as exc:
-            self.supervisor.record_refusal(tool, ErrorType.VALIDATION)
-            refused = CallOutcome.failure(tool, call_id, ErrorType.VALIDATION, str(exc))
-            if self.audit is not None:
-                given = dict(arguments) if isinstance(arguments, Mapping) else None
-                self.audit.record(refused, caller=caller, arguments=given)
-            return call_id, self.scans.refused(caller, tool, arguments, refused), refused
+            return self._refused(tool, call_id, caller, arguments, ErrorType.VALIDATION, str(exc))
         try:
             scan = self.scans.open(
                 caller, tool, call_id, arguments,
@@ -392,12 +589,33 @@ class Runtime:
         self.supervisor.submit(call)
         return call_id, scan.record.scan_id, None
 
+    def _refused(
+        self,
+        tool: str,
+        call_id: str,
+        caller: Caller,
+        arguments: Mapping[str, Any],
+        error_type: ErrorType,
+        message: str,
+    ) -> tuple[str, str | None, CallOutcome]:
+        """A call answered before it reached any actor: counted, audited and stored as a finished scan."""
+        self.supervisor.record_refusal(tool, error_type)
+        refused = CallOutcome.failure(tool, call_id, error_type, message)
+        if self.audit is not None:
+            given = dict(arguments) if isinstance(arguments, Mapping) else None
+            self.audit.record(refused, caller=caller, arguments=given)
+        return call_id, self.scans.refused(caller, tool, arguments, refused), refused
+
     def _prepare(
-        self, spec: ToolSpec, arguments: Mapping[str, Any] | ToolArguments, policy: TargetPolicy
+        self,
+        spec: ToolSpec,
+        arguments: Mapping[str, Any] | ToolArguments,
+        policy: TargetPolicy,
+        settings: Settings,
     ) -> PreparedCall:
         if not isinstance(arguments, Mapping | ToolArguments):
             raise InvalidCall("arguments must be an object", field="arguments")
-        return prepare_call(spec, arguments, settings=getattr(self.settings.tools, spec.name), policy=policy)
+        return prepare_call(spec, arguments, settings=getattr(settings.tools, spec.name), policy=policy)
 
     def _spawned(self, scan: LiveScan, pid: int, home: str | None) -> None:
         """Runner thread: a run's process group exists; the store and the watchdog learn where it is."""
@@ -419,6 +637,61 @@ class Runtime:
         self.scans.finished(scan, outcome)
         if self.audit is not None:
             self.audit.record(outcome, caller=caller)
+
+
+def _source_of(config: ConfigLike | None) -> tuple[Callable[[], Settings] | None, str | None]:
+    """Where a reload re-reads the config from: the file (or $LABRECON_CONFIG) it came from; nowhere for objects."""
+    if isinstance(config, str | Path):
+        return (lambda: load_settings(config)), str(config)
+    if config is None:
+        return (lambda: load_settings(None)), os.environ.get(CONFIG_ENV) or None
+    return None, None
+
+
+def _applied(plan: ReloadPlan, old: Settings, *, by: str, at: float, took_sec: float) -> ReloadAttempt:
+    return ReloadAttempt(
+        at=at,
+        by=by,
+        ok=True,
+        old_digest=old.digest(),
+        new_digest=plan.settings.digest(),
+        changed=list(plan.applied),
+        needs_restart=list(plan.needs_restart),
+        tools=dict(plan.tools),
+        took_sec=round(took_sec, 6),
+    )
+
+
+def _notify(listener: Callable[..., None], *args: Any) -> None:
+    """A listener that fails is logged; the change it was told of stands."""
+    try:
+        listener(*args)
+    except Exception:
+        logger.exception("a config listener failed")
+
+
+def _discard(listeners: list[Any], listener: Any) -> None:
+    with contextlib.suppress(ValueError):
+        listeners.remove(listener)
+
+
+@dataclass(frozen=True)
+class LookedUp:
+    """The name a call's target needed, looked up before the call was admitted, and the answer."""
+
+    name: str
+    answer: Resolver
+
+
+def _policy_for(policy: TargetPolicy, validated: ToolArguments | None, looked_up: LookedUp | None) -> TargetPolicy:
+    """`policy`, asking the settled look-up for the name it needs.
+
+    A reload between the look-up and the admission may change what the target needs; then the policy
+    in force asks its own look-ups, within their deadline.
+    """
+    if looked_up is None or validated is None or policy.lookup_name(validated.target) != looked_up.name:
+        return policy
+    return policy.with_resolver(looked_up.answer)
 
 
 def _this_process() -> tuple[int, int, str]:

@@ -44,7 +44,7 @@ def shut_down(
     _stop_actors(refs, timeout=max(slot.settings.kill_grace_sec for slot in slots.values()) + 5.0)
     # No incarnation touches its calls any more, not even one that wakes from a hang.
     for slot in slots.values():
-        slot.retired.set()
+        slot.retire_all()
     # The supervisor answers whatever the stopped, dead or hung incarnations still held.
     supervisor.ask(FinishShutdown(), block=True)
     # The background health probes end.
@@ -57,9 +57,7 @@ def stop_serving(slots: dict[str, ToolSlot], answer: AnswerCall) -> ActorRefs:
     """On the supervisor's thread: stop every slot, answer its stash; returns the actors to drain."""
     refs = []
     for slot in slots.values():
-        ref = slot.stop()
-        if ref is not None:
-            refs.append(ref)
+        refs.extend(slot.stop())
         for call in slot.take_stash():
             answer(call, call.failure(ErrorType.CANCELLED, "the runtime is stopping"))
     return refs

@@ -1,13 +1,17 @@
 """A tool's routing slot: which incarnation serves it, and every call in its hands.
 
 Callers route straight to the current tool actor through the slot, so the slot is what both sides
-touch, under its own lock. Every call handed to an incarnation stays in `pending` until answered:
-when that incarnation crashes or hangs, what it held is answered or stashed for the next one.
+touch, under its own lock. Every call handed to an incarnation stays in `pending`, marked with that
+incarnation, until answered: when the incarnation crashes or hangs, what it held is answered or
+stashed for the next one. A reload or an operator may retire the serving incarnation while it still
+runs calls (`retiring`): it finishes them while new calls go to its successor, or nowhere when the
+tool is disabled.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,14 +21,14 @@ import pykka
 
 from actors.breaker import CircuitBreaker
 from actors.reply import ThreadReply
-from actors.results import CallOutcome
+from actors.results import CallOutcome, ErrorType
 from actors.settings import ToolSettings
 from actors.tool import Call, Submit
 from actors.tools.base import ToolSpec
 from supervisor.config import Settings
 from supervisor.restarts import RestartPolicy, RestartType
 
-SlotState = Literal["running", "restarting", "failed", "stopped"]
+SlotState = Literal["running", "restarting", "failed", "disabled", "stopped"]
 
 AnswerCall = Callable[[Call, CallOutcome], None]
 """Answer a call the slot held, and count it, unless somebody answered it already."""
@@ -45,6 +49,17 @@ class Refusal:
     reason: str | None
 
 
+@dataclass
+class Retiring:
+    """An incarnation taken out of service that still finishes the calls it holds."""
+
+    incarnation: int
+    ref: pykka.ActorRef[Any]
+    retired: threading.Event
+    why: str  # "replaced" or "disabled"
+    timer: threading.Timer | None = None  # its drain deadline
+
+
 class ToolSlot:
     def __init__(
         self, name: str, spec: ToolSpec, settings: ToolSettings, policy: RestartPolicy, breaker: CircuitBreaker
@@ -61,7 +76,9 @@ class ToolSlot:
         self.retired = threading.Event()
         self.pending: dict[str, Call] = {}
         self.stash: deque[Call] = deque()
-        self.failed_reason: str | None = None
+        self.reason: str | None = None  # why the slot is failed or disabled
+        self.disabled_since: float | None = None  # wall-clock time, while disabled
+        self.retiring: dict[int, Retiring] = {}
         self.restart_requested = False  # the next death is an operator's restart, not a crash
         self.ping: ThreadReply[float] | None = None  # the last ping sent to the serving incarnation
         self.ping_sent_at = 0.0
@@ -77,7 +94,20 @@ class ToolSlot:
                 self._watch(call)
                 self.stash.append(call)
                 return None
-            return Refusal(self.state, self.failed_reason)
+            return Refusal(self.state, self.reason)
+
+    def reroute(self, call: Call) -> bool:
+        """Hand a call a retired incarnation never started to whoever serves now; False if nobody does."""
+        with self.lock:
+            if self.state == "running":
+                self._hand_over(call)
+                return True
+            if self.state == "restarting":
+                self.pending.pop(call.call_id, None)
+                self.stash.append(call)
+                return True
+            self.pending.pop(call.call_id, None)
+            return False
 
     def _watch(self, call: Call) -> None:
         """Once a call is answered, it is no longer pending with any incarnation."""
@@ -89,6 +119,7 @@ class ToolSlot:
         call.reply.on_resolved(forget)
 
     def _hand_over(self, call: Call) -> None:
+        call.incarnation = self.incarnation
         self.pending[call.call_id] = call
         try:
             assert self.ref is not None
@@ -107,7 +138,7 @@ class ToolSlot:
                 return False
             self.ref, self.incarnation, self.retired = ref, incarnation, retired
             self.state = "running"
-            self.failed_reason = None
+            self.reason = None
             self.ping = None
             waiting, self.stash = list(self.stash), deque()
             for call in waiting:
@@ -127,8 +158,7 @@ class ToolSlot:
                 return None
             self.retired.set()
             self.state = "restarting"
-            held, self.pending = list(self.pending.values()), {}
-            for call in held:
+            for call in self._take_held(incarnation):
                 if call.reply.done:
                     continue
                 if call.cancel_requested:
@@ -141,12 +171,81 @@ class ToolSlot:
             self.stash.extendleft(reversed(swept.requeued))
         return swept
 
-    def stop(self) -> pykka.ActorRef[Any] | None:
-        """Serve no more; returns the incarnation to drain, if one is serving."""
+    def _take_held(self, incarnation: int) -> list[Call]:
+        """Take the calls `incarnation` holds out of `pending`."""
+        held = [call for call in self.pending.values() if call.incarnation == incarnation]
+        for call in held:
+            del self.pending[call.call_id]
+        return held
+
+    # --- taking an incarnation out of service ---------------------------------------
+
+    def retire(self, why: str) -> Retiring | None:
+        """Take the serving incarnation out of service; it keeps what it holds and gets nothing new.
+
+        The slot is left `restarting` (new calls wait in the stash) until a successor is installed or
+        the slot is disabled. None when no incarnation serves.
+        """
         with self.lock:
-            serving = self.state == "running"
+            if self.state != "running" or self.ref is None:
+                return None
+            retiring = Retiring(self.incarnation, self.ref, self.retired, why)
+            self.retiring[self.incarnation] = retiring
+            self.state = "restarting"
+            self.ref, self.retired = None, threading.Event()
+            return retiring
+
+    def take_retiring(self, incarnation: int) -> tuple[Retiring, list[Call]] | None:
+        """Forget a retired incarnation; returns it with the unanswered calls it still held."""
+        with self.lock:
+            retiring = self.retiring.pop(incarnation, None)
+            if retiring is None:
+                return None
+            held = [call for call in self._take_held(incarnation) if not call.reply.done]
+            return retiring, held
+
+    def disable(self, reason: str, since: float) -> list[Call]:
+        """Out of service until enabled: route refuses with `reason`; returns the stash to answer."""
+        with self.lock:
+            self.state = "disabled"
+            self.reason = reason
+            self.disabled_since = since
+            taken, self.stash = list(self.stash), deque()
+            return taken
+
+    def enable(self) -> bool:
+        """Back in service: the next incarnation may start; False if the slot was not disabled."""
+        with self.lock:
+            if self.state != "disabled":
+                return False
+            self.state = "restarting"
+            self.reason = None
+            self.disabled_since = None
+            return True
+
+    def configure(self, settings: ToolSettings) -> None:
+        """New settings from a reload: the next incarnation starts with them, the restart type applies now."""
+        with self.lock:
+            self.settings = settings
+            self.policy.restart_type = RestartType(settings.restart)
+
+    def stop(self) -> list[pykka.ActorRef[Any]]:
+        """Serve no more; returns the incarnations to drain: the serving one and those retiring."""
+        with self.lock:
+            refs = [retiring.ref for retiring in self.retiring.values()]
+            if self.state == "running" and self.ref is not None:
+                refs.append(self.ref)
             self.state = "stopped"
-            return self.ref if serving else None
+            return refs
+
+    def retire_all(self) -> None:
+        """Every incarnation, retiring ones included, stops touching its calls."""
+        with self.lock:
+            self.retired.set()
+            for retiring in self.retiring.values():
+                retiring.retired.set()
+                if retiring.timer is not None:
+                    retiring.timer.cancel()
 
     def take_pending(self) -> list[Call]:
         with self.lock:
@@ -174,12 +273,13 @@ class ToolSlot:
             if pending is None:
                 return None, None
             pending.cancel_requested = True  # if the incarnation dies first, the sweep answers it
-            return None, self.ref
+            retiring = self.retiring.get(pending.incarnation)
+            return None, retiring.ref if retiring is not None else self.ref
 
     def set_state(self, state: SlotState, reason: str | None = None) -> None:
         with self.lock:
             self.state = state
-            self.failed_reason = reason
+            self.reason = reason
 
 
 def build_slots(
@@ -199,8 +299,27 @@ def build_slots(
             backoff_reset_sec=sup.backoff_reset_sec,
         )
         breaker = CircuitBreaker(tool_settings.breaker, clock=clock)
-        slots[name] = ToolSlot(name, spec, tool_settings, policy, breaker)
+        slot = slots[name] = ToolSlot(name, spec, tool_settings, policy, breaker)
+        if not tool_settings.enabled:
+            slot.disable(disabled_in_config(name), time.time())
     return slots
+
+
+def refusal_outcome(call: Call, state: SlotState, reason: str | None) -> CallOutcome:
+    """The answer to a call a slot in `state` does not take."""
+    tool = call.prepared.tool
+    if state == "failed":
+        return call.failure(ErrorType.TOOL_FAILED, failed_message(tool, reason or "restart limit"))
+    if state == "disabled":
+        return call.failure(ErrorType.TOOL_DISABLED, reason or f"{tool} is disabled")
+    if state == "stopped":
+        return call.failure(ErrorType.CANCELLED, "the runtime is stopping")
+    message = f"{tool} is restarting and its waiting room is full"
+    return call.failure(ErrorType.RESOURCE_EXHAUSTED, message, retry_after_sec=1.0)
+
+
+def disabled_in_config(tool: str) -> str:
+    return f"{tool} is disabled in the configuration (tools.{tool}.enabled = false)"
 
 
 def failed_message(tool: str, reason: str) -> str:

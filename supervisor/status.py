@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-ToolState = Literal["running", "restarting", "failed", "stopped"]
+ToolState = Literal["running", "restarting", "failed", "disabled", "stopped"]
 
 
 class BreakerStatus(BaseModel):
@@ -27,6 +27,10 @@ class ToolStatus(BaseModel):
     restarts: int
     last_restart_reason: str | None = None
     failed_reason: str | None = None
+    # Out of service by an operator or the config: why, and since when (Unix time).
+    disabled_reason: str | None = None
+    disabled_since: float | None = None
+    retiring: int = 0  # earlier incarnations still finishing their calls after a reload or a disable
     breaker: BreakerStatus
     in_flight: int
     queued: int
@@ -68,6 +72,31 @@ class ScanStoreStatus(BaseModel):
     expired_total: int  # removed by age or count since the runtime started
 
 
+class ReloadAttempt(BaseModel):
+    """One reload, applied or refused; a refused one changed nothing."""
+
+    at: float  # Unix time
+    by: str  # who asked: an owner, "SIGHUP", "file watcher", ...
+    ok: bool
+    old_digest: str
+    new_digest: str | None = None  # the config it put in force (None when refused)
+    changed: list[str] = Field(default_factory=list)  # keys applied now
+    needs_restart: list[str] = Field(default_factory=list)  # keys changed in the file, kept until a restart
+    tools: dict[str, str] = Field(default_factory=dict)  # tool -> limits | replace | disable | enable
+    error: str | None = None  # why it was refused, naming the key
+    took_sec: float = 0.0
+
+
+class ConfigStatus(BaseModel):
+    digest: str  # of the config in force
+    source: str | None = None  # the file it is read from, when there is one
+    loaded_at: float  # Unix time it came into force
+    reloads: int = 0  # applied since start
+    last_reload: ReloadAttempt | None = None
+    last_failure: ReloadAttempt | None = None
+    needs_restart: list[str] = Field(default_factory=list)  # keys the file changed that wait for a restart
+
+
 class Status(BaseModel):
     runtime: RuntimeInfo
     tools: dict[str, ToolStatus]
@@ -75,3 +104,4 @@ class Status(BaseModel):
     health: HealthStatus
     sessions: dict[str, int] = Field(default_factory=dict)
     scans: ScanStoreStatus | None = None  # filled by the runtime, which owns the store
+    config: ConfigStatus | None = None  # filled by the runtime, which owns the config in force

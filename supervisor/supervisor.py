@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import pykka
 from prometheus_client.registry import Collector
@@ -20,11 +20,17 @@ from actors.tools.base import ToolSpec
 from supervisor.config import FaultSettings, Settings
 from supervisor.faults import FaultPlan
 from supervisor.health import HealthChecker
-from supervisor.messages import Control, GetMetrics, GetStatus, Refused
+from supervisor.messages import ChangeTools, Control, GetMetrics, GetStatus, Refused
 from supervisor.shutdown import shut_down
-from supervisor.slots import Refusal, build_slots, failed_message
+from supervisor.slots import Refusal, build_slots, refusal_outcome
 from supervisor.status import Status
 from supervisor.supervisor_actor import SupervisorActor
+from supervisor.tool_changes import ToolChange
+
+
+def serving_specs(settings: Settings, specs: Mapping[str, ToolSpec]) -> dict[str, ToolSpec]:
+    """The tools the config enables."""
+    return {name: spec for name, spec in specs.items() if getattr(settings.tools, name).enabled}
 
 
 class Supervisor:
@@ -41,7 +47,7 @@ class Supervisor:
         self.plan = FaultPlan(settings.faults)
         self.slots = build_slots(settings, specs, clock)  # shared with the actor; thread-safe
         self.stash_limit = settings.supervisor.stash_limit
-        self.health = HealthChecker(settings, specs)
+        self.health = HealthChecker(settings, serving_specs(settings, specs))
         self.ref = SupervisorActor.start(
             settings, specs, self.slots, self.plan, self.health, on_escalate=on_escalate, clock=clock,
             collectors=collectors,
@@ -57,15 +63,8 @@ class Supervisor:
 
     def _refuse(self, call: Call, refusal: Refusal) -> None:
         tool = call.prepared.tool
-        retry_after_sec = None
-        if refusal.state == "failed":
-            error_type, message = ErrorType.TOOL_FAILED, failed_message(tool, refusal.reason or "restart limit")
-        elif refusal.state == "stopped":
-            error_type, message = ErrorType.CANCELLED, "the runtime is stopping"
-        else:
-            error_type, message = ErrorType.RESOURCE_EXHAUSTED, f"{tool} is restarting and its waiting room is full"
-            retry_after_sec = 1.0
-        outcome = call.failure(error_type, message, retry_after_sec=retry_after_sec)
+        outcome = refusal_outcome(call, refusal.state, refusal.reason)
+        error_type = outcome.error.error_type if outcome.error is not None else ErrorType.INTERNAL
         call.reply.resolve(outcome, before=lambda _outcome: self.record_refusal(tool, error_type))
 
     def record_refusal(self, tool: str, error_type: ErrorType) -> None:
@@ -100,6 +99,16 @@ class Supervisor:
         if tool not in self.slots:
             raise KeyError(tool)
         return self.ref.ask(Control(action, tool), block=True, timeout=timeout)
+
+    def change_tools(
+        self,
+        changes: Sequence[ToolChange],
+        settings: Settings | None = None,
+        specs: Mapping[str, ToolSpec] | None = None,
+        timeout: float | None = 10.0,
+    ) -> None:
+        """Apply tool changes as one supervisor message; with `settings`, they are the config in force."""
+        self.ref.ask(ChangeTools(tuple(changes), settings, specs), block=True, timeout=timeout)
 
     def inject(self, fault: FaultSettings) -> int:
         if fault.tool not in self.slots:

@@ -29,11 +29,14 @@ from supervisor.ledger import CallLedger
 from supervisor.messages import (
     QUERIES,
     BeginShutdown,
+    ChangeTools,
     Control,
     FinishShutdown,
     GetMetrics,
     GetStatus,
     Refused,
+    Retired,
+    RetireOver,
     StartChild,
     Tick,
 )
@@ -42,6 +45,7 @@ from supervisor.restarter import Restarter
 from supervisor.shutdown import answer_what_is_left, stop_serving
 from supervisor.slots import ToolSlot
 from supervisor.status import BreakerStatus, RuntimeInfo, Status, ToolStatus
+from supervisor.tool_changes import ToolChange, ToolChanger
 from supervisor.version import VERSION
 
 logger = logging.getLogger(__name__)
@@ -77,6 +81,10 @@ class SupervisorActor(pykka.ThreadingActor):
             on_escalate=on_escalate,
             clock=clock,
         )
+        self.changer = ToolChanger(slots, self.restarter, ledger=self.ledger, answer=self.answer_call)
+        for name, slot in slots.items():
+            if slot.state == "disabled":
+                self.ledger.serving_changed(name, False)
 
     def on_start(self) -> None:
         self.restarter.start()
@@ -109,7 +117,14 @@ class SupervisorActor(pykka.ThreadingActor):
             case ActorStarted(tool, incarnation, at):
                 self.restarter.child_reading(tool, incarnation, at)
             case ActorCrashed(tool, incarnation, reason):
-                self.restarter.child_crashed(tool, incarnation, reason)
+                if not self.changer.crashed(self.slots[tool], incarnation, reason):
+                    self.restarter.child_crashed(tool, incarnation, reason)
+            case Retired(tool, incarnation):
+                self.changer.retired(tool, incarnation)
+            case RetireOver(tool, incarnation, drain_sec):
+                self.changer.retire_over(tool, incarnation, drain_sec)
+            case ChangeTools(changes, settings, specs):
+                self._change_tools(changes, settings, specs)
             case StartChild(tool, after):
                 self.restarter.backoff_over(tool, after)
             case Tick():
@@ -128,6 +143,16 @@ class SupervisorActor(pykka.ThreadingActor):
             case _:
                 raise TypeError(f"supervisor got an unknown message {message!r}")
         return None
+
+    def _change_tools(
+        self, changes: tuple[ToolChange, ...], settings: Settings | None, specs: Mapping[str, ToolSpec] | None
+    ) -> None:
+        if settings is not None:
+            self.settings = settings
+        for change in changes:
+            self.changer.apply(change, self.settings.reload.drain_sec)
+        if specs is not None:
+            self.health.reconfigure(self.settings, specs)
 
     def answer_call(self, call: Call, outcome: CallOutcome) -> None:
         """Answer a call an actor held, and count it, unless somebody answered it already."""
@@ -164,7 +189,10 @@ class SupervisorActor(pykka.ThreadingActor):
                 incarnation=slot.incarnation,
                 restarts=numbers.restarts,
                 last_restart_reason=numbers.last_restart_reason,
-                failed_reason=slot.failed_reason,
+                failed_reason=slot.reason if slot.state == "failed" else None,
+                disabled_reason=slot.reason if slot.state == "disabled" else None,
+                disabled_since=slot.disabled_since,
+                retiring=len(slot.retiring),
                 breaker=BreakerStatus(
                     state=breaker.state.value,
                     consecutive_failures=breaker.consecutive_failures,

@@ -7,11 +7,12 @@ caller. Waits are clamped here, once, so a call's `wait_sec` and `scan_status`'s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from actors.settings import PolicySettings
-from supervisor.config import ScansSettings
+from supervisor.config import ScansSettings, Settings
 from supervisor.scans.service import Scans
 
 if TYPE_CHECKING:
@@ -23,12 +24,20 @@ __all__ = ["ScanAccess"]
 @dataclass(frozen=True)
 class ScanAccess:
     scans: Scans
-    settings: ScansSettings
-    policy: PolicySettings  # the scope a model may scan, as the model is told it
+    config: Callable[[], Settings]  # the settings in force now: a reload changes the limits and the scope
 
     @classmethod
     def of(cls, runtime: Runtime) -> ScanAccess:
-        return cls(scans=runtime.scans, settings=runtime.settings.scans, policy=runtime.settings.policy)
+        return cls(scans=runtime.scans, config=lambda: runtime.settings)
+
+    @property
+    def settings(self) -> ScansSettings:
+        return self.config().scans
+
+    @property
+    def policy(self) -> PolicySettings:
+        """The scope a model may scan, as the model is told it."""
+        return self.config().policy
 
     def wait_sec(self, requested: Any, default: float | None = None) -> float:
         """A wait a client asked for, defaulting to `inline_wait_sec` and capped by `max_wait_sec`."""
