@@ -20,8 +20,18 @@ from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from actors.api import local_user
@@ -224,6 +234,30 @@ class LoggingSettings(Strict):
     audit_path: Path | None = None
 
 
+class TelemetrySettings(Strict):
+    """Traces of tool calls over OTLP/HTTP (the `otel` extra); with no `otlp_endpoint`, nothing is traced."""
+
+    # The collector's base URL, e.g. "http://127.0.0.1:4318"; spans go to <otlp_endpoint>/v1/traces.
+    otlp_endpoint: str | None = None
+    service_name: str = Field(default="labrecon", min_length=1)
+    # Sent with every export (an Authorization header, say); secrets, never shown.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:4318")
+        return value.rstrip("/")
+
+    @property
+    def traces_url(self) -> str | None:
+        return None if self.otlp_endpoint is None else self.otlp_endpoint + "/v1/traces"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LABRECON_",
@@ -242,6 +276,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     scans: ScansSettings = Field(default_factory=ScansSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @model_validator(mode="after")
     def _faults_name_tools(self) -> Settings:
