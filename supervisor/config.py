@@ -20,8 +20,18 @@ from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -244,6 +254,30 @@ class LoggingSettings(Strict):
     audit_path: Path | None = None
 
 
+class TelemetrySettings(Strict):
+    """Traces of tool calls over OTLP/HTTP (the `otel` extra); with no `otlp_endpoint`, nothing is traced."""
+
+    # The collector's base URL, e.g. "http://127.0.0.1:4318"; spans go to <otlp_endpoint>/v1/traces.
+    otlp_endpoint: str | None = None
+    service_name: str = Field(default="labrecon", min_length=1)
+    # Sent with every export (an Authorization header, say); secrets, never shown.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:4318")
+        return value.rstrip("/")
+
+    @property
+    def traces_url(self) -> str | None:
+        return None if self.otlp_endpoint is None else self.otlp_endpoint + "/v1/traces"
+
+
 class _Environment(EnvSettingsSource):
     """LABRECON_* variables; LABRECON_CONFIG names the config file, so it is not read as the [config] table
     (LABRECON_CONFIG__WATCH still is)."""
@@ -273,6 +307,7 @@ class Settings(BaseSettings):
     scans: ScansSettings = Field(default_factory=ScansSettings)
     config: ConfigSettings = Field(default_factory=ConfigSettings)
     reload: ReloadSettings = Field(default_factory=ReloadSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @model_validator(mode="after")
     def _faults_name_tools(self) -> Settings:

@@ -34,6 +34,7 @@ RESTART_KEYS: tuple[str, ...] = (
     "supervisor",
     "faults",
     "config.watch",
+    "telemetry",
 )
 """Keys (or whole sections) a running daemon cannot change; a reload keeps them and says so."""
 

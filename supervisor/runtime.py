@@ -50,6 +50,7 @@ from supervisor.slots import disabled_in_config
 from supervisor.status import ConfigStatus, ReloadAttempt, ScanStoreStatus, Status
 from supervisor.supervisor import Supervisor
 from supervisor.tool_changes import ToolChange
+from supervisor.tracing import NO_SPAN, CallSpan, CallTracer, take_handed_over, tracer_for
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,11 @@ class Runtime:
         clock: Callable[[], float] = time.time,
         source: Callable[[], Settings] | None = None,
         source_name: str | None = None,
+        tracer: CallTracer | None = None,
     ) -> None:
+        # Call spans: `[telemetry]`'s exporter (before anything starts: it may be a ConfigError), or the one given.
+        self._owns_tracer = tracer is None
+        self.tracer = tracer_for(settings.telemetry) if tracer is None else tracer
         self.owns_process = owns_process and set_subreaper(True)
         # Owning the process, the runtime also ends its runs if it is killed: a watchdog outlives it for that.
         self.watchdog = Watchdog() if self.owns_process else None
@@ -173,6 +178,7 @@ class Runtime:
         resolver: Resolver | None = None,
         owns_process: bool = False,
         clock: Callable[[], float] = time.time,
+        tracer: CallTracer | None = None,
     ) -> Runtime:
         """Start from a Settings object, a dict shaped like the TOML file, or a path to one.
 
@@ -182,11 +188,13 @@ class Runtime:
         subreaper. With `owns_process` (this process runs nothing else) the
         runtime makes it one (Linux), starts a watchdog process that ends the
         runs should this process be killed, and `stop` ends every child left.
+
+        Each call is a span of `tracer` (the runtime's own from `[telemetry]` when not given).
         """
         source, source_name = _source_of(config)
         return cls(
             settings_from(config), resolver=resolver, owns_process=owns_process, clock=clock,
-            source=source, source_name=source_name,
+            source=source, source_name=source_name, tracer=tracer,
         )
 
     def stop(self, grace: float = 10.0) -> None:
@@ -206,6 +214,8 @@ class Runtime:
                 self.scans.close()  # every call is answered by now, every scan settled
                 if self.audit is not None:
                     self.audit.close()
+                if self._owns_tracer:
+                    self.tracer.shutdown()  # every span has ended: export what is buffered
 
     def _escalate(self, reason: str) -> None:
         """Give up on the whole runtime, gracefully, so a process manager can restart it."""
@@ -554,11 +564,15 @@ class Runtime:
         spec = self._spec(tool)
         call_id = call_id or uuid.uuid4().hex
         caller = caller or Caller.local()
+        span = self._call_span(tool, call_id, caller)
         if self._stopped:
-            return call_id, None, CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, "the runtime is stopping")
+            stopping = CallOutcome.failure(tool, call_id, ErrorType.CANCELLED, "the runtime is stopping")
+            span.end(stopping)
+            return call_id, None, stopping
         live = self._in_force  # read once: this call is checked and prepared under one config
         if tool not in live.serving:
-            return self._refused(tool, call_id, caller, arguments, ErrorType.TOOL_DISABLED, self._why_disabled(tool))
+            why = self._why_disabled(tool)
+            return self._refused(tool, call_id, caller, arguments, span, ErrorType.TOOL_DISABLED, why)
         try:
             policy = _policy_for(live.policy, validated, looked_up)
             prepared = self._prepare(spec, validated or arguments, policy, live.settings)
@@ -567,7 +581,7 @@ class Runtime:
                     raise InvalidCall(f"call id {call_id!r} is already in use by a call in flight", field="call_id")
                 self._calls[call_id] = tool
         except InvalidCall as exc:
-            return self._refused(tool, call_id, caller, arguments, ErrorType.VALIDATION, str(exc))
+            return self._refused(tool, call_id, caller, arguments, span, ErrorType.VALIDATION, str(exc))
         try:
             scan = self.scans.open(
                 caller, tool, call_id, arguments,
@@ -576,16 +590,18 @@ class Runtime:
         except BaseException:
             with self._calls_lock:  # never admitted: its id is free again
                 self._calls.pop(call_id, None)
+            span.end(CallOutcome.failure(tool, call_id, ErrorType.INTERNAL, "the scan could not be opened"))
             raise
+        span.admitted(scan.record.scan_id)
         call = Call(
             call_id=call_id,
             prepared=prepared,
             reply=reply,
             progress=self.scans.progress_sink(scan, then=progress),
-            on_spawn=lambda pid, home: self._spawned(scan, pid, home),
-            on_reaped=lambda: self._reaped(scan),
+            on_spawn=lambda pid, home: self._spawned(scan, span, pid, home),
+            on_reaped=lambda: self._reaped(scan, span),
         )
-        reply.on_resolved(lambda outcome: self._answered(call_id, scan, outcome, caller))
+        reply.on_resolved(lambda outcome: self._answered(call_id, scan, outcome, caller, span))
         self.supervisor.submit(call)
         return call_id, scan.record.scan_id, None
 
@@ -595,16 +611,25 @@ class Runtime:
         call_id: str,
         caller: Caller,
         arguments: Mapping[str, Any],
+        span: CallSpan,
         error_type: ErrorType,
         message: str,
     ) -> tuple[str, str | None, CallOutcome]:
-        """A call answered before it reached any actor: counted, audited and stored as a finished scan."""
+        """A call answered before it reached any actor: counted, audited, traced and stored as a finished scan."""
         self.supervisor.record_refusal(tool, error_type)
         refused = CallOutcome.failure(tool, call_id, error_type, message)
         if self.audit is not None:
             given = dict(arguments) if isinstance(arguments, Mapping) else None
             self.audit.record(refused, caller=caller, arguments=given)
-        return call_id, self.scans.refused(caller, tool, arguments, refused), refused
+        refused_scan = self.scans.refused(caller, tool, arguments, refused)
+        span.end(refused, scan_id=refused_scan)
+        return call_id, refused_scan, refused
+
+    def _call_span(self, tool: str, call_id: str, caller: Caller) -> CallSpan:
+        """The call's span: the one its transport started, else a new one; `NO_SPAN` with tracing off."""
+        if not self.tracer.enabled:
+            return NO_SPAN
+        return take_handed_over(call_id) or self.tracer.start(tool, call_id, owner=caller.owner)
 
     def _prepare(
         self,
@@ -617,8 +642,9 @@ class Runtime:
             raise InvalidCall("arguments must be an object", field="arguments")
         return prepare_call(spec, arguments, settings=getattr(settings.tools, spec.name), policy=policy)
 
-    def _spawned(self, scan: LiveScan, pid: int, home: str | None) -> None:
+    def _spawned(self, scan: LiveScan, span: CallSpan, pid: int, home: str | None) -> None:
         """Runner thread: a run's process group exists; the store and the watchdog learn where it is."""
+        span.spawned(pid)
         ticks = process_start_ticks(pid)
         if ticks is None:  # already gone
             return
@@ -626,14 +652,17 @@ class Runtime:
         if self.watchdog is not None:
             self.watchdog.watch(scan.record.scan_id, pid, ticks, home)
 
-    def _reaped(self, scan: LiveScan) -> None:
+    def _reaped(self, scan: LiveScan, span: CallSpan) -> None:
         """Runner thread: the run's processes are gone (its answer may have gone out long before)."""
+        span.exited()
         if self.watchdog is not None:
             self.watchdog.forget(scan.record.scan_id)
 
-    def _answered(self, call_id: str, scan: LiveScan, outcome: CallOutcome, caller: Caller) -> None:
+    def _answered(self, call_id: str, scan: LiveScan, outcome: CallOutcome, caller: Caller, span: CallSpan) -> None:
+        """The answering thread, before anyone sees the answer: the span ended, the scan settled, the audit line."""
         with self._calls_lock:
             self._calls.pop(call_id, None)
+        span.end(outcome)
         self.scans.finished(scan, outcome)
         if self.audit is not None:
             self.audit.record(outcome, caller=caller)

@@ -224,6 +224,18 @@ def events(response: httpx.Response) -> Iterator[Event]:
             yield event
 
 
+def served_url(log: Path) -> str | None:
+    """The URL a `labrecon serve --transport http` logged it serves on (in its JSON lines on `log`), if it did yet."""
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("msg") == "labrecon HTTP daemon serving":
+            return record["url"]
+    return None
+
+
 @dataclass
 class ServeProcess:
     """A `labrecon serve --transport http` child process, its ops socket and its stderr log."""
@@ -231,6 +243,10 @@ class ServeProcess:
     process: subprocess.Popen[bytes]
     ops: Path
     log: Path
+
+    @property
+    def url(self) -> str:
+        return wait_until(lambda: served_url(self.log), 20.0, what="the daemon's URL")
 
     def ops_client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.ops)), base_url="http://labrecon", **kwargs)

@@ -10,6 +10,7 @@ from typing import Any
 from actors.policy import Resolver
 from actors.tools import TOOL_SPECS
 from supervisor import Runtime
+from supervisor.tracing import CallTracer
 from tests.fakes.install import install_fake, read_calls
 
 LAB_HOSTS = {"web.lab.internal": "10.0.0.7", "meta.lab.internal": "169.254.169.254"}
@@ -39,9 +40,11 @@ def fake_config(directory: Path, *, tools: dict[str, dict[str, Any]] | None = No
 
 
 @contextmanager
-def fake_runtime(directory: Path, *, resolver: Resolver | None = None, **kwargs: Any) -> Iterator[Runtime]:
-    """A started runtime on fakes (`kwargs` as for `fake_config`); `resolver` answers its DNS look-ups."""
-    runtime = Runtime.start(fake_config(directory, **kwargs), resolver=resolver)
+def fake_runtime(
+    directory: Path, *, resolver: Resolver | None = None, tracer: CallTracer | None = None, **kwargs: Any
+) -> Iterator[Runtime]:
+    """A started runtime on fakes (`kwargs` as for `fake_config`); `resolver` answers its look-ups, `tracer` traces."""
+    runtime = Runtime.start(fake_config(directory, **kwargs), resolver=resolver, tracer=tracer)
     try:
         yield runtime
     finally:

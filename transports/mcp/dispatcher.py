@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from actors.api import ToolBackend, ToolInfo
 from supervisor.runtime import Runtime
+from supervisor.tracing import NO_TRACER, CallTracer
 from transports.mcp import eras, jsonrpc, tasks
 from transports.mcp.eras import Era
 from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
@@ -83,6 +84,7 @@ class McpDispatcher:
         cache_scope: CacheScope = "public",
         new_call_id: Callable[[], str] | None = None,
         scans: ScanAccess | None = None,
+        tracer: CallTracer = NO_TRACER,
     ) -> None:
         if list_ttl_ms < 0:
             raise ValueError("list_ttl_ms must be >= 0")
@@ -111,6 +113,7 @@ class McpDispatcher:
             new_call_id=new_call_id or (lambda: uuid.uuid4().hex),
             scans=scans,
             tasks=self._tasks,
+            tracer=tracer,
         )
         self._scans = scans
         self._handlers: dict[str, Callable[[Session, RequestContext], dict[str, Any]]] = {
@@ -130,8 +133,10 @@ class McpDispatcher:
 
     @classmethod
     def for_backend(cls, backend: ToolBackend) -> McpDispatcher:
-        """A dispatcher for `backend`, with the scan surface when the backend is a `Runtime` that keeps scans."""
-        return cls(backend, scans=ScanAccess.of(backend) if isinstance(backend, Runtime) else None)
+        """A dispatcher for `backend`, with the scan surface and call spans when the backend is a `Runtime`."""
+        if isinstance(backend, Runtime):
+            return cls(backend, scans=ScanAccess.of(backend), tracer=backend.tracer)
+        return cls(backend)
 
     @property
     def server_info(self) -> types.Implementation:

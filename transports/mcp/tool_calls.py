@@ -20,6 +20,7 @@ import mcp_types as types
 from actors.api import Caller, StartedScan, ToolBackend, UnknownTool
 from actors.results import CallOutcome, ErrorType, InvalidCall
 from supervisor.scans.records import ScanNotFound, ScanRecord
+from supervisor.tracing import NO_TRACER, CallTracer, handing_over
 from transports.logs import correlation
 from transports.mcp import eras, jsonrpc, tasks
 from transports.mcp.eras import Era
@@ -49,8 +50,10 @@ class ToolCalls:
         new_call_id: Callable[[], str],
         scans: ScanAccess | None = None,
         tasks: Tasks | None = None,
+        tracer: CallTracer = NO_TRACER,
     ) -> None:
         self._backend = backend
+        self._tracer = tracer
         self._server_info_stamp = server_info_stamp
         self._new_call_id = new_call_id
         self._scans = scans
@@ -81,10 +84,18 @@ class ToolCalls:
             logger.debug("tool call started", extra={"tool": name, "request_id": ctx.request.id})
             client_log("debug", {"event": "call_started", "tool": name, "call_id": call.call_id})
             caller = ctx.caller_in(session)
-            try:
-                outcome = await self._run(call, arguments, ctx, caller, session)
-            finally:
-                _end_call(session, key, call)
+            # The call's span starts here; the runtime takes it and ends it once the call is answered.
+            span = self._tracer.start(name, call.call_id, owner=caller.owner, method="tools/call")
+            with handing_over(span, call.call_id) as handover:
+                try:
+                    outcome = await self._run(call, arguments, ctx, caller, session)
+                except BaseException as exc:
+                    handover.settle(_never_admitted(call, exc))
+                    raise
+                finally:
+                    _end_call(session, key, call)
+            if outcome is not None:
+                handover.settle(outcome)  # ends it only if the runtime never took it (refused on the way there)
             if outcome is None:  # the scan outlived the call's wait, and goes on
                 if self._tasks is not None and (call.runs_as_task or tasks.declares_extension(ctx)):
                     assert call.scan_id is not None
@@ -311,6 +322,13 @@ def _end_call(session: Session, key: str, call: PendingCall) -> None:
     call.finished = True
     if session.calls.get(key) is call:
         del session.calls[key]
+
+
+def _never_admitted(call: PendingCall, exc: BaseException) -> CallOutcome:
+    """How a call the runtime never took ended, for its span: an unknown tool, or the wait given up."""
+    if isinstance(exc, RpcError):
+        return CallOutcome.failure(call.tool, call.call_id, ErrorType.NOT_FOUND, exc.message)
+    return CallOutcome.failure(call.tool, call.call_id, ErrorType.CANCELLED, "the call was cancelled")
 
 
 def _log_finished(call: PendingCall, outcome: CallOutcome) -> None:
