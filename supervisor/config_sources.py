@@ -29,6 +29,8 @@ REDACTED = "<redacted>"
 
 DEFAULT = "default"
 
+_SECRETS = (SecretStr, SecretBytes)
+
 _ENV_PREFIX = Settings.model_config.get("env_prefix") or ""
 _ENV_DELIMITER = Settings.model_config.get("env_nested_delimiter") or "__"
 
@@ -39,6 +41,9 @@ Key = tuple[str | int, ...]
 @dataclass(frozen=True)
 class ConfigValue:
     """One leaf of the effective configuration: its dotted key, its value as JSON, and its source.
+
+    `secret`: the leaf is a secret itself, and its value is `REDACTED` (secrets inside a list or a
+    map are redacted in place).
 
     `source` is `default`, `file <path>`, `env <VARIABLE>`, or, for a table that both merged into,
     `env <VARIABLE> over file <path>`.
@@ -62,7 +67,7 @@ def config_values(path: str | Path | None = None) -> list[ConfigValue]:
     env_data = EnvSettingsSource(settings_model())()
     sources = sources_of(file_data, env_data, str(path) if path is not None else "", os.environ)
     return [
-        ConfigValue(".".join(map(str, key)), plain(value), sources(key), _holds_secret(value))
+        ConfigValue(".".join(map(str, key)), plain(value), sources(key), isinstance(value, _SECRETS))
         for key, value in leaves(settings)
     ]
 
@@ -83,7 +88,7 @@ def leaves(model: BaseModel, prefix: Key = ()) -> Iterator[tuple[Key, Any]]:
 
 def plain(value: Any) -> Any:
     """`value` as JSON would carry it, every secret inside it replaced by `REDACTED`."""
-    if isinstance(value, (SecretStr, SecretBytes)):
+    if isinstance(value, _SECRETS):
         return REDACTED
     if isinstance(value, BaseModel):
         return {name: plain(getattr(value, name)) for name in type(value).model_fields}
@@ -92,18 +97,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         return [plain(item) for item in value]
     return to_jsonable_python(value)
-
-
-def _holds_secret(value: Any) -> bool:
-    if isinstance(value, (SecretStr, SecretBytes)):
-        return True
-    if isinstance(value, BaseModel):
-        return any(_holds_secret(getattr(value, name)) for name in type(value).model_fields)
-    if isinstance(value, Mapping):
-        return any(_holds_secret(item) for item in value.values())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any(_holds_secret(item) for item in value)
-    return False
 
 
 class _Found(Enum):

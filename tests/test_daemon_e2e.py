@@ -15,20 +15,10 @@ from mcp import Client
 
 from tests.fakes.install import install_fake
 from tests.helpers import wait_until
+from tests.http_support import served_url
 from transports.cli import main as labrecon
 
 LABRECON = str(Path(sys.executable).with_name("labrecon"))
-
-
-def served_url(log: Path) -> str | None:
-    for line in log.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("msg") == "labrecon HTTP daemon serving":
-            return record["url"]
-    return None
 
 
 @pytest.fixture
