@@ -39,6 +39,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from actors.api import local_user
@@ -330,7 +331,12 @@ class Settings(BaseSettings):
         return (init_settings, _Environment(settings_cls), file_settings)
 
     def digest(self) -> str:
-        """A short fingerprint of the effective config, for status pages and audit lines."""
+        """A short fingerprint of the effective config, for status pages and audit lines.
+
+        Secrets enter it masked (`model_dump_json` writes every `SecretStr` as stars), so the
+        fingerprint is no oracle to test a guessed token against. A change of a secret alone
+        therefore leaves the digest as it was: whatever reports a change names its key instead.
+        """
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
 
@@ -345,16 +351,22 @@ def _settings_model(tools: ToolsKey) -> type[Settings]:
     return create_model("Settings", __base__=Settings, tools=(model, Field(default_factory=model)))
 
 
+def config_path(path: str | Path | None = None) -> str | Path | None:
+    """The config file `load_settings` reads: `path`, else $LABRECON_CONFIG, else none."""
+    return path if path is not None else os.environ.get(CONFIG_ENV) or None
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Build the effective settings; `path` falls back to $LABRECON_CONFIG."""
-    if path is None:
-        path = os.environ.get(CONFIG_ENV) or None
+    path = config_path(path)
     data = read_toml(Path(path)) if path is not None else {}
     token = _FILE_DATA.set(data)
     try:
         return settings_model()(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
+    except SettingsError as exc:
+        raise ConfigError(_unparsable_environment(exc, path)) from None
     finally:
         _FILE_DATA.reset(token)
 
@@ -381,6 +393,12 @@ def _describe(exc: ValidationError, path: str | Path | None) -> str:
     return "\n".join(lines)
 
 
+def _unparsable_environment(exc: SettingsError, path: str | Path | None) -> str:
+    """A LABRECON_* variable for a table or a list held no valid JSON; the value is never quoted."""
+    where = f"config file {path}" if path is not None else "configuration"
+    return f"{where} is invalid:\n  {exc}: a LABRECON_* variable for it is not valid JSON"
+
+
 def settings_from(config: Settings | Mapping[str, Any] | str | Path | None) -> Settings:
     """Accept what embedders naturally have: a Settings, a dict shaped like the TOML, or a path."""
     if isinstance(config, Settings):
@@ -394,5 +412,7 @@ def settings_from(config: Settings | Mapping[str, Any] | str | Path | None) -> S
         return settings_model()()
     except ValidationError as exc:
         raise ConfigError(_describe(exc, None)) from None
+    except SettingsError as exc:
+        raise ConfigError(_unparsable_environment(exc, None)) from None
     finally:
         _FILE_DATA.reset(token)

@@ -238,18 +238,19 @@ def served_url(log: Path) -> str | None:
 
 @dataclass
 class ServeProcess:
-    """A `labrecon serve --transport http` child process, its ops socket and its stderr log."""
+    """A `labrecon serve --transport http` child process, its ops socket, its stderr log and its stdout."""
 
     process: subprocess.Popen[bytes]
     ops: Path
     log: Path
-
-    @property
-    def url(self) -> str:
-        return wait_until(lambda: served_url(self.log), 20.0, what="the daemon's URL")
+    out: Path
 
     def ops_client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.ops)), base_url="http://labrecon", **kwargs)
+
+    def url(self) -> str:
+        """The daemon's HTTP address, once it has logged it."""
+        return wait_until(lambda: served_url(self.log), 60.0, what="the daemon's URL")
 
 
 @contextmanager
@@ -270,20 +271,20 @@ def serve_process(
         lines += [f"[tools.{tool}]", f'binary = "{install_fake(tmp_path / "bin", tool)}"']
     config_path = tmp_path / "labrecon.toml"
     config_path.write_text("\n".join(lines) + "\n")
-    ops, log = tmp_path / "ops.sock", tmp_path / "stderr.log"
+    ops, log, out = tmp_path / "ops.sock", tmp_path / "stderr.log", tmp_path / "stdout.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("LABRECON_")} | dict(env or {})
     process = subprocess.Popen(
         [*wrap, sys.executable, "-m", "transports.cli", "serve", "--config", str(config_path), "--transport", "http",
          "--port", "0", "--ops-socket", str(ops), "--grace", "1", *args],
         cwd=Path(__file__).resolve().parent.parent,
         env=environment,
-        stdout=subprocess.DEVNULL,
+        stdout=out.open("wb"),
         stderr=log.open("wb"),
     )
     try:
         wait_until(lambda: ops.exists() or process.poll() is not None, 60.0, what="the ops socket")
         assert process.poll() is None, log.read_text()
-        yield ServeProcess(process, ops, log)
+        yield ServeProcess(process, ops, log, out)
     finally:
         if process.poll() is None:
             process.kill()

@@ -329,7 +329,7 @@ def test_labrecon_serve_exports_each_calls_span_over_otlp_http(tmp_path, collect
     with serve_process(tmp_path, config=config) as served:
 
         async def one_call() -> Any:
-            async with sdk_client("auto", served.url) as client:
+            async with sdk_client("auto", served.url()) as client:
                 return await client.call_tool("nmap", NMAP)
 
         result = asyncio.run(one_call())

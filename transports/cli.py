@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from supervisor.config import ConfigError, Settings, load_settings
+from supervisor.config_sources import ConfigValue
 from supervisor.version import VERSION
 from transports.exits import EXIT_CONFIG, EXIT_ESCALATED, EXIT_FAILED, EXIT_OK
 from transports.ops import commands as ops_commands
@@ -54,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="show the tools found, their versions, the policy, limits and scan store")
     _config_option(check)
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
+    check.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the effective configuration instead: every key, its value and its source; secrets redacted",
+    )
     check.set_defaults(handler=cmd_check)
 
     token = sub.add_parser("token", help="print a fresh random bearer token for auth.token")
@@ -118,6 +124,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from actors.tools import TOOL_SPECS
     from supervisor.health import installation_problems, probe_binary, version_queries
 
+    if args.show_config:
+        return show_config(args)
     settings = load_settings(args.config)
     queries = version_queries(settings, TOOL_SPECS)
     problems = installation_problems(settings, TOOL_SPECS)
@@ -188,6 +196,31 @@ def render_check(report: dict[str, Any]) -> str:
         f"{scans['max_result_chars']} characters an answer"
     )
     return "\n".join(lines)
+
+
+def show_config(args: argparse.Namespace) -> int:
+    """`check --show-config`: the effective configuration, leaf by leaf, with where each value came from."""
+    from supervisor.config_sources import config_values
+
+    values = config_values(args.config)
+    if args.json:
+        print(json.dumps({value.key: {"value": value.value, "source": value.source} for value in values}, indent=2))
+    else:
+        print(render_config(values))
+    return EXIT_OK
+
+
+def render_config(values: Sequence[ConfigValue]) -> str:
+    """Aligned columns: the key, its value (TOML-like; a secret as the bare marker), its source."""
+    shown = [(v.key, v.value if v.secret else json.dumps(v.value, ensure_ascii=False), v.source) for v in values]
+    rows = [("KEY", "VALUE", "SOURCE"), *shown]
+    key_width = max(len(key) for key, _, _ in rows)
+    value_width = min(max(len(value) for _, value, _ in rows), _VALUE_COLUMN)
+    return "\n".join(f"{key:<{key_width}}  {value:<{value_width}}  {source}".rstrip() for key, value, source in rows)
+
+
+_VALUE_COLUMN = 40
+"""The widest the value column is padded to; a longer value pushes its source to the right."""
 
 
 if __name__ == "__main__":  # pragma: no cover

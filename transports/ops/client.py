@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from supervisor.status import Status
 
-__all__ = ["OpsClient", "OpsClientError", "OpsRequestFailed", "OpsUnreachable", "UnixHTTPConnection"]
+__all__ = ["OpsClient", "OpsClientError", "OpsRequestFailed", "OpsUnreachable", "UnixHTTPConnection", "header_safe"]
 
 
 class OpsClientError(Exception):
@@ -77,6 +78,12 @@ class OpsClient:
         if url is not None and url.startswith("unix:"):
             socket_path, url = url[len("unix:") :], None
         self.socket_path = Path(socket_path) if socket_path is not None else None
+        if token and not header_safe(token):
+            # http.client would refuse it with an error that quotes the whole header, token and all.
+            raise ValueError(
+                "the bearer token holds a line break, a control character or a character beyond Latin-1, "
+                "which no HTTP header can carry; check --token, LABRECON_AUTH__TOKEN or the config's auth tokens"
+            )
         self.token = token or None
         self.timeout = timeout
         self._scheme = self._host = ""
@@ -206,6 +213,14 @@ class OpsClient:
         if self._scheme == "https":
             return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout)
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+
+
+def header_safe(token: str) -> bool:
+    """Whether `token` can travel in an `Authorization` header: Latin-1, no control characters but tab."""
+    return _HEADER_SAFE.fullmatch(token) is not None
+
+
+_HEADER_SAFE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 def _reason(exc: BaseException) -> str:
