@@ -78,6 +78,7 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from supervisor.runtime import Runtime
+    from transports import systemd
     from transports.logs import configure_logging
     from transports.ops.endpoints import serve_ops_socket
     from transports.stdio import serve_stdio
@@ -96,7 +97,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ops = None
     try:
         ops = serve_ops_socket(runtime, settings)
-        serve_stdio(runtime, grace=args.grace, until=runtime.escalated)
+        with systemd.watchdog(runtime.status):
+            serve_stdio(
+                runtime,
+                grace=args.grace,
+                until=runtime.escalated,
+                on_serving=lambda: systemd.ready("serving MCP on stdio"),
+                on_stopping=systemd.stopping,
+            )
     finally:
         if ops is not None:
             ops.stop()

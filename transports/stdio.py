@@ -16,7 +16,7 @@ import signal
 import stat
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -219,8 +219,12 @@ class _StdioConnection:
         max_message_bytes: int,
         grace: float,
         cancel_timeout_sec: float,
+        on_serving: Callable[[], object] | None = None,
+        on_stopping: Callable[[], object] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self._on_serving = on_serving
+        self._on_stopping = on_stopping
         self._stdin = stdin
         self._stdout = stdout
         self._framer = LineFramer(max_message_bytes)
@@ -285,7 +289,9 @@ class _StdioConnection:
             await reader.open()
             logger.info("stdio transport serving", extra={"pid": os.getpid()})
             reading = asyncio.create_task(self._read_all(reader))
+            _tell(self._on_serving)
             await asyncio.wait({reading, stop_wait, drain_wait}, return_when=asyncio.FIRST_COMPLETED)
+            _tell(self._on_stopping)
             if reading.done() and not self._stopping.is_set():
                 if exc := reading.exception():
                     logger.error("reading stdin failed", exc_info=exc)
@@ -397,6 +403,8 @@ class StdioTransport(pykka.ThreadingActor):
     cancelled call is still answered, and `cancel_timeout_sec` bounds the
     wait for those answers. `finished` (optional) is resolved with the exit
     status once the connection is over. The actor stops itself after EOF.
+    `on_serving` is called (on the loop) once stdin is being read, and
+    `on_stopping` once shutdown begins, whatever began it.
     """
 
     def __init__(
@@ -409,6 +417,8 @@ class StdioTransport(pykka.ThreadingActor):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         grace: float = 1.0,
         cancel_timeout_sec: float = 5.0,
+        on_serving: Callable[[], object] | None = None,
+        on_stopping: Callable[[], object] | None = None,
     ) -> None:
         super().__init__()
         self._connection = _StdioConnection(
@@ -418,6 +428,8 @@ class StdioTransport(pykka.ThreadingActor):
             max_message_bytes=max_message_bytes,
             grace=grace,
             cancel_timeout_sec=cancel_timeout_sec,
+            on_serving=on_serving,
+            on_stopping=on_stopping,
         )
         self._finished: Future[int] = finished if finished is not None else Future()
         self._join_timeout = 2 * cancel_timeout_sec + 5.0
@@ -473,6 +485,8 @@ def serve_stdio(
     grace: float = 1.0,
     cancel_timeout_sec: float = 5.0,
     until: threading.Event | None = None,
+    on_serving: Callable[[], object] | None = None,
+    on_stopping: Callable[[], object] | None = None,
 ) -> int:
     """Serve MCP on this process's stdin/stdout until EOF, SIGTERM or `until`; returns the exit status.
 
@@ -485,7 +499,8 @@ def serve_stdio(
     the real stdout and `guard_stdout`, file descriptor 1 is pointed at
     stderr for the duration and the protocol writes to a private duplicate,
     so a stray `print()` (or a library writing to fd 1) lands in the logs
-    instead of corrupting the protocol stream.
+    instead of corrupting the protocol stream. `on_serving` and `on_stopping`
+    are as for `StdioTransport` (the CLI tells the service manager).
     """
     dispatcher = backend if isinstance(backend, McpDispatcher) else McpDispatcher.for_backend(backend)
     source: Stream = stdin if stdin is not None else sys.stdin.buffer
@@ -499,6 +514,8 @@ def serve_stdio(
             max_message_bytes=max_message_bytes,
             grace=grace,
             cancel_timeout_sec=cancel_timeout_sec,
+            on_serving=on_serving,
+            on_stopping=on_stopping,
         )
         restore = _drain_on_sigterm(ref) if threading.current_thread() is threading.main_thread() else None
         if until is not None:
@@ -555,6 +572,16 @@ def _protocol_output(stdout: Stream | None, guard: bool) -> Iterator[Stream]:
             sys.stdout.flush()
         os.dup2(protocol_fd, 1)
         os.close(protocol_fd)
+
+
+def _tell(hook: Callable[[], object] | None) -> None:
+    """Run a lifecycle hook; one that fails is logged and changes nothing else."""
+    if hook is None:
+        return
+    try:
+        hook()
+    except Exception:
+        logger.exception("a stdio lifecycle hook failed")
 
 
 def _fileno(stream: Any) -> int | None:

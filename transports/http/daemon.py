@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from supervisor.config import ConfigError, HttpSettings, Settings
 from supervisor.runtime import Runtime
+from transports import systemd
 from transports.exits import EXIT_ESCALATED, EXIT_OK, EXIT_SERVER_FAILED
 from transports.http.security import configured_tokens, require_token_for, security_middleware
 from transports.http.server import BoundAddress, HttpServer, ServerStartError
@@ -280,22 +281,27 @@ def serve_http(
     """Serve until SIGTERM/SIGINT, escalation or server death; then stop it all, the runtime included.
 
     Returns the exit status: 0 after a signal, 3 if the runtime escalated, 4
-    if the HTTP server died. The runtime is stopped on every path, also when
+    if the HTTP server died. A service manager (`$NOTIFY_SOCKET`) is told when
+    the daemon listens and when it begins to stop, and, if it asks for a
+    watchdog, pinged while the runtime answers its status. The runtime is stopped on every path, also when
     the daemon cannot start (e.g. `InsecureBind`, a port already taken).
     """
     gate = _SignalGate()
     with _signals(gate):
         try:
             daemon = HttpDaemon.start(runtime, settings, host=host, port=port)
-            try:
-                gate.armed = True
-                if gate.received is None:
-                    daemon.wait()
-                gate.armed = False
-            except _StopSignal:
-                pass
+            systemd.ready(f"serving MCP on {daemon.url}")  # listening: a service manager may start what needs us
+            with systemd.watchdog(runtime.status):
+                try:
+                    gate.armed = True
+                    if gate.received is None:
+                        daemon.wait()
+                    gate.armed = False
+                except _StopSignal:
+                    pass
             if gate.received is not None:
                 daemon.request_stop(f"received {gate.received}")
+            systemd.stopping(daemon.reason)
             log.info("shutting down", extra={"reason": daemon.reason})
             return daemon.stop(grace)
         finally:
