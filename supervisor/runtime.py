@@ -104,8 +104,6 @@ class Runtime:
         # Every tool the config names has a slot, serving or not: a reload or an operator may switch it.
         self.specs = {name: TOOL_SPECS[name] for name, _ in settings.tools.items()}
         self._operator_disabled: dict[str, str] = {}  # tool -> what its callers are told
-        # Schemas come from the specs alone, so they are derived once; a reload only restates the scope.
-        self._infos = {name: spec.info() for name, spec in self.specs.items()}
         self._in_force = self._config_in_force(settings, None)
         self.config = ConfigStatus(digest=settings.digest(), source=source_name, loaded_at=clock())
         self._source = source
@@ -167,7 +165,11 @@ class Runtime:
             if name in self.specs and tool.enabled and name not in self._operator_disabled
         )
         # Each scanner states the scope it may scan, so a model plans inside it instead of learning it from refusals.
-        infos = tuple(with_scope(self._infos[name], settings.policy) for name in self.specs if name in serving)
+        infos = tuple(
+            with_scope(self.specs[name].info(getattr(settings.tools, name)), settings.policy)
+            for name in self.specs
+            if name in serving
+        )
         return InForce(settings, policy, lookups, serving, infos)
 
     # --- life -------------------------------------------------------------------

@@ -263,3 +263,32 @@ def toml_of(config: dict[str, Any]) -> str:
             table(section, values)
     return "\n".join(lines) + "\n"
 
+
+
+def test_a_changed_cap_or_wordlist_directory_changes_the_listed_schema_and_tells_listeners(tmp_path):
+    wordlists = tmp_path / "wordlists"
+    wordlists.mkdir()
+    (wordlists / "small.txt").write_text("admin\n")
+    config = fake_config(tmp_path, tools={"masscan": {"max_rate": 500}, "gobuster": {"wordlist_dir": str(wordlists)}})
+    with start(config) as runtime:
+        told = threading.Event()
+        runtime.on_tools_changed(told.set)
+
+        def schema(tool: str) -> dict[str, Any]:
+            return next(info.input_schema for info in runtime.list_tools() if info.name == tool)
+
+        assert schema("masscan")["properties"]["rate"]["maximum"] == 500
+        assert "Offered: small.txt." in schema("gobuster")["properties"]["wordlist"]["description"]
+        (wordlists / "large.txt").write_text("admin\nlogin\n")
+        raised = copy.deepcopy(config)
+        raised["tools"]["masscan"]["max_rate"] = 2000
+        runtime.reload(raised)
+        assert told.is_set()
+        assert schema("masscan")["properties"]["rate"]["maximum"] == 2000
+        assert "Offered: large.txt, small.txt." in schema("gobuster")["properties"]["wordlist"]["description"]
+        outcome = runtime.call("masscan", {"target": "10.0.0.7", "ports": "80", "rate": 1500})
+        assert outcome.ok, outcome.error
+
+        told.clear()
+        runtime.reload(raised)  # nothing changed: nobody is told
+        assert not told.is_set()

@@ -9,9 +9,10 @@ are strict (no coercion, except port lists that also come as numbers or arrays).
 
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -157,6 +158,10 @@ def no_problems(settings: Any) -> tuple[str, ...]:
     return ()
 
 
+def no_settings_schema(settings: Any) -> Mapping[str, Mapping[str, Any]]:
+    return {}
+
+
 def validation_message(error: ValidationError) -> tuple[str, str | None]:
     """A short message naming the offending fields, and the first field."""
     parts, first = [], None
@@ -187,6 +192,9 @@ class ToolSpec:
     environment: Callable[[Any], Mapping[str, str]] = no_environment
     # What keeps the tool from running, or narrows what it runs, as its settings found it; for operators.
     problems: Callable[[Any], tuple[str, ...]] = no_problems
+    # What the settings tell a caller about the arguments (a cap, the names on offer): JSON Schema keywords
+    # merged into each named property of the input schema, so a client sees them change with the config.
+    settings_schema: Callable[[Any], Mapping[str, Mapping[str, Any]]] = no_settings_schema
 
     def validate_arguments(self, arguments: Any) -> ToolArguments:
         if isinstance(arguments, self.arguments):
@@ -247,7 +255,20 @@ class ToolSpec:
         envelope["type"] = "object"
         return envelope
 
-    def info(self) -> ToolInfo:
+    def info(self, settings: ToolSettings | None = None) -> ToolInfo:
+        """The tool as clients list it; with `settings`, its input schema states what they allow."""
+        listed = self._listing
+        keywords = self.settings_schema(settings) if settings is not None else {}
+        if not keywords:
+            return listed
+        properties = dict(listed.input_schema["properties"])
+        for name, extra in keywords.items():
+            properties[name] = {**properties[name], **extra}
+        return replace(listed, input_schema={**listed.input_schema, "properties": properties})
+
+    @functools.cached_property
+    def _listing(self) -> ToolInfo:
+        """Derived once: building JSON schemas is costly, and they depend on the spec alone."""
         return ToolInfo(
             name=self.name,
             title=self.title,

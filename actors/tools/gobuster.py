@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -279,6 +279,15 @@ def parse(stdout: bytes, truncated: bool) -> GobusterResult:
     return result
 
 
+def settings_schema(settings: GobusterSettings) -> dict[str, dict[str, Any]]:
+    """The wordlists this server offers (read from `wordlist_dir` when the settings are put in force)."""
+    offered = ", ".join(FileInDirectory(settings.wordlist_dir).available()) or "none"
+    return {
+        "wordlist": {"description": f"{GobusterArguments.model_fields['wordlist'].description} Offered: {offered}."},
+        "threads": {"maximum": settings.max_threads},
+    }
+
+
 GOBUSTER = ToolSpec(
     name="gobuster",
     title="Gobuster web content and vhost discovery",
@@ -298,4 +307,5 @@ GOBUSTER = ToolSpec(
     builder=build_argv,
     parser=parse,
     progress_parser=progress,
+    settings_schema=settings_schema,
 )

@@ -276,6 +276,11 @@ def parse(stdout: bytes, truncated: bool) -> MasscanResult:
     return result
 
 
+def settings_schema(settings: MasscanSettings) -> dict[str, dict[str, Any]]:
+    """The rate cap this server enforces, so a client does not learn it from a refusal."""
+    return {"rate": {"maximum": settings.max_rate}}
+
+
 MASSCAN = ToolSpec(
     name="masscan",
     title="Masscan fast port sweep",
@@ -293,4 +298,5 @@ MASSCAN = ToolSpec(
     builder=build_argv,
     parser=parse,
     progress_parser=progress,
+    settings_schema=settings_schema,
 )
