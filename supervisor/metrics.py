@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from actors.breaker import BreakerState
 from actors.results import ErrorType
-from supervisor.status import ScanStoreStatus
+from supervisor.status import ConfigStatus, ScanStoreStatus
 
 OUTCOMES = ("ok", *(e.value for e in ErrorType))
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -130,3 +130,30 @@ class ScanStoreCollector(Collector):
             size.add_metric([], stats.size_bytes)
             expired.add_metric([], stats.expired_total)
         yield from (scans, size, expired)
+
+
+class ConfigCollector(Collector):
+    """Reloads, read at scrape time from the runtime's `ConfigStatus`, which owns them."""
+
+    def __init__(self, config: Callable[[], ConfigStatus]) -> None:
+        self._config = config
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self._config())
+
+    def _families(self, config: ConfigStatus | None = None) -> Iterator[Metric]:
+        reloads = CounterMetricFamily(
+            "labrecon_config_reloads", "Reloads since start: applied, or refused (the config did not validate).",
+            labels=["result"],
+        )
+        loaded = GaugeMetricFamily(
+            "labrecon_config_loaded_timestamp_seconds", "When the config in force came into force (Unix time)."
+        )
+        if config is not None:
+            reloads.add_metric(["applied"], config.reloads)
+            reloads.add_metric(["refused"], config.refused)
+            loaded.add_metric([], config.loaded_at)
+        yield from (reloads, loaded)

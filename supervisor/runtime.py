@@ -41,7 +41,7 @@ from actors.tools.base import ToolArguments, ToolSpec
 from actors.watchdog import Watchdog
 from supervisor.audit import AuditLog
 from supervisor.config import CONFIG_ENV, ConfigError, FaultSettings, Settings, load_settings, settings_from
-from supervisor.metrics import ScanStoreCollector
+from supervisor.metrics import ConfigCollector, ScanStoreCollector
 from supervisor.reload_plan import ReloadPlan, plan_reload
 from supervisor.scans.service import LiveScan, Scans
 from supervisor.scans.store import ScanStore, StoreClosed
@@ -126,9 +126,8 @@ class Runtime:
         )
         self._settle_interrupted()
         self.scans.start_sweeping()
-        self.supervisor = Supervisor(
-            settings, self.specs, on_escalate=self._escalate, collectors=[ScanStoreCollector(self._scan_store_status)]
-        )
+        collectors = [ScanStoreCollector(self._scan_store_status), ConfigCollector(lambda: self.config)]
+        self.supervisor = Supervisor(settings, self.specs, on_escalate=self._escalate, collectors=collectors)
         self._calls: dict[str, str] = {}  # call_id -> tool, for cancellation
         self._calls_lock = threading.Lock()
         self._stop_lock = threading.Lock()
@@ -349,7 +348,8 @@ class Runtime:
                     check(new)
             except ConfigError as exc:
                 failed = ReloadAttempt(at=self._clock(), by=by, ok=False, old_digest=old.digest(), error=str(exc))
-                self.config = self.config.model_copy(update={"last_failure": failed})
+                refused = self.config.refused + 1
+                self.config = self.config.model_copy(update={"last_failure": failed, "refused": refused})
                 self._audit_reload(failed)
                 raise
             plan = plan_reload(old, new, self._operator_disabled)

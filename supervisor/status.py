@@ -92,6 +92,7 @@ class ConfigStatus(BaseModel):
     source: str | None = None  # the file it is read from, when there is one
     loaded_at: float  # Unix time it came into force
     reloads: int = 0  # applied since start
+    refused: int = 0  # refused since start: the config did not validate
     last_reload: ReloadAttempt | None = None
     last_failure: ReloadAttempt | None = None
     needs_restart: list[str] = Field(default_factory=list)  # keys the file changed that wait for a restart

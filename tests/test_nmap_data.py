@@ -90,6 +90,17 @@ def test_a_configured_datadir_is_the_one_runs_get(make_runtime, tmp_path):
     assert run["env"]["NMAPDIR"] == str(data)
 
 
+def test_nmap_is_told_it_is_privileged_only_when_the_settings_say_so(make_runtime):
+    runtime = make_runtime(tools={"nmap": {"privileged": True}})
+    assert runtime.call("nmap", {"target": "10.0.0.5", "ports": "22"}).ok
+    (run,) = scan_calls(runtime.settings.tools.nmap.binary)
+    assert run["env"]["NMAP_PRIVILEGED"] == "1"
+    plain = make_runtime()
+    assert plain.call("nmap", {"target": "10.0.0.5", "ports": "22"}).ok
+    (run,) = scan_calls(plain.settings.tools.nmap.binary)
+    assert "NMAP_PRIVILEGED" not in run["env"]
+
+
 def test_the_data_directory_is_found_beside_the_binary_an_install_runs(tmp_path):
     prefix = tmp_path / "opt" / "nmap"
     (prefix / "bin").mkdir(parents=True)

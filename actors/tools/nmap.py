@@ -188,6 +188,9 @@ class NmapSettings(ToolSettings):
     datadir: str | None = None
     allowed_scripts: tuple[str, ...] = DEFAULT_ALLOWED_SCRIPTS
     max_ports: int = Field(default=65535, ge=1, le=65535)
+    # Tell nmap it may use raw sockets without being root (NMAP_PRIVILEGED): for a service user given
+    # CAP_NET_RAW and CAP_NET_ADMIN, as deploy/labrecon.service does; without them its raw scans then fail.
+    privileged: bool = False
     _data: NmapData = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
@@ -409,8 +412,10 @@ def build_argv(args: NmapArguments, target: ResolvedTarget, settings: NmapSettin
 
 
 def environment(settings: NmapSettings) -> Mapping[str, str]:
-    """NMAPDIR: nmap reads its scripts from its own data directory, never from a `~/.nmap`."""
-    return {"NMAPDIR": settings.data.directory} if settings.data.directory is not None else {}
+    """NMAPDIR: nmap reads its scripts from its own data directory, never from a `~/.nmap`; NMAP_PRIVILEGED
+    when the settings say this user holds the capabilities raw scans need."""
+    env = {"NMAPDIR": settings.data.directory} if settings.data.directory is not None else {}
+    return {**env, "NMAP_PRIVILEGED": "1"} if settings.privileged else env
 
 
 def problems(settings: NmapSettings) -> tuple[str, ...]:

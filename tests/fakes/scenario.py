@@ -288,7 +288,7 @@ def main(tool_class: Callable[[list[str], dict], Tool]) -> None:
     if scenario.get("ignore_term"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    env = {key: os.environ[key] for key in ("HOME", "NMAPDIR") if key in os.environ}
+    env = {key: os.environ[key] for key in ("HOME", "NMAPDIR", "NMAP_PRIVILEGED") if key in os.environ}
     start = {"argv": sys.argv[1:], "ppid": os.getppid(), "mode": mode, "env": env}
     answer = tool.version() or tool.usage_error()
     if answer is not None:
