@@ -354,6 +354,7 @@ class Runtime:
                 raise
             plan = plan_reload(old, new, self._operator_disabled)
             self._put_in_force(plan.settings, self._tool_changes(plan))
+            self.scans.keep_for(plan.settings.scans.retention_days * 86_400, plan.settings.scans.max_scans)
             attempt = _applied(plan, old, by=by, at=self._clock(), took_sec=time.monotonic() - started)
             self.config = self.config.model_copy(
                 update={

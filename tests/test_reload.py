@@ -292,3 +292,17 @@ def test_a_changed_cap_or_wordlist_directory_changes_the_listed_schema_and_tells
         told.clear()
         runtime.reload(raised)  # nothing changed: nobody is told
         assert not told.is_set()
+
+
+def test_new_retention_limits_apply_from_the_next_sweep(tmp_path):
+    now = [1_000_000.0]
+    config = fake_config(tmp_path, scans={"path": ":memory:", "retention_days": 7, "max_scans": 10})
+    with Runtime.start(config, clock=lambda: now[0]) as runtime:
+        for _ in range(4):
+            now[0] += 1
+            assert runtime.call("nmap", {"target": "10.0.0.7", "ports": "22"}).ok
+        assert runtime.scans.expire() == 0
+        fewer = copy.deepcopy(config)
+        fewer["scans"]["max_scans"] = 1
+        assert runtime.reload(fewer).changed == ["scans.max_scans"]
+        assert runtime.scans.expire() == 3

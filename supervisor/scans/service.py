@@ -185,12 +185,19 @@ class Scans:
                 self._live.pop(live.record.scan_id, None)
         live.done.set_result(outcome)
 
+    def keep_for(self, retention_sec: float, max_scans: int) -> None:
+        """New retention limits from a reload; the next sweep applies them."""
+        with self._lock:
+            self._retention_sec, self._max_scans = retention_sec, max_scans
+
     def expire(self) -> int:
         """Remove finished scans past retention, and beyond `max_scans`, a batch at a time; returns how many went."""
         total = 0
         while True:
             now = self._clock()
-            removed = self.store.expire(older_than=now - self._retention_sec, keep=self._max_scans)
+            with self._lock:
+                retention_sec, max_scans = self._retention_sec, self._max_scans
+            removed = self.store.expire(older_than=now - retention_sec, keep=max_scans)
             if removed:
                 with self._lock:
                     for scan_id, _ in removed:

@@ -99,9 +99,12 @@ class Tasks:
         self._server_info_stamp = server_info_stamp
         self._scanner_tools = scanner_tools
         # Scans keep their record until they expire: that is the task's time to live.
-        self.ttl_ms = int(access.settings.retention_days * 86_400_000)
 
     # ------------------------------------------------------------------ what is advertised
+
+    def _ttl_ms(self) -> int:
+        """How long a task's result is kept: the store's retention in force."""
+        return int(self._access.settings.retention_days * 86_400_000)
 
     def capabilities(self, version: str) -> dict[str, Any]:
         """The `ServerCapabilities` fields tasks add at `version`."""
@@ -274,9 +277,9 @@ class Tasks:
         if (message := _status_message(record)) is not None:
             task["statusMessage"] = message
         if era is Era.HANDSHAKE:
-            task.update(ttl=self.ttl_ms, pollInterval=POLL_INTERVAL_MS)
+            task.update(ttl=self._ttl_ms(), pollInterval=POLL_INTERVAL_MS)
         else:
-            task.update(ttlMs=self.ttl_ms, pollIntervalMs=POLL_INTERVAL_MS)
+            task.update(ttlMs=self._ttl_ms(), pollIntervalMs=POLL_INTERVAL_MS)
         return task
 
     def _detailed(self, caller: Caller, record: ScanRecord) -> dict[str, Any]:
