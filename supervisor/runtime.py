@@ -41,6 +41,7 @@ from actors.watchdog import Watchdog
 from supervisor.audit import AuditLog
 from supervisor.config import FaultSettings, Settings, settings_from
 from supervisor.metrics import ScanStoreCollector
+from supervisor.retrier import Retrier
 from supervisor.scans.service import LiveScan, Scans
 from supervisor.scans.store import ScanStore, StoreClosed
 from supervisor.scope import with_scope
@@ -102,6 +103,10 @@ class Runtime:
         self.supervisor = Supervisor(
             settings, self.specs, on_escalate=self._escalate, collectors=[ScanStoreCollector(self._scan_store_status)]
         )
+        # Every call from admission to answer, each attempt handed to the supervisor, transient failures retried.
+        self.retries = Retrier(
+            self.supervisor.submit, on_retry=self.supervisor.record_retry, on_refused=self.supervisor.record_refusal
+        )
         self._calls: dict[str, str] = {}  # call_id -> tool, for cancellation
         self._calls_lock = threading.Lock()
         self._stop_lock = threading.Lock()
@@ -141,6 +146,7 @@ class Runtime:
         with self._stop_lock:
             if not self._stopped:
                 self._stopped = True
+                self.retries.close()  # calls waiting to be tried again are answered now
                 self.supervisor.shutdown(grace)
                 if self.watchdog is not None:
                     self.watchdog.close()  # every run has ended: nothing is left for it to end
@@ -241,7 +247,7 @@ class Runtime:
             tool = self._calls.get(call_id)
         if tool is None:
             return False
-        return self.supervisor.cancel(tool, call_id)
+        return self.retries.cancel(call_id) or self.supervisor.cancel(tool, call_id)
 
     # --- operators ----------------------------------------------------------------
 
@@ -380,16 +386,23 @@ class Runtime:
             with self._calls_lock:  # never admitted: its id is free again
                 self._calls.pop(call_id, None)
             raise
-        call = Call(
-            call_id=call_id,
-            prepared=prepared,
-            reply=reply,
-            progress=self.scans.progress_sink(scan, then=progress),
-            on_spawn=lambda pid, home: self._spawned(scan, pid, home),
-            on_reaped=lambda: self._reaped(scan),
-        )
+        sink = self.scans.progress_sink(scan, then=progress)
+
+        def attempt(attempt_reply: Reply[CallOutcome], number: int) -> Call:
+            # Each attempt's process group is watched under a key of its own: an earlier attempt's
+            # group may still be dying when the next one starts.
+            key = scan.record.scan_id if number == 1 else f"{scan.record.scan_id}.{number}"
+            return Call(
+                call_id=call_id,
+                prepared=prepared,
+                reply=attempt_reply,
+                progress=sink,
+                on_spawn=lambda pid, home: self._spawned(scan, key, pid, home),
+                on_reaped=lambda: self._reaped(key),
+            )
+
         reply.on_resolved(lambda outcome: self._answered(call_id, scan, outcome, caller))
-        self.supervisor.submit(call)
+        self.retries.submit(call_id, tool, getattr(self.settings.tools, tool).retry, attempt, reply)
         return call_id, scan.record.scan_id, None
 
     def _prepare(
@@ -399,19 +412,19 @@ class Runtime:
             raise InvalidCall("arguments must be an object", field="arguments")
         return prepare_call(spec, arguments, settings=getattr(self.settings.tools, spec.name), policy=policy)
 
-    def _spawned(self, scan: LiveScan, pid: int, home: str | None) -> None:
-        """Runner thread: a run's process group exists; the store and the watchdog learn where it is."""
+    def _spawned(self, scan: LiveScan, key: str, pid: int, home: str | None) -> None:
+        """Runner thread: a run's process group exists; the store and the watchdog (under `key`) learn where it is."""
         ticks = process_start_ticks(pid)
         if ticks is None:  # already gone
             return
         self.scans.spawned(scan, pid, ticks, home)
         if self.watchdog is not None:
-            self.watchdog.watch(scan.record.scan_id, pid, ticks, home)
+            self.watchdog.watch(key, pid, ticks, home)
 
-    def _reaped(self, scan: LiveScan) -> None:
+    def _reaped(self, key: str) -> None:
         """Runner thread: the run's processes are gone (its answer may have gone out long before)."""
         if self.watchdog is not None:
-            self.watchdog.forget(scan.record.scan_id)
+            self.watchdog.forget(key)
 
     def _answered(self, call_id: str, scan: LiveScan, outcome: CallOutcome, caller: Caller) -> None:
         with self._calls_lock:

@@ -34,6 +34,7 @@ from supervisor.messages import (
     GetMetrics,
     GetStatus,
     Refused,
+    Retried,
     StartChild,
     Tick,
 )
@@ -104,6 +105,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 self.ledger.call_finished(tool, call_id, outcome, duration, ran)
             case Refused(tool, outcome):
                 self.ledger.call_refused(tool, outcome)
+            case Retried(tool, reason):
+                self.ledger.call_retried(tool, reason)
             case BreakerChanged(tool, _old, new, _reason):
                 self.ledger.breaker_changed(tool, new)
             case ActorStarted(tool, incarnation, at):
