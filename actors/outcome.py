@@ -43,6 +43,7 @@ def outcome_from_run(
     tool = prepared.tool
     if run.spawn_error is not None:
         message = f"could not start {prepared.argv[0]}: {run.spawn_error}"
+        fields["spawn_errno"] = run.spawn_errno
         return CallOutcome.failure(tool, call_id, ErrorType.EXECUTION, message, **fields), Verdict.FAILURE
     result, parse_error = _parse(spec, run)
     fields["result"] = result

@@ -59,6 +59,15 @@ class CallError(BaseModel):
             object.__setattr__(self, "recovery_suggestion", RECOVERY[self.error_type])
 
 
+class RetriedAttempt(BaseModel):
+    """An earlier attempt at a call that failed for a transient reason and was tried again."""
+
+    model_config = ConfigDict(frozen=True)
+
+    error_type: ErrorType
+    message: str
+
+
 class CallOutcome(BaseModel):
     """The answer to one tool call, whatever happened to it."""
 
@@ -76,9 +85,14 @@ class CallOutcome(BaseModel):
     stderr: str = ""
     result: dict[str, Any] | None = None
     error: CallError | None = None
+    # How often the call was handed to its tool: more than once when a transient failure was retried.
+    attempts: int = 1
+    retried: list[RetriedAttempt] = Field(default_factory=list)  # how each earlier attempt ended, oldest first
     # The tool's own output as captured (within the byte cap). Kept for the scan store, never sent:
     # `exclude` leaves it out of every dump, the wire envelope and its schema included.
     raw_output: str | None = Field(default=None, exclude=True)
+    # The OS error number when the process could not be started; for deciding on a retry, never sent.
+    spawn_errno: int | None = Field(default=None, exclude=True)
 
     @classmethod
     def failure(

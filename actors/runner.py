@@ -87,7 +87,8 @@ class RunResult:
 
     ``returncode`` is the exit status when the leader exited by itself, and
     None when a signal ended it (then ``signal`` names it) or it never ran
-    (then ``spawn_error`` says why, or ``cancelled`` is set).
+    (then ``spawn_error`` says why, with the OS's ``spawn_errno`` when it gave
+    one, or ``cancelled`` is set).
     """
 
     returncode: int | None
@@ -101,6 +102,7 @@ class RunResult:
     duration_sec: float
     spawn_error: str | None
     pid: int | None
+    spawn_errno: int | None = None
 
 
 class _Capture:
@@ -213,7 +215,11 @@ class ProcessRun:
             except Exception as exc:  # noqa: BLE001 - whatever failed, no process exists: the run ends as a spawn error
                 for fd in wake or ():
                     os.close(fd)
-                self._not_run = _not_run(self._started_at, spawn_error=str(exc) or type(exc).__name__)
+                self._not_run = _not_run(
+                    self._started_at,
+                    spawn_error=str(exc) or type(exc).__name__,
+                    spawn_errno=exc.errno if isinstance(exc, OSError) else None,
+                )
                 if self._home is not None:
                     _remove_directory(self._home)
                     self._home = None
@@ -382,7 +388,9 @@ class ProcessRun:
         return time.monotonic() + self.request.kill_grace_sec
 
 
-def _not_run(started: float, *, cancelled: bool = False, spawn_error: str | None = None) -> RunResult:
+def _not_run(
+    started: float, *, cancelled: bool = False, spawn_error: str | None = None, spawn_errno: int | None = None
+) -> RunResult:
     return RunResult(
         returncode=None,
         signal=None,
@@ -395,6 +403,7 @@ def _not_run(started: float, *, cancelled: bool = False, spawn_error: str | None
         duration_sec=time.monotonic() - started,
         spawn_error=spawn_error,
         pid=None,
+        spawn_errno=spawn_errno,
     )
 
 

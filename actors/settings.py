@@ -77,6 +77,13 @@ class BreakerSettings(Strict):
     jitter: float = Field(default=0.1, ge=0.0, le=1.0)
 
 
+class RetrySettings(Strict):
+    """Calls that failed for a transient reason (see `supervisor.retries`) are tried again inside the call."""
+
+    attempts: int = Field(default=1, ge=0, le=3)  # further attempts at most; 0 answers the first failure
+    backoff_sec: float = Field(default=0.5, ge=0, le=30)  # the wait before the first retry, doubled for each next
+
+
 class ToolSettings(Strict):
     """Limits shared by every tool; a tool's own settings class adds its keys and sets `binary`'s default."""
 
@@ -90,6 +97,7 @@ class ToolSettings(Strict):
     stderr_cap_bytes: int = Field(default=256 << 10, ge=1024)
     kill_grace_sec: float = Field(default=2.0, ge=0)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
     # How the supervisor treats this tool's actor when it dies (OTP restart types).
     restart: Literal["permanent", "transient", "temporary"] = "permanent"
 

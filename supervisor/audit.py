@@ -51,6 +51,9 @@ def audit_record(
     }
     if outcome.error is not None:
         record["error"] = outcome.error.message
+    if outcome.attempts > 1 or outcome.retried:
+        record["attempts"] = outcome.attempts
+        record["retried"] = [attempt.model_dump(mode="json") for attempt in outcome.retried]
     if arguments is not None and not outcome.argv:
         record["arguments"] = arguments
     return record

@@ -1,7 +1,7 @@
 """The call ledger: every number the runtime reports about its tools, kept in one place.
 
-It is fed one event at a time (calls queued, started, finished or refused, breaker changes, deaths and
-restarts) and answers the status snapshot's questions. Pure: no threads, no I/O, the clock injected.
+It is fed one event at a time (calls queued, started, finished, refused or retried, breaker changes,
+deaths and restarts) and answers the status snapshot's questions. Pure: no threads, no I/O, the clock injected.
 The Prometheus metrics are a projection of it, told of each change through a `LedgerObserver`.
 """
 
@@ -32,6 +32,8 @@ class LedgerObserver(Protocol):
 
     def restart_timed(self, tool: str, seconds: float) -> None: ...
 
+    def retry_counted(self, tool: str, reason: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class ToolNumbers:
@@ -46,6 +48,7 @@ class ToolNumbers:
     last_restart_reason: str | None
     restart_p50_sec: float | None
     restart_p99_sec: float | None
+    retries: dict[str, int]  # calls tried again, by reason
 
 
 @dataclass
@@ -58,6 +61,7 @@ class _ToolTallies:
     last_restart_reason: str | None = None
     restart_durations: deque[float] = field(default_factory=lambda: deque(maxlen=RESERVOIR))
     died_at: float | None = None  # when the last death was seen, until a successor serves
+    retries: dict[str, int] = field(default_factory=dict)
 
 
 class CallLedger:
@@ -94,6 +98,13 @@ class CallLedger:
     def call_answered(self, tool: str, outcome: str, admitted_at: float, ran: bool) -> None:
         """The supervisor answered a call an actor held (a death, a stash, a shutdown): timed from admission."""
         self._count(tool, outcome, self.clock() - admitted_at, ran)
+
+    def call_retried(self, tool: str, reason: str) -> None:
+        """An attempt failed for a transient reason and the call is tried again; each attempt's answer counts too."""
+        tallies = self._tools[tool]
+        tallies.retries[reason] = tallies.retries.get(reason, 0) + 1
+        if self.observer is not None:
+            self.observer.retry_counted(tool, reason)
 
     # --- tools ----------------------------------------------------------------------
 
@@ -151,6 +162,7 @@ class CallLedger:
             last_restart_reason=tallies.last_restart_reason,
             restart_p50_sec=nearest_rank(restarts, 0.50),
             restart_p99_sec=nearest_rank(restarts, 0.99),
+            retries=dict(tallies.retries),
         )
 
     def uptime_sec(self) -> float:

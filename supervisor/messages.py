@@ -38,6 +38,14 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Retried:
+    """An attempt at a call failed for a transient reason (`supervisor.retries`); the call tries again."""
+
+    tool: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Control:
     action: str  # reset | restart | breaker_open | breaker_closed
     tool: str

@@ -4,7 +4,7 @@ collectors that read numbers with another owner (the scan store's) when scraped.
 Each runtime owns its registry (never the process-global one), so two
 embedded runtimes, or a test's runtime beside the daemon's, never mix their
 numbers. Labels come from bounded sets only — tool names, outcomes, breaker
-states, restart reasons — never a target or an argument. The duration
+states, restart and retry reasons — never a target or an argument. The duration
 histogram's buckets span 10 ms to an hour because a scan can be either.
 """
 
@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from actors.breaker import BreakerState
 from actors.results import ErrorType
+from supervisor.retries import RetryReason
 from supervisor.status import ConfigStatus, ScanStoreStatus
 
 OUTCOMES = ("ok", *(e.value for e in ErrorType))
@@ -32,7 +33,18 @@ class Metrics:
         tools = list(tools)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.calls = Counter("labrecon_tool_calls", "Tool calls answered, by outcome.", ["tool", "outcome"], registry=r)
+        self.calls = Counter(
+            "labrecon_tool_calls",
+            "Tool calls answered, by outcome; a retried call counts each attempt's answer.",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "labrecon_call_retries",
+            "Calls tried again after a transient failure, by reason.",
+            ["tool", "reason"],
+            registry=r,
+        )
         self.duration = Histogram(
             "labrecon_tool_call_duration_seconds",
             "Time from admission to answer of calls that ran a process.",
@@ -72,6 +84,8 @@ class Metrics:
                 self.calls.labels(tool, outcome)
             for reason in RESTART_REASONS:
                 self.restarts.labels(tool, reason)
+            for retry_reason in RetryReason:
+                self.retries.labels(tool, retry_reason.value)
             self.in_flight.labels(tool).set(0)
             self.queue_depth.labels(tool).set(0)
             self.tool_up.labels(tool).set(1)
@@ -99,6 +113,9 @@ class Metrics:
 
     def restart_timed(self, tool: str, seconds: float) -> None:
         self.restart_seconds.labels(tool).observe(seconds)
+
+    def retry_counted(self, tool: str, reason: str) -> None:
+        self.retries.labels(tool, reason).inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -43,6 +43,7 @@ from supervisor.audit import AuditLog
 from supervisor.config import CONFIG_ENV, ConfigError, FaultSettings, Settings, load_settings, settings_from
 from supervisor.metrics import ConfigCollector, ScanStoreCollector
 from supervisor.reload_plan import ReloadPlan, plan_reload
+from supervisor.retrier import Retrier
 from supervisor.scans.service import LiveScan, Scans
 from supervisor.scans.store import ScanStore, StoreClosed
 from supervisor.scope import with_scope
@@ -128,6 +129,10 @@ class Runtime:
         self.scans.start_sweeping()
         collectors = [ScanStoreCollector(self._scan_store_status), ConfigCollector(lambda: self.config)]
         self.supervisor = Supervisor(settings, self.specs, on_escalate=self._escalate, collectors=collectors)
+        # Every call from admission to answer, each attempt handed to the supervisor, transient failures retried.
+        self.retries = Retrier(
+            self.supervisor.submit, on_retry=self.supervisor.record_retry, on_refused=self.supervisor.record_refusal
+        )
         self._calls: dict[str, str] = {}  # call_id -> tool, for cancellation
         self._calls_lock = threading.Lock()
         self._stop_lock = threading.Lock()
@@ -209,6 +214,7 @@ class Runtime:
         with self._stop_lock:
             if not self._stopped:
                 self._stopped = True
+                self.retries.close()  # calls waiting to be tried again are answered now
                 self.supervisor.shutdown(grace)
                 if self.watchdog is not None:
                     self.watchdog.close()  # every run has ended: nothing is left for it to end
@@ -309,7 +315,7 @@ class Runtime:
             tool = self._calls.get(call_id)
         if tool is None:
             return False
-        return self.supervisor.cancel(tool, call_id)
+        return self.retries.cancel(call_id) or self.supervisor.cancel(tool, call_id)
 
     # --- operators ----------------------------------------------------------------
 
@@ -598,16 +604,23 @@ class Runtime:
             span.end(CallOutcome.failure(tool, call_id, ErrorType.INTERNAL, "the scan could not be opened"))
             raise
         span.admitted(scan.record.scan_id)
-        call = Call(
-            call_id=call_id,
-            prepared=prepared,
-            reply=reply,
-            progress=self.scans.progress_sink(scan, then=progress),
-            on_spawn=lambda pid, home: self._spawned(scan, span, pid, home),
-            on_reaped=lambda: self._reaped(scan, span),
-        )
+        sink = self.scans.progress_sink(scan, then=progress)
+
+        def attempt(attempt_reply: Reply[CallOutcome], number: int) -> Call:
+            # Each attempt's process group is watched under a key of its own: an earlier attempt's
+            # group may still be dying when the next one starts.
+            key = scan.record.scan_id if number == 1 else f"{scan.record.scan_id}.{number}"
+            return Call(
+                call_id=call_id,
+                prepared=prepared,
+                reply=attempt_reply,
+                progress=sink,
+                on_spawn=lambda pid, home: self._spawned(scan, span, key, pid, home),
+                on_reaped=lambda: self._reaped(span, key),
+            )
+
         reply.on_resolved(lambda outcome: self._answered(call_id, scan, outcome, caller, span))
-        self.supervisor.submit(call)
+        self.retries.submit(call_id, tool, getattr(live.settings.tools, tool).retry, attempt, reply)
         return call_id, scan.record.scan_id, None
 
     def _refused(
@@ -647,21 +660,21 @@ class Runtime:
             raise InvalidCall("arguments must be an object", field="arguments")
         return prepare_call(spec, arguments, settings=getattr(settings.tools, spec.name), policy=policy)
 
-    def _spawned(self, scan: LiveScan, span: CallSpan, pid: int, home: str | None) -> None:
-        """Runner thread: a run's process group exists; the store and the watchdog learn where it is."""
+    def _spawned(self, scan: LiveScan, span: CallSpan, key: str, pid: int, home: str | None) -> None:
+        """Runner thread: a run's process group exists; the store and the watchdog (under `key`) learn where it is."""
         span.spawned(pid)
         ticks = process_start_ticks(pid)
         if ticks is None:  # already gone
             return
         self.scans.spawned(scan, pid, ticks, home)
         if self.watchdog is not None:
-            self.watchdog.watch(scan.record.scan_id, pid, ticks, home)
+            self.watchdog.watch(key, pid, ticks, home)
 
-    def _reaped(self, scan: LiveScan, span: CallSpan) -> None:
+    def _reaped(self, span: CallSpan, key: str) -> None:
         """Runner thread: the run's processes are gone (its answer may have gone out long before)."""
         span.exited()
         if self.watchdog is not None:
-            self.watchdog.forget(scan.record.scan_id)
+            self.watchdog.forget(key)
 
     def _answered(self, call_id: str, scan: LiveScan, outcome: CallOutcome, caller: Caller, span: CallSpan) -> None:
         """The answering thread, before anyone sees the answer: the span ended, the scan settled, the audit line."""

@@ -20,7 +20,7 @@ from actors.tools.base import ToolSpec
 from supervisor.config import FaultSettings, Settings
 from supervisor.faults import FaultPlan
 from supervisor.health import HealthChecker
-from supervisor.messages import ChangeTools, Control, GetMetrics, GetStatus, Refused
+from supervisor.messages import ChangeTools, Control, GetMetrics, GetStatus, Refused, Retried
 from supervisor.shutdown import shut_down
 from supervisor.slots import Refusal, build_slots, refusal_outcome
 from supervisor.status import Status
@@ -71,6 +71,11 @@ class Supervisor:
         """Count a call answered before it reached any actor."""
         with contextlib.suppress(pykka.ActorDeadError):
             self.ref.tell(Refused(tool, error_type.value))
+
+    def record_retry(self, tool: str, reason: str) -> None:
+        """Count a call that will be tried again (`reason`: a `supervisor.retries.RetryReason`)."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.ref.tell(Retried(tool, reason))
 
     def cancel(self, tool: str, call_id: str) -> bool:
         slot = self.slots.get(tool)

@@ -37,6 +37,7 @@ from supervisor.messages import (
     Refused,
     Retired,
     RetireOver,
+    Retried,
     StartChild,
     Tick,
 )
@@ -112,6 +113,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 self.ledger.call_finished(tool, call_id, outcome, duration, ran)
             case Refused(tool, outcome):
                 self.ledger.call_refused(tool, outcome)
+            case Retried(tool, reason):
+                self.ledger.call_retried(tool, reason)
             case BreakerChanged(tool, _old, new, _reason):
                 self.ledger.breaker_changed(tool, new)
             case ActorStarted(tool, incarnation, at):

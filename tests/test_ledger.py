@@ -42,6 +42,9 @@ class Recorder:
     def restart_timed(self, tool, seconds):
         self.seen.append(("restart_timed", tool, seconds))
 
+    def retry_counted(self, tool, reason):
+        self.seen.append(("retry_counted", tool, reason))
+
 
 def new_ledger(clock=None, observer=None) -> CallLedger:
     return CallLedger(TOOLS, clock=clock or Clock(), observer=observer)
@@ -96,6 +99,21 @@ def test_a_call_the_supervisor_answers_is_timed_from_its_admission_on_the_ledger
     ledger.call_answered("nmap", "actor_restarted", admitted_at=100.0, ran=True)
     assert ledger.numbers("nmap").p50_sec == 7.5
     assert recorder.seen == [("call_counted", "nmap", "actor_restarted", 7.5, True)]
+
+
+def test_retries_are_counted_by_reason_and_told_to_the_observer():
+    recorder = Recorder()
+    ledger = new_ledger(observer=recorder)
+    ledger.call_retried("nmap", "actor_restarted")
+    ledger.call_retried("nmap", "actor_restarted")
+    ledger.call_retried("nmap", "spawn_error")
+    assert ledger.numbers("nmap").retries == {"actor_restarted": 2, "spawn_error": 1}
+    assert ledger.numbers("masscan").retries == {}
+    assert recorder.seen == [
+        ("retry_counted", "nmap", "actor_restarted"),
+        ("retry_counted", "nmap", "actor_restarted"),
+        ("retry_counted", "nmap", "spawn_error"),
+    ]
 
 
 def test_percentiles_are_nearest_rank_over_the_most_recent_durations():
@@ -177,6 +195,7 @@ def test_the_prometheus_metrics_mirror_the_ledger():
     ledger.call_refused("masscan", "validation")
     ledger.breaker_changed("masscan", "half_open")
     ledger.child_died("masscan", "operator", "restart requested")
+    ledger.call_retried("nmap", "spawn_error")
     text = metrics.text().decode()
 
     def sample(name: str, **labels: str) -> float:
@@ -195,3 +214,5 @@ def test_the_prometheus_metrics_mirror_the_ledger():
     assert sample("labrecon_actor_restarts_total", reason="operator", tool="masscan") == 1
     assert sample("labrecon_tool_up", tool="masscan") == 0
     assert sample("labrecon_tool_up", tool="nmap") == 1
+    assert sample("labrecon_call_retries_total", reason="spawn_error", tool="nmap") == 1
+    assert sample("labrecon_call_retries_total", reason="actor_restarted", tool="nmap") == 0

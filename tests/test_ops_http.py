@@ -30,7 +30,7 @@ def crash_until_failed(tmp_path, on_intensity_exceeded="fail"):
     """A runtime whose only tool (nmap) gives up after its first crash."""
     rt = start_runtime(
         tmp_path,
-        tools={"masscan": {"enabled": False}, "gobuster": {"enabled": False}},
+        tools={"nmap": {"retry": {"attempts": 0}}, "masscan": {"enabled": False}, "gobuster": {"enabled": False}},
         supervisor={"max_restarts": 0, "on_intensity_exceeded": on_intensity_exceeded},
     )
     rt.inject(tool="nmap", kind="crash", count=1)

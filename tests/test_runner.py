@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
@@ -196,6 +197,7 @@ def test_concurrent_runs_on_many_threads_stay_apart(tmp_path):
 def test_a_missing_program_is_a_spawn_error(tmp_path):
     result = run([tmp_path / "no-such-scanner", "10.0.0.5"])
     assert result.spawn_error is not None and "No such file" in result.spawn_error
+    assert result.spawn_errno == errno.ENOENT
     assert result.pid is None and result.returncode is None and not result.cancelled
 
 
@@ -205,7 +207,17 @@ def test_a_program_without_execute_permission_is_a_spawn_error(tmp_path):
     path.chmod(0o644)
     result = run([path])
     assert result.spawn_error is not None and "Permission denied" in result.spawn_error
-    assert result.pid is None
+    assert result.spawn_errno == errno.EACCES and result.pid is None
+
+
+def test_a_program_being_written_is_a_spawn_error_that_names_its_errno(tmp_path):
+    path = tmp_path / "scanner"
+    path.write_text("#!/bin/sh\necho hi\n")
+    path.chmod(0o755)
+    with path.open("a"):  # open for writing: the kernel refuses to execute it
+        result = run([path])
+    assert result.spawn_errno == errno.ETXTBSY and result.pid is None
+    assert run([path]).returncode == 0
 
 
 def test_an_argument_with_a_nul_byte_is_a_spawn_error():

@@ -23,6 +23,8 @@ from tests.helpers import process_alive, wait_until
 from tests.runtimes import scan_calls
 
 NMAP = {"target": "10.0.0.5"}
+# For tests about how a dead incarnation's calls are answered: the answer is not tried again.
+NO_RETRY = {"retry": {"attempts": 0}}
 
 
 def nmap_binary(runtime) -> str:
@@ -51,7 +53,9 @@ def test_operator_restart_counts_a_running_call_once(make_runtime, tmp_path):
     """Restart sweeps the running call (actor_restarted, counted); the old actor's on_stop then
     reports it again as `cancelled`, so calls-by-outcome adds up to 2 for 1 call."""
     release = tmp_path / "release"
-    runtime = make_runtime(tools={"nmap": {"scenario": {"mode": "block", "release_file": str(release)}}})
+    runtime = make_runtime(
+        tools={"nmap": {"scenario": {"mode": "block", "release_file": str(release)}, **NO_RETRY}}
+    )
     with ThreadPoolExecutor(1) as pool:
         try:
             running = pool.submit(runtime.call, "nmap", NMAP)
@@ -69,7 +73,7 @@ def test_operator_restart_hands_queued_calls_to_the_next_incarnation(make_runtim
     does requeue them, but the retired actor's on_stop answers them `cancelled` first."""
     release = tmp_path / "release"
     runtime = make_runtime(
-        tools={"nmap": {"concurrency": 1, "scenario": {"mode": "block", "release_file": str(release)}}}
+        tools={"nmap": {"concurrency": 1, "scenario": {"mode": "block", "release_file": str(release)}, **NO_RETRY}}
     )
     with ThreadPoolExecutor(2) as pool:
         try:
@@ -95,6 +99,7 @@ def test_trial_call_lost_to_a_crash_does_not_wedge_the_breaker(make_runtime):
             "nmap": {
                 "breaker": {"failure_threshold": 1, "open_sec": 0.05, "jitter": 0},
                 "scenario": {"mode": "fail"},
+                **NO_RETRY,
             }
         }
     )

@@ -11,6 +11,9 @@ from supervisor.status import Status
 from tests.helpers import wait_until
 from tests.runtimes import scan_calls
 
+# These tests are about what the supervisor answers when an actor dies, so the call is not tried again.
+NO_RETRY = {"retry": {"attempts": 0}}
+
 TARGETS = {
     "nmap": {"target": "10.0.0.5"},
     "masscan": {"target": "10.0.0.5", "ports": "80"},
@@ -24,7 +27,7 @@ async def gather_calls(runtime, plan):
 
 def test_crash_storm_answers_every_call_once_and_requeues_the_queued(make_runtime):
     runtime = make_runtime(
-        tools={name: {"max_queue": 300, "concurrency": 4} for name in TARGETS},
+        tools={name: {"max_queue": 300, "concurrency": 4, **NO_RETRY} for name in TARGETS},
         supervisor={"max_restarts": 1000, "stash_limit": 1000},
         faults=[{"tool": "nmap", "kind": "crash", "every": 10}],
     )
@@ -53,7 +56,7 @@ def test_crash_storm_answers_every_call_once_and_requeues_the_queued(make_runtim
 
 
 def test_intensity_exceeded_fails_one_tool_and_reset_brings_it_back(make_runtime):
-    runtime = make_runtime(supervisor={"max_restarts": 2, "restart_window_sec": 60})
+    runtime = make_runtime(tools={"nmap": NO_RETRY}, supervisor={"max_restarts": 2, "restart_window_sec": 60})
     runtime.inject(tool="nmap", kind="crash", count=3)
     outcomes = [runtime.call("nmap", TARGETS["nmap"]) for _ in range(3)]
     assert [o.error_type for o in outcomes] == [ErrorType.ACTOR_RESTARTED] * 3
@@ -73,7 +76,9 @@ def test_intensity_exceeded_fails_one_tool_and_reset_brings_it_back(make_runtime
 
 
 def test_escalate_stops_the_runtime(make_runtime):
-    runtime = make_runtime(supervisor={"max_restarts": 0, "on_intensity_exceeded": "escalate"})
+    runtime = make_runtime(
+        tools={"nmap": NO_RETRY}, supervisor={"max_restarts": 0, "on_intensity_exceeded": "escalate"}
+    )
     runtime.inject(tool="nmap", kind="crash", count=1)
     assert runtime.call("nmap", TARGETS["nmap"]).error_type is ErrorType.ACTOR_RESTARTED
     assert runtime.escalated.wait(10)
@@ -83,7 +88,7 @@ def test_escalate_stops_the_runtime(make_runtime):
 
 def test_hung_actor_is_replaced_and_its_calls_answered(make_runtime, tmp_path):
     runtime = make_runtime(
-        tools={"nmap": {"concurrency": 1}},
+        tools={"nmap": {"concurrency": 1, **NO_RETRY}},
         supervisor={"ping_interval_sec": 0.05, "ping_deadline_sec": 0.3},
     )
     runtime.inject(tool="nmap", kind="hang", count=1)
@@ -107,7 +112,8 @@ def test_metrics_and_status_match_a_known_workload(make_runtime):
     assert runtime.call("nmap", {"target": "8.8.8.8"}).error_type is ErrorType.VALIDATION
     assert runtime.call("gobuster", TARGETS["gobuster"]).error_type is ErrorType.EXECUTION
     runtime.inject(tool="masscan", kind="crash", count=1)
-    assert runtime.call("masscan", TARGETS["masscan"]).error_type is ErrorType.ACTOR_RESTARTED
+    retried = runtime.call("masscan", TARGETS["masscan"])  # its actor crashes under it; the retry is served
+    assert retried.ok and [r.error_type for r in retried.retried] == [ErrorType.ACTOR_RESTARTED]
     assert runtime.call("masscan", TARGETS["masscan"]).ok
 
     text = runtime.metrics_text()
@@ -122,7 +128,9 @@ def test_metrics_and_status_match_a_known_workload(make_runtime):
     assert sample("labrecon_tool_calls_total", outcome="validation", tool="nmap") == 1
     assert sample("labrecon_tool_calls_total", outcome="execution", tool="gobuster") == 1
     assert sample("labrecon_tool_calls_total", outcome="actor_restarted", tool="masscan") == 1
-    assert sample("labrecon_tool_calls_total", outcome="ok", tool="masscan") == 1
+    assert sample("labrecon_tool_calls_total", outcome="ok", tool="masscan") == 2
+    assert sample("labrecon_call_retries_total", reason="actor_restarted", tool="masscan") == 1
+    assert sample("labrecon_call_retries_total", reason="actor_restarted", tool="nmap") == 0
     assert sample("labrecon_tool_call_duration_seconds_count", tool="nmap") == 3
     assert sample("labrecon_actor_restarts_total", reason="crash", tool="masscan") == 1
     assert sample("labrecon_tool_in_flight", tool="nmap") == 0

@@ -110,14 +110,25 @@ def summarize(outcome: CallOutcome, scan_id: str | None = None) -> str:
         if error.retry_after_sec is not None:
             parts.append(f"Retry after {error.retry_after_sec:g}s.")
         parts.append(f"Next step: {error.recovery_suggestion}")
+        parts += _retries(outcome)
         parts.append(handle)
         return " ".join(parts)
     exit_text = f", exit {outcome.returncode}" if outcome.returncode is not None else ""
     parts = [f"{subject} finished in {outcome.duration_sec:.1f}s{exit_text}: {_findings(outcome.result)}."]
     if outcome.stdout_truncated:
         parts.append("Output was truncated at the byte cap; narrow the scan for complete results.")
+    parts += _retries(outcome)
     parts.append(handle)
     return " ".join(parts)
+
+
+def _retries(outcome: CallOutcome) -> list[str]:
+    """A sentence saying the call was tried again after transient failures, if it was."""
+    if not outcome.retried:
+        return []
+    why = ", then ".join(attempt.error_type.value for attempt in outcome.retried)
+    made = f"{outcome.attempts} attempt{'s' if outcome.attempts != 1 else ''}"
+    return [f"{made} made; transient failures before this answer: {why}."]
 
 
 def _findings(result: dict[str, Any] | None) -> str:
