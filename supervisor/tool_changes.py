@@ -115,14 +115,14 @@ class ToolChanger:
             retiring.ref.tell(message(reply))
 
     def retired(self, tool: str, incarnation: int) -> None:
-        """A retired incarnation has finished what it held: it stops."""
-        taken = self.slots[tool].take_retiring(incarnation)
+        """A retired incarnation has finished what it held (or died first, its crash report on the way): it stops."""
+        slot = self.slots[tool]
+        taken = slot.take_retiring(incarnation)
         if taken is None:
             return
         retiring, held = taken
         self._end(retiring)
-        for call in held:  # answered already, normally; anything left is not left unanswered
-            self._answer_cut_short(tool, call, retiring, 0.0)
+        self._hand_on(slot, held, "stopped")  # normally nothing: a drained incarnation answered all it held
 
     def retire_over(self, tool: str, incarnation: int, drain_sec: float) -> None:
         """The drain time is over: what the retired incarnation still runs is cancelled and answered."""
@@ -141,17 +141,22 @@ class ToolChanger:
             return False
         retiring, held = taken
         self._end(retiring)
+        self._hand_on(slot, held, f"crashed ({reason})")
+        return True
+
+    def _hand_on(self, slot: ToolSlot, held: list[Call], what: str) -> None:
+        """Calls a retired incarnation left unanswered: what it ran may be retried, what it never started goes on."""
         for call in held:
             if call.cancel_requested:
                 self.answer(call, call.failure(ErrorType.CANCELLED, "the call was cancelled"))
             elif call.started:
-                message = f"{slot.name} crashed while the call ran ({reason}); retry it"
+                message = f"{slot.name} {what} while the call ran; retry it"
                 self.answer(call, call.failure(ErrorType.ACTOR_RESTARTED, message, retry_after_sec=0.0))
             elif not slot.reroute(call):
                 self.answer(call, refusal_outcome(call, slot.state, slot.reason))
-        return True
 
     def _answer_cut_short(self, tool: str, call: Call, retiring: Retiring, drain_sec: float) -> None:
+        """The drain time is over: the run is ended and the call answered `cancelled`, never retried."""
         if call.run is not None:
             call.run.cancel()
         why = "was disabled" if retiring.why == "disabled" else "was replaced by a reload"

@@ -306,3 +306,30 @@ def test_new_retention_limits_apply_from_the_next_sweep(tmp_path):
         fewer["scans"]["max_scans"] = 1
         assert runtime.reload(fewer).changed == ["scans.max_scans"]
         assert runtime.scans.expire() == 3
+
+
+def test_a_retired_incarnation_that_crashes_answers_what_it_ran_and_the_call_is_retried_on_its_successor(
+    tmp_path, release
+):
+    config = fake_config(tmp_path, tools={"gobuster": blocking(release, concurrency=1)})
+    old = Path(config["tools"]["gobuster"]["binary"])
+    new = install_fake(tmp_path / "new", "gobuster")
+    reloaded = copy.deepcopy(config)
+    reloaded["tools"]["gobuster"]["binary"] = str(new)
+
+    async def scenario(runtime: Runtime) -> None:
+        first = await runtime.astart("gobuster", {"target": "10.0.0.7"})
+        await asyncio.to_thread(wait_until, lambda: running(old) == 1)
+        second = await runtime.astart("gobuster", {"target": "10.0.0.7"})  # queued behind the first
+        await asyncio.to_thread(runtime.reload, reloaded)
+        runtime.inject(tool="gobuster", kind="crash", count=1)  # the next call to start: the queued one
+        release.touch()
+        assert (await first.outcome).ok
+        outcome = await second.outcome
+        assert outcome.ok and outcome.attempts == 2, outcome
+        assert [earlier.error_type for earlier in outcome.retried] == ["actor_restarted"]
+        assert len(scan_calls(new)) == 1  # the retry ran on the new incarnation
+        assert runtime.status().tools["gobuster"].retiring == 0
+
+    with start(config) as runtime:
+        asyncio.run(scenario(runtime))
