@@ -328,8 +328,10 @@ def test_a_retired_incarnation_that_crashes_answers_what_it_ran_and_the_call_is_
         outcome = await second.outcome
         assert outcome.ok and outcome.attempts == 2, outcome
         assert [earlier.error_type for earlier in outcome.retried] == ["actor_restarted"]
-        assert len(scan_calls(new)) == 1  # the retry ran on the new incarnation
-        assert runtime.status().tools["gobuster"].retiring == 0
+        # The successor ran it, with the binary it was admitted with; the crash came before its process started.
+        assert len(scan_calls(old)) == 2 and scan_calls(new) == []
+        status = runtime.status().tools["gobuster"]
+        assert status.retiring == 0 and status.incarnation == 2 and status.restarts == 0
 
     with start(config) as runtime:
         asyncio.run(scenario(runtime))
