@@ -25,6 +25,7 @@ class ToolStatus(BaseModel):
     state: ToolState
     incarnation: int
     restarts: int
+    retries: dict[str, int] = Field(default_factory=dict)  # calls tried again inside the call, by reason
     last_restart_reason: str | None = None
     failed_reason: str | None = None
     # Out of service by an operator or the config: why, and since when (Unix time).

@@ -191,6 +191,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 state=slot.state,
                 incarnation=slot.incarnation,
                 restarts=numbers.restarts,
+                retries=numbers.retries,
                 last_restart_reason=numbers.last_restart_reason,
                 failed_reason=slot.reason if slot.state == "failed" else None,
                 disabled_reason=slot.reason if slot.state == "disabled" else None,

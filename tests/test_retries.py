@@ -126,6 +126,7 @@ def test_a_call_whose_actor_crashes_is_tried_again_and_says_so(make_runtime, tmp
     assert len(scan_calls(runtime.settings.tools.nmap.binary)) == 1  # the crash came before any process
     # The metrics count the retry, and each attempt's answer.
     assert retries(runtime, "actor_restarted") == 1 and retries(runtime, "spawn_error") == 0
+    assert runtime.status().tools["nmap"].retries == {"actor_restarted": 1}
     assert sample(runtime, "labrecon_tool_calls_total", outcome="actor_restarted", tool="nmap") == 1
     assert sample(runtime, "labrecon_tool_calls_total", outcome="ok", tool="nmap") == 1
     # The scan store keeps the answer as it was given.
