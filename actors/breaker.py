@@ -130,6 +130,10 @@ class CircuitBreaker:
             return self._move(BreakerState.CLOSED, reason)
         raise ValueError(f"cannot force breaker to {state}")
 
+    def fresh(self, settings: BreakerSettings) -> CircuitBreaker:
+        """A closed breaker on the same clock, for a tool that starts over (a new binary, back in service)."""
+        return CircuitBreaker(settings, clock=self._clock, rng=self._rng)
+
     def configure(self, settings: BreakerSettings) -> None:
         """New thresholds and periods from a reload; the state, failures and any open period run on.
 

@@ -100,9 +100,14 @@ class ForceBreaker:
 
 @dataclass(frozen=True)
 class Drain:
-    """Admit nothing new; `reply` resolves once no call is running or queued."""
+    """Admit nothing new; `reply` resolves once no call is running or queued.
+
+    With `hand_back`, the queued calls are handed to it at once (a successor runs them) and only the
+    running ones are waited for.
+    """
 
     reply: Reply[None]
+    hand_back: Callable[[Call], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +199,11 @@ class ToolActor(pykka.ThreadingActor):
                 reply.resolve(self.clock())
             case ForceBreaker(state):
                 self._breaker_moved(self.breaker.force(state, "operator"))
-            case Drain(reply):
+            case Drain(reply, hand_back):
+                if hand_back is not None:
+                    for call in self._take_queued():
+                        self.breaker.record_neutral(call.call_id)
+                        hand_back(call)
                 self.draining.append(reply)
                 self._maybe_drained()
             case Configure(settings):

@@ -95,8 +95,13 @@ class CallLedger:
         """A call answered before it reached any actor."""
         self._count(tool, outcome, 0.0, False)
 
-    def call_answered(self, tool: str, outcome: str, admitted_at: float, ran: bool) -> None:
-        """The supervisor answered a call an actor held (a death, a stash, a shutdown): timed from admission."""
+    def call_answered(
+        self, tool: str, outcome: str, admitted_at: float, ran: bool, call_id: str | None = None
+    ) -> None:
+        """The supervisor answered a call an actor held (a death, a stash, a drain cut short, a shutdown): timed
+        from admission; no longer in flight."""
+        if call_id is not None:
+            self._forget(call_id)
         self._count(tool, outcome, self.clock() - admitted_at, ran)
 
     def call_retried(self, tool: str, reason: str) -> None:
@@ -123,11 +128,13 @@ class CallLedger:
         if self.observer is not None:
             self.observer.serving_changed(tool, serving)
 
-    def child_died(self, tool: str, reason: str, detail: str) -> None:
-        """The serving incarnation died (`reason`: crash, hang or operator); what it held is no longer in flight."""
+    def child_died(self, tool: str, reason: str, detail: str, held: Iterable[str] | None = None) -> None:
+        """The serving incarnation died (`reason`: crash, hang or operator); what it `held` (by default every
+        call of the tool) is no longer in flight; a retired incarnation's calls stay."""
         tallies = self._tools[tool]
         tallies.died_at = self.clock()
-        for call_id in [c for c, (owner, _) in self._calls.items() if owner == tool]:
+        gone = [c for c, (owner, _) in self._calls.items() if owner == tool] if held is None else list(held)
+        for call_id in gone:
             self._forget(call_id)  # queued ones come back as queued from the next incarnation
         tallies.restarts += 1
         tallies.last_restart_reason = f"{reason}: {detail}"

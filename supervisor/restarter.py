@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -69,6 +70,14 @@ class Restarter:
     # --- starting -------------------------------------------------------------------
 
     def start_child(self, slot: ToolSlot) -> None:
+        child = self.spawn(slot)
+        if slot.install(child.ref, child.incarnation, child.retired):
+            self.ledger.child_installed(slot.name)
+        else:
+            child.discard()  # stopped meanwhile: this incarnation never serves
+
+    def spawn(self, slot: ToolSlot) -> Child:
+        """Start the slot's next incarnation, with the slot's settings and breaker; not yet serving."""
         incarnation = slot.incarnation + 1
         retired = threading.Event()
         ref = ToolActor.start(
@@ -81,11 +90,7 @@ class Restarter:
             retired=retired,
             clock=self.clock,
         )
-        if slot.install(ref, incarnation, retired):
-            self.ledger.child_installed(slot.name)
-        else:
-            retired.set()  # stopped meanwhile: this incarnation never serves
-            ref.stop(block=False)
+        return Child(ref, incarnation, retired)
 
     def child_reading(self, tool: str, incarnation: int, at: float) -> None:
         """An incarnation reads its mailbox: if it is the current one, the tool's restart is over."""
@@ -130,7 +135,8 @@ class Restarter:
         slot.restart_requested = False
         # A trial call lost with its actor must not leave the breaker waiting for it forever.
         slot.breaker.record_neutral()
-        self.ledger.child_died(slot.name, kind, reason)
+        held = [call.call_id for call in (*swept.running, *swept.requeued, *swept.cancelled)]
+        self.ledger.child_died(slot.name, kind, reason, held)
         for call in swept.running:
             message = f"{slot.name} {_PAST[kind]} while the call ran; retry it"
             self.answer(call, call.failure(ErrorType.ACTOR_RESTARTED, message, retry_after_sec=0.0))
@@ -169,6 +175,11 @@ class Restarter:
         timer.start()
         return timer
 
+    def cancel_later(self, timer: threading.Timer) -> None:
+        """Call off what `tell_later` would have sent."""
+        timer.cancel()
+        self._timers.discard(timer)
+
     def _give_up(self, slot: ToolSlot, reason: str) -> None:
         slot.set_state("failed", reason)
         for call in slot.take_stash():
@@ -192,6 +203,8 @@ class Restarter:
         return f"{slot.name} reset and serving again"
 
     def restart(self, slot: ToolSlot) -> str:
+        if slot.state == "disabled":
+            return f"{slot.name} is disabled ({slot.reason}); enable it first"
         if slot.state != "running" or slot.ref is None:
             return f"{slot.name} is {slot.state}; use reset for a failed tool"
         # The actor is made to fail on its own thread, after what it is doing now,
@@ -199,6 +212,19 @@ class Restarter:
         slot.restart_requested = True
         slot.ref.tell(Restart("restart requested by an operator"))
         return f"{slot.name} restarting (incarnation {slot.incarnation} is being replaced)"
+
+
+@dataclass(frozen=True)
+class Child:
+    """An incarnation started but not yet installed in its slot."""
+
+    ref: pykka.ActorRef[Any]
+    incarnation: int
+    retired: threading.Event
+
+    def discard(self) -> None:
+        self.retired.set()  # it never serves, and touches nothing
+        self.ref.stop(block=False)
 
 
 class Ticker:

@@ -72,6 +72,7 @@ class InForce:
     policy: TargetPolicy
     lookups: Lookups
     serving: frozenset[str]  # the tools that take calls
+    disabled: Mapping[str, str]  # the others, and what their callers are told
     tool_infos: tuple[ToolInfo, ...]  # what tools/list shows: the serving tools, each with the scope
 
 
@@ -108,9 +109,8 @@ class Runtime:
         self._in_force = self._config_in_force(settings, None)
         self.config = ConfigStatus(digest=settings.digest(), source=source_name, loaded_at=clock())
         self._source = source
-        # One reload or switch at a time; calls are admitted under one config, never half of a reload.
+        # One reload or switch at a time; each call reads the config in force once, never half of a reload.
         self._reload_lock = threading.Lock()
-        self._admission = threading.Lock()
         self._reload_checks: list[Callable[[Settings], None]] = []
         self._tools_listeners: list[Callable[[], None]] = []
         self._reload_listeners: list[Callable[[Settings, Settings], None]] = []
@@ -157,24 +157,23 @@ class Runtime:
 
     def _config_in_force(self, settings: Settings, before: InForce | None) -> InForce:
         """What calls are admitted under: the settings, the policy and look-ups built from them, the tool list."""
-        lookups = before.lookups if before is not None else None
         dns = settings.policy
-        if lookups is None or (lookups.timeout_sec, lookups.limit) != (dns.dns_timeout_sec, dns.dns_concurrency):
+        if before is not None and before.settings.policy == dns:
+            lookups = before.lookups  # look-ups in flight go on
+        else:  # its resolver asks for the address families the networks need
             policy = TargetPolicy(dns, resolver=self._resolver)
             lookups = Lookups(policy.resolver, timeout_sec=dns.dns_timeout_sec, limit=dns.dns_concurrency)
         # Blocking calls wait on a look-up here, at most its deadline; `acall` settles it first, on the loop.
         policy = TargetPolicy(dns, resolver=lookups.resolve)
-        serving = frozenset(
-            name for name, tool in settings.tools.items()
-            if name in self.specs and tool.enabled and name not in self._operator_disabled
-        )
+        disabled = {name: why for name in self.specs if (why := self._why_disabled_by(name, settings))}
+        serving = frozenset(name for name in self.specs if name not in disabled)
         # Each scanner states the scope it may scan, so a model plans inside it instead of learning it from refusals.
         infos = tuple(
             with_scope(self.specs[name].info(getattr(settings.tools, name)), settings.policy)
             for name in self.specs
             if name in serving
         )
-        return InForce(settings, policy, lookups, serving, infos)
+        return InForce(settings, policy, lookups, serving, disabled, infos)
 
     # --- life -------------------------------------------------------------------
 
@@ -359,7 +358,7 @@ class Runtime:
                 self._audit_reload(failed)
                 raise
             plan = plan_reload(old, new, self._operator_disabled)
-            self._put_in_force(plan.settings, self._tool_changes(plan))
+            self._put_in_force(plan.settings, self._tool_changes(plan), reloaded=True)
             self.scans.keep_for(plan.settings.scans.retention_days * 86_400, plan.settings.scans.max_scans)
             attempt = _applied(plan, old, by=by, at=self._clock(), took_sec=time.monotonic() - started)
             self.config = self.config.model_copy(
@@ -392,8 +391,8 @@ class Runtime:
             self._operator_disabled[tool] = told
             settings = self.settings
             was_serving = tool in self._in_force.serving
-            changes = [ToolChange(tool, "disable", getattr(settings.tools, tool), told)] if was_serving else []
-            self._put_in_force(settings, changes, digest_unchanged=True)
+            # Sent also when the config disables it already: the operator's reason is the one shown now.
+            self._put_in_force(settings, [ToolChange(tool, "disable", getattr(settings.tools, tool), told)])
             if self.audit is not None:
                 self.audit.tool_switched(tool, enabled=False, by=by, reason=reason or None)
         logger.info("tool disabled", extra={"tool": tool, "by": by, "reason": reason})
@@ -410,8 +409,11 @@ class Runtime:
                 )
             settings = self.settings
             tool_settings = getattr(settings.tools, tool)
-            changes = [ToolChange(tool, "enable", tool_settings)] if tool_settings.enabled else []
-            self._put_in_force(settings, changes, digest_unchanged=True)
+            if tool_settings.enabled:
+                change = ToolChange(tool, "enable", tool_settings)
+            else:  # still out of service, now for the config's reason
+                change = ToolChange(tool, "disable", tool_settings, disabled_in_config(tool))
+            self._put_in_force(settings, [change])
             if self.audit is not None:
                 self.audit.tool_switched(tool, enabled=True, by=by)
         logger.info("tool enabled", extra={"tool": tool, "by": by})
@@ -447,8 +449,10 @@ class Runtime:
             raise ConfigError("this runtime was started from settings, not a file: pass the new settings to reload")
         return self._source()
 
-    def _put_in_force(self, settings: Settings, changes: list[ToolChange], *, digest_unchanged: bool = False) -> None:
+    def _put_in_force(self, settings: Settings, changes: list[ToolChange], *, reloaded: bool = False) -> None:
         """The supervisor first, then the config calls are admitted under; then whoever lists tools is told.
+
+        `reloaded`: `settings` are a reload's, now in force everywhere; otherwise an operator's switch.
 
         In that order a call never meets a tool half-switched: until the swap, a newly enabled tool is
         still refused here, and a newly disabled one is refused by its slot.
@@ -458,15 +462,12 @@ class Runtime:
             name: spec for name, spec in self.specs.items()
             if getattr(settings.tools, name).enabled and name not in self._operator_disabled
         }
-        if changes or not digest_unchanged:
-            self.supervisor.change_tools(changes, None if digest_unchanged else settings, specs)
+        if changes or reloaded:
+            self.supervisor.change_tools(changes, settings if reloaded else None, specs)
         self._in_force = self._config_in_force(settings, before)
         if self._in_force.tool_infos != before.tool_infos:
             for listener in list(self._tools_listeners):
                 _notify(listener)
-
-    def _why_disabled(self, tool: str) -> str:
-        return self._why_disabled_by(tool, self.settings)
 
     def _why_disabled_by(self, tool: str, settings: Settings) -> str:
         told = self._operator_disabled.get(tool)
@@ -582,7 +583,7 @@ class Runtime:
             return call_id, None, stopping
         live = self._in_force  # read once: this call is checked and prepared under one config
         if tool not in live.serving:
-            why = self._why_disabled(tool)
+            why = live.disabled[tool]
             return self._refused(tool, call_id, caller, arguments, span, ErrorType.TOOL_DISABLED, why)
         try:
             policy = _policy_for(live.policy, validated, looked_up)

@@ -29,6 +29,7 @@ from supervisor.config import Settings
 from supervisor.restarts import RestartPolicy, RestartType
 
 SlotState = Literal["running", "restarting", "failed", "disabled", "stopped"]
+Why = Literal["replaced", "disabled"]  # why an incarnation was retired
 
 AnswerCall = Callable[[Call, CallOutcome], None]
 """Answer a call the slot held, and count it, unless somebody answered it already."""
@@ -56,7 +57,7 @@ class Retiring:
     incarnation: int
     ref: pykka.ActorRef[Any]
     retired: threading.Event
-    why: str  # "replaced" or "disabled"
+    why: Why
     timer: threading.Timer | None = None  # its drain deadline
 
 
@@ -180,7 +181,7 @@ class ToolSlot:
 
     # --- taking an incarnation out of service ---------------------------------------
 
-    def retire(self, why: str) -> Retiring | None:
+    def retire(self, why: Why) -> Retiring | None:
         """Take the serving incarnation out of service; it keeps what it holds and gets nothing new.
 
         The slot is left `restarting` (new calls wait in the stash) until a successor is installed or
@@ -193,6 +194,16 @@ class ToolSlot:
             self.retiring[self.incarnation] = retiring
             self.state = "restarting"
             self.ref, self.retired = None, threading.Event()
+            self.restart_requested = False  # an operator's restart of it is moot: it is retired
+            return retiring
+
+    def take_over(self, ref: pykka.ActorRef[Any], incarnation: int, retired: threading.Event) -> Retiring | None:
+        """A successor serves from now on, in the same step that retires the serving incarnation; None (and
+        nothing changed) unless one serves."""
+        with self.lock:
+            retiring = self.retire("replaced")
+            if retiring is not None:
+                self.install(ref, incarnation, retired)
             return retiring
 
     def take_retiring(self, incarnation: int) -> tuple[Retiring, list[Call]] | None:

@@ -115,8 +115,9 @@ class SupervisorActor(pykka.ThreadingActor):
                 self.ledger.call_refused(tool, outcome)
             case Retried(tool, reason):
                 self.ledger.call_retried(tool, reason)
-            case BreakerChanged(tool, _old, new, _reason):
-                self.ledger.breaker_changed(tool, new)
+            case BreakerChanged(tool, _old, _new, _reason):
+                # The serving incarnation's breaker says where it stands; a retired one's has no say any more.
+                self.ledger.breaker_changed(tool, self.slots[tool].breaker.state.value)
             case ActorStarted(tool, incarnation, at):
                 self.restarter.child_reading(tool, incarnation, at)
             case ActorCrashed(tool, incarnation, reason):
@@ -162,7 +163,7 @@ class SupervisorActor(pykka.ThreadingActor):
         tool = call.prepared.tool
 
         def count(answer: CallOutcome) -> None:
-            self.ledger.call_answered(tool, outcome_label(answer), call.admitted_at, call.started)
+            self.ledger.call_answered(tool, outcome_label(answer), call.admitted_at, call.started, call.call_id)
 
         call.reply.resolve(outcome, before=count)
 

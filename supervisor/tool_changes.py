@@ -22,7 +22,7 @@ from actors.results import ErrorType
 from actors.settings import ToolSettings
 from actors.tool import Call, Configure, Disable, Drain
 from supervisor.ledger import CallLedger
-from supervisor.messages import Retired, RetireOver
+from supervisor.messages import Refused, Retired, RetireOver
 from supervisor.restarter import Restarter
 from supervisor.slots import AnswerCall, Retiring, ToolSlot, refusal_outcome
 
@@ -71,24 +71,36 @@ class ToolChanger:
     def _limits(self, slot: ToolSlot, settings: ToolSettings) -> None:
         slot.configure(settings)
         if slot.state == "running" and slot.ref is not None:
-            with contextlib.suppress(pykka.ActorDeadError):  # its crash report is on the way
+            try:
                 slot.ref.tell(Configure(settings))  # the serving actor owns the breaker
                 return
+            except pykka.ActorDeadError:
+                pass  # its crash report is on the way; its successor starts with the new settings
         slot.breaker.configure(settings.breaker)  # nobody serves: nobody else touches it
 
     def _replace(self, slot: ToolSlot, settings: ToolSettings, drain_sec: float) -> None:
-        """The serving incarnation finishes what it holds; a new one serves new calls at once."""
+        """A new incarnation serves new calls at once; the old one hands it its queue and finishes what it runs.
+
+        A new binary is a new tool as far as failures go: the successor gets a breaker of its own, so the
+        old binary's failures neither open the new one's circuit nor strand a trial call on the old one.
+        """
         slot.configure(settings)
-        retiring = slot.retire("replaced")
-        if retiring is None:
+        if slot.state != "running":
             return  # restarting, failed or disabled: its next incarnation starts with the new settings
-        self._drain(slot, retiring, drain_sec, lambda reply: Drain(reply))
-        self.restarter.start_child(slot)
+        slot.breaker = slot.breaker.fresh(settings.breaker)
+        child = self.restarter.spawn(slot)
+        retiring = slot.take_over(child.ref, child.incarnation, child.retired)
+        if retiring is None:
+            child.discard()
+            return
+        self.ledger.child_installed(slot.name)
+        self.ledger.breaker_changed(slot.name, slot.breaker.state.value)
+        self._drain(slot, retiring, drain_sec, lambda reply: Drain(reply, hand_back=self._hand_back(slot)))
 
     def _disable(self, slot: ToolSlot, settings: ToolSettings, reason: str, drain_sec: float) -> None:
         slot.configure(settings)
         if slot.state == "disabled":
-            slot.reason = reason  # a second reason replaces the first; since stays
+            slot.reason = reason  # a new reason replaces the old one; since stays
             return
         retiring = slot.retire("disabled")
         for call in slot.disable(reason, self.wall_clock()):
@@ -96,12 +108,30 @@ class ToolChanger:
         self.ledger.serving_changed(slot.name, False)
         if retiring is not None:
             self._drain(slot, retiring, drain_sec, lambda reply: Disable(reason, reply))
+        for earlier in list(slot.retiring.values()):  # replaced ones still draining answer their queues too
+            if earlier is not retiring:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    earlier.ref.tell(Disable(reason, ThreadReply()))
 
     def _enable(self, slot: ToolSlot, settings: ToolSettings) -> None:
+        """Back in service with a fresh start: a new incarnation, a new breaker, no restart history."""
         slot.configure(settings)
         if slot.enable():
             slot.policy.reset()
+            slot.breaker = slot.breaker.fresh(settings.breaker)
+            self.ledger.breaker_changed(slot.name, slot.breaker.state.value)
             self.restarter.start_child(slot)
+
+    def _hand_back(self, slot: ToolSlot) -> Callable[[Call], None]:
+        """Where a retired incarnation sends the calls it never started (on its own thread): to its successor."""
+
+        def hand_back(call: Call) -> None:
+            if not slot.reroute(call):
+                outcome = refusal_outcome(call, slot.state, slot.reason)
+                label = outcome.error.error_type if outcome.error is not None else ErrorType.INTERNAL
+                call.reply.resolve(outcome, before=lambda _outcome: self._tell_self(Refused(slot.name, label.value)))
+
+        return hand_back
 
     # --- retired incarnations -----------------------------------------------------------
 
@@ -165,7 +195,7 @@ class ToolChanger:
 
     def _end(self, retiring: Retiring) -> None:
         if retiring.timer is not None:
-            retiring.timer.cancel()
+            self.restarter.cancel_later(retiring.timer)
         retiring.retired.set()  # from now on it touches nothing
         with contextlib.suppress(pykka.ActorDeadError):
             retiring.ref.stop(block=False)

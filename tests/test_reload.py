@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from actors.results import CallOutcome
+from actors.tool import Restart
 from supervisor import Runtime
 from supervisor.config import ConfigError
 from tests.fakes.install import install_fake
@@ -72,17 +73,18 @@ def test_a_reload_under_a_hundred_calls_answers_every_one_and_the_next_run_under
         attempt = await asyncio.to_thread(runtime.reload, reloaded, by="test")
         assert attempt.ok and attempt.tools == {"nmap": "limits", "gobuster": "replace"}
         assert "policy.allowed_networks" in attempt.changed and "tools.nmap.concurrency" in attempt.changed
-        # nmap's raised limit starts queued calls at once; gobuster's new incarnation takes new calls.
-        await asyncio.to_thread(wait_until, lambda: running(nmap) == 6)
+        # nmap's raised limit starts queued calls at once. gobuster's retired incarnation finishes its two
+        # runs and hands its queue to the new one, which runs two more at once.
+        await asyncio.to_thread(wait_until, lambda: running(nmap) == 6 and running(old_gobuster) == 4)
 
         after = await runtime.acall("nmap", {"target": "172.16.0.5", "ports": "22"})
         assert error_type(after) == "validation" and "172.16.0.5" in after.error.message
-        # The new incarnation serves at once, while the old one still holds the calls it was given.
-        assert (await runtime.acall("gobuster", {"target": "10.0.0.7"})).ok
+        new_call = await runtime.astart("gobuster", {"target": "10.0.0.7"})  # behind those admitted before it
 
         release.touch()
         outcomes = await asyncio.gather(*(scan.outcome for scan in started))
         assert [error_type(o) for o in outcomes] == [None] * 100
+        assert (await new_call.outcome).ok
         # Calls admitted before the reload ran the binary they were admitted with; the next one the new.
         assert len(scan_calls(old_gobuster)) == 50 and len(scan_calls(new_gobuster)) == 1
         assert runtime.status().tools["gobuster"].incarnation == 2
@@ -197,6 +199,7 @@ def test_a_replaced_tool_that_outlives_drain_sec_is_cancelled_and_answered(tmp_p
         assert error_type(answered[0]) == "cancelled" and "replaced by a reload" in answered[0].error.message
         killed = scan_calls(nmap)[0]["pid"]
         wait_until(lambda: not process_alive(killed), what="the old run's process ended")
+        assert runtime.status().tools["nmap"].in_flight == 0
         assert runtime.call("nmap", {"target": "10.0.0.7", "ports": "22"}).ok
 
 
@@ -313,25 +316,58 @@ def test_a_retired_incarnation_that_crashes_answers_what_it_ran_and_the_call_is_
 ):
     config = fake_config(tmp_path, tools={"gobuster": blocking(release, concurrency=1)})
     old = Path(config["tools"]["gobuster"]["binary"])
-    new = install_fake(tmp_path / "new", "gobuster")
     reloaded = copy.deepcopy(config)
-    reloaded["tools"]["gobuster"]["binary"] = str(new)
+    reloaded["tools"]["gobuster"]["binary"] = str(install_fake(tmp_path / "new", "gobuster"))
 
     async def scenario(runtime: Runtime) -> None:
         first = await runtime.astart("gobuster", {"target": "10.0.0.7"})
         await asyncio.to_thread(wait_until, lambda: running(old) == 1)
-        second = await runtime.astart("gobuster", {"target": "10.0.0.7"})  # queued behind the first
         await asyncio.to_thread(runtime.reload, reloaded)
-        runtime.inject(tool="gobuster", kind="crash", count=1)  # the next call to start: the queued one
+        # Nothing a caller does reaches a retired incarnation; make it fail the way a bug would, on its thread.
+        (retiring,) = runtime.supervisor.slots["gobuster"].retiring.values()
+        retiring.ref.tell(Restart("a fault while it drains"))
+        await asyncio.to_thread(wait_until, lambda: running(old) == 2)  # retried on the successor
         release.touch()
-        assert (await first.outcome).ok
-        outcome = await second.outcome
+        outcome = await first.outcome
         assert outcome.ok and outcome.attempts == 2, outcome
         assert [earlier.error_type for earlier in outcome.retried] == ["actor_restarted"]
-        # The successor ran it, with the binary it was admitted with; the crash came before its process started.
-        assert len(scan_calls(old)) == 2 and scan_calls(new) == []
         status = runtime.status().tools["gobuster"]
-        assert status.retiring == 0 and status.incarnation == 2 and status.restarts == 0
+        assert status.retiring == 0 and status.incarnation == 2 and status.restarts == 0 and status.in_flight == 0
 
     with start(config) as runtime:
         asyncio.run(scenario(runtime))
+
+
+def test_a_replaced_incarnation_hands_its_queue_to_its_successor(tmp_path, release):
+    config = fake_config(tmp_path, tools={"nmap": blocking(release, concurrency=1)})
+    old = Path(config["tools"]["nmap"]["binary"])
+    reloaded = copy.deepcopy(config)
+    reloaded["tools"]["nmap"]["binary"] = str(install_fake(tmp_path / "new", "nmap"))
+
+    async def scenario(runtime: Runtime) -> None:
+        first = await runtime.astart("nmap", {"target": "10.0.0.7", "ports": "22"})
+        await asyncio.to_thread(wait_until, lambda: running(old) == 1)
+        queued = await runtime.astart("nmap", {"target": "10.0.0.7", "ports": "22"})
+        await asyncio.to_thread(runtime.reload, reloaded)
+        # The queued call starts on the successor while the first still runs on the retired incarnation
+        # (with the binary it was admitted with), instead of waiting for it.
+        await asyncio.to_thread(wait_until, lambda: running(old) == 2)
+        release.touch()
+        assert (await first.outcome).ok and (await queued.outcome).ok
+
+    with start(config) as runtime:
+        asyncio.run(scenario(runtime))
+
+
+def test_a_new_binary_starts_with_a_closed_circuit(tmp_path):
+    config = fake_config(
+        tmp_path, tools={"nmap": {"scenario": {"mode": "fail"}, "breaker": {"failure_threshold": 1, "open_sec": 600}}}
+    )
+    reloaded = copy.deepcopy(config)
+    reloaded["tools"]["nmap"]["binary"] = str(install_fake(tmp_path / "fixed", "nmap"))
+    with start(config) as runtime:
+        assert error_type(runtime.call("nmap", {"target": "10.0.0.7", "ports": "22"})) == "execution"
+        assert error_type(runtime.call("nmap", {"target": "10.0.0.7", "ports": "22"})) == "circuit_open"
+        assert runtime.reload(reloaded).tools == {"nmap": "replace"}
+        assert runtime.call("nmap", {"target": "10.0.0.7", "ports": "22"}).ok
+        assert runtime.status().tools["nmap"].breaker.state == "closed"
