@@ -411,6 +411,10 @@ class SessionTable:
             counts[session.kind.value] += 1
         return counts
 
+    def listening(self) -> int:
+        """Sessions a notification outside any request reaches now (their own stream is open); any thread."""
+        return sum(1 for session in list(self._sessions.values()) if session.has_stream and not session.closed)
+
     @property
     def in_progress(self) -> int:
         """Requests being served right now (dispatch tasks not yet finished), sessions or not."""
