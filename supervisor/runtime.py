@@ -186,6 +186,8 @@ class Runtime:
         owns_process: bool = False,
         clock: Callable[[], float] = time.time,
         tracer: CallTracer | None = None,
+        source: Callable[[], Settings] | None = None,
+        source_name: str | None = None,
     ) -> Runtime:
         """Start from a Settings object, a dict shaped like the TOML file, or a path to one.
 
@@ -197,8 +199,10 @@ class Runtime:
         runs should this process be killed, and `stop` ends every child left.
 
         Each call is a span of `tracer` (the runtime's own from `[telemetry]` when not given).
+        A reload re-reads `source` (named `source_name` in status), by default where `config` came from.
         """
-        source, source_name = _source_of(config)
+        if source is None:
+            source, source_name = _source_of(config)
         return cls(
             settings_from(config), resolver=resolver, owns_process=owns_process, clock=clock,
             source=source, source_name=source_name, tracer=tracer,

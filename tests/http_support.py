@@ -52,12 +52,13 @@ def running_daemon(runtime: Runtime, **kwargs: Any) -> Iterator[HttpDaemon]:
         daemon.stop(grace=0)
 
 
-def sdk_client(kind: str, url: str) -> Client:
+def sdk_client(kind: str, url: str, **options: Any) -> Client:
+    """The official client of `kind` (see `CLIENT_KINDS`) for the daemon at `url`; `options` as `Client` takes them."""
     if kind == "sse":
-        return Client(sse_client(url + "/sse"), mode="legacy", read_timeout_seconds=TIMEOUT)
+        return Client(sse_client(url + "/sse"), mode="legacy", read_timeout_seconds=TIMEOUT, **options)
     if kind == "legacy":
-        return Client(url + "/mcp", mode="legacy", read_timeout_seconds=TIMEOUT)
-    return Client(url + "/mcp", read_timeout_seconds=TIMEOUT)
+        return Client(url + "/mcp", mode="legacy", read_timeout_seconds=TIMEOUT, **options)
+    return Client(url + "/mcp", read_timeout_seconds=TIMEOUT, **options)
 
 
 @asynccontextmanager
@@ -253,6 +254,22 @@ class ServeProcess:
         return wait_until(lambda: served_url(self.log), 60.0, what="the daemon's URL")
 
 
+def write_fake_config(
+    tmp_path: Path, config: Sequence[str] = (), tools: Mapping[str, Sequence[str]] | None = None
+) -> Path:
+    """`tmp_path/labrecon.toml`: no DNS, `config`'s TOML lines, then each tool run by its fake with `tools[tool]`'s
+    lines in its table; returns its path. Written again, it is the same daemon's config changed.
+    """
+    lines = ["[policy]", "dns = false", *config]
+    for tool in ("nmap", "masscan", "gobuster"):
+        lines += [f"[tools.{tool}]", f'binary = "{install_fake(tmp_path / "bin", tool)}"', *(tools or {}).get(tool, ())]
+    path = tmp_path / "labrecon.toml"
+    temporary = path.with_name(path.name + ".new")
+    temporary.write_text("\n".join(lines) + "\n")
+    temporary.replace(path)  # as an editor saves: a reader sees the old file or the new one, never half
+    return path
+
+
 @contextmanager
 def serve_process(
     tmp_path: Path,
@@ -266,11 +283,7 @@ def serve_process(
     `config` adds TOML lines, `args` adds `serve` options, `env` adds variables (LABRECON_* from the test's own
     environment are dropped), `wrap` prefixes the command (e.g. `unshare -n`).
     """
-    lines = ["[policy]", "dns = false", *config]
-    for tool in ("nmap", "masscan", "gobuster"):
-        lines += [f"[tools.{tool}]", f'binary = "{install_fake(tmp_path / "bin", tool)}"']
-    config_path = tmp_path / "labrecon.toml"
-    config_path.write_text("\n".join(lines) + "\n")
+    config_path = write_fake_config(tmp_path, config)
     ops, log, out = tmp_path / "ops.sock", tmp_path / "stderr.log", tmp_path / "stdout.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("LABRECON_")} | dict(env or {})
     process = subprocess.Popen(

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.http_support import open_session, request, serve_process, session_headers
+from tests.http_support import events, open_session, request, serve_process, session_headers, write_fake_config
 from transports.cli import main
 
 OPERATOR_TOKEN = "opTok-7QmZ2vRx9LwK4nBc8HdJ3sFy"
@@ -26,7 +26,12 @@ ALICE_TOKEN = "alTok-5GtP1uYe6XaN0rMq2WkV9bCz"
 WRONG_TOKEN = "wrTok-3JdS8fLh4QcU7oIe1TzR6mXn"
 """A token nobody configured: what a caller sends must not be echoed back either."""
 
-SECRETS = (OPERATOR_TOKEN, ALICE_TOKEN, WRONG_TOKEN)
+ROTATED_TOKEN = "rtTok-8KqW2eLs5VnB1xZc4YhG7jDm"
+"""What `auth.token` becomes after a reload."""
+BOB_TOKEN = "bbTok-6RfT9yUi2OpA5sDq8WeX1cVn"
+"""A named token a reload removes."""
+
+SECRETS = (OPERATOR_TOKEN, ALICE_TOKEN, WRONG_TOKEN, ROTATED_TOKEN, BOB_TOKEN)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -153,6 +158,63 @@ def test_no_token_appears_in_anything_a_serving_daemon_says(tmp_path, capsys, mo
         ("masscan", "alice", "execution"),
         ("gobuster", "alice", "validation"),
     }
+    seen.assert_clean()
+
+
+def test_a_rotated_token_is_refused_from_the_reload_on_and_shown_nowhere(tmp_path, capsys):
+    """The operator's token is rotated and bob's removed by a reload: the old ones get 401 on MCP and ops
+    endpoints alike, the new one works, bob's open stream is closed, the operator's session carries on."""
+    audit = tmp_path / "audit.jsonl"
+    base = ["[logging]", 'level = "debug"', f'audit_path = "{audit}"']
+    bobs = ["[[auth.tokens]]", 'name = "bob"', f'token = "{BOB_TOKEN}"']
+    before = [*base, "[auth]", f'token = "{OPERATOR_TOKEN}"', *bobs]
+    seen = Capture()
+    operator, rotated, bob = (
+        {"authorization": f"Bearer {token}"} for token in (OPERATOR_TOKEN, ROTATED_TOKEN, BOB_TOKEN)
+    )
+    with serve_process(tmp_path, config=before) as served:
+        url, ops = served.url(), str(served.ops)
+        with httpx.Client(base_url=url, timeout=60) as http, served.ops_client(timeout=60) as socket_ops:
+            assert seen.response("/status, old token", http.get("/status", headers=operator)).status_code == 200
+            session = open_session(httpx.Client(timeout=60, headers=operator), url)
+            with http.stream("GET", "/sse", headers={**bob, "accept": "text/event-stream"}) as bobs_stream:
+                bobs_events = events(bobs_stream)
+                assert next(bobs_events).event == "endpoint"
+
+                write_fake_config(tmp_path, [*base, "[auth]", f'token = "{ROTATED_TOKEN}"'])
+                code, out = seen.cli(capsys, "reload", "--socket", ops, "--token", OPERATOR_TOKEN)
+                assert code == 0 and "auth.token" in out and "auth.tokens" in out
+
+                assert list(bobs_events) == []  # bob's stream ends: no token proves bob any more
+            for where, answer in (
+                ("/status, old token", http.get("/status", headers=operator)),
+                ("/status, bob's token", http.get("/status", headers=bob)),
+                ("/mcp, old token", http.post("/mcp", json=request("tools/list", {}), headers=operator)),
+                ("socket /status, old token", socket_ops.get("/status", headers=operator)),
+            ):
+                assert seen.response(where, answer).status_code == 401, where
+            for where, answer in (
+                ("/status, new token", http.get("/status", headers=rotated)),
+                ("socket /status, new token", socket_ops.get("/status", headers=rotated)),
+                # The operator's session belongs to the identity, which the new token still proves.
+                ("/mcp, new token", http.post("/mcp", json=request("tools/list", {}, 2),
+                                              headers={**session_headers(session), **rotated})),
+            ):
+                assert seen.response(where, answer).status_code == 200, where
+            status = seen.response("/status", http.get("/status", headers=rotated)).json()
+            assert status["config"]["last_reload"]["changed"] == ["auth.token", "auth.tokens"]
+
+        code, _ = seen.cli(capsys, "reload", "--socket", ops, "--token", OPERATOR_TOKEN)
+        assert code == 4  # the old token is refused
+        code, out = seen.cli(capsys, "status", "--socket", ops, "--token", ROTATED_TOKEN, "--json")
+        assert code == 0
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(60) == 0, served.log.read_text()
+    seen.add("the daemon's stderr", served.log.read_text())
+    seen.add("the daemon's stdout", served.out.read_text())
+    seen.add("the audit log", audit.read_text())
+    reloads = [json.loads(line) for line in audit.read_text().splitlines() if '"config_reloaded"' in line]
+    assert [entry["changed"] for entry in reloads] == [["auth.token", "auth.tokens"]]
     seen.assert_clean()
 
 

@@ -225,6 +225,19 @@ def test_stdio_server_is_ready_once_reading_and_says_stopping_on_sigterm(tmp_pat
         assert process.wait(DEADLINE) == 0
 
 
+def test_sighup_is_reloading_then_ready_and_the_daemon_serves_on(tmp_path, notify_socket):
+    listener, path = notify_socket
+    with labrecon_serve(tmp_path, path, "--transport", "http", "--host", "127.0.0.1", "--port", "0") as process:
+        listener.wait_for("READY=1")
+        process.send_signal(signal.SIGHUP)
+        reloading = listener.wait_for("RELOADING=1")
+        assert any(field.startswith("MONOTONIC_USEC=") for field in reloading)
+        assert listener.wait_for("READY=1") == ["READY=1", "STATUS=serving; configuration reloaded"]
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(DEADLINE) == 0
+
+
 # --- the unit ----------------------------------------------------------------------------------
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from supervisor.config import ConfigError, Settings, load_settings
+from supervisor.config import ConfigError, Settings, config_path, load_settings
 from supervisor.config_sources import ConfigValue
 from supervisor.version import VERSION
 from transports.exits import EXIT_CONFIG, EXIT_ESCALATED, EXIT_FAILED, EXIT_OK
@@ -81,23 +81,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from transports import systemd
     from transports.logs import configure_logging
     from transports.ops.endpoints import serve_ops_socket
+    from transports.reloads import follow_config
     from transports.stdio import serve_stdio
 
-    settings = load_settings(args.config)
+    http = args.transport in ("sse", "http")
+    read_config = _config_reader(args, http=http)
+    settings = read_config()
     configure_logging(settings.logging.level)
-    if args.transport in ("sse", "http"):
+    source_name = str(where) if (where := config_path(args.config)) is not None else None
+    if http:
         from transports.http.daemon import run_http_daemon
 
-        return run_http_daemon(settings, host=args.host, port=args.port, ops_socket=args.ops_socket, grace=args.grace)
-    if args.ops_socket is not None:
-        from transports.http.daemon import with_http_options
-
-        settings = with_http_options(settings, ops_socket=args.ops_socket)
-    runtime = Runtime.start(settings, owns_process=True)
+        return run_http_daemon(settings, grace=args.grace, source=read_config, source_name=source_name)
+    runtime = Runtime.start(settings, owns_process=True, source=read_config, source_name=source_name)
     ops = None
     try:
-        ops = serve_ops_socket(runtime, settings)
-        with systemd.watchdog(runtime.status):
+        with follow_config(runtime), systemd.watchdog(runtime.status):
+            ops = serve_ops_socket(runtime, settings)
             serve_stdio(
                 runtime,
                 grace=args.grace,
@@ -113,6 +113,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"labrecon: stopped after escalation: {runtime.escalation_reason}", file=sys.stderr)
         return EXIT_ESCALATED
     return EXIT_OK
+
+
+def _config_reader(args: argparse.Namespace, *, http: bool) -> Callable[[], Settings]:
+    """The daemon's config as its file says, with the command line's overrides: read at start and at each reload.
+
+    Re-applying `--host`, `--port` and `--ops-socket` on every read keeps them in force across reloads.
+    """
+
+    def read() -> Settings:
+        settings = load_settings(args.config)
+        host, port = (args.host, args.port) if http else (None, None)
+        if host is None and port is None and args.ops_socket is None:
+            return settings
+        from transports.http.daemon import with_http_options
+
+        return with_http_options(settings, host=host, port=port, ops_socket=args.ops_socket)
+
+    return read
 
 
 # --- token -------------------------------------------------------------------------

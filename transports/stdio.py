@@ -3,6 +3,7 @@
 stdout carries protocol messages and nothing else; logs go to stderr. Every line is handled
 concurrently and every malformed line answered with its JSON-RPC error. EOF on stdin (or SIGTERM)
 shuts the server down: running calls get a grace period, then are cancelled and still answered.
+A change of the tool list, seen on any thread, is told to the client from the loop.
 """
 
 from __future__ import annotations
@@ -284,6 +285,7 @@ class _StdioConnection:
         reader = _InputReader(self._stdin)
         stop_wait = asyncio.create_task(self._stopping.wait())
         drain_wait = asyncio.create_task(self._draining.wait())
+        unwatch = self._dispatcher.watch_tools(self._tools_changed)
         status = 0
         try:
             await reader.open()
@@ -308,6 +310,7 @@ class _StdioConnection:
             await asyncio.gather(reading, return_exceptions=True)
             await self._settle(grace=0.0)
         finally:
+            unwatch()
             stop_wait.cancel()
             drain_wait.cancel()
             reader.close()
@@ -346,6 +349,13 @@ class _StdioConnection:
         if reply is not None:
             self._send(reply)
 
+    def _tools_changed(self) -> None:
+        """Any thread: the tool list changed; the client is told from the loop (never blocking the caller)."""
+        loop = self._loop
+        if loop is not None:
+            with suppress(RuntimeError):  # the loop has closed: nobody is left to tell
+                loop.call_soon_threadsafe(self._dispatcher.tools_changed, self._session)
+
     def _notify(self, message: dict[str, Any]) -> None:
         self._send(message, _Outgoing(droppable=message.get("method") == "notifications/progress"))
 
@@ -369,6 +379,7 @@ class _StdioConnection:
         a call that ignores cancellation for `cancel_timeout_sec` is abandoned.
         """
         assert self._stopping is not None
+        self._dispatcher.end_subscriptions(self._session)  # a stream open for listening never ends by itself
         running = {task for task in self._tasks if not task.done()}
         if running and grace > 0:
             all_done = asyncio.gather(*running, return_exceptions=True)

@@ -3,7 +3,9 @@
 `build_http_app` assembles the app; the two MCP transports share one dispatcher and one session
 table. `HttpDaemon` runs it in an `HttpServer` actor and ends when asked, when the runtime escalates
 (exit 3), or when the server's thread dies unasked (exit 4: a process manager restarts a daemon
-that exits, never one that hangs). Stopping closes sessions first, then the servers.
+that exits, never one that hangs). Stopping closes sessions first, then the servers. A reload reaches
+the app from the runtime's thread: the tool list changed (every client told), tokens rotated (sessions
+of an identity no token proves any more closed), all through the server's loop.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -28,13 +30,21 @@ from supervisor.config import ConfigError, HttpSettings, Settings
 from supervisor.runtime import Runtime
 from transports import systemd
 from transports.exits import EXIT_ESCALATED, EXIT_OK, EXIT_SERVER_FAILED
-from transports.http.security import configured_tokens, require_token_for, security_middleware
+from transports.http.security import (
+    configured_tokens,
+    credentials,
+    identities,
+    require_token_for,
+    security_middleware,
+    still_held,
+)
 from transports.http.server import BoundAddress, HttpServer, ServerStartError
 from transports.http.sessions import SessionTable
 from transports.http.sse import LegacySseTransport
 from transports.http.streamable import StreamableHttpTransport
 from transports.mcp.dispatcher import McpDispatcher
 from transports.ops.endpoints import http_error, ops_routes, serve_ops_socket
+from transports.reloads import follow_config
 
 __all__ = [
     "HttpDaemon",
@@ -88,7 +98,11 @@ def build_http_app(
     dispatcher: McpDispatcher | None = None,
     keepalive_sec: float = KEEPALIVE_SEC,
 ) -> Starlette:
-    """SSE + Streamable HTTP + ops routes under the security middleware; `app.state.mcp` is the `McpHttp`."""
+    """SSE + Streamable HTTP + ops routes under the security middleware; `app.state.mcp` is the `McpHttp`.
+
+    `settings` gives the session limits (they need a restart to change); who may talk follows the
+    runtime's config in force, so a reload that rotates a token applies to the next request.
+    """
     http = settings.http
     dispatcher = dispatcher or McpDispatcher.for_backend(runtime)
     sessions = SessionTable(
@@ -111,19 +125,44 @@ def build_http_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sessions.start()
+        loop = asyncio.get_running_loop()
+
+        def on_loop(callback: Callable[..., None], *args: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: no client is left
+                loop.call_soon_threadsafe(callback, *args)
+
+        unwatch = dispatcher.watch_tools(lambda: on_loop(sessions.tools_changed))
+        unfollow = runtime.on_reloaded(lambda old, new: on_loop(_revoke_rotated, sessions, old, new))
         try:
             yield
         finally:
+            unwatch()
+            unfollow()
             await sessions.shutdown()  # normally a no-op: the daemon closed them before stopping the server
 
     app = Starlette(
         routes=[*sse.routes(), streamable.route(), *ops_routes(runtime, sessions.counts)],
-        middleware=[security_middleware(settings)],
+        middleware=[security_middleware(lambda: runtime.settings)],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
     )
     app.state.mcp = McpHttp(dispatcher, sessions)
     return app
+
+
+def _revoke_rotated(sessions: SessionTable, old: Settings, new: Settings) -> None:
+    """After a reload that changed the tokens: a session whose owner no token proves any more is closed.
+
+    Its token would be refused from now on anyway; closing also ends its event streams and cancels its
+    calls, so nothing keeps serving an identity the operator took away. A token rotated under the same
+    name keeps its sessions: the identity, not the secret, owns them.
+    """
+    if credentials(old.auth) == credentials(new.auth):
+        return
+    proved = identities(new)
+    closed = sessions.revoke(lambda session: still_held(session, proved), "its token was revoked by a reload")
+    if closed:
+        log.info("closed the sessions of revoked tokens", extra={"sessions": closed})
 
 
 class HttpDaemon:
@@ -155,6 +194,7 @@ class HttpDaemon:
         host = settings.http.host if host is None else host
         port = settings.http.port if port is None else port
         require_token_for(host, configured_tokens(settings.auth))
+        runtime.add_reload_check(lambda new: require_token_for(host, configured_tokens(new.auth)))
         daemon = cls(runtime, settings, build_http_app(runtime, settings))
         daemon.server = HttpServer.start(daemon.app, host=host, port=port, name="mcp", on_exit=daemon._server_exited)
         try:
@@ -337,13 +377,20 @@ def run_http_daemon(
     port: int | None = None,
     ops_socket: str | Path | None = None,
     grace: float = 10.0,
+    source: Callable[[], Settings] | None = None,
+    source_name: str | None = None,
 ) -> int:
-    """`labrecon serve --transport sse|http`: refuse an unsafe bind, start the runtime, serve."""
+    """`labrecon serve --transport sse|http`: refuse an unsafe bind, start the runtime, serve.
+
+    A reload (SIGHUP, `labrecon reload`, the file watcher) reads `source`: the file, with the same
+    command-line overrides applied, so they stay in force.
+    """
     settings = with_http_options(settings, host=host, port=port, ops_socket=ops_socket)
     require_token_for(settings.http.host, configured_tokens(settings.auth))  # before any actor or process starts
-    runtime = Runtime.start(settings, owns_process=True)
+    runtime = Runtime.start(settings, owns_process=True, source=source, source_name=source_name)
     try:
-        status = serve_http(runtime, settings, grace=grace)
+        with follow_config(runtime):
+            status = serve_http(runtime, settings, grace=grace)
     except ServerStartError as exc:
         print(f"labrecon: {exc}", file=sys.stderr)
         return EXIT_SERVER_FAILED

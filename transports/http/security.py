@@ -4,7 +4,8 @@ A request carrying an `Origin` must come from an allowed origin (a browser page 
 127.0.0.1); anyone else is kept out by a bearer token, which binding beyond loopback requires.
 The token a request carries is its identity (`[auth] token`: "operator", an admin; a named token:
 its name); with no token configured there is none, and the caller is the local OS user. `/livez`
-and `/readyz` stay open. No token is ever logged, echoed or rendered.
+and `/readyz` stay open. The rules are those of the config in force: a reload that rotates a token
+refuses the old one from then on. No token is ever logged, echoed or rendered.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import ipaddress
 import json
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ __all__ = [
     "IDENTITY",
     "MIN_TOKEN_LENGTH",
     "OPEN_PATHS",
+    "AccessRules",
     "Credential",
     "HostHeader",
     "Identity",
@@ -42,6 +44,7 @@ __all__ = [
     "credentials",
     "holds_session",
     "host_allowed",
+    "identities",
     "identity_of",
     "is_loopback",
     "new_token",
@@ -49,6 +52,7 @@ __all__ = [
     "parse_host_header",
     "require_token_for",
     "security_middleware",
+    "still_held",
     "token_matches",
     "token_problem",
     "verify",
@@ -338,6 +342,23 @@ def host_allowed(host_header: str | None, allowed_hosts: Iterable[str]) -> bool:
     return is_loopback(host.name) or host.name in {h.strip().strip("[]").lower() for h in allowed_hosts}
 
 
+@dataclass(frozen=True)
+class AccessRules:
+    """Who may talk: the origins and Host names answered, and the tokens that prove an identity."""
+
+    allowed_origins: tuple[str, ...]
+    credentials: tuple[Credential, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, settings: Settings) -> AccessRules:
+        return cls(
+            allowed_origins=tuple(settings.http.allowed_origins),
+            credentials=credentials(settings.auth),
+            allowed_hosts=(*settings.http.allowed_hosts, settings.http.host),
+        )
+
+
 class SecurityMiddleware:
     """Pure ASGI middleware (it must not buffer SSE streams): Host, then Origin, then the token.
 
@@ -348,43 +369,62 @@ class SecurityMiddleware:
     no page can know one. `check_host=False` is for the Unix socket, which no
     browser can reach. The identity the token proves goes into the scope's
     state under `IDENTITY`.
+
+    Given `in_force` (the settings a reload swaps whole), each request is checked against the
+    settings in force then: a rotated token is refused from the reload on.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        allowed_origins: Iterable[str],
+        allowed_origins: Iterable[str] = (),
         credentials: Iterable[Credential] = (),
         open_paths: Iterable[str] = OPEN_PATHS,
         allowed_hosts: Iterable[str] = (),
         check_host: bool = True,
+        in_force: Callable[[], Settings] | None = None,
     ) -> None:
         self.app = app
-        self.allowed_origins = tuple(allowed_origins)
-        self.allowed_hosts = tuple(allowed_hosts)
         self.check_host = check_host
-        self._credentials = tuple(credentials)
         self.open_paths = frozenset(open_paths)
+        self._in_force = in_force
+        # The rules and the settings object they were built from (None: given once, never rebuilt).
+        self._rules: tuple[Settings | None, AccessRules] = (
+            (in_force(), AccessRules.of(in_force()))
+            if in_force is not None
+            else (None, AccessRules(tuple(allowed_origins), tuple(credentials), tuple(allowed_hosts)))
+        )
+
+    @property
+    def rules(self) -> AccessRules:
+        """The rules of the settings in force, rebuilt only when a reload has swapped them."""
+        built_from, rules = self._rules
+        if self._in_force is not None and (settings := self._in_force()) is not built_from:
+            rules = AccessRules.of(settings)
+            self._rules = (settings, rules)
+        return rules
 
     def __repr__(self) -> str:
-        return f"SecurityMiddleware(origins={self.allowed_origins!r}, tokens={len(self._credentials)})"
+        rules = self.rules
+        return f"SecurityMiddleware(origins={rules.allowed_origins!r}, tokens={len(rules.credentials)})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        rules = self.rules  # read once: this request is checked against one config
         headers = _headers(scope)
-        if self.check_host and not self._credentials and not host_allowed(headers.get("host"), self.allowed_hosts):
+        if self.check_host and not rules.credentials and not host_allowed(headers.get("host"), rules.allowed_hosts):
             await _deny(scope, send, 403, "forbidden_host", "requests for this Host are not served")
             return
         origin = headers.get("origin")
-        if origin is not None and not origin_allowed(origin, self.allowed_origins):
+        if origin is not None and not origin_allowed(origin, rules.allowed_origins):
             await _deny(scope, send, 403, "forbidden_origin", "requests from this Origin are not allowed")
             return
         given = bearer_token(headers.get("authorization"))
-        identity = verify(given, self._credentials)
-        authenticated = not self._credentials or identity is not None
+        identity = verify(given, rules.credentials)
+        authenticated = not rules.credentials or identity is not None
         # Open paths answer anyone, but only an authenticated caller gets their details.
         state = scope.setdefault("state", {})
         state[AUTHENTICATED] = authenticated
@@ -399,16 +439,35 @@ class SecurityMiddleware:
         await self.app(scope, receive, send)
 
 
-def security_middleware(settings: Settings, *, check_host: bool = True) -> Middleware:
-    """The middleware entry for a Starlette app, from the daemon's `http` and `auth` settings."""
-    allowed_hosts = (*settings.http.allowed_hosts, settings.http.host)
+def security_middleware(settings: Settings | Callable[[], Settings], *, check_host: bool = True) -> Middleware:
+    """The middleware entry for a Starlette app, from the daemon's `http` and `auth` settings.
+
+    Given a callable (`lambda: runtime.settings`), every request is checked against the settings it
+    returns then, so a reload that rotates a token or changes the allowed origins applies at once.
+    """
+    if callable(settings):
+        return Middleware(SecurityMiddleware, in_force=settings, check_host=check_host)
+    rules = AccessRules.of(settings)
     return Middleware(
         SecurityMiddleware,
-        allowed_origins=settings.http.allowed_origins,
-        credentials=credentials(settings.auth),
-        allowed_hosts=allowed_hosts,
+        allowed_origins=rules.allowed_origins,
+        credentials=rules.credentials,
+        allowed_hosts=rules.allowed_hosts,
         check_host=check_host,
     )
+
+
+def identities(settings: Settings) -> frozenset[Identity] | None:
+    """The identities the settings' tokens prove; None when no token is configured (the local OS user)."""
+    found = frozenset(credential.identity for credential in credentials(settings.auth))
+    return found or None
+
+
+def still_held(session: Session, proved: frozenset[Identity] | None) -> bool:
+    """Whether `session`'s owner can still be proved under tokens proving `proved` (see `identities`)."""
+    if proved is None:
+        return session.owner is None
+    return session.owner is not None and Identity(session.owner, session.admin) in proved
 
 
 AUTHENTICATED = "labrecon_authenticated"

@@ -2,7 +2,8 @@
 
 Nothing over HTTP closes by itself, so this table owns every session, its tasks and their processes,
 and no session, task or process outlives its client: closing a session (disconnect, DELETE, expiry,
-shutdown) cancels its calls. Everything here runs on the server's event loop, except `counts()`.
+shutdown, its token revoked) cancels its calls. Everything here runs on the server's event loop, except
+`counts()`; other threads reach it through `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -240,6 +241,8 @@ class SessionTable:
         that are cancelled outright, so this returns with nothing left running.
         """
         self._accepting = False
+        for mcp in self._every_mcp():  # a stream open for listening never ends by itself
+            self.dispatcher.end_subscriptions(mcp)
         running = self._running()
         if running and grace > 0:
             log.info("waiting up to %gs for %d requests in progress", grace, len(running))
@@ -367,6 +370,25 @@ class SessionTable:
             },
         )
 
+    def tools_changed(self) -> None:
+        """Tell every client that its tool list changed, where it listens (see `McpDispatcher.tools_changed`)."""
+        for mcp in self._every_mcp():
+            self.dispatcher.tools_changed(mcp)
+
+    def revoke(self, keep: Callable[[Session], bool], reason: str) -> int:
+        """Close every session, and cancel every stateless request, whose owner `keep` refuses; returns how many."""
+        closed = 0
+        for session in list(self._sessions.values()):
+            if not keep(session.mcp):
+                self.close(session, reason)
+                closed += 1
+        for mcp in list(self._stateless):
+            if not keep(mcp):
+                self.dispatcher.end_subscriptions(mcp)
+                self.dispatcher.cancel_all(mcp)
+                closed += 1
+        return closed
+
     def expire(self) -> int:
         """Close every session idle for `idle_sec`, or unused for `unused_sec`; returns how many."""
         now = self._clock()
@@ -389,12 +411,19 @@ class SessionTable:
             counts[session.kind.value] += 1
         return counts
 
+    def listening(self) -> int:
+        """Sessions a notification outside any request reaches now (their own stream is open); any thread."""
+        return sum(1 for session in list(self._sessions.values()) if session.has_stream and not session.closed)
+
     @property
     def in_progress(self) -> int:
         """Requests being served right now (dispatch tasks not yet finished), sessions or not."""
         return len(self._running())
 
     # --- inside -----------------------------------------------------------------------
+
+    def _every_mcp(self) -> list[Session]:
+        return [session.mcp for session in self._sessions.values()] + list(self._stateless)
 
     def _running(self) -> set[asyncio.Task[Any]]:
         return {task for task in self._tasks if not task.done()}

@@ -3,7 +3,8 @@
 It touches no socket and starts no thread: a transport hands it a `Session` and a `NotificationSink`
 and sends what comes back; scans are read through the runtime's `Scans`. For a single message
 everything except running a tool or reading a scan happens before the first `await`, so session
-changes (initialize, logging/setLevel, cancellation) take effect in arrival order.
+changes (initialize, logging/setLevel, cancellation) take effect in arrival order. When the tool list
+changes, a transport calls `tools_changed` for each session it holds, on its loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 from actors.api import ToolBackend, ToolInfo
 from supervisor.runtime import Runtime
 from supervisor.tracing import NO_TRACER, CallTracer
-from transports.mcp import eras, jsonrpc, tasks
+from transports.mcp import eras, jsonrpc, subscriptions, tasks
 from transports.mcp.eras import Era
 from transports.mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
 from transports.mcp.resources import RESOURCE_METHODS, Resources
@@ -48,8 +49,11 @@ CacheScope = Literal["public", "private"]
 """Who may cache a tools/list or server/discover answer (2026-07-28)."""
 
 SERVED_METHODS: Final[frozenset[str]] = frozenset(
-    {"initialize", "ping", "logging/setLevel", "server/discover", "tools/list", "tools/call"}
+    {"initialize", "ping", "logging/setLevel", "server/discover", "tools/list", "tools/call", "subscriptions/listen"}
 )
+
+WatchTools = Callable[[Callable[[], None]], Callable[[], None]]
+"""Subscribes a listener to changes of the backend's tool list (called on any thread); returns the unsubscribe."""
 
 MAX_BATCH: Final[int] = 256
 """Upper bound on one batch, so a single line cannot fan out into unbounded concurrent work."""
@@ -85,6 +89,7 @@ class McpDispatcher:
         new_call_id: Callable[[], str] | None = None,
         scans: ScanAccess | None = None,
         tracer: CallTracer = NO_TRACER,
+        watch_tools: WatchTools | None = None,
     ) -> None:
         if list_ttl_ms < 0:
             raise ValueError("list_ttl_ms must be >= 0")
@@ -98,6 +103,7 @@ class McpDispatcher:
         self._instructions = instructions
         self._list_ttl_ms = list_ttl_ms
         self._cache_scope = cache_scope
+        self._watch_tools = watch_tools
         self._tasks = (
             Tasks(
                 scans,
@@ -135,7 +141,9 @@ class McpDispatcher:
     def for_backend(cls, backend: ToolBackend) -> McpDispatcher:
         """A dispatcher for `backend`, with the scan surface and call spans when the backend is a `Runtime`."""
         if isinstance(backend, Runtime):
-            return cls(backend, scans=ScanAccess.of(backend), tracer=backend.tracer)
+            return cls(
+                backend, scans=ScanAccess.of(backend), tracer=backend.tracer, watch_tools=backend.on_tools_changed
+            )
         return cls(backend)
 
     @property
@@ -172,6 +180,36 @@ class McpDispatcher:
         their `cancelled` outcome) to whoever is still listening.
         """
         return self._tool_calls.cancel_all(session)
+
+    # ------------------------------------------------------------------ list changes
+
+    @property
+    def tools_can_change(self) -> bool:
+        """Whether the backend says when its tool list changes (`tools.listChanged`)."""
+        return self._watch_tools is not None
+
+    def watch_tools(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` (on whichever thread changed them) whenever the listed tools change; the unsubscribe."""
+        if self._watch_tools is None:
+            return lambda: None
+        return self._watch_tools(listener)
+
+    def tools_changed(self, session: Session) -> None:
+        """Tell `session`'s client that the tool list changed, where it listens; call on the session's loop.
+
+        A handshake-era client hears it once initialized, on the stream outside any request (if it has
+        one open); a 2026-07-28 client only on the `subscriptions/listen` streams that asked for it.
+        """
+        if session.era is Era.HANDSHAKE:
+            if session.initialized and session.standalone is not None:
+                session.standalone({"jsonrpc": "2.0", "method": subscriptions.TOOLS_LIST_CHANGED})
+            return
+        for subscription in list(session.subscriptions.values()):
+            subscription.tools_changed()
+
+    def end_subscriptions(self, session: Session) -> int:
+        """End `session`'s `subscriptions/listen` streams gracefully, e.g. as its transport shuts down."""
+        return subscriptions.end_all(session)
 
     # ------------------------------------------------------------------ framing level
 
@@ -251,6 +289,11 @@ class McpDispatcher:
                 result = await self._tool_calls.call(session, ctx)
             if result is None:
                 return None
+        elif msg.method == "subscriptions/listen":
+            listened = await subscriptions.listen(session, ctx, tools_can_change=self.tools_can_change)
+            if listened is None:
+                return None  # cancelled by the client, who reads no answer
+            result = self._shape(msg.method, ctx.version, listened)
         elif msg.method == "resources/read" and self._resources is not None:
             result = self._shape(msg.method, ctx.version, await self._resources.read(session, ctx))
         elif msg.method in tasks.METHODS and self._tasks is not None:
@@ -338,7 +381,7 @@ class McpDispatcher:
 
     def _capabilities(self, version: str) -> types.ServerCapabilities:
         return types.ServerCapabilities(
-            tools=types.ToolsCapability(list_changed=False),
+            tools=types.ToolsCapability(list_changed=self.tools_can_change),
             logging=types.LoggingCapability(),
             resources=types.ResourcesCapability() if self._scans is not None else None,
             **(self._tasks.capabilities(version) if self._tasks is not None else {}),

@@ -12,13 +12,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import mcp_types as types
 
 from actors.api import Caller
 from transports.mcp import eras, jsonrpc
 from transports.mcp.eras import Era
+
+if TYPE_CHECKING:
+    from transports.mcp.subscriptions import Subscription
 
 __all__ = ["NotificationSink", "PendingCall", "RequestContext", "Session", "clip", "held", "took_back_own_cancel"]
 
@@ -75,6 +78,8 @@ class Session:
     # Where messages outside any request go (a task's status, its progress): stdout over stdio, the
     # standalone event stream over HTTP while one is open; None while there is nowhere to send them.
     standalone: NotificationSink | None = field(default=None, repr=False)
+    # 2026-07-28: the open `subscriptions/listen` streams, by request key; list changes go only there.
+    subscriptions: dict[str, Subscription] = field(default_factory=dict, repr=False)
 
     @classmethod
     def handshake(cls, protocol_version: str) -> Session:

@@ -63,13 +63,6 @@ class ToolCalls:
         """The result of one admitted `tools/call`, or None when the client cancelled it."""
         name: str = ctx.params["name"]
         arguments: dict[str, Any] = ctx.params.get("arguments") or {}
-        known = [info.name for info in self._backend.list_tools()]
-        if name not in known:
-            raise RpcError(
-                INVALID_PARAMS,
-                f"Invalid params: unknown tool {clip(name)!r}; available: {', '.join(known) or 'none'}",
-                {"available": known},
-            )
         key = jsonrpc.request_key(ctx.request.id)
         call = PendingCall(
             call_id=self._new_call_id(),
@@ -172,9 +165,14 @@ class ToolCalls:
                 return None
             done, _ = await asyncio.wait((started.outcome,), timeout=self._inline_wait(started, arguments))
             return started.outcome.result() if done else None
-        except UnknownTool as exc:
+        except UnknownTool:
+            # A tool the backend knows but does not list (disabled) was answered `tool_disabled` with the
+            # reason, so a client with a stale list learns why; any other name is unknown here.
+            listed = [info.name for info in self._backend.list_tools()]
             raise RpcError(
-                INVALID_PARAMS, f"Invalid params: {clip(str(exc))}", {"available": list(exc.known)}
+                INVALID_PARAMS,
+                f"Invalid params: unknown tool {clip(call.tool)!r}; available: {', '.join(listed) or 'none'}",
+                {"available": listed},
             ) from None
         except InvalidCall as exc:
             return CallOutcome.failure(call.tool, call.call_id, ErrorType.VALIDATION, str(exc))

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from pydantic import ValidationError
 
-from supervisor.status import Status
+from supervisor.status import ReloadAttempt, Status
 
 __all__ = ["OpsClient", "OpsClientError", "OpsRequestFailed", "OpsUnreachable", "UnixHTTPConnection", "header_safe"]
 
@@ -132,6 +132,13 @@ class OpsClient:
 
     def control(self, tool: str, action: str, body: dict[str, Any] | None = None) -> str:
         return self._field(self.request("POST", f"/tools/{quote(tool, safe='')}/{action}", body), "message")
+
+    def reload(self) -> ReloadAttempt:
+        """Have the daemon re-read its config file; what changed (`OpsRequestFailed` 422 if it was refused)."""
+        try:
+            return ReloadAttempt.model_validate(self.request("POST", "/reload"))
+        except ValidationError:
+            raise OpsClientError(f"{self.where} did not answer with a labrecon reload") from None
 
     def scans(
         self,

@@ -1,9 +1,9 @@
-"""`labrecon status`, `faults …`, `tools …` and `scans …`: operating a running daemon.
+"""`labrecon status`, `reload`, `faults …`, `tools …` and `scans …`: operating a running daemon.
 
 These are clients of the ops endpoints, never of the runtime, so they work against a daemon started
 any way. Exit codes: 0 done (`status`: ready); 1 the daemon answered with an error (an unknown scan,
-say), is not ready, or a cancelled scan has not stopped yet; 2 usage or config error; 4 the daemon
-could not be reached or refused the credentials.
+a config the reload refused, say), is not ready, or a cancelled scan has not stopped yet; 2 usage or
+config error; 4 the daemon could not be reached or refused the credentials.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from transports.ops.client import OpsClient, OpsClientError, OpsRequestFailed
 from transports.ops.status_view import (
     describe_fault,
     render_faults,
+    render_reload,
     render_scan,
     render_scans,
     render_status,
@@ -37,11 +38,18 @@ MAX_PAGE = 200  # what the daemon serves at most per page
 
 
 def register(subparsers: Any) -> None:
-    """Add `status`, `faults`, `tools` and `scans` to the `labrecon` command's subparsers."""
+    """Add `status`, `reload`, `faults`, `tools` and `scans` to the `labrecon` command's subparsers."""
     status = subparsers.add_parser("status", help="show a running daemon's tools, breakers, load and health")
     _connection_options(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(handler=cmd_status)
+
+    reload = subparsers.add_parser(
+        "reload", help="have a running daemon re-read its config file and apply it (a refused one changes nothing)"
+    )
+    _connection_options(reload)
+    reload.add_argument("--json", action="store_true", help="print what changed as JSON")
+    reload.set_defaults(handler=cmd_reload)
 
     faults = subparsers.add_parser("faults", help="list, inject or clear faults in a running daemon")
     actions = faults.add_subparsers(dest="faults_action", metavar="ACTION", required=True)
@@ -71,7 +79,9 @@ def register(subparsers: Any) -> None:
     clear.add_argument("--tool", help="only this tool's rules")
     clear.set_defaults(handler=cmd_faults_clear)
 
-    tools = subparsers.add_parser("tools", help="reset, restart or force the breaker of a tool in a running daemon")
+    tools = subparsers.add_parser(
+        "tools", help="disable, enable, reset, restart or force the breaker of a tool in a running daemon"
+    )
     tool_actions = tools.add_subparsers(dest="tools_action", metavar="ACTION", required=True)
     for action, text in (
         ("reset", "bring a tool that exceeded its restart limit back into service"),
@@ -86,6 +96,17 @@ def register(subparsers: Any) -> None:
     breaker.add_argument("name", help="tool name, e.g. nmap")
     breaker.add_argument("state", choices=["open", "closed"])
     breaker.set_defaults(handler=cmd_tools_control, action="breaker")
+    disable = tool_actions.add_parser(
+        "disable", help="take a tool out of service: unlisted, new and queued calls refused, running ones finish"
+    )
+    _connection_options(disable)
+    disable.add_argument("name", help="tool name, e.g. nmap")
+    disable.add_argument("--reason", metavar="TEXT", help="what its callers are told, e.g. 'maintenance until 14:00'")
+    disable.set_defaults(handler=cmd_tools_control, action="disable")
+    enable = tool_actions.add_parser("enable", help="bring a tool an operator disabled back into service")
+    _connection_options(enable)
+    enable.add_argument("name", help="tool name, e.g. nmap")
+    enable.set_defaults(handler=cmd_tools_control, action="enable")
 
     scans = subparsers.add_parser("scans", help="list, show or cancel the scans of a running daemon")
     scan_actions = scans.add_subparsers(dest="scans_action", metavar="ACTION", required=True)
@@ -214,9 +235,22 @@ def cmd_faults_clear(args: argparse.Namespace) -> int:
     return _talk(args, run)
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    def run(client: OpsClient) -> int:
+        attempt = client.reload()
+        print(attempt.model_dump_json(indent=2) if args.json else render_reload(attempt))
+        return EXIT_OK
+
+    return _talk(args, run)
+
+
 def cmd_tools_control(args: argparse.Namespace) -> int:
     def run(client: OpsClient) -> int:
-        body = {"state": args.state} if args.action == "breaker" else None
+        body: dict[str, Any] | None = None
+        if args.action == "breaker":
+            body = {"state": args.state}
+        elif args.action == "disable" and args.reason:
+            body = {"reason": args.reason}
         print(client.control(args.name, args.action, body))
         return EXIT_OK
 

@@ -1,12 +1,12 @@
-"""The ops endpoints: probes, metrics, status, fault injection, tool control and scans over HTTP.
+"""The ops endpoints: probes, metrics, status, reload, fault injection, tool control and scans over HTTP.
 
 Plain routes, mounted on the MCP HTTP app or served alone by `build_ops_app` (e.g. on a Unix socket
 beside stdio). Every runtime call goes through `anyio.to_thread`, so waiting on the supervisor or the
 scan store never stalls the loop's other clients. Only the probes are open: when tokens are configured,
 the rest needs an admin one, except `/scans`, where a named token sees its own scans. Errors are
 `{"error", "message"}` bodies: 400 bad input (naming the `field`), 403 a token that is not an admin's
-(or a filter it may not use), 404 unknown tool, rule or scan, 503 the runtime cannot answer. Who asks is
-`caller_of(request)`, the one place that decides it.
+(or a filter it may not use), 404 unknown tool, rule or scan, 422 a config the reload refused (naming
+the key), 503 the runtime cannot answer. Who asks is `caller_of(request)`, the one place that decides it.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from starlette.routing import Route
 
 from actors.api import Caller, UnknownTool, local_user
 from actors.results import CallOutcome, InvalidCall
-from supervisor.config import Settings
+from supervisor.config import ConfigError, Settings
 from supervisor.runtime import RuntimeStopped
 from supervisor.scans.records import ScanNotFound, ScanRecord, ScanStatus
 from supervisor.scans.service import Scans
 from supervisor.scans.store import BadCursor, StoreClosed
-from supervisor.status import Status
+from supervisor.status import ReloadAttempt, Status
 from transports.http.security import AUTHENTICATED, identity_of, security_middleware
 from transports.http.server import HttpServer
 
@@ -62,6 +62,7 @@ DEFAULT_PAGE = 50
 # How long a cancel waits for its scan to settle (TERM, the tool's kill grace, KILL) before it answers
 # the record as it stands; below the CLI's default request timeout.
 CANCEL_SETTLE_SEC = 8.0
+MAX_REASON_CHARS = 500  # what a disabled tool's callers are told, at most
 
 
 class OpsRuntime(Protocol):
@@ -85,6 +86,15 @@ class OpsRuntime(Protocol):
     def restart(self, tool: str) -> str: ...
 
     def force_breaker(self, tool: str, state: str) -> str: ...
+
+    def reload(self, config: None = None, *, by: str = ...) -> ReloadAttempt: ...
+
+    def disable_tool(self, tool: str, reason: str = "", *, by: str = ...) -> str: ...
+
+    def enable_tool(self, tool: str, *, by: str = ...) -> str: ...
+
+    @property
+    def settings(self) -> Settings: ...
 
     @property
     def scans(self) -> Scans: ...
@@ -145,6 +155,8 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
                 return _error(400, "invalid", str(exc), field=exc.field)
             except UnknownTool as exc:
                 return _error(404, "not_found", str(exc), known=exc.known)
+            except ConfigError as exc:
+                return _error(422, "invalid_config", str(exc))
             except ScanNotFound as exc:
                 return _error(404, "not_found", str(exc))
             except (pykka.ActorDeadError, pykka.Timeout, RuntimeStopped, StoreClosed) as exc:
@@ -228,6 +240,24 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
         handler.__name__ = f"tool_{action}"
         return handler
 
+    async def reload(request: Request) -> Response:
+        """Re-read the daemon's config file and put it in force; 422 names the key of a config refused."""
+        who = caller_of(request).owner
+        attempt: ReloadAttempt = await blocking(runtime.reload, by=who)
+        return JSONResponse(attempt.model_dump(mode="json"))
+
+    async def disable_tool(request: Request) -> Response:
+        tool, reason = request.path_params["name"], await _reason(request)
+        message: str = await blocking(runtime.disable_tool, tool, reason, by=caller_of(request).owner)
+        log.info("operator disable on %s: %s", tool, message)
+        return JSONResponse({"tool": tool, "action": "disable", "message": message})
+
+    async def enable_tool(request: Request) -> Response:
+        tool = request.path_params["name"]
+        message: str = await blocking(runtime.enable_tool, tool, by=caller_of(request).owner)
+        log.info("operator enable on %s: %s", tool, message)
+        return JSONResponse({"tool": tool, "action": "enable", "message": message})
+
     async def list_scans(request: Request) -> Response:
         caller = caller_of(request)
         query = _ScanQuery.of(request, caller)
@@ -271,6 +301,9 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
         Route("/tools/{name}/reset", guarded(control("reset")), methods=["POST"]),
         Route("/tools/{name}/restart", guarded(control("restart")), methods=["POST"]),
         Route("/tools/{name}/breaker", guarded(control("breaker")), methods=["POST"]),
+        Route("/tools/{name}/disable", guarded(disable_tool), methods=["POST"]),
+        Route("/tools/{name}/enable", guarded(enable_tool), methods=["POST"]),
+        Route("/reload", guarded(reload), methods=["POST"]),
         Route("/scans", guarded(list_scans, owners_too=True), methods=["GET"]),
         Route("/scans/{scan_id}", guarded(show_scan, owners_too=True), methods=["GET"]),
         Route("/scans/{scan_id}/cancel", guarded(cancel_scan, owners_too=True), methods=["POST"]),
@@ -325,12 +358,14 @@ def _with_outcome(scans: Scans, caller: Caller, record: ScanRecord) -> dict[str,
     return {**record.to_json(), "outcome": outcome.model_dump(mode="json") if outcome is not None else None}
 
 
-def build_ops_app(runtime: OpsRuntime, settings: Settings, sessions: SessionCounts | None = None) -> Starlette:
+def build_ops_app(
+    runtime: OpsRuntime, settings: Settings | Callable[[], Settings], sessions: SessionCounts | None = None
+) -> Starlette:
     """The ops endpoints alone, behind the same Origin and token checks as the MCP app.
 
     Meant for the Unix-socket ops server (whose socket file is owner-only);
     a configured token is still required there, so one credential works
-    for every way into the daemon.
+    for every way into the daemon. Given `lambda: runtime.settings`, the checks follow reloads.
     """
     return Starlette(
         routes=ops_routes(runtime, sessions),
@@ -342,10 +377,14 @@ def build_ops_app(runtime: OpsRuntime, settings: Settings, sessions: SessionCoun
 def serve_ops_socket(
     runtime: OpsRuntime, settings: Settings, sessions: SessionCounts | None = None
 ) -> HttpServer | None:
-    """Serve the ops app on `http.ops_socket` when one is configured; the caller stops it."""
+    """Serve the ops app on `http.ops_socket` when one is configured; the caller stops it.
+
+    Its token checks follow the runtime's config in force, so a token rotated by a reload works here too.
+    """
     if settings.http.ops_socket is None:
         return None
-    return HttpServer.start(build_ops_app(runtime, settings, sessions), uds=settings.http.ops_socket, name="ops")
+    app = build_ops_app(runtime, lambda: runtime.settings, sessions)
+    return HttpServer.start(app, uds=settings.http.ops_socket, name="ops")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -375,18 +414,41 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def _reason(request: Request) -> str:
+    """The optional `{"reason": "..."}` of a disable; an empty body gives none."""
+    raw = await _body(request)
+    if not raw.strip():
+        return ""
+    body = _parsed(raw)
+    if not isinstance(body, dict) or set(body) - {"reason"}:
+        raise _BadRequest('request body must be {"reason": "..."} or empty', field="reason")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
+        raise _BadRequest(f"reason must be text of at most {MAX_REASON_CHARS} characters", field="reason")
+    return " ".join(reason.split())  # one line, as callers and the status table show it
+
+
+async def _body(request: Request) -> bytes:
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
             raise _BadRequest(f"request body is larger than {MAX_BODY_BYTES} bytes", status=413)
-    if not raw.strip():
-        raise _BadRequest("request body must be a JSON object")
+    return bytes(raw)
+
+
+def _parsed(raw: bytes) -> Any:
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise _BadRequest("request body is not valid JSON") from None
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await _body(request)
+    if not raw.strip():
+        raise _BadRequest("request body must be a JSON object")
+    body = _parsed(raw)
     if not isinstance(body, dict):
         raise _BadRequest("request body must be a JSON object")
     return body

@@ -11,15 +11,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from supervisor.status import CheckResult, ScanStoreStatus, Status, ToolStatus
+from supervisor.status import CheckResult, ConfigStatus, ReloadAttempt, ScanStoreStatus, Status, ToolStatus
 
 __all__ = [
     "describe_fault",
     "format_duration",
     "render_faults",
+    "render_reload",
     "render_scan",
     "render_scans",
     "render_status",
@@ -59,18 +60,39 @@ def render_status(status: Status, *, color: bool = False) -> str:
         lines.append("sessions: " + ", ".join(f"{name} {count}" for name, count in sorted(status.sessions.items())))
     if status.scans is not None:
         lines.append(_store_line(status.scans, paint))
+    if status.config is not None:
+        lines += _config_lines(status.config, paint)
     lines.append("")
     lines += _table(
         ("TOOL", "STATE", "BREAKER", "IN-FLIGHT", "QUEUED", "P50", "P95", "OK", "FAILED", "RESTARTS", "LAST RESTART"),
         [_tool_row(tool) for tool in status.tools.values()],
         paint,
     ) if status.tools else ["no tools enabled"]
+    disabled = [tool for tool in status.tools.values() if tool.state == "disabled"]
+    if disabled:
+        lines.append("")
+        lines += [_disabled_line(tool) for tool in disabled]
     lines.append("")
     lines += _table(("CHECK", "RESULT", "DETAIL"), [_check_row(check) for check in health.checks], paint)
     if status.faults:
         lines.append("")
         lines += _fault_table(status.faults, paint)
     return "\n".join(line.rstrip() for line in lines)
+
+
+def render_reload(attempt: ReloadAttempt) -> str:
+    """What a reload changed, as `labrecon reload` prints it: the keys, the tools, what waits for a restart."""
+    if not attempt.changed and not attempt.needs_restart:
+        return f"reloaded by {_safe(attempt.by)}: nothing changed (config {attempt.new_digest})"
+    lines = [f"reloaded by {_safe(attempt.by)}: config {attempt.old_digest} -> {attempt.new_digest}"]
+    applied = [key for key in attempt.changed if key not in attempt.needs_restart]
+    if applied:
+        lines.append("applied:       " + ", ".join(applied))
+    if attempt.tools:
+        lines.append("tools:         " + ", ".join(f"{tool} {kind}" for tool, kind in sorted(attempt.tools.items())))
+    if attempt.needs_restart:
+        lines.append("needs restart: " + ", ".join(attempt.needs_restart) + " (running values kept until then)")
+    return "\n".join(lines)
 
 
 def render_faults(rules: Sequence[Mapping[str, Any]], *, color: bool = False) -> str:
@@ -159,6 +181,8 @@ def _tool_row(tool: ToolStatus) -> list[Cell]:
     queued = str(tool.queued) + (f" +{tool.stashed} stashed" if tool.stashed else "")
     if tool.state == "failed" and tool.failed_reason:
         reason = f"failed: {tool.failed_reason}"
+    elif tool.state == "disabled":
+        reason = f"disabled: {tool.disabled_reason or '-'}"
     else:
         reason = tool.last_restart_reason or "-"
     ok = tool.calls.get("ok", 0)
@@ -176,6 +200,30 @@ def _tool_row(tool: ToolStatus) -> list[Cell]:
         (str(tool.restarts), "yellow" if tool.restarts else None),
         (_clip(reason), "red" if tool.state == "failed" else None),  # free text last, as kubectl does
     ]
+
+
+def _disabled_line(tool: ToolStatus) -> str:
+    since = f" since {_stamp(tool.disabled_since)}" if tool.disabled_since is not None else ""
+    return _safe(f"{tool.name} disabled{since}: {' '.join((tool.disabled_reason or '-').split())}")
+
+
+def _config_lines(config: ConfigStatus, paint: Any) -> list[str]:
+    """The config in force, the last reload refused (while it is the latest word), keys waiting for a restart."""
+    source = f" from {config.source}" if config.source else ""
+    reloads = f"{config.reloads} reload{'' if config.reloads == 1 else 's'}"
+    lines = [_safe(f"config: {config.digest}{source}, in force since {_stamp(config.loaded_at)}, {reloads}")]
+    failure = config.last_failure
+    if failure is not None:
+        why = " ".join((failure.error or "refused").split())
+        text = _safe(f"last failed reload: {_stamp(failure.at)} by {failure.by}: {why}")
+        lines.append(paint(text, "red" if failure.at >= config.loaded_at else None))
+    if config.needs_restart:
+        lines.append(paint("needs restart: " + ", ".join(config.needs_restart), "yellow"))
+    return lines
+
+
+def _stamp(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _store_line(store: ScanStoreStatus, paint: Any) -> str:
