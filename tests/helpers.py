@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import psutil
+import pytest
 
 T = TypeVar("T")
 
@@ -29,3 +31,17 @@ def process_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def can_unshare_network() -> bool:
+    """Whether a fresh network namespace with only loopback can be made here (`unshare -n`, as root)."""
+    try:
+        return subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+needs_private_network = pytest.mark.skipif(
+    not can_unshare_network(), reason="needs a private network namespace (unshare -n)"
+)
+"""For a test that listens beyond loopback or may resolve names: it runs only inside such a namespace."""

@@ -24,7 +24,7 @@ from actors.api import local_user
 from supervisor.config import load_settings
 from supervisor.runtime import Runtime
 from supervisor.status import ReloadAttempt
-from tests.helpers import wait_until
+from tests.helpers import needs_private_network, wait_until
 from tests.http_support import (
     ARGUMENTS,
     ServeProcess,
@@ -290,16 +290,8 @@ def test_the_file_watcher_reloads_a_changed_file_and_the_new_log_level_applies(t
         wait_until(lambda: '"level": "debug"' in served.log.read_text(), TIMEOUT, what="a debug line")
 
 
-@pytest.fixture
-def can_unshare_network() -> None:
-    probe = subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True, timeout=10)
-    if probe.returncode != 0:
-        pytest.skip("needs a private network namespace (unshare -n) to listen beyond loopback")
-
-
-def test_a_daemon_listening_beyond_loopback_refuses_a_reload_that_would_drop_its_token(
-    tmp_path, capsys, can_unshare_network
-):
+@needs_private_network
+def test_a_daemon_listening_beyond_loopback_refuses_a_reload_that_would_drop_its_token(tmp_path, capsys):
     token = "tok-0123456789abcdefghijklmnop"
     guarded = ["[auth]", f'token = "{token}"']
     # In a network namespace of its own, "every interface" is loopback alone: nothing is reachable from outside.

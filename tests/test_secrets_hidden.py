@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import needs_private_network
 from tests.http_support import events, open_session, request, serve_process, session_headers, write_fake_config
 from transports.cli import main
 
@@ -279,14 +280,8 @@ def test_a_token_from_the_environment_that_equals_a_named_one_is_refused_by_key(
     assert leaks(captured.out + captured.err) == []
 
 
-def _can_unshare_network() -> bool:
-    try:
-        return subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
-
-@pytest.mark.skipif(not _can_unshare_network(), reason="needs a private network namespace (unshare -n)")
+@needs_private_network
 def test_a_token_too_short_for_all_interfaces_is_refused_by_key(tmp_path):
     """In a namespace whose only interface is loopback: even a start that went wrong reaches nothing outside."""
     short = ALICE_TOKEN[:20]

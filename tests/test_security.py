@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
 
 import pytest
 from pydantic import SecretStr
@@ -12,6 +11,7 @@ from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 
 from supervisor.config import AuthSettings, ConfigError, load_settings
+from tests.helpers import needs_private_network
 from tests.http_support import serve_process
 from tests.ops_support import TOKEN, start_runtime
 from transports.cli import main
@@ -138,14 +138,8 @@ def test_serve_beyond_loopback_behind_a_weak_token_exits_2_naming_the_problem(ca
     assert token not in err
 
 
-def _can_unshare_network() -> bool:
-    try:
-        return subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
-
-@pytest.mark.skipif(not _can_unshare_network(), reason="needs a private network namespace (unshare -n)")
+@needs_private_network
 def test_serve_beyond_loopback_behind_a_token_from_labrecon_token(tmp_path, capsys):
     """All interfaces, but in a namespace whose only interface is loopback: nothing outside can be reached."""
     assert main(["token"]) == 0
