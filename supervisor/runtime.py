@@ -216,7 +216,8 @@ class Runtime:
         """
         with self._stop_lock:
             if not self._stopped:
-                self._stopped = True
+                with self._reload_lock:  # a reload being applied finishes first; none starts after
+                    self._stopped = True
                 self.retries.close()  # calls waiting to be tried again are answered now
                 self.supervisor.shutdown(grace)
                 if self.watchdog is not None:

@@ -83,9 +83,7 @@ class StdioDaemon:
         self.read(started)
 
     def watchdog(self) -> psutil.Process:
-        (watchdog,) = [
-            child for child in psutil.Process(self.process.pid).children() if "actors.watchdog" in child.cmdline()
-        ]
+        (watchdog,) = [child for child in psutil.Process(self.process.pid).children() if _is_watchdog(child)]
         return watchdog
 
     def kill(self) -> None:
@@ -235,3 +233,11 @@ def test_a_stuck_watchdog_never_stalls_the_daemon_and_one_that_died_does_not_bre
         with contextlib.suppress(ProcessLookupError):
             os.kill(watchdog.pid, signal.SIGCONT)
     assert watchdog.close(timeout=10) == -signal.SIGKILL  # and no BrokenPipeError on the way
+
+
+def _is_watchdog(process: psutil.Process) -> bool:
+    """Whether `process` is the daemon's watchdog; a child that exits meanwhile (a version query) is not."""
+    try:
+        return "actors.watchdog" in process.cmdline()
+    except psutil.NoSuchProcess:
+        return False

@@ -125,6 +125,17 @@ def test_a_config_the_reload_refuses_changes_nothing_names_the_key_and_shows_in_
     assert key in line and " UTC by " in line
 
 
+def test_labrecon_reload_finds_the_daemon_from_a_file_the_daemon_will_refuse(daemon, tmp_path, capsys):
+    runtime, url, _ = daemon
+    port = url.rsplit(":", 1)[1]
+    # [policy] is broken; [http] still says where the daemon is, and the daemon is the one to judge the file.
+    broken = ["allowed_networks = ['10.0.0.0/33']", "[http]", 'host = "127.0.0.1"', f"port = {port}"]
+    write_fake_config(tmp_path, broken)
+    code, _, err = run(capsys, "reload", "--config", str(tmp_path / "labrecon.toml"))
+    assert code == 1 and "policy.allowed_networks" in err and "invalid_config" in err
+    assert runtime.status().config.last_failure is not None
+
+
 def test_a_reload_is_for_admins_and_needs_a_file_to_read(tmp_path):
     alice = {"authorization": "Bearer alice-token-0123456789abcdef"}
     path = write_fake_config(tmp_path, ["[[auth.tokens]]", 'name = "alice"', f'token = "{alice["authorization"][7:]}"'])

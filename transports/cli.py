@@ -96,15 +96,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime = Runtime.start(settings, owns_process=True, source=read_config, source_name=source_name)
     ops = None
     try:
-        with follow_config(runtime), systemd.watchdog(runtime.status):
+        with follow_config(runtime) as reloads, systemd.watchdog(runtime.status):
             ops = serve_ops_socket(runtime, settings)
-            serve_stdio(
-                runtime,
-                grace=args.grace,
-                until=runtime.escalated,
-                on_serving=lambda: systemd.ready("serving MCP on stdio"),
-                on_stopping=systemd.stopping,
-            )
+
+            def serving() -> None:
+                systemd.ready("serving MCP on stdio")
+                reloads.open()
+
+            def stopping() -> None:
+                reloads.close()
+                systemd.stopping()
+
+            serve_stdio(runtime, grace=args.grace, until=runtime.escalated, on_serving=serving, on_stopping=stopping)
     finally:
         if ops is not None:
             ops.stop()

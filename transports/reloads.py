@@ -31,46 +31,62 @@ BY_WATCHER = "file watcher"
 
 
 class ReloadRequests:
-    """The one thread that reloads `runtime` when asked; `request` may be called from a signal handler."""
+    """The one thread that reloads `runtime` when asked; `request` may be called from a signal handler.
+
+    Requests are served only between `open` (the daemon serves) and `close` (it begins to stop): one
+    made while it starts waits, one made while it stops is dropped, so a reload never races the bind
+    checks of a start nor a shutdown, and a service manager hears READY=1 only from a serving daemon.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._opened = threading.Event()
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="labrecon-reload", daemon=True)
 
     def start(self) -> ReloadRequests:
         self._thread.start()
         return self
 
+    def open(self) -> None:
+        """The daemon serves: reload when asked, beginning with what was asked meanwhile."""
+        self._opened.set()
+
     def request(self, by: str) -> None:
         """Ask for a reload on behalf of `by`; returns at once."""
         self._queue.put(by)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """No more reloads; waits (up to `timeout`) for one that is being applied."""
+    def close(self) -> None:
+        """The daemon stops: no more reloads (one being applied finishes); returns at once."""
+        self._closed.set()
         self._queue.put(None)
+        self._opened.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """`close`, then wait (up to `timeout`) for a reload being applied."""
+        self.close()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        self._opened.wait()
         while (by := self._queue.get()) is not None:
-            stopping = False
             with contextlib.suppress(queue.Empty):
                 while True:  # what piled up meanwhile is served by this one reload
                     if self._queue.get_nowait() is None:
-                        stopping = True
-                        break
-            self._reload(by)
-            if stopping:
+                        return  # closing
+            if self._closed.is_set():
                 return
+            self._reload(by)
 
     def _reload(self, by: str) -> None:
         systemd.reloading()  # a service manager sees the reload begin, and end with READY=1 either way
         try:
             self.runtime.reload(by=by)
         except ConfigError as exc:
-            log.warning("configuration not reloaded, still serving the one in force: %s", one_line(str(exc)),
-                        extra={"by": by})
+            reason = one_line(str(exc)) or "the config was refused"
+            log.warning("configuration not reloaded, still serving the one in force: %s", reason, extra={"by": by})
         except RuntimeStopped:
             pass
         except Exception:
@@ -81,13 +97,17 @@ class ReloadRequests:
 
 def one_line(text: str) -> str:
     """A multi-line config error (`file x is invalid:` then a key a line) as one line."""
-    head, *problems = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head, *problems = lines
     return f"{head} {'; '.join(problems)}" if problems else head
 
 
 @contextlib.contextmanager
 def follow_config(runtime: Runtime) -> Iterator[ReloadRequests]:
-    """While inside: SIGHUP reloads (in the main thread only), the watcher too with `[config] watch`.
+    """While inside: SIGHUP reloads (in the main thread only), the watcher too with `[config] watch`,
+    from when the daemon calls `open()` on what this yields until it calls `close()`.
 
     Each applied reload sets the root logger to its `logging.level`. On leaving, the signal handler is
     restored and the watcher and the reload thread end.

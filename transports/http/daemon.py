@@ -44,7 +44,7 @@ from transports.http.sse import LegacySseTransport
 from transports.http.streamable import StreamableHttpTransport
 from transports.mcp.dispatcher import McpDispatcher
 from transports.ops.endpoints import http_error, ops_routes, serve_ops_socket
-from transports.reloads import follow_config
+from transports.reloads import ReloadRequests, follow_config
 
 __all__ = [
     "HttpDaemon",
@@ -193,8 +193,8 @@ class HttpDaemon:
         """Check the bind address, then listen; raises `InsecureBind` before binding anything."""
         host = settings.http.host if host is None else host
         port = settings.http.port if port is None else port
-        require_token_for(host, configured_tokens(settings.auth))
         runtime.add_reload_check(lambda new: require_token_for(host, configured_tokens(new.auth)))
+        require_token_for(host, configured_tokens(runtime.settings.auth))  # the tokens in force, after the check
         daemon = cls(runtime, settings, build_http_app(runtime, settings))
         daemon.server = HttpServer.start(daemon.app, host=host, port=port, name="mcp", on_exit=daemon._server_exited)
         try:
@@ -317,8 +317,11 @@ def serve_http(
     host: str | None = None,
     port: int | None = None,
     grace: float = 10.0,
+    reloads: ReloadRequests | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT, escalation or server death; then stop it all, the runtime included.
+
+    `reloads` are opened once the daemon listens and closed before it begins to stop.
 
     Returns the exit status: 0 after a signal, 3 if the runtime escalated, 4
     if the HTTP server died. A service manager (`$NOTIFY_SOCKET`) is told when
@@ -331,6 +334,8 @@ def serve_http(
         try:
             daemon = HttpDaemon.start(runtime, settings, host=host, port=port)
             systemd.ready(f"serving MCP on {daemon.url}")  # listening: a service manager may start what needs us
+            if reloads is not None:
+                reloads.open()
             with systemd.watchdog(runtime.status):
                 try:
                     gate.armed = True
@@ -341,6 +346,8 @@ def serve_http(
                     pass
             if gate.received is not None:
                 daemon.request_stop(f"received {gate.received}")
+            if reloads is not None:
+                reloads.stop()
             systemd.stopping(daemon.reason)
             log.info("shutting down", extra={"reason": daemon.reason})
             return daemon.stop(grace)
@@ -389,8 +396,8 @@ def run_http_daemon(
     require_token_for(settings.http.host, configured_tokens(settings.auth))  # before any actor or process starts
     runtime = Runtime.start(settings, owns_process=True, source=source, source_name=source_name)
     try:
-        with follow_config(runtime):
-            status = serve_http(runtime, settings, grace=grace)
+        with follow_config(runtime) as reloads:
+            status = serve_http(runtime, settings, grace=grace, reloads=reloads)
     except ServerStartError as exc:
         print(f"labrecon: {exc}", file=sys.stderr)
         return EXIT_SERVER_FAILED

@@ -12,9 +12,20 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, get_args
 
-from supervisor.config import FaultSettings, load_settings
+from pydantic import ValidationError
+
+from supervisor.config import (
+    AuthSettings,
+    ConfigError,
+    FaultSettings,
+    HttpSettings,
+    config_path,
+    load_settings,
+    read_toml,
+)
 from transports.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from transports.ops.client import OpsClient, OpsClientError, OpsRequestFailed
 from transports.ops.status_view import (
@@ -153,31 +164,50 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SEC", help="how long to wait for an answer")
 
 
-def client_from(args: argparse.Namespace) -> OpsClient:
+def client_from(args: argparse.Namespace, *, lenient: bool = False) -> OpsClient:
     """Where and how to connect: the flags first, then the environment, then the daemon's config.
 
     The place is `--url` or `--socket`, else the config's `http.ops_socket`, else its host and port;
     the token `--token`, else `LABRECON_AUTH__TOKEN` (better: a command line is visible to every
     user on the machine), else the config's `auth.token` or first admin `[[auth.tokens]]` entry.
+    `lenient` (for `reload`): a config that does not validate is still read for `[http]` and `[auth]`,
+    so the daemon, which judges the file, can be reached and say why it refuses it.
     """
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.url:
         return OpsClient(url=args.url, token=token, timeout=args.timeout)
     if args.socket:
         return OpsClient(socket_path=args.socket, token=token, timeout=args.timeout)
-    settings = load_settings(args.config)
-    if token is None and (configured := settings.auth.admin_token()) is not None:
+    try:
+        settings = load_settings(args.config)
+        http, auth = settings.http, settings.auth
+    except ConfigError:
+        if not lenient:
+            raise
+        http, auth = _where_the_daemon_is(args.config)
+    if token is None and (configured := auth.admin_token()) is not None:
         token = configured.get_secret_value()
-    if settings.http.ops_socket is not None:
-        return OpsClient(socket_path=settings.http.ops_socket, token=token, timeout=args.timeout)
-    if settings.http.port == 0:
+    if http.ops_socket is not None:
+        return OpsClient(socket_path=http.ops_socket, token=token, timeout=args.timeout)
+    if http.port == 0:
         raise OpsClientError("the config sets http.port = 0 (any free port); give the daemon's --url")
-    host = settings.http.host
+    host = http.host
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"  # a daemon listening everywhere listens here too
     if ":" in host:
         host = f"[{host}]"
-    return OpsClient(url=f"http://{host}:{settings.http.port}", token=token, timeout=args.timeout)
+    return OpsClient(url=f"http://{host}:{http.port}", token=token, timeout=args.timeout)
+
+
+def _where_the_daemon_is(path: str | None) -> tuple[HttpSettings, AuthSettings]:
+    """`[http]` and `[auth]` of a config file that does not validate as a whole; raises if they do not either."""
+    where = config_path(path)
+    raw = read_toml(Path(where)) if where is not None else {}
+    try:
+        return HttpSettings.model_validate(raw.get("http", {})), AuthSettings.model_validate(raw.get("auth", {}))
+    except ValidationError:
+        problem = f"config file {where} is invalid, [http] or [auth] included: the daemon cannot be found from it"
+        raise ConfigError(problem) from None
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -309,8 +339,9 @@ def cmd_scans_cancel(args: argparse.Namespace) -> int:
 
 def _talk(args: argparse.Namespace, run: Any) -> int:
     """Run one exchange with the daemon; every failure becomes one line on stderr and an exit code."""
+    reloading = args.handler is cmd_reload
     try:
-        client = client_from(args)
+        client = client_from(args, lenient=reloading)
     except (ValueError, OpsClientError) as exc:  # a bad --url, or a config that does not load
         print(f"labrecon: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -318,6 +349,12 @@ def _talk(args: argparse.Namespace, run: Any) -> int:
         return int(run(client))
     except OpsRequestFailed as exc:
         print(f"labrecon: {exc} ({exc.status} {exc.error})", file=sys.stderr)
+        if reloading and exc.status == 401 and not (args.token or os.environ.get(TOKEN_ENV)):
+            print(
+                "labrecon: the daemon still holds the token in force before this reload; pass that one "
+                f"(--token or ${TOKEN_ENV}), or send the daemon SIGHUP (systemctl reload labrecon)",
+                file=sys.stderr,
+            )
         return EXIT_UNREACHABLE if exc.refused else EXIT_FAILED
     except OpsClientError as exc:
         print(f"labrecon: {exc}", file=sys.stderr)
