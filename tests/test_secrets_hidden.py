@@ -164,7 +164,8 @@ def test_no_token_appears_in_anything_a_serving_daemon_says(tmp_path, capsys, mo
 
 def test_a_rotated_token_is_refused_from_the_reload_on_and_shown_nowhere(tmp_path, capsys):
     """The operator's token is rotated and bob's removed by a reload: the old ones get 401 on MCP and ops
-    endpoints alike, the new one works, bob's open stream is closed, the operator's session carries on."""
+    endpoints alike, the new one works, bob's open stream is closed, and so is the session the operator
+    opened with the old token: a token rotated away loses its sessions, whatever name its successor has."""
     audit = tmp_path / "audit.jsonl"
     base = ["[logging]", 'level = "debug"', f'audit_path = "{audit}"']
     bobs = ["[[auth.tokens]]", 'name = "bob"', f'token = "{BOB_TOKEN}"']
@@ -197,11 +198,13 @@ def test_a_rotated_token_is_refused_from_the_reload_on_and_shown_nowhere(tmp_pat
             for where, answer in (
                 ("/status, new token", http.get("/status", headers=rotated)),
                 ("socket /status, new token", socket_ops.get("/status", headers=rotated)),
-                # The operator's session belongs to the identity, which the new token still proves.
-                ("/mcp, new token", http.post("/mcp", json=request("tools/list", {}, 2),
-                                              headers={**session_headers(session), **rotated})),
             ):
                 assert seen.response(where, answer).status_code == 200, where
+            # The session the old token opened is gone: the new token opens its own.
+            in_old = {**session_headers(session), **rotated}
+            old_session = http.post("/mcp", json=request("tools/list", {}, 2), headers=in_old)
+            assert seen.response("/mcp, old session, new token", old_session).status_code == 404
+            assert open_session(httpx.Client(timeout=60, headers=rotated), url)
             status = seen.response("/status", http.get("/status", headers=rotated)).json()
             assert status["config"]["last_reload"]["changed"] == ["auth.token", "auth.tokens"]
 

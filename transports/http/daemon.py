@@ -151,11 +151,11 @@ def build_http_app(
 
 
 def _revoke_rotated(sessions: SessionTable, old: Settings, new: Settings) -> None:
-    """After a reload that changed the tokens: a session whose owner no token proves any more is closed.
+    """After a reload that changed the tokens: a session the token that opened it no longer proves is closed.
 
     Its token would be refused from now on anyway; closing also ends its event streams and cancels its
-    calls, so nothing keeps serving an identity the operator took away. A token rotated under the same
-    name keeps its sessions: the identity, not the secret, owns them.
+    calls, so nothing keeps serving a token the operator took away, even one rotated under the same name
+    (a leaked token is why one rotates).
     """
     if credentials(old.auth) == credentials(new.auth):
         return

@@ -10,6 +10,7 @@ refuses the old one from then on. No token is ever logged, echoed or rendered.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -224,10 +225,15 @@ def token_matches(given: str | None, expected: bytes) -> bool:
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a request is, as its bearer token proves: the owner of its calls, and whether it is an admin."""
+    """Who a request is, as its bearer token proves: the owner of its calls, and whether it is an admin.
+
+    `proof` names the token that proved it (a keyed digest that never leaves the process), so that a
+    session opened with a token that a reload rotated away is closed even when its owner keeps a name.
+    """
 
     owner: str
     admin: bool = False
+    proof: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -242,10 +248,18 @@ def credentials(auth: AuthSettings) -> tuple[Credential, ...]:
     """The tokens `[auth]` configures: `token` proves "operator" (an admin), each named token its name."""
     found: list[Credential] = []
     if (secret := _secret(auth.token)) is not None:
-        found.append(Credential(_encode(secret), Identity(OPERATOR, admin=True)))
+        found.append(Credential(_encode(secret), Identity(OPERATOR, True, _proof(secret))))
     for entry in auth.tokens:
-        found.append(Credential(_encode(entry.token.get_secret_value()), Identity(entry.name, entry.admin)))
+        secret = entry.token.get_secret_value()
+        found.append(Credential(_encode(secret), Identity(entry.name, entry.admin, _proof(secret))))
     return tuple(found)
+
+
+_PROOF_KEY = secrets.token_bytes(32)  # per process: a proof means nothing outside it
+
+
+def _proof(secret: str) -> str:
+    return hmac.new(_PROOF_KEY, _encode(secret), hashlib.sha256).hexdigest()
 
 
 def verify(given: str | None, configured: Iterable[Credential]) -> Identity | None:
@@ -268,16 +282,17 @@ def identity_of(scope: Scope) -> Identity | None:
 
 
 def bind_session(session: Session, identity: Identity | None) -> None:
-    """Give a new MCP session the owner of the request that opened it."""
+    """Give a new MCP session the owner of the request that opened it, and the token that proved it."""
     session.owner = identity.owner if identity is not None else None
     session.admin = identity.admin if identity is not None else False
+    session.proof = identity.proof if identity is not None else None
 
 
 def holds_session(session: Session, identity: Identity | None) -> bool:
-    """Whether a request with `identity` may use `session`: only the identity that opened it may."""
+    """Whether a request with `identity` may use `session`: only the identity, and token, that opened it may."""
     if identity is None:
         return session.owner is None
-    return (session.owner, session.admin) == (identity.owner, identity.admin)
+    return (session.owner, session.admin, session.proof) == (identity.owner, identity.admin, identity.proof)
 
 
 def _encode(secret: str) -> bytes:
@@ -464,10 +479,12 @@ def identities(settings: Settings) -> frozenset[Identity] | None:
 
 
 def still_held(session: Session, proved: frozenset[Identity] | None) -> bool:
-    """Whether `session`'s owner can still be proved under tokens proving `proved` (see `identities`)."""
+    """Whether the token that opened `session` still proves its owner under tokens proving `proved` (see
+    `identities`); a token rotated away loses its sessions, whatever name its successor has."""
     if proved is None:
         return session.owner is None
-    return session.owner is not None and Identity(session.owner, session.admin) in proved
+    held = (session.owner, session.admin, session.proof)
+    return any((identity.owner, identity.admin, identity.proof) == held for identity in proved)
 
 
 AUTHENTICATED = "labrecon_authenticated"

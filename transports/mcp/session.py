@@ -75,6 +75,7 @@ class Session:
     # Set by the transport from what it verified (a named token); None means the local OS user.
     owner: str | None = None
     admin: bool = False
+    proof: str | None = field(default=None, repr=False)  # which token opened it (HTTP); see security.Identity
     # Where messages outside any request go (a task's status, its progress): stdout over stdio, the
     # standalone event stream over HTTP while one is open; None while there is nowhere to send them.
     standalone: NotificationSink | None = field(default=None, repr=False)
