@@ -1,8 +1,10 @@
 """Watching the config file (`[config] watch = true`): one thread, one callback per burst of changes.
 
-The file's directory is watched and the events filtered to the file, so an editor that writes a new
-file and renames it over the old one is seen like one that writes in place. Changes that come close
-together (one save is often several events) are one call. The thread ends with `stop`.
+The file's directory is watched, and a burst of events in it counts when the file it names, symlinks
+followed, is another file or has changed since the last burst: so an editor that writes a new file and
+renames it over the old one is seen like one that writes in place, and so is a symlink swapped to a new
+version (as deployment tools and mounted config maps do). Changes that come close together (one save is
+often several events) are one call. The thread ends with `stop`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ConfigWatcher:
         self.path = Path(os.path.abspath(path))
         self._on_change = on_change
         self._stop = threading.Event()
+        self._seen = self._identity()
         self.watching = threading.Event()  # set once changes to the file are seen
         self._thread = threading.Thread(target=self._run, name="labrecon-config-watch", daemon=True)
 
@@ -49,14 +52,24 @@ class ConfigWatcher:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def _is_the_file(self, change: watchfiles.Change, path: str) -> bool:
-        return path == str(self.path)
+    def _identity(self) -> tuple[int, int, int, int] | None:
+        """The file the path names now (symlinks followed), and its version; None while there is none."""
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size
+
+    def _changed(self) -> bool:
+        now = self._identity()
+        changed, self._seen = now != self._seen, now
+        return changed
 
     def _run(self) -> None:
         try:
             for changes in watchfiles.watch(
                 self.path.parent,
-                watch_filter=self._is_the_file,
+                watch_filter=None,  # any entry: a symlink swapped beside the file changes it too
                 debounce=DEBOUNCE_MS,
                 step=STEP_MS,
                 rust_timeout=READY_MS,
@@ -68,7 +81,7 @@ class ConfigWatcher:
                 if not self.watching.is_set():
                     self.watching.set()
                     log.info("watching the config file for changes", extra={"path": str(self.path)})
-                if changes:
+                if changes and self._changed():
                     log.info("the config file changed", extra={"path": str(self.path)})
                     self._on_change()
         except Exception:
