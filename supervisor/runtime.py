@@ -551,7 +551,7 @@ class Runtime:
         A call that will be refused anyway (the runtime stopping, arguments that do not validate) looks
         nothing up: names are resolved only for calls that may run.
         """
-        if self._stopped or not isinstance(arguments, Mapping):
+        if self._stopped or not isinstance(arguments, Mapping) or spec.name not in self._in_force.serving:
             return None, None
         try:
             validated = spec.validate_arguments(arguments)  # once: the call is prepared from this

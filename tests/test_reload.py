@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import json
 import threading
 from pathlib import Path
@@ -371,3 +372,19 @@ def test_a_new_binary_starts_with_a_closed_circuit(tmp_path):
         assert runtime.reload(reloaded).tools == {"nmap": "replace"}
         assert runtime.call("nmap", {"target": "10.0.0.7", "ports": "22"}).ok
         assert runtime.status().tools["nmap"].breaker.state == "closed"
+
+
+def test_a_call_to_a_disabled_tool_looks_nothing_up(tmp_path):
+    asked: list[str] = []
+
+    def resolver(name: str) -> list[Any]:
+        asked.append(name)
+        return [ipaddress.ip_address("10.0.0.9")]
+
+    config = fake_config(tmp_path, policy={"dns": True})
+    with Runtime.start(config, resolver=resolver) as runtime:
+        runtime.disable_tool("nmap", "patching")
+        refused = asyncio.run(runtime.acall("nmap", {"target": "db.lab.internal", "ports": "22"}))
+        assert error_type(refused) == "tool_disabled" and asked == []
+        assert asyncio.run(runtime.acall("gobuster", {"target": "db.lab.internal"})).ok
+        assert asked == ["db.lab.internal"]

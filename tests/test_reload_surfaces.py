@@ -316,3 +316,9 @@ def test_a_daemon_listening_beyond_loopback_refuses_a_reload_that_would_drop_its
         code, out, _ = run(capsys, "status", "--socket", str(served.ops), "--token", token, "--json")
         assert code == 0 and json.loads(out)["config"]["reloads"] == 0  # the token still guards it
         assert token not in served.log.read_text()
+
+
+def test_a_reload_that_changed_only_secrets_says_so_though_the_fingerprint_stays():
+    attempt = ReloadAttempt(at=0.0, by="operator", ok=True, old_digest="abc", new_digest="abc", changed=["auth.token"])
+    assert "same fingerprint: secrets changed" in render_reload(attempt)
+    assert "applied:       auth.token" in render_reload(attempt)

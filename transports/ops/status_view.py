@@ -84,7 +84,10 @@ def render_reload(attempt: ReloadAttempt) -> str:
     """What a reload changed, as `labrecon reload` prints it: the keys, the tools, what waits for a restart."""
     if not attempt.changed and not attempt.needs_restart:
         return f"reloaded by {_safe(attempt.by)}: nothing changed (config {attempt.new_digest})"
-    lines = [f"reloaded by {_safe(attempt.by)}: config {attempt.old_digest} -> {attempt.new_digest}"]
+    if attempt.new_digest == attempt.old_digest:  # the fingerprint masks secrets: only they changed
+        lines = [f"reloaded by {_safe(attempt.by)}: config {attempt.new_digest} (same fingerprint: secrets changed)"]
+    else:
+        lines = [f"reloaded by {_safe(attempt.by)}: config {attempt.old_digest} -> {attempt.new_digest}"]
     applied = [key for key in attempt.changed if key not in attempt.needs_restart]
     if applied:
         lines.append("applied:       " + ", ".join(applied))
