@@ -26,7 +26,7 @@ from mcp.client.subscriptions import Subscription, ToolsListChanged
 from supervisor.status import ToolStatus
 from tests.fakes.install import install_fake
 from tests.helpers import wait_until
-from tests.http_support import ARGUMENTS, MODERN, TIMEOUT, envelope, request, sdk_client
+from tests.http_support import ARGUMENTS, MODERN, TIMEOUT, envelope, modern, request, sdk_client
 from transports.cli import main
 from transports.mcp.dispatcher import McpDispatcher
 from transports.mcp.session import Session
@@ -245,6 +245,14 @@ def test_a_legacy_sse_session_is_told_too(served):
                 assert "gobuster" in [tool.name for tool in (await client.list_tools()).tools]
 
     asyncio.run(scenario())
+
+
+def test_a_listen_stream_asked_for_as_json_only_is_refused_at_once(served):
+    _, daemon = served()
+    body, headers = modern("subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+    json_only = {**headers, "accept": "application/json"}
+    answer = httpx.post(daemon.url + "/mcp", json=body, headers=json_only, timeout=TIMEOUT)
+    assert answer.status_code == 406 and "text/event-stream" in answer.text
 
 
 # --- the dispatcher's rules ----------------------------------------------------------------------

@@ -165,6 +165,10 @@ class StreamableHttpTransport:
         if (problem := version_problem(version)) is not None:
             await _rpc_refusal(400, problem, request_id)(scope, receive, send)
             return
+        if is_listen(message) and not accept.event_stream:  # a listen stream is events or nothing
+            refusal = "Not Acceptable: subscriptions/listen answers with an event stream; accept text/event-stream"
+            await _refuse(406, refusal, request_id=request_id)(scope, receive, send)
+            return
 
         session_id = headers.get(SESSION_HEADER)
         if version in MODERN_VERSIONS or (version is None and session_id is None and is_modern_request(message)):
@@ -498,6 +502,10 @@ def _outcome(task: asyncio.Task[Any], message: Any) -> Any:
         log.error("request failed inside the server", exc_info=exc)
         return jsonrpc.error_response(request_id_of(message), INTERNAL_ERROR, "Internal error")
     return task.result()
+
+
+def is_listen(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("method") == "subscriptions/listen"
 
 
 def _reply_response(
