@@ -18,6 +18,7 @@ import sys
 import threading
 
 from actors.containment import end_left_group
+from actors.runner import MINIMAL_ENV
 
 __all__ = ["Watchdog"]
 
@@ -39,6 +40,7 @@ class Watchdog:
             stderr=subprocess.DEVNULL,
             close_fds=True,
             cwd="/",
+            env=dict(MINIMAL_ENV),  # nothing of the daemon's environment, its tokens included
             start_new_session=True,  # a signal to the daemon's group (Ctrl-C) must not reach it
         )
         assert self._proc.stdin is not None

@@ -201,12 +201,15 @@ def test_the_watchdog_ends_the_groups_still_listed_when_its_daemon_dies_and_no_o
     )
     nmap = install_fake(tmp_path / "fakes", "nmap", mode="hang")
     root = Path(__file__).resolve().parent.parent
+    secret = {**os.environ, "LABRECON_AUTH__TOKEN": "a-token-the-watchdog-must-not-hold-0123"}
     with subprocess.Popen(
-        [sys.executable, "-c", script, str(nmap)], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-c", script, str(nmap)], cwd=root, env=secret, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     ) as host:
         assert host.stdout is not None
         watchdog, kept, ended = (int(pid) for pid in host.stdout.readline().split())
         with ended_at_exit([kept, ended, watchdog]):
+            # It gets a minimal environment: nothing of the daemon's, its tokens least of all.
+            assert not any(key.startswith("LABRECON_") for key in psutil.Process(watchdog).environ())
             host.kill()  # as SIGKILL takes a daemon: no goodbye
             host.wait(10)
             wait_until(lambda: not process_alive(ended), what="the listed run to be ended")
