@@ -268,6 +268,19 @@ def dispatcher(make_runtime):
     return McpDispatcher.for_backend(make_runtime())
 
 
+def test_an_unknown_tool_is_told_every_tool_the_list_shows(dispatcher):
+    async def scenario() -> None:
+        session = Session()
+        await dispatcher.handle(session, handshake(), print)
+        listing = await dispatcher.handle(session, request("tools/list", {}, 1), print)
+        listed = [tool["name"] for tool in listing["result"]["tools"]]
+        answer = await dispatcher.handle(session, request("tools/call", {"name": "nessus", "arguments": {}}, 2), print)
+        assert answer["error"]["code"] == -32602
+        assert answer["error"]["data"]["available"] == listed and "scans_list" in listed
+
+    asyncio.run(scenario())
+
+
 def test_a_runtime_says_its_tool_list_can_change_in_both_eras_and_keeps_its_cache_hints(dispatcher):
     async def scenario() -> None:
         answer = await dispatcher.handle(Session(), handshake(), print)

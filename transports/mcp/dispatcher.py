@@ -120,6 +120,7 @@ class McpDispatcher:
             scans=scans,
             tasks=self._tasks,
             tracer=tracer,
+            listed=lambda: [info.name for info in self._listed_tools()],
         )
         self._scans = scans
         self._handlers: dict[str, Callable[[Session, RequestContext], dict[str, Any]]] = {

@@ -51,8 +51,11 @@ class ToolCalls:
         scans: ScanAccess | None = None,
         tasks: Tasks | None = None,
         tracer: CallTracer = NO_TRACER,
+        listed: Callable[[], list[str]] | None = None,
     ) -> None:
         self._backend = backend
+        # What an unknown name's error offers instead: every tool `tools/list` shows.
+        self._listed = listed or (lambda: [info.name for info in backend.list_tools()])
         self._tracer = tracer
         self._server_info_stamp = server_info_stamp
         self._new_call_id = new_call_id
@@ -168,7 +171,7 @@ class ToolCalls:
         except UnknownTool:
             # A tool the backend knows but does not list (disabled) was answered `tool_disabled` with the
             # reason, so a client with a stale list learns why; any other name is unknown here.
-            listed = [info.name for info in self._backend.list_tools()]
+            listed = self._listed()
             raise RpcError(
                 INVALID_PARAMS,
                 f"Invalid params: unknown tool {clip(call.tool)!r}; available: {', '.join(listed) or 'none'}",
