@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from actors.reply import Reply
-from actors.results import CallOutcome, ErrorType, RetriedAttempt
+from actors.results import CallError, CallOutcome, ErrorType, RetriedAttempt
 from actors.settings import RetrySettings
 from actors.tool import Call
 from supervisor.retries import Retry, next_retry, retried_attempt, with_retries
@@ -130,34 +130,37 @@ class Retrier:
     def _ended(self, call: _RetryingCall, outcome: CallOutcome) -> None:
         """On the thread that answered an attempt: wait for another, or answer the caller."""
         try:
-            retry = self._arrange_retry(call, outcome)
+            retry, stopped = self._arrange_retry(call, outcome)
         except Exception:  # a timer that cannot start, say: the attempt's answer is the call's
             logger.exception("a retry could not be arranged; the call is answered as it stands")
             with call.lock:
                 if call.timer is not None:
                     call.timer.cancel()
                 call.timer, call.answered = None, True
-            retry = None
+            retry, stopped = None, None
         if retry is not None:
             self._on_retry(call.tool, retry.reason.value)
             return
+        if stopped is not None:  # it would have been tried again, but was cancelled meanwhile
+            outcome = outcome.model_copy(update={"error": CallError(error_type=ErrorType.CANCELLED, message=stopped)})
         call.reply.resolve(with_retries(outcome, *_so_far(call)))
 
-    def _arrange_retry(self, call: _RetryingCall, outcome: CallOutcome) -> Retry | None:
-        """Start the wait for the next attempt, or mark the call answered (None)."""
+    def _arrange_retry(self, call: _RetryingCall, outcome: CallOutcome) -> tuple[Retry | None, str | None]:
+        """Start the wait for the next attempt; or mark the call answered, saying why a transient failure
+        was not tried again (cancelled meanwhile, or the runtime stopping) if that is why."""
         with call.lock:
-            retry = None
-            if not (call.cancelled or self._closed):
-                done = len(call.retried)
-                retry = next_retry(outcome, retries_done=done, settings=call.settings, spread=self._spread())
-            if retry is None:
+            done = len(call.retried)
+            retry = next_retry(outcome, retries_done=done, settings=call.settings, spread=self._spread())
+            if retry is None or call.cancelled or self._closed:
                 call.answered = True
-                return None
+                if retry is None:
+                    return None, None
+                return None, "the call was cancelled" if call.cancelled else "the runtime is stopping"
             call.retried.append(retried_attempt(outcome))
             call.timer = threading.Timer(retry.delay_sec, self._backoff_over, args=(call,))
             call.timer.daemon = True
             call.timer.start()
-            return retry
+            return retry, None
 
     def _backoff_over(self, call: _RetryingCall) -> None:
         """On the call's timer thread: make the next attempt, unless the call was answered meanwhile."""

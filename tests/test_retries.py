@@ -16,8 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from actors.api import Caller
+from actors.prepare import PreparedCall
+from actors.reply import Reply, ThreadReply
 from actors.results import CallOutcome, ErrorType, RetriedAttempt
 from actors.settings import RetrySettings
+from actors.tool import Call
+from supervisor.retrier import Retrier
 from supervisor.retries import MAX_BACKOFF_SEC, RetryReason, next_retry, transient_reason, with_retries
 from tests.fakes.install import install_fake
 from tests.helpers import wait_until
@@ -286,3 +290,21 @@ def test_an_mcp_client_over_stdio_reads_that_its_call_was_retried(tmp_path):
     (earlier,) = result.structured_content["retried"]
     assert earlier["error_type"] == "actor_restarted" and "crashed" in earlier["message"]
     assert "2 attempts made; transient failures before this answer: actor_restarted." in result.content[0].text
+
+
+def test_a_call_cancelled_while_an_attempt_fails_transiently_is_answered_cancelled_not_retried():
+    submitted: list[Call] = []
+    retrier = Retrier(submitted.append, on_retry=lambda tool, reason: None, on_refused=lambda tool, error: None)
+    prepared = PreparedCall("nmap", "10.0.0.5", ("10.0.0.5",), ("nmap", "10.0.0.5"), 30.0)
+
+    def attempt(reply: Reply[CallOutcome], number: int) -> Call:
+        return Call(call_id="c1", prepared=prepared, reply=reply)
+
+    caller: ThreadReply[CallOutcome] = ThreadReply()
+    retrier.submit("c1", "nmap", RetrySettings(attempts=1, backoff_sec=0), attempt, caller)
+    assert retrier.cancel("c1") is False  # an attempt is under way: it is cancelled where it runs
+    (first,) = submitted
+    first.reply.resolve(first.failure(ErrorType.ACTOR_RESTARTED, "nmap crashed while the call ran"))
+    answer = caller.wait(5)
+    assert answer.error is not None and answer.error.error_type is ErrorType.CANCELLED
+    assert len(submitted) == 1 and answer.attempts == 1
