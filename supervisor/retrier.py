@@ -110,6 +110,15 @@ class Retrier:
             return False
         return self._answer_if_waiting(call, "the call was cancelled while it waited to be tried again", cancel=True)
 
+    def tool_disabled(self, tool: str, reason: str) -> int:
+        """Calls of `tool` waiting to be tried again are answered `tool_disabled` now; returns how many."""
+        with self._lock:
+            waiting = [call for call in self._calls.values() if call.tool == tool]
+        answered = 0
+        for call in waiting:
+            answered += self._answer_if_waiting(call, reason, error_type=ErrorType.TOOL_DISABLED)
+        return answered
+
     def close(self) -> None:
         """Retry nothing more: calls waiting for an attempt are answered `cancelled` at once."""
         with self._lock:
@@ -179,8 +188,11 @@ class Retrier:
         outcome = with_retries(last.failure(ErrorType.INTERNAL, "the call could not be tried again"), *_so_far(call))
         call.reply.resolve(outcome, before=lambda _answer: self._on_refused(call.tool, ErrorType.INTERNAL))
 
-    def _answer_if_waiting(self, call: _RetryingCall, message: str, *, cancel: bool = False) -> bool:
-        """Answer `cancelled` now if the call waits for its next attempt; `cancel` rules out any further one."""
+    def _answer_if_waiting(
+        self, call: _RetryingCall, message: str, *, cancel: bool = False, error_type: ErrorType = ErrorType.CANCELLED
+    ) -> bool:
+        """Answer now (`cancelled`, unless told otherwise) if the call waits for its next attempt; `cancel` rules
+        out any further one."""
         with call.lock:
             call.cancelled = call.cancelled or cancel
             timer, call.timer = call.timer, None
@@ -189,8 +201,8 @@ class Retrier:
             timer.cancel()
             call.answered = True
         assert call.current is not None
-        answer = with_retries(call.current.failure(ErrorType.CANCELLED, message), *_so_far(call))
-        return call.reply.resolve(answer, before=lambda _answer: self._on_refused(call.tool, ErrorType.CANCELLED))
+        answer = with_retries(call.current.failure(error_type, message), *_so_far(call))
+        return call.reply.resolve(answer, before=lambda _answer: self._on_refused(call.tool, error_type))
 
     def _forget(self, call_id: str, call: _RetryingCall) -> None:
         with self._lock:

@@ -469,6 +469,9 @@ class Runtime:
         }
         if changes or reloaded:
             self.supervisor.change_tools(changes, settings if reloaded else None, specs)
+        for change in changes:  # calls waiting to be tried again are the tool's too
+            if change.kind == "disable":
+                self.retries.tool_disabled(change.tool, change.reason)
         self._in_force = self._config_in_force(settings, before)
         if self._in_force.tool_infos != before.tool_infos:
             for listener in list(self._tools_listeners):
@@ -642,11 +645,14 @@ class Runtime:
         """A call answered before it reached any actor: counted, audited, traced and stored as a finished scan."""
         self.supervisor.record_refusal(tool, error_type)
         refused = CallOutcome.failure(tool, call_id, error_type, message)
-        if self.audit is not None:
-            given = dict(arguments) if isinstance(arguments, Mapping) else None
-            self.audit.record(refused, caller=caller, arguments=given)
-        refused_scan = self.scans.refused(caller, tool, arguments, refused)
-        span.end(refused, scan_id=refused_scan)
+        refused_scan: str | None = None
+        try:
+            if self.audit is not None:
+                given = dict(arguments) if isinstance(arguments, Mapping) else None
+                self.audit.record(refused, caller=caller, arguments=given)
+            refused_scan = self.scans.refused(caller, tool, arguments, refused)
+        finally:
+            span.end(refused, scan_id=refused_scan)
         return call_id, refused_scan, refused
 
     def _call_span(self, tool: str, call_id: str, caller: Caller) -> CallSpan:

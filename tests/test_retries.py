@@ -246,6 +246,17 @@ def test_a_runtime_stopping_answers_a_call_waiting_to_be_retried(make_runtime):
     assert scan_calls(runtime.settings.tools.nmap.binary) == []
 
 
+def test_disabling_a_tool_answers_its_calls_waiting_to_be_retried_at_once(make_runtime):
+    runtime = make_runtime(tools={"nmap": {"retry": {"backoff_sec": 30}}}, faults=CRASH_ONCE)
+    with ThreadPoolExecutor(1) as pool:
+        call = waiting_to_retry(runtime, pool, "waiting")
+        runtime.disable_tool("nmap", "patching")
+        outcome = call.result(10)  # well before the half-minute wait would be over
+    assert outcome.error_type is ErrorType.TOOL_DISABLED and "patching" in outcome.error.message
+    assert outcome.attempts == 1 and [r.error_type for r in outcome.retried] == [ErrorType.ACTOR_RESTARTED]
+    assert scan_calls(runtime.settings.tools.nmap.binary) == []
+
+
 def test_a_retried_call_can_still_be_cancelled_while_it_runs(make_runtime, tmp_path):
     release = tmp_path / "release"
     runtime = make_runtime(

@@ -382,6 +382,7 @@ def make_status(**tool_overrides) -> Status:
 
     tools = {
         "nmap": tool("nmap", in_flight=2, queued=3, restarts=2, incarnation=3,
+                     retiring=1, retries={"actor_restarted": 2},
                      last_restart_reason="crash: killed by SIGSEGV", calls={"ok": 40, "timeout": 2, "validation": 1},
                      p50_sec=1.234, p95_sec=75.0),
         "masscan": tool("masscan", state="failed", restarts=5, failed_reason="5 restarts in 60s " + "x" * 80,
@@ -419,7 +420,8 @@ def test_the_table_reads_at_a_glance():
     assert starts == sorted(starts)
     # Every value starts under its header.
     for row, values in (
-        (nmap, ["nmap", "running", "closed", "2", "3", "1.2s", "1m15s", "40", "3", "2", "crash: killed by SIGSEGV"]),
+        (nmap, ["nmap", "running", "closed", "2 (1 retiring)", "3", "1.2s", "1m15s", "40", "3", "2 (2 calls retried)",
+                "crash: killed by SIGSEGV"]),
         (masscan, ["masscan", "failed", "open 12.0s", "0", "0", "-", "-", "0", "0", "5", "failed: 5 restarts"]),
     ):
         for start, value in zip(starts, values, strict=True):

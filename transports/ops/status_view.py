@@ -182,6 +182,8 @@ def _tool_row(tool: ToolStatus) -> list[Cell]:
     elif breaker.consecutive_failures:
         breaker_text += f" ({breaker.consecutive_failures} fail)"
     queued = str(tool.queued) + (f" +{tool.stashed} stashed" if tool.stashed else "")
+    running = str(tool.in_flight) + (f" ({tool.retiring} retiring)" if tool.retiring else "")
+    retried = sum(tool.retries.values())
     if tool.state == "failed" and tool.failed_reason:
         reason = f"failed: {tool.failed_reason}"
     elif tool.state == "disabled":
@@ -194,13 +196,13 @@ def _tool_row(tool: ToolStatus) -> list[Cell]:
         (tool.name, "bold"),
         (tool.state, _STATE_STYLE.get(tool.state)),
         (breaker_text, _BREAKER_STYLE.get(breaker.state)),
-        (str(tool.in_flight), None),
+        (running, "yellow" if tool.retiring else None),
         (queued, "yellow" if tool.stashed else None),
         (format_duration(tool.p50_sec), None),
         (format_duration(tool.p95_sec), None),
         (str(ok), None),
         (str(failed), "red" if failed else None),
-        (str(tool.restarts), "yellow" if tool.restarts else None),
+        (str(tool.restarts) + (f" ({retried} calls retried)" if retried else ""), "yellow" if tool.restarts else None),
         (_clip(reason), "red" if tool.state == "failed" else None),  # free text last, as kubectl does
     ]
 
