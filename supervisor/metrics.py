@@ -1,5 +1,5 @@
 """Prometheus metrics for one runtime: a projection of the call ledger, updated as it changes, and
-collectors that read numbers with another owner (the scan store's) when scraped.
+collectors that read numbers with another owner (the scan store's, the config's) when scraped.
 
 Each runtime owns its registry (never the process-global one), so two
 embedded runtimes, or a test's runtime beside the daemon's, never mix their
@@ -11,6 +11,7 @@ histogram's buckets span 10 ms to an hour because a scan can be either.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,6 +21,8 @@ from actors.breaker import BreakerState
 from actors.results import ErrorType
 from supervisor.retries import RetryReason
 from supervisor.status import ConfigStatus, ScanStoreStatus
+
+T = TypeVar("T")
 
 OUTCOMES = ("ok", *(e.value for e in ErrorType))
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -122,20 +125,27 @@ class Metrics:
 
 
 
-class ScanStoreCollector(Collector):
-    """The scan store's numbers, read at scrape time: the store owns the counts and its size, the
-    runtime's `Scans` the expired total. This collector keeps no copy of any of them."""
+class ReadAtScrape(Collector, Generic[T]):
+    """Numbers another part owns, read from it at scrape time and never copied: `families(None)` says
+    what is served (for `describe`), `families(value)` serves what `read()` gives now."""
 
-    def __init__(self, stats: Callable[[], ScanStoreStatus]) -> None:
-        self._stats = stats
+    def __init__(self, read: Callable[[], T]) -> None:
+        self._read = read
 
     def describe(self) -> Iterator[Metric]:
-        yield from self._families()
+        yield from self._families(None)
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._families(self._stats())
+        yield from self._families(self._read())
 
-    def _families(self, stats: ScanStoreStatus | None = None) -> Iterator[Metric]:
+    def _families(self, value: T | None) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class ScanStoreCollector(ReadAtScrape[ScanStoreStatus]):
+    """The scan store's numbers: the store owns the counts and its size, the runtime's `Scans` the expired total."""
+
+    def _families(self, stats: ScanStoreStatus | None) -> Iterator[Metric]:
         scans = GaugeMetricFamily("labrecon_scans", "Scans in the store, by status.", labels=["status"])
         size = GaugeMetricFamily("labrecon_scan_store_bytes", "The scan store's size on disk, its log included.")
         expired = CounterMetricFamily(
@@ -149,19 +159,10 @@ class ScanStoreCollector(Collector):
         yield from (scans, size, expired)
 
 
-class ConfigCollector(Collector):
-    """Reloads, read at scrape time from the runtime's `ConfigStatus`, which owns them."""
+class ConfigCollector(ReadAtScrape[ConfigStatus]):
+    """Reloads, from the runtime's `ConfigStatus`, which owns them."""
 
-    def __init__(self, config: Callable[[], ConfigStatus]) -> None:
-        self._config = config
-
-    def describe(self) -> Iterator[Metric]:
-        yield from self._families()
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self._families(self._config())
-
-    def _families(self, config: ConfigStatus | None = None) -> Iterator[Metric]:
+    def _families(self, config: ConfigStatus | None) -> Iterator[Metric]:
         reloads = CounterMetricFamily(
             "labrecon_config_reloads", "Reloads since start: applied, or refused (the config did not validate).",
             labels=["result"],

@@ -463,17 +463,15 @@ class Runtime:
         still refused here, and a newly disabled one is refused by its slot.
         """
         before = self._in_force
-        specs = {
-            name: spec for name, spec in self.specs.items()
-            if getattr(settings.tools, name).enabled and name not in self._operator_disabled
-        }
+        after = self._config_in_force(settings, before)
         if changes or reloaded:
-            self.supervisor.change_tools(changes, settings if reloaded else None, specs)
+            serving = {name: self.specs[name] for name in after.serving}  # their binaries are probed
+            self.supervisor.change_tools(changes, settings if reloaded else None, serving)
         for change in changes:  # calls waiting to be tried again are the tool's too
             if change.kind == "disable":
                 self.retries.tool_disabled(change.tool, change.reason)
-        self._in_force = self._config_in_force(settings, before)
-        if self._in_force.tool_infos != before.tool_infos:
+        self._in_force = after
+        if after.tool_infos != before.tool_infos:
             for listener in list(self._tools_listeners):
                 _notify(listener)
 

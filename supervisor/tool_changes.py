@@ -100,7 +100,7 @@ class ToolChanger:
     def _disable(self, slot: ToolSlot, settings: ToolSettings, reason: str, drain_sec: float) -> None:
         slot.configure(settings)
         if slot.state == "disabled":
-            slot.reason = reason  # a new reason replaces the old one; since stays
+            slot.set_state("disabled", reason)  # a new reason replaces the old one; since stays
             return
         retiring = slot.retire("disabled")
         for call in slot.disable(reason, self.wall_clock()):
