@@ -372,7 +372,7 @@ class Runtime:
                     "loaded_at": attempt.at,
                     "reloads": self.config.reloads + 1,
                     "last_reload": attempt,
-                    "needs_restart": sorted(set(plan.needs_restart)),
+                    "needs_restart": list(plan.needs_restart),
                 }
             )
             self._audit_reload(attempt)
