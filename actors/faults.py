@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from actors.runner import ProcessRun, RunRequest
+from actors.runner import Run, RunRequest
 
 
 class FaultKind(StrEnum):
@@ -23,6 +23,7 @@ class FaultKind(StrEnum):
     DELAY = "delay"
     TIMEOUT = "timeout"
     FLOOD = "flood"
+    RUNNER_LOST = "runner_lost"  # a pool's runner dies as the call starts, as when its node is lost
 
 
 class InjectedCrash(RuntimeError):
@@ -60,20 +61,33 @@ class Fault:
             retired.wait(0.2)
         raise InjectedCrash("hung actor released")
 
-    def shape(self, request: RunRequest) -> RunRequest:
-        if self.kind is FaultKind.FLOOD:
-            flood = (sys.executable, "-c", FLOOD_SCRIPT, str(self.flood_bytes))
-            return replace(request, argv=flood)
-        if self.kind is FaultKind.TIMEOUT:
-            # A process that outlives any deadline, so the real timeout path ends it.
-            endless = (sys.executable, "-c", "import time\nwhile True: time.sleep(60)")
-            return replace(request, argv=endless, timeout_sec=min(request.timeout_sec, self.delay_sec))
-        return request
+    def shaping(self) -> Shaping | None:
+        """What this fault does to the process itself, if anything: the part a scanner node applies."""
+        if self.kind in (FaultKind.FLOOD, FaultKind.TIMEOUT):
+            return Shaping(self.kind, self.delay_sec, self.flood_bytes)
+        return None
 
-    def before_run(self, run: ProcessRun) -> None:
+    def before_run(self, run: Run) -> None:
         """A delay holds the call back, but never past its own timeout, and a cancel cuts it short."""
         if self.kind is FaultKind.DELAY:
             run.wait_cancelled(min(self.delay_sec, run.request.timeout_sec))
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """A fault that replaces the process: plain data, so a scanner node can apply it after its own checks."""
+
+    kind: FaultKind
+    delay_sec: float
+    flood_bytes: int
+
+    def apply(self, request: RunRequest) -> RunRequest:
+        if self.kind is FaultKind.FLOOD:
+            flood = (sys.executable, "-c", FLOOD_SCRIPT, str(self.flood_bytes))
+            return replace(request, argv=flood)
+        # A process that outlives any deadline, so the real timeout path ends it.
+        endless = (sys.executable, "-c", "import time\nwhile True: time.sleep(60)")
+        return replace(request, argv=endless, timeout_sec=min(request.timeout_sec, self.delay_sec))
 
 
 FaultSource = Callable[[str, str], Fault | None]

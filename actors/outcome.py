@@ -41,6 +41,14 @@ def outcome_from_run(
         "stderr": run.stderr.decode("utf-8", "replace")[-STDERR_TAIL_CHARS:],
     }
     tool = prepared.tool
+    fields["pool"], fields["node"] = run.pool, run.node
+    if run.refused is not None:
+        message = f"the scanner node refused the call: {run.refused}"
+        return CallOutcome.failure(tool, call_id, ErrorType.VALIDATION, message, **fields), Verdict.NEUTRAL
+    if run.lost is not None:
+        message = f"the scanner node was lost: {run.lost}" if run.runner_died else run.lost
+        outcome = CallOutcome.failure(tool, call_id, ErrorType.NODE_LOST, message, retry_after_sec=1.0, **fields)
+        return outcome, Verdict.NEUTRAL
     if run.spawn_error is not None:
         message = f"could not start {prepared.argv[0]}: {run.spawn_error}"
         fields["spawn_errno"] = run.spawn_errno

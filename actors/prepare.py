@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from actors.policy import TargetPolicy
 from actors.results import InvalidCall
 from actors.settings import ToolSettings
 from actors.tools.base import ToolArguments, ToolSpec
+
+POOL_SEPARATOR = "@"
+
+
+def slot_name(tool: str, pool: str | None) -> str:
+    """The name of what serves `tool` on `pool` ("nmap@dmz"), or the tool's own name when it runs here."""
+    return tool if pool is None else f"{tool}{POOL_SEPARATOR}{pool}"
+
+
+def split_slot_name(name: str) -> tuple[str, str | None]:
+    """(tool, pool) of a slot name; the pool is None for a tool that runs here."""
+    tool, separator, pool = name.partition(POOL_SEPARATOR)
+    return tool, (pool if separator else None)
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,14 @@ class PreparedCall:
     resolved_targets: tuple[str, ...]  # what the policy resolved it to; the tool's target first
     argv: tuple[str, ...]  # binary first
     timeout_sec: float
+    # The validated arguments, as JSON: what a scanner node prepares the call from again before it runs it.
+    arguments: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    pool: str | None = None  # the scanner pool whose nodes run it; None: this machine
+
+    @property
+    def slot(self) -> str:
+        """What serves the call: the tool here, or the tool on its pool."""
+        return slot_name(self.tool, self.pool)
 
 
 def resolve_timeout(requested: float | None, settings: ToolSettings) -> float:
@@ -60,4 +81,5 @@ def prepare_call(
         resolved_targets=target.resolved,
         argv=argv,
         timeout_sec=timeout,
+        arguments=args.model_dump(mode="json", exclude_unset=True),
     )

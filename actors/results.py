@@ -25,6 +25,7 @@ class ErrorType(StrEnum):
     ACTOR_RESTARTED = "actor_restarted"
     TOOL_FAILED = "tool_failed"
     TOOL_DISABLED = "tool_disabled"
+    NODE_LOST = "node_lost"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
 
@@ -40,6 +41,8 @@ RECOVERY: dict[ErrorType, str] = {
     ErrorType.TOOL_FAILED: "The tool exceeded its restart limit and is disabled until an operator resets it.",
     ErrorType.TOOL_DISABLED: "An operator has taken the tool out of service (the message says why); use another tool "
     "or try again later.",
+    ErrorType.NODE_LOST: "The scanner node running the call, or every node of its pool, is gone; retry after the "
+    "suggested delay, when the pool's runner is back.",
     ErrorType.CANCELLED: "The call was cancelled; resend it if the result is still wanted.",
     ErrorType.INTERNAL: "An internal error occurred; retry once, then report it with the correlation id.",
 }
@@ -88,6 +91,9 @@ class CallOutcome(BaseModel):
     # How often the call was handed to its tool: more than once when a transient failure was retried.
     attempts: int = 1
     retried: list[RetriedAttempt] = Field(default_factory=list)  # how each earlier attempt ended, oldest first
+    # Where the process ran: the scanner pool and its Ray node; both None for a run on this machine.
+    pool: str | None = None
+    node: str | None = None
     # The tool's own output as captured (within the byte cap). Kept for the scan store, never sent:
     # `exclude` leaves it out of every dump, the wire envelope and its schema included.
     raw_output: str | None = Field(default=None, exclude=True)

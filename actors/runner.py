@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Protocol
 
 from actors.containment import RunProcesses
 
-__all__ = ["MINIMAL_ENV", "ProcessRun", "RunRequest", "RunResult"]
+__all__ = ["MINIMAL_ENV", "ProcessRun", "Run", "RunRequest", "RunResult"]
 
 _log = logging.getLogger(__name__)
 
@@ -103,6 +104,37 @@ class RunResult:
     spawn_error: str | None
     pid: int | None
     spawn_errno: int | None = None
+    # A remote run only: its pool and the node it ran on; why the node would not spawn it (its own
+    # checks); why the run was lost, and whether its runner died with it (else no node took it in time).
+    pool: str | None = None
+    node: str | None = None
+    refused: str | None = None
+    lost: str | None = None
+    runner_died: bool = False
+
+
+class Run(Protocol):
+    """What a tool actor drives: a `ProcessRun` here, or a remote run on a scanner node.
+
+    `spawn` then `run` once, on one runner thread; `cancel` from any thread at any time. `pid` and
+    `home` are set once a process exists on this machine (never for a remote one); `started` once a
+    process exists anywhere.
+    """
+
+    request: RunRequest
+    pid: int | None
+    home: str | None
+
+    @property
+    def started(self) -> bool: ...
+
+    def spawn(self) -> None: ...
+
+    def run(self) -> RunResult: ...
+
+    def cancel(self) -> None: ...
+
+    def wait_cancelled(self, timeout: float) -> bool: ...
 
 
 class _Capture:
@@ -165,6 +197,10 @@ class ProcessRun:
         self._not_run: RunResult | None = None  # why there is no process: cancelled first, or the spawn failed
         self._wake_r: int | None = None
         self._wake_w: int | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.pid is not None
 
     def cancel(self) -> None:
         """Ask the run to stop; before the spawn it prevents it, after the process ends it does nothing."""

@@ -25,12 +25,13 @@ from actors.api import ProgressSink
 from actors.breaker import BreakerState, CircuitBreaker, Transition
 from actors.events import ActorCrashed, ActorStarted, BreakerChanged, CallFinished, CallQueued, CallStarted, Parent
 from actors.faults import Fault, FaultKind, FaultSource, InjectedCrash, no_faults
+from actors.launch import LAUNCH_HERE, Launch
 from actors.outcome import Verdict, outcome_from_run
 from actors.prepare import PreparedCall
 from actors.reply import Reply
 from actors.results import CallOutcome, ErrorType
-from actors.runner import ProcessRun, RunRequest, RunResult
-from actors.settings import MAX_CONCURRENCY, ToolSettings
+from actors.runner import Run, RunRequest, RunResult
+from actors.settings import MAX_CONCURRENCY, PolicySettings, ToolSettings
 from actors.tools.base import ToolSpec
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Call:
     incarnation: int = 0
     # Written by the owning actor, read by the supervisor when that actor dies or hangs.
     started: bool = False
-    run: ProcessRun | None = None
+    run: Run | None = None
     cancel_requested: bool = False
 
     def failure(self, error_type: ErrorType, message: str, *, retry_after_sec: float | None = None) -> CallOutcome:
@@ -86,6 +87,7 @@ class Finished:
     call_id: str
     outcome: CallOutcome
     verdict: Verdict
+    runner_lost: bool = False  # the pool's runner (or its node) is gone: so are its other runs
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,13 @@ class Drain:
 
 @dataclass(frozen=True)
 class Configure:
-    """New limits from a reload (concurrency, queue, caps, breaker); running and queued calls go on."""
+    """New limits from a reload (concurrency, queue, caps, breaker); running and queued calls go on.
+
+    `policy` (a new target policy) matters to a pool's runner only, which checks every call again.
+    """
 
     settings: ToolSettings
+    policy: PolicySettings | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,10 @@ class Ping:
     reply: Reply[float]
 
 
+class RunnerLost(RuntimeError):
+    """Raised on the actor's own thread when its pool's runner is gone, so the supervisor starts another."""
+
+
 class OperatorRestart(RuntimeError):
     """Raised on the actor's own thread, so an operator restart takes the same path as a crash."""
 
@@ -142,7 +152,7 @@ class Restart:
 @dataclass
 class _Running:
     call: Call
-    run: ProcessRun | None
+    run: Run | None
     started_at: float
 
 
@@ -161,10 +171,13 @@ class ToolActor(pykka.ThreadingActor):
         faults: FaultSource = no_faults,
         retired: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        launch: Launch = LAUNCH_HERE,
+        name: str | None = None,
     ) -> None:
+        """`name` is what its events and threads are named by: the tool's name, or its slot's on a pool."""
         super().__init__()
         self.spec = spec
-        self.name: str = spec.name
+        self.name: str = name or spec.name
         self.settings = settings
         self.parent = parent
         self.incarnation = incarnation
@@ -173,6 +186,7 @@ class ToolActor(pykka.ThreadingActor):
         # Set by the supervisor when this incarnation is replaced; from then on it touches nothing.
         self.retired = retired or threading.Event()
         self.clock = clock
+        self.launch = launch
         self.running: dict[str, _Running] = {}
         self.queue: OrderedDict[str, Call] = OrderedDict()
         self.draining: list[Reply[None]] = []
@@ -191,8 +205,10 @@ class ToolActor(pykka.ThreadingActor):
         match message:
             case Submit(call):
                 self._admit(call)
-            case Finished(call_id, outcome, verdict):
+            case Finished(call_id, outcome, verdict, runner_lost):
                 self._finish(call_id, outcome, verdict)
+                if runner_lost:
+                    self._runner_lost(outcome)
             case Cancel(call_id):
                 self._cancel(call_id)
             case Ping(reply):
@@ -206,8 +222,8 @@ class ToolActor(pykka.ThreadingActor):
                         hand_back(call)
                 self.draining.append(reply)
                 self._maybe_drained()
-            case Configure(settings):
-                self._configure(settings)
+            case Configure(settings, policy):
+                self._configure(settings, policy)
             case Disable(reason, reply):
                 self._disable(reason, reply)
             case Restart(reason):
@@ -234,6 +250,7 @@ class ToolActor(pykka.ThreadingActor):
                 message = f"{self.name} crashed before the call started ({reason})"
                 call.reply.resolve(call.failure(ErrorType.ACTOR_RESTARTED, message))
         self._close(wait=False)
+        self.launch.close()
         self._tell_parent(ActorCrashed(self.name, self.incarnation, reason))
 
     def on_stop(self) -> None:
@@ -244,6 +261,7 @@ class ToolActor(pykka.ThreadingActor):
         running = self._take_running()
         queued = self._take_queued()
         self._close(wait=True)  # runner threads return once their process groups are gone
+        self.launch.close()
         if self.retired.is_set():
             return
         for entry in running:
@@ -304,10 +322,11 @@ class ToolActor(pykka.ThreadingActor):
             message = f"{self.name} is running {len(self.running)} calls with {len(self.queue)} queued, its limit"
             self._refuse(call, ErrorType.RESOURCE_EXHAUSTED, message, retry_after_sec=self._retry_hint())
 
-    def _configure(self, settings: ToolSettings) -> None:
+    def _configure(self, settings: ToolSettings, policy: PolicySettings | None) -> None:
         """Limits change between calls: more room starts queued calls now; less lets running ones finish."""
         self.settings = settings
         self.breaker.configure(settings.breaker)
+        self.launch.configure(settings, policy)
         self._start_queued()
 
     def _disable(self, reason: str, reply: Reply[None]) -> None:
@@ -346,6 +365,8 @@ class ToolActor(pykka.ThreadingActor):
         if fault is not None and fault.kind is FaultKind.HANG:
             self.running[call.call_id] = _Running(call, None, self.clock())
             fault.hang(self.retired)
+        if fault is not None and fault.kind is FaultKind.RUNNER_LOST:
+            self.launch.lose()  # the run below finds its runner gone
         request = RunRequest(
             argv=call.prepared.argv,
             timeout_sec=call.prepared.timeout_sec,
@@ -354,9 +375,8 @@ class ToolActor(pykka.ThreadingActor):
             kill_grace_sec=self.settings.kill_grace_sec,
             env=self.spec.run_environment(self.settings),
         )
-        if fault is not None:
-            request = fault.shape(request)
-        run = ProcessRun(request, on_line=self._progress_reader(call))
+        shaping = fault.shaping() if fault is not None else None
+        run = self.launch(call.prepared, request, self._progress_reader(call), shaping)
         call.run = run
         self.running[call.call_id] = _Running(call, run, self.clock())
         if fault is not None and fault.kind is FaultKind.FAIL:
@@ -377,16 +397,23 @@ class ToolActor(pykka.ThreadingActor):
 
         return on_line
 
-    def _progress_edge(self, call: Call, run: ProcessRun, percent: float, what: str) -> None:
+    def _runner_lost(self, lost: CallOutcome) -> None:
+        """The pool's runner is gone, and every run it held with it: answer them, then die so it is restarted."""
+        message = lost.error.message if lost.error is not None else "the runner was lost"
+        for entry in self._take_running():
+            self._answer(entry.call, entry.call.failure(ErrorType.NODE_LOST, message, retry_after_sec=1.0), ran=True)
+        raise RunnerLost(message)
+
+    def _progress_edge(self, call: Call, run: Run, percent: float, what: str) -> None:
         """Runner thread: tell a caller who asked for progress that the process started or ended.
 
         Short scans report nothing of their own, so these two are what such a
         caller sees; a process that never started reports neither.
         """
-        if call.progress is not None and run.pid is not None:
+        if call.progress is not None and run.started:
             call.progress(percent, 100.0, f"{self.name} {what}")
 
-    def _execute(self, call: Call, run: ProcessRun, fault: Fault | None) -> None:
+    def _execute(self, call: Call, run: Run, fault: Fault | None) -> None:
         """Runner thread: run the process, build the answer, report it to the actor."""
         try:
             if fault is not None:
@@ -403,10 +430,11 @@ class ToolActor(pykka.ThreadingActor):
                     _bookkeep(call.on_reaped, call)
             self._progress_edge(call, run, 100.0, "ended")
             outcome, verdict = outcome_from_run(self.spec, call.call_id, call.prepared, result)
+            lost = result.runner_died
         except Exception:  # noqa: BLE001 - whatever breaks in a runner, the call still gets its answer
             outcome = call.failure(ErrorType.INTERNAL, "the runner failed: " + traceback.format_exc(limit=3))
-            verdict = Verdict.NEUTRAL
-        self._report_run(Finished(call.call_id, outcome, verdict), call)
+            verdict, lost = Verdict.NEUTRAL, False
+        self._report_run(Finished(call.call_id, outcome, verdict, lost), call)
 
     def _fail_without_running(self, call: Call, fault: Fault) -> None:
         result = RunResult(

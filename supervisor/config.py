@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ from pydantic_settings import (
 )
 
 from actors.api import local_user
-from actors.settings import PolicySettings, Strict, ToolSettings
+from actors.settings import MAX_CONCURRENCY, IPNetwork, PolicySettings, Strict, ToolSettings
 from actors.tools import TOOL_SPECS
 
 CONFIG_ENV = "LABRECON_CONFIG"
@@ -105,7 +106,9 @@ class FaultSettings(Strict):
     """One injected fault, as written in `[[faults]]` or sent to the API."""
 
     tool: str
-    kind: Literal["crash", "hang", "fail", "delay", "timeout", "flood"]
+    kind: Literal["crash", "hang", "fail", "delay", "timeout", "flood", "runner_lost"]
+    # Only this pool's calls (a `[[cluster.pools]]` name); none: every call of the tool.
+    pool: str | None = None
     count: int | None = Field(default=None, ge=1)
     every: int | None = Field(default=None, ge=1)
     probability: float | None = Field(default=None, gt=0, le=1)
@@ -120,6 +123,57 @@ class FaultSettings(Strict):
             raise ValueError(f"give only one of count, every, probability (got {', '.join(given)})")
         if self.seed is not None and self.probability is None:
             raise ValueError("seed goes with probability")
+        return self
+
+
+class PoolSettings(Strict):
+    """One `[[cluster.pools]]` entry: the lab networks a group of Ray nodes scans, and how many runs at once."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    networks: tuple[IPNetwork, ...] = Field(min_length=1)
+    resource: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+    # Runs at once per tool on this pool; a tool not named keeps its own `concurrency`.
+    concurrency: dict[str, Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)]] = Field(default_factory=dict)
+
+    @field_validator("networks", mode="before")
+    @classmethod
+    def _strict_networks(cls, value: object) -> object:
+        if isinstance(value, (list, tuple)):
+            return tuple(ipaddress.ip_network(v, strict=True) if isinstance(v, str) else v for v in value)
+        return value
+
+
+class ClusterSettings(Strict):
+    """`[cluster]`: where processes run. "local" (the default) runs them here; "ray" runs them on pools."""
+
+    engine: Literal["local", "ray"] = "local"
+    # What ray.init() is given: "auto", "HOST:PORT", "ray://HOST:10001", or "local" for an in-process cluster.
+    address: str = "auto"
+    namespace: str = Field(default="labrecon", min_length=1)
+    # How long a call waits for a node of its pool to take it (a runner being placed after a restart).
+    placement_timeout_sec: float = Field(default=10.0, gt=0)
+    # How often the nodes of each pool are looked at; a pool without a live node refuses calls.
+    watch_interval_sec: float = Field(default=1.0, gt=0, le=60)
+    pools: tuple[PoolSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _pools_apart(self) -> ClusterSettings:
+        if self.pools and self.engine != "ray":
+            raise ValueError('pools run on a Ray cluster: set engine = "ray"')
+        names: set[str] = set()
+        taken: list[tuple[IPNetwork, str]] = []  # every network of the pools before, with its pool
+        for index, pool in enumerate(self.pools):
+            if pool.name in names:
+                raise ValueError(f"pools[{index}].name: {pool.name!r} is used twice")
+            names.add(pool.name)
+            for network in pool.networks:
+                for other, owner in taken:
+                    if network.version == other.version and network.overlaps(other):
+                        raise ValueError(
+                            f"pools[{index}].networks: {network} overlaps {other} of pool {owner!r}; "
+                            "a target must belong to one pool"
+                        )
+                taken.append((network, pool.name))
         return self
 
 
@@ -309,13 +363,32 @@ class Settings(BaseSettings):
     config: ConfigSettings = Field(default_factory=ConfigSettings)
     reload: ReloadSettings = Field(default_factory=ReloadSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @model_validator(mode="after")
     def _faults_name_tools(self) -> Settings:
         known = set(type(self.tools).model_fields)
+        pools = {pool.name for pool in self.cluster.pools}
         for index, fault in enumerate(self.faults):
             if fault.tool not in known:
                 raise ValueError(f"faults[{index}].tool: unknown tool {fault.tool!r}")
+            if fault.pool is not None and fault.pool not in pools:
+                raise ValueError(f"faults[{index}].pool: no pool is named {fault.pool!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _pools_inside_policy(self) -> Settings:
+        known = set(type(self.tools).model_fields)
+        allowed = self.policy.allowed_networks
+        for index, pool in enumerate(self.cluster.pools):
+            for network in pool.networks:
+                if not any(network.version == n.version and network.subnet_of(n) for n in allowed):  # type: ignore[arg-type]
+                    raise ValueError(
+                        f"cluster.pools[{index}].networks: {network} is not inside [policy] allowed_networks"
+                    )
+            for tool in pool.concurrency:
+                if tool not in known:
+                    raise ValueError(f"cluster.pools[{index}].concurrency: unknown tool {tool!r}")
         return self
 
     @classmethod

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 
 from actors.faults import Fault, FaultKind
+from actors.prepare import split_slot_name
 from supervisor.config import FaultSettings
 
 
@@ -90,10 +91,14 @@ class FaultPlan:
         with self._lock:
             return [rule.describe() for rule in self._rules]
 
-    def __call__(self, tool: str, call_id: str) -> Fault | None:
+    def __call__(self, slot: str, call_id: str) -> Fault | None:
+        """The fault for this call of `slot` (a tool, or a tool on a pool: "nmap@dmz"), if a rule fires."""
+        tool, pool = split_slot_name(slot)
         with self._lock:
             for rule in self._rules:
-                if rule.settings.tool == tool and not rule.exhausted and rule.fires():
+                if rule.settings.tool != tool or rule.settings.pool not in (None, pool):
+                    continue
+                if not rule.exhausted and rule.fires():
                     s = rule.settings
                     return Fault(
                         FaultKind(s.kind), delay_sec=s.delay_sec, flood_bytes=s.flood_bytes, released=rule.released

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import psutil
 
-from actors.runner import ProcessRun, RunRequest
+from actors.probe import probe_binary
+from actors.runner import ProcessRun
 from actors.tools.base import ToolSpec
 from supervisor.config import HealthSettings, Settings
 from supervisor.status import CheckResult, HealthStatus, ToolStatus
@@ -62,27 +62,6 @@ class BinaryProbe:
             if self._current is not None:
                 self._current.cancel()
         self._thread.join(10.0)
-
-
-def probe_binary(
-    binary: str, version_argv: tuple[str, ...], *, started: Callable[[ProcessRun], bool] | None = None
-) -> dict[str, Any]:
-    """Where `binary` is and what version it says it is; `started` may veto the query (False)."""
-    path = binary if os.sep in binary else shutil.which(binary)
-    info: dict[str, Any] = {"binary": binary, "found": False, "path": path, "version": None, "probed": True}
-    if path is None or not os.path.isfile(path):
-        return info
-    info["found"] = True
-    info["executable"] = os.access(path, os.X_OK)
-    if not info["executable"]:
-        return info
-    run = ProcessRun(RunRequest(argv=(path, *version_argv), timeout_sec=5.0, kill_grace_sec=0.5))
-    if started is not None and not started(run):
-        return info
-    result = run.run()
-    text = (result.stdout or result.stderr).decode("utf-8", "replace").strip()
-    info["version"] = text.splitlines()[0][:200] if text else None
-    return info
 
 
 def version_queries(settings: Settings, specs: Mapping[str, ToolSpec]) -> dict[str, tuple[str, tuple[str, ...]]]:

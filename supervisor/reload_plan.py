@@ -35,6 +35,7 @@ RESTART_KEYS: tuple[str, ...] = (
     "faults",
     "config.watch",
     "telemetry",
+    "cluster",
 )
 """Keys (or whole sections) a running daemon cannot change; a reload keeps them and says so."""
 

@@ -17,14 +17,25 @@ from typing import Any
 import pykka
 
 from actors.breaker import BreakerState
+from actors.launch import LAUNCH_HERE, Launch
 from actors.reply import ThreadReply
 from actors.results import ErrorType
+from actors.settings import PolicySettings
 from actors.tool import Ping, Restart, ToolActor
 from supervisor.config import SupervisionSettings
 from supervisor.faults import FaultPlan
 from supervisor.ledger import CallLedger
 from supervisor.messages import StartChild, Tick
 from supervisor.slots import AnswerCall, ToolSlot, failed_message
+
+Placement = Callable[[ToolSlot, PolicySettings], Launch]
+"""Where a slot's next incarnation runs its processes: here, or on a runner of the slot's pool that checks
+each call against the policy given (and those the incarnation is told of later)."""
+
+
+def place_here(slot: ToolSlot, policy: PolicySettings) -> Launch:
+    return LAUNCH_HERE
+
 
 _PAST = {"crash": "crashed", "hang": "hung", "operator": "was restarted by an operator"}
 
@@ -41,8 +52,12 @@ class Restarter:
         answer: AnswerCall,
         on_escalate: Callable[[str], None] | None,
         clock: Callable[[], float],
+        policy: PolicySettings,
+        placement: Placement = place_here,
     ) -> None:
         self.slots = slots
+        self.placement = placement
+        self.policy = policy  # the target policy in force, for the runners new incarnations get
         self.settings = settings
         self.parent = parent
         self.plan = plan
@@ -83,6 +98,8 @@ class Restarter:
         ref = ToolActor.start(
             slot.spec,
             slot.settings,
+            name=slot.name,
+            launch=self.placement(slot, self.policy),
             parent=self.parent,
             incarnation=incarnation,
             breaker=slot.breaker,

@@ -16,9 +16,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -40,9 +40,19 @@ from actors.tools import TOOL_SPECS
 from actors.tools.base import ToolArguments, ToolSpec
 from actors.watchdog import Watchdog
 from supervisor.audit import AuditLog
-from supervisor.config import CONFIG_ENV, ConfigError, FaultSettings, Settings, load_settings, settings_from
+from supervisor.config import (
+    CONFIG_ENV,
+    ClusterSettings,
+    ConfigError,
+    FaultSettings,
+    Settings,
+    load_settings,
+    settings_from,
+)
 from supervisor.metrics import ConfigCollector, ScanStoreCollector
+from supervisor.pools import route
 from supervisor.reload_plan import ReloadPlan, plan_reload
+from supervisor.restarter import place_here
 from supervisor.retrier import Retrier
 from supervisor.scans.service import LiveScan, Scans
 from supervisor.scans.store import ScanStore, StoreClosed
@@ -52,6 +62,9 @@ from supervisor.status import ConfigStatus, ReloadAttempt, ScanStoreStatus, Stat
 from supervisor.supervisor import Supervisor
 from supervisor.tool_changes import ToolChange
 from supervisor.tracing import NO_SPAN, CallSpan, CallTracer, take_handed_over, tracer_for
+
+if TYPE_CHECKING:
+    from supervisor.cluster import Cluster
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +141,12 @@ class Runtime:
         self._settle_interrupted()
         self.scans.start_sweeping()
         collectors = [ScanStoreCollector(self._scan_store_status), ConfigCollector(lambda: self.config)]
-        self.supervisor = Supervisor(settings, self.specs, on_escalate=self._escalate, collectors=collectors)
+        # With `[cluster] engine = "ray"`, a Ray cluster whose pools run the processes; else none.
+        self.cluster = _join_cluster(settings.cluster)
+        self.supervisor = Supervisor(
+            settings, self.specs, on_escalate=self._escalate, collectors=collectors,
+            placement=self.cluster.place if self.cluster is not None else place_here,
+        )
         # Every call from admission to answer, each attempt handed to the supervisor, transient failures retried.
         self.retries = Retrier(
             self.supervisor.submit, on_retry=self.supervisor.record_retry, on_refused=self.supervisor.record_refusal
@@ -220,6 +238,8 @@ class Runtime:
                     self._stopped = True
                 self.retries.close()  # calls waiting to be tried again are answered now
                 self.supervisor.shutdown(grace)
+                if self.cluster is not None:
+                    self.cluster.close()  # every incarnation has ended, and its runner with it
                 if self.watchdog is not None:
                     self.watchdog.close()  # every run has ended: nothing is left for it to end
                 if self.owns_process:
@@ -594,12 +614,16 @@ class Runtime:
         try:
             policy = _policy_for(live.policy, validated, looked_up)
             prepared = self._prepare(spec, validated or arguments, policy, live.settings)
-            with self._calls_lock:
-                if call_id in self._calls:
-                    raise InvalidCall(f"call id {call_id!r} is already in use by a call in flight", field="call_id")
-                self._calls[call_id] = tool
+            unavailable = self._pool_unavailable(prepared)
+            if unavailable is None:
+                with self._calls_lock:
+                    if call_id in self._calls:
+                        raise InvalidCall(f"call id {call_id!r} is already in use by a call in flight", field="call_id")
+                    self._calls[call_id] = prepared.slot
         except InvalidCall as exc:
             return self._refused(tool, call_id, caller, arguments, span, ErrorType.VALIDATION, str(exc))
+        if unavailable is not None:
+            return self._refused(tool, call_id, caller, arguments, span, ErrorType.NODE_LOST, unavailable)
         try:
             scan = self.scans.open(
                 caller, tool, call_id, arguments,
@@ -666,9 +690,19 @@ class Runtime:
         policy: TargetPolicy,
         settings: Settings,
     ) -> PreparedCall:
+        """The call checked and built under `settings`, and routed to the pool that holds its targets, if any."""
         if not isinstance(arguments, Mapping | ToolArguments):
             raise InvalidCall("arguments must be an object", field="arguments")
-        return prepare_call(spec, arguments, settings=getattr(settings.tools, spec.name), policy=policy)
+        prepared = prepare_call(spec, arguments, settings=getattr(settings.tools, spec.name), policy=policy)
+        pool = route(prepared.resolved_targets, settings.cluster.pools)
+        return prepared if pool is None else replace(prepared, pool=pool.name)
+
+    def _pool_unavailable(self, prepared: PreparedCall) -> str | None:
+        """Why the call's pool cannot take it now (no live node), or None."""
+        if prepared.pool is None or self.cluster is None or self.cluster.live(prepared.pool):
+            return None
+        resource = self.cluster.pools[prepared.pool].resource
+        return f"pool {prepared.pool} has no live node (no node advertising {resource} answers); retry later"
 
     def _spawned(self, scan: LiveScan, span: CallSpan, key: str, pid: int, home: str | None) -> None:
         """Runner thread: a run's process group exists; the store and the watchdog (under `key`) learn where it is."""
@@ -694,6 +728,15 @@ class Runtime:
         self.scans.finished(scan, outcome)
         if self.audit is not None:
             self.audit.record(outcome, caller=caller)
+
+
+def _join_cluster(settings: ClusterSettings) -> Cluster | None:
+    """The Ray cluster `[cluster]` names, joined; None when processes run here."""
+    if settings.engine != "ray":
+        return None
+    from supervisor.cluster import Cluster  # imports Ray: only a daemon that uses it pays for it
+
+    return Cluster.connect(settings)
 
 
 def _source_of(config: ConfigLike | None) -> tuple[Callable[[], Settings] | None, str | None]:

@@ -10,6 +10,7 @@ tool is disabled.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -25,7 +26,8 @@ from actors.results import CallOutcome, ErrorType
 from actors.settings import ToolSettings
 from actors.tool import Call, Submit
 from actors.tools.base import ToolSpec
-from supervisor.config import Settings
+from supervisor.config import PoolSettings, Settings
+from supervisor.pools import pool_settings, slot_name
 from supervisor.restarts import RestartPolicy, RestartType
 
 SlotState = Literal["running", "restarting", "failed", "disabled", "stopped"]
@@ -63,10 +65,17 @@ class Retiring:
 
 class ToolSlot:
     def __init__(
-        self, name: str, spec: ToolSpec, settings: ToolSettings, policy: RestartPolicy, breaker: CircuitBreaker
+        self,
+        name: str,
+        spec: ToolSpec,
+        settings: ToolSettings,
+        policy: RestartPolicy,
+        breaker: CircuitBreaker,
+        pool: PoolSettings | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
+        self.pool = pool  # the scanner pool its runs go to; None: this machine
         self.settings = settings
         self.policy = policy
         self.breaker = breaker  # outlives incarnations: a restart must not close an open circuit
@@ -296,11 +305,13 @@ class ToolSlot:
 def build_slots(
     settings: Settings, specs: Mapping[str, ToolSpec], clock: Callable[[], float]
 ) -> dict[str, ToolSlot]:
-    """One slot per tool, with its restart policy and the breaker every incarnation shares."""
+    """One slot per tool, or per tool and pool, each with its restart policy and the breaker its incarnations share."""
     sup = settings.supervisor
     slots = {}
-    for name, spec in specs.items():
-        tool_settings = getattr(settings.tools, name)
+    pools: tuple[PoolSettings | None, ...] = settings.cluster.pools or (None,)
+    for (tool, spec), pool in itertools.product(specs.items(), pools):
+        name = slot_name(tool, None if pool is None else pool.name)
+        tool_settings = pool_settings(tool, getattr(settings.tools, tool), pool)
         policy = RestartPolicy(
             restart_type=RestartType(tool_settings.restart),
             max_restarts=sup.max_restarts,
@@ -310,10 +321,15 @@ def build_slots(
             backoff_reset_sec=sup.backoff_reset_sec,
         )
         breaker = CircuitBreaker(tool_settings.breaker, clock=clock)
-        slot = slots[name] = ToolSlot(name, spec, tool_settings, policy, breaker)
+        slot = slots[name] = ToolSlot(name, spec, tool_settings, policy, breaker, pool)
         if not tool_settings.enabled:
-            slot.disable(disabled_in_config(name), time.time())
+            slot.disable(disabled_in_config(tool), time.time())
     return slots
+
+
+def slots_of(slots: Mapping[str, ToolSlot], tool: str) -> list[ToolSlot]:
+    """The slots serving `tool`: its own, or one per pool."""
+    return [slot for slot in slots.values() if slot.spec.name == tool]
 
 
 def refusal_outcome(call: Call, state: SlotState, reason: str | None) -> CallOutcome:

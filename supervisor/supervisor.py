@@ -21,8 +21,9 @@ from supervisor.config import FaultSettings, Settings
 from supervisor.faults import FaultPlan
 from supervisor.health import HealthChecker
 from supervisor.messages import ChangeTools, Control, GetMetrics, GetStatus, Refused, Retried
+from supervisor.restarter import Placement, place_here
 from supervisor.shutdown import shut_down
-from supervisor.slots import Refusal, build_slots, refusal_outcome
+from supervisor.slots import Refusal, build_slots, refusal_outcome, slots_of
 from supervisor.status import Status
 from supervisor.supervisor_actor import SupervisorActor
 from supervisor.tool_changes import ToolChange
@@ -42,33 +43,35 @@ class Supervisor:
         on_escalate: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         collectors: Iterable[Collector] = (),
+        placement: Placement = place_here,
     ) -> None:
-        """`collectors` add numbers others own to the metrics (read when scraped, never copied)."""
+        """`collectors` add numbers others own to the metrics (read when scraped, never copied); `placement`
+        says where each slot's incarnations run their processes."""
         self.plan = FaultPlan(settings.faults)
         self.slots = build_slots(settings, specs, clock)  # shared with the actor; thread-safe
         self.stash_limit = settings.supervisor.stash_limit
         self.health = HealthChecker(settings, serving_specs(settings, specs))
         self.ref = SupervisorActor.start(
             settings, specs, self.slots, self.plan, self.health, on_escalate=on_escalate, clock=clock,
-            collectors=collectors,
+            collectors=collectors, placement=placement,
         )
 
     # --- calls --------------------------------------------------------------------
 
     def submit(self, call: Call) -> None:
-        slot = self.slots[call.prepared.tool]
+        slot = self.slots[call.prepared.slot]
         refusal = slot.route(call, self.stash_limit)
         if refusal is not None:
             self._refuse(call, refusal)
 
     def _refuse(self, call: Call, refusal: Refusal) -> None:
-        tool = call.prepared.tool
+        tool = call.prepared.slot
         outcome = refusal_outcome(call, refusal.state, refusal.reason)
         error_type = outcome.error.error_type if outcome.error is not None else ErrorType.INTERNAL
         call.reply.resolve(outcome, before=lambda _outcome: self.record_refusal(tool, error_type))
 
     def record_refusal(self, tool: str, error_type: ErrorType) -> None:
-        """Count a call answered before it reached any actor."""
+        """Count a call answered before it reached any actor (`tool`: the slot it was meant for)."""
         with contextlib.suppress(pykka.ActorDeadError):
             self.ref.tell(Refused(tool, error_type.value))
 
@@ -101,9 +104,11 @@ class Supervisor:
         return self.ref.ask(GetMetrics(), block=True, timeout=timeout)
 
     def control(self, action: str, tool: str, timeout: float | None = 10.0) -> str:
-        if tool not in self.slots:
+        """An operator's action on a tool (on each of its pools) or on one slot ("nmap@dmz")."""
+        names = [tool] if tool in self.slots else [slot.name for slot in slots_of(self.slots, tool)]
+        if not names:
             raise KeyError(tool)
-        return self.ref.ask(Control(action, tool), block=True, timeout=timeout)
+        return "; ".join(self.ref.ask(Control(action, name), block=True, timeout=timeout) for name in names)
 
     def change_tools(
         self,
@@ -116,7 +121,7 @@ class Supervisor:
         self.ref.ask(ChangeTools(tuple(changes), settings, specs), block=True, timeout=timeout)
 
     def inject(self, fault: FaultSettings) -> int:
-        if fault.tool not in self.slots:
+        if not slots_of(self.slots, fault.tool):
             raise KeyError(fault.tool)
         return self.plan.add(fault)
 

@@ -42,7 +42,7 @@ from supervisor.messages import (
     Tick,
 )
 from supervisor.metrics import Metrics
-from supervisor.restarter import Restarter
+from supervisor.restarter import Placement, Restarter, place_here
 from supervisor.shutdown import answer_what_is_left, stop_serving
 from supervisor.slots import ToolSlot
 from supervisor.status import BreakerStatus, RuntimeInfo, Status, ToolStatus
@@ -64,14 +64,17 @@ class SupervisorActor(pykka.ThreadingActor):
         on_escalate: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         collectors: Iterable[Collector] = (),
+        placement: Placement = place_here,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.slots = slots
         self.plan = plan
         self.health = health
-        self.metrics = Metrics(specs, VERSION, collectors)
-        self.ledger = CallLedger(specs, clock=clock, observer=self.metrics)
+        # Counted per slot; with pools, also per tool, for calls refused before a pool was chosen.
+        counted = [*slots, *(name for name in specs if name not in slots)]
+        self.metrics = Metrics(counted, VERSION, collectors)
+        self.ledger = CallLedger(counted, clock=clock, observer=self.metrics)
         self.restarter = Restarter(
             slots,
             settings.supervisor,
@@ -81,6 +84,8 @@ class SupervisorActor(pykka.ThreadingActor):
             answer=self.answer_call,
             on_escalate=on_escalate,
             clock=clock,
+            policy=settings.policy,
+            placement=placement,
         )
         self.changer = ToolChanger(slots, self.restarter, ledger=self.ledger, answer=self.answer_call)
         for name, slot in slots.items():
@@ -151,16 +156,19 @@ class SupervisorActor(pykka.ThreadingActor):
     def _change_tools(
         self, changes: tuple[ToolChange, ...], settings: Settings | None, specs: Mapping[str, ToolSpec] | None
     ) -> None:
-        if settings is not None:
-            self.settings = settings
+        drain_sec = (settings or self.settings).reload.drain_sec
         for change in changes:
-            self.changer.apply(change, self.settings.reload.drain_sec)
+            self.changer.apply(change, drain_sec)
+        if settings is not None:
+            if settings.policy != self.settings.policy:
+                self.changer.policy_changed(settings.policy)
+            self.settings = settings
         if specs is not None:
             self.health.reconfigure(self.settings, specs)
 
     def answer_call(self, call: Call, outcome: CallOutcome) -> None:
         """Answer a call an actor held, and count it, unless somebody answered it already."""
-        tool = call.prepared.tool
+        tool = call.prepared.slot
 
         def count(answer: CallOutcome) -> None:
             self.ledger.call_answered(tool, outcome_label(answer), call.admitted_at, call.started, call.call_id)

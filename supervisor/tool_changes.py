@@ -19,12 +19,13 @@ import pykka
 
 from actors.reply import ThreadReply
 from actors.results import ErrorType
-from actors.settings import ToolSettings
+from actors.settings import PolicySettings, ToolSettings
 from actors.tool import Call, Configure, Disable, Drain
 from supervisor.ledger import CallLedger
 from supervisor.messages import Refused, Retired, RetireOver
+from supervisor.pools import pool_settings
 from supervisor.restarter import Restarter
-from supervisor.slots import AnswerCall, Retiring, ToolSlot, refusal_outcome
+from supervisor.slots import AnswerCall, Retiring, ToolSlot, refusal_outcome, slots_of
 
 ChangeKind = Literal["limits", "replace", "disable", "enable"]
 
@@ -56,15 +57,25 @@ class ToolChanger:
         self.wall_clock = wall_clock
 
     def apply(self, change: ToolChange, drain_sec: float) -> None:
-        slot = self.slots[change.tool]
-        if change.kind == "limits":
-            self._limits(slot, change.settings)
-        elif change.kind == "replace":
-            self._replace(slot, change.settings, drain_sec)
-        elif change.kind == "disable":
-            self._disable(slot, change.settings, change.reason, drain_sec)
-        else:
-            self._enable(slot, change.settings)
+        """Apply `change` to every slot of its tool (one per pool), each with its pool's share of the settings."""
+        for slot in slots_of(self.slots, change.tool):
+            settings = pool_settings(change.tool, change.settings, slot.pool)
+            if change.kind == "limits":
+                self._limits(slot, settings)
+            elif change.kind == "replace":
+                self._replace(slot, settings, drain_sec)
+            elif change.kind == "disable":
+                self._disable(slot, settings, change.reason, drain_sec)
+            else:
+                self._enable(slot, settings)
+
+    def policy_changed(self, policy: PolicySettings) -> None:
+        """A new target policy: each pool's runners check calls against it from now on."""
+        self.restarter.policy = policy
+        for slot in self.slots.values():
+            if slot.pool is not None and slot.state == "running" and slot.ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError):  # its successor starts with the new policy
+                    slot.ref.tell(Configure(slot.settings, policy))
 
     # --- the four changes -------------------------------------------------------------
 

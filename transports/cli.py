@@ -150,8 +150,9 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from actors.probe import probe_binary
     from actors.tools import TOOL_SPECS
-    from supervisor.health import installation_problems, probe_binary, version_queries
+    from supervisor.health import installation_problems, version_queries
 
     if args.show_config:
         return show_config(args)

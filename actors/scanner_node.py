@@ -1,0 +1,237 @@
+"""A pool's runner on a scanner node: it checks each call again, then runs it as a `ProcessRun`.
+
+The front has checked the call already, but the node trusts nothing it is sent. It prepares the
+call again from its arguments with the same tool grammar and the same policy (the target's
+addresses pinned to those sent: a node never resolves a name), checks that every address lies in
+its pool, and spawns nothing unless what it built is exactly the argv it was sent. Runs have the
+same bounds as on the front (no shell, minimal environment, own process group, caps, timeout,
+TERM then KILL), and a watchdog process ends them if this runner's worker dies.
+
+Ray hosts one `ScannerNode` per tool and pool incarnation (`actors.remote_run`); it imports no Ray
+itself but for naming its node. Each `run` streams `Spawned` (or nothing, when the node refuses),
+`Lines` as the tool prints, and one `Ended`; `cancel` may come at any time from another thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import queue
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+from actors.containment import process_start_ticks
+from actors.faults import Shaping
+from actors.policy import Resolver, TargetPolicy
+from actors.prepare import PreparedCall, prepare_call
+from actors.probe import probe_binary
+from actors.results import InvalidCall
+from actors.runner import ProcessRun, RunRequest, RunResult
+from actors.settings import IPAddress, IPNetwork, PolicySettings, ToolSettings
+from actors.tools import TOOL_SPECS
+from actors.watchdog import Watchdog
+
+__all__ = ["Ended", "Lines", "NodeReport", "RemoteJob", "ScannerNode", "Spawned", "recheck"]
+
+# Lines printed while the previous batch was on its way go back together: one message, not one each.
+MAX_LINES_PER_BATCH = 256
+
+
+@dataclass(frozen=True)
+class RemoteJob:
+    """One attempt at a call, as the front sends it: `key` is unique among the runner's runs."""
+
+    key: str
+    prepared: PreparedCall
+    shaping: Shaping | None = None
+
+
+@dataclass(frozen=True)
+class Spawned:
+    node: str
+
+
+@dataclass(frozen=True)
+class Lines:
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Ended:
+    result: RunResult
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What a runner tells the front about itself and its node, for status."""
+
+    node: str
+    host: str
+    tool: str
+    version: str | None
+    running: int
+    load: tuple[float, float, float]
+
+
+def recheck(
+    prepared: PreparedCall,
+    *,
+    settings: ToolSettings,
+    policy: PolicySettings,
+    networks: Sequence[IPNetwork],
+) -> PreparedCall:
+    """The call prepared again from its arguments; raises `InvalidCall` unless it is the call that was sent.
+
+    Pure: the target's names resolve only to the addresses the front sent, never through DNS.
+    """
+    spec = TOOL_SPECS.get(prepared.tool)
+    if spec is None:
+        raise InvalidCall(f"this node runs no tool named {prepared.tool!r}", field="tool")
+    pinned = _pinned(prepared.resolved_targets)
+    again = prepare_call(spec, prepared.arguments, settings=settings, policy=TargetPolicy(policy, resolver=pinned))
+    if again.argv != tuple(prepared.argv):
+        raise InvalidCall("the command line sent is not the one the tool's grammar builds from the call's arguments")
+    if again.resolved_targets != tuple(prepared.resolved_targets):
+        raise InvalidCall("the addresses sent are not those the target resolves to", field="target")
+    if again.timeout_sec != prepared.timeout_sec:
+        raise InvalidCall("the time limit sent is not the call's", field="timeout_sec")
+    for text in again.resolved_targets:
+        target = ipaddress.ip_network(text, strict=False)
+        if not any(target.version == n.version and target.subnet_of(n) for n in networks):  # type: ignore[arg-type]
+            raise InvalidCall(f"{target} is not in this node's pool", field="target")
+    return again
+
+
+class ScannerNode:
+    """One tool's runner on one node of a pool; Ray calls its methods on threads of its own."""
+
+    def __init__(
+        self, pool: str, networks: Sequence[IPNetwork], tool: str, settings: ToolSettings, policy: PolicySettings
+    ) -> None:
+        self.pool = pool
+        self.networks = tuple(networks)
+        self.tool = tool
+        self._lock = threading.Lock()
+        self._settings = settings
+        self._policy = policy
+        self._runs: dict[str, ProcessRun] = {}
+        self._cancelled: set[str] = set()  # cancelled before their run arrived
+        self._watchdog = Watchdog()  # ends this runner's process groups if its worker dies
+        self._versions: dict[str, str | None] = {}  # binary -> what it said its version is
+        self.node = _node_id()
+
+    def configure(self, settings: ToolSettings, policy: PolicySettings) -> None:
+        """The front's config after a reload: later calls are checked and bounded by it."""
+        with self._lock:
+            self._settings, self._policy = settings, policy
+
+    def run(self, job: RemoteJob) -> Iterator[Spawned | Lines | Ended]:
+        with self._lock:
+            settings, policy = self._settings, self._policy
+        try:
+            prepared = recheck(job.prepared, settings=settings, policy=policy, networks=self.networks)
+        except InvalidCall as refused:
+            yield Ended(self._not_run(refused=str(refused)))
+            return
+        request = RunRequest(
+            argv=prepared.argv,
+            timeout_sec=prepared.timeout_sec,
+            stdout_cap=settings.stdout_cap_bytes,
+            stderr_cap=settings.stderr_cap_bytes,
+            kill_grace_sec=settings.kill_grace_sec,
+            env=TOOL_SPECS[prepared.tool].run_environment(settings),
+        )
+        lines: queue.SimpleQueue[str | RunResult] = queue.SimpleQueue()
+        run = ProcessRun(request if job.shaping is None else job.shaping.apply(request), on_line=lines.put)
+        with self._lock:
+            if job.key in self._cancelled:
+                self._cancelled.discard(job.key)
+                run.cancel()
+            self._runs[job.key] = run
+        try:
+            run.spawn()
+            if run.pid is not None:
+                self._watch(job.key, run)
+                yield Spawned(self.node)
+            threading.Thread(target=lambda: lines.put(run.run()), name=f"run-{job.key}", daemon=True).start()
+            yield from self._relay(lines)
+        finally:
+            with self._lock:
+                self._runs.pop(job.key, None)
+            run.cancel()  # the front stopped listening: the process ends with the stream
+            self._watchdog.forget(job.key)
+
+    def _relay(self, lines: queue.SimpleQueue[str | RunResult]) -> Iterator[Lines | Ended]:
+        """The run's lines in batches as they come, then its end."""
+        while True:
+            batch: list[str] = []
+            item = lines.get()
+            while isinstance(item, str):
+                batch.append(item)
+                if len(batch) >= MAX_LINES_PER_BATCH or lines.empty():
+                    break
+                item = lines.get()
+            if batch:
+                yield Lines(tuple(batch))
+            if isinstance(item, RunResult):
+                yield Ended(replace(item, pid=None, pool=self.pool, node=self.node))
+                return
+
+    def cancel(self, key: str) -> None:
+        """Stop run `key`; one that has not arrived yet will not spawn."""
+        with self._lock:
+            run = self._runs.get(key)
+            if run is None:
+                self._cancelled.add(key)
+                return
+        run.cancel()
+
+    def describe(self) -> NodeReport:
+        with self._lock:
+            settings, running = self._settings, len(self._runs)
+        if settings.binary not in self._versions:  # asked once per binary: a report comes every second
+            self._versions[settings.binary] = probe_binary(settings.binary, TOOL_SPECS[self.tool].version_argv).get(
+                "version"
+            )
+        version = self._versions[settings.binary]
+        return NodeReport(self.node, socket.gethostname(), self.tool, version, running, os.getloadavg())
+
+    def ping(self) -> str:
+        return self.node
+
+    def _watch(self, key: str, run: ProcessRun) -> None:
+        assert run.pid is not None
+        ticks = process_start_ticks(run.pid)
+        if ticks is not None:
+            self._watchdog.watch(key, run.pid, ticks, run.home)
+
+    def _not_run(self, *, refused: str) -> RunResult:
+        return RunResult(
+            returncode=None, signal=None, stdout=b"", stderr=b"", stdout_truncated=False, stderr_truncated=False,
+            timed_out=False, cancelled=False, duration_sec=0.0, spawn_error=None, pid=None,
+            pool=self.pool, node=self.node, refused=refused,
+        )
+
+
+def _pinned(resolved: Sequence[str]) -> Resolver:
+    """A resolver that answers every name with the addresses the front sent, and asks no DNS."""
+
+    def resolve(name: str) -> list[IPAddress]:
+        try:
+            return [ipaddress.ip_address(text) for text in resolved]
+        except ValueError:
+            raise LookupError(f"no address was sent for {name}") from None
+
+    return resolve
+
+
+def _node_id() -> str:
+    """The Ray node this runner is on; the host name outside Ray."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001 - outside a Ray worker there is no node id
+        return socket.gethostname()

@@ -1,0 +1,66 @@
+"""Which pool runs a call, decided from its resolved targets and the configured pools alone (pure).
+
+A call runs on the one pool whose networks hold every address (or the whole network) its target
+resolved to. Pools do not overlap (the config refuses that), so there is never a choice to make; a
+call that spans pools, or falls outside them all, is refused before anything is spawned, with a
+message that names the pools. Without pools every call runs here.
+
+A tool served by pools has one slot per pool, named `slot_name(tool, pool)` ("nmap@dmz"): its own
+actors, concurrency, queue and breaker.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from actors.prepare import slot_name, split_slot_name
+from actors.results import InvalidCall
+from actors.settings import IPNetwork, ToolSettings
+from supervisor.config import PoolSettings
+
+__all__ = ["LOCAL", "describe", "pool_label", "pool_settings", "route", "slot_name", "split_slot_name"]
+
+LOCAL = "local"
+"""The pool label of calls that run on this machine."""
+
+
+def pool_label(name: str) -> str:
+    """The bounded `pool` label of a slot: its pool's name, or "local"."""
+    return split_slot_name(name)[1] or LOCAL
+
+
+def pool_settings(tool: str, settings: ToolSettings, pool: PoolSettings | None) -> ToolSettings:
+    """`tool`'s settings on `pool`: its own, with the pool's concurrency for it where the pool sets one."""
+    concurrency = None if pool is None else pool.concurrency.get(tool)
+    return settings if concurrency is None else settings.model_copy(update={"concurrency": concurrency})
+
+
+def route(resolved: Sequence[str], pools: Sequence[PoolSettings]) -> PoolSettings | None:
+    """The pool whose networks hold every resolved target; None without pools.
+
+    Raises `InvalidCall` (field "target") when the targets fall in no pool or span several.
+    """
+    if not pools:
+        return None
+    targets = [ipaddress.ip_network(text, strict=False) for text in resolved]
+    holders = {pool.name: pool for pool in pools for target in targets if _holds(pool, target)}
+    homeless = [target for target in targets if not any(_holds(pool, target) for pool in pools)]
+    if homeless:
+        raise InvalidCall(f"{homeless[0]} is in no scanner pool; pools: {describe(pools)}", field="target")
+    if len(holders) > 1:
+        raise InvalidCall(
+            f"the target spans the pools {' and '.join(sorted(holders))}; scan each pool's part "
+            f"in its own call (pools: {describe(pools)})",
+            field="target",
+        )
+    return next(iter(holders.values()))
+
+
+def describe(pools: Sequence[PoolSettings]) -> str:
+    """Each pool with its networks, for messages: "dmz (10.20.0.0/16), ot (10.30.0.0/16)"."""
+    return ", ".join(f"{pool.name} ({', '.join(str(n) for n in pool.networks)})" for pool in pools)
+
+
+def _holds(pool: PoolSettings, target: IPNetwork) -> bool:
+    return any(target.version == network.version and target.subnet_of(network) for network in pool.networks)  # type: ignore[arg-type]
