@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -337,8 +338,24 @@ def test_every_call_is_recorded_with_start_and_end(tmp_path):
     assert [c["exit_code"] for c in calls] == [0, 1]
     for call in calls:
         assert call["ppid"] == os.getpid() and call["mono"] <= call["end_mono"] and call["time"] <= call["end"]
+        assert call["ray_node"] is None  # no raylet among this test's ancestors
     assert max_concurrency(calls) == 1
     assert read_calls(gobuster) == read_calls(str(gobuster) + ".calls.jsonl")
+
+
+def test_a_call_records_the_node_of_the_raylet_it_runs_under(tmp_path):
+    nmap = install_fake(tmp_path, "nmap")
+    # A stand-in raylet (a process whose command line is a raylet's) starts a worker, which runs the fake.
+    worker = f"import subprocess; subprocess.run([{str(nmap)!r}, '-oX', '-', '10.0.0.5'], env={dict(MINIMAL_ENV)!r})"
+    raylet = f"import subprocess; subprocess.run([{sys.executable!r}, '-c', {worker!r}])"
+    resources = "labrecon_b,100,node:127.0.0.1,1.0,CPU,1,memory,1073741824"
+    argv = ["/opt/ray/raylet/raylet", "-c", raylet, "--node_id=5eed", f"--static_resource_list={resources}"]
+    subprocess.run(argv, executable=sys.executable, check=True, timeout=30)
+    [call] = read_calls(nmap)
+    assert call["ray_node"] == {
+        "node_id": "5eed",
+        "resources": {"labrecon_b": 100.0, "node:127.0.0.1": 1.0, "CPU": 1.0, "memory": 1073741824.0},
+    }
 
 
 def test_max_concurrency_counts_overlaps():
@@ -368,5 +385,5 @@ def test_fakes_have_no_way_to_reach_the_network():
     sources = [FAKES_DIR / tool for tool in TOOLS] + [FAKES_DIR / "scenario.py"]
     for source in sources:
         text = source.read_text()
-        for module in ("socket", "urllib", "http.client", "subprocess", "ssl"):
+        for module in ("socket", "urllib", "http.client", "subprocess", "ssl", "ray"):
             assert not re.search(rf"^\s*(import|from)\s+{re.escape(module)}\b", text, re.M), (source, module)

@@ -50,7 +50,8 @@ def read_calls(path: Path | str) -> list[dict[str, Any]]:
     """One dict per call of the fake at ``path`` (or of that calls file), oldest first.
 
     Each has ``argv``, ``pid``, ``ppid``, ``time``/``mono`` (when it started),
-    ``mode``, ``env`` (its HOME and NMAPDIR), ``child_pid`` where it forked, ``detached_pid`` where it detached a
+    ``mode``, ``env`` (its HOME and NMAPDIR), ``ray_node`` (the Ray node it ran on, None outside Ray: see
+    scenario.py), ``child_pid`` where it forked, ``detached_pid`` where it detached a
     process, and ``end``/``end_mono`` and ``exit_code`` once it exited by itself
     (None while running or if killed).
     """

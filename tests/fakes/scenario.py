@@ -36,10 +36,14 @@ Modes (``"mode"`` in the scenario, default ``"ok"``):
 ``child_ignores_term`` only its child. Version
 queries are answered normally in every mode.
 
-Each call appends a ``start`` record (argv, pid, ppid, time, mono, mode) and,
-when the fake exits by itself, an ``end`` record; ``install.read_calls``
-merges them per call. Fakes never open a socket: everything they report is
-made up from the argv and the scenario.
+Each call appends a ``start`` record (argv, pid, ppid, time, mono, mode,
+ray_node) and, when the fake exits by itself, an ``end`` record;
+``install.read_calls`` merges them per call. ``ray_node`` is the Ray node the
+call ran on, found without Ray: the nearest ancestor process that is a raylet,
+read from its command line as ``{"node_id": ..., "resources": {name: amount}}``
+(the custom resources it advertises, such as ``labrecon_a``, among them);
+``null`` when no raylet is among the ancestors. Fakes never open a socket:
+everything they report is made up from the argv and the scenario.
 """
 
 from __future__ import annotations
@@ -222,6 +226,49 @@ def up_hosts(target: str, scenario: dict) -> tuple[list[str], int] | None:
     return up, network.num_addresses
 
 
+# --------------------------------------------------------------------------- where the call runs
+
+
+def ray_node(pid: int | None = None) -> dict | None:
+    """The Ray node the process ``pid`` (default: this one) runs on, or None outside a Ray node.
+
+    Walks up the parents through /proc to the first raylet, the process that
+    starts every worker of its node, and reads its command line.
+    """
+    pid = os.getpid() if pid is None else pid
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as file:
+                argv = [arg.decode(errors="replace") for arg in file.read().split(b"\0")[:-1]]
+            with open(f"/proc/{pid}/stat", "rb") as file:
+                parent = int(file.read().rsplit(b")", 1)[1].split()[1])  # the name before ")" may hold spaces
+        except (OSError, ValueError, IndexError):
+            return None  # gone meanwhile, or not ours to read
+        if argv and os.path.basename(argv[0]) == "raylet":
+            return raylet_node(argv)
+        pid = parent
+    return None
+
+
+def raylet_node(argv: list[str]) -> dict:
+    """A raylet's node id and the resources it advertises, from its command line.
+
+    Ray 2.60 starts a raylet with ``--node_id=HEX`` and
+    ``--static_resource_list=name,amount,name,amount,...``.
+    """
+    options = dict(arg[2:].partition("=")[::2] for arg in argv[1:] if arg.startswith("--"))
+    listed = options.get("static_resource_list", "").split(",")
+    resources = {}
+    for name, amount in zip(listed[::2], listed[1::2], strict=False):
+        try:
+            resources[name] = float(amount)
+        except ValueError:
+            continue
+    return {"node_id": options.get("node_id"), "resources": resources}
+
+
 # --------------------------------------------------------------------------- the act
 
 
@@ -289,7 +336,7 @@ def main(tool_class: Callable[[list[str], dict], Tool]) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     env = {key: os.environ[key] for key in ("HOME", "NMAPDIR", "NMAP_PRIVILEGED") if key in os.environ}
-    start = {"argv": sys.argv[1:], "ppid": os.getppid(), "mode": mode, "env": env}
+    start = {"argv": sys.argv[1:], "ppid": os.getppid(), "mode": mode, "env": env, "ray_node": ray_node()}
     answer = tool.version() or tool.usage_error()
     if answer is not None:
         record("start", **start)
