@@ -30,6 +30,9 @@ class Launch(Protocol):
     def configure(self, settings: ToolSettings, policy: PolicySettings | None) -> None:
         """New settings from a reload (and the new policy, when given): later runs are checked and bounded by them."""
 
+    def alive(self) -> bool:
+        """False once the runner is known to be dead; never blocks (asked at every supervisor ping)."""
+
     def lose(self) -> None:
         """An injected `runner_lost` fault: the runner dies now, as when its node is lost."""
 
@@ -49,6 +52,9 @@ class LaunchHere:
 
     def configure(self, settings: ToolSettings, policy: PolicySettings | None) -> None:
         """Runs here take their bounds from the tool actor's settings at each start."""
+
+    def alive(self) -> bool:
+        return True
 
     def lose(self) -> None:
         """Nothing here is remote: a local run has no runner to lose."""

@@ -51,6 +51,7 @@ class RemoteLaunch:
         self.tool = tool
         self.placement_timeout_sec = placement_timeout_sec
         self._policy = policy
+        self._probe: ray.ObjectRef | None = None  # the last question to the runner whether it lives
         self._keys = itertools.count(1)
         # Ray's handle types do not follow the methods of the class it hosts.
         self._runner: Any = _ScannerNodeActor.options(
@@ -70,6 +71,19 @@ class RemoteLaunch:
     def describe(self) -> ray.ObjectRef:
         """Ask the runner for its `NodeReport` (its node, tool version and load); `reports_of` collects them."""
         return self._runner.describe.remote()
+
+    def alive(self) -> bool:
+        """False once a ping to the runner failed; each call looks at the last ping and sends the next."""
+        if self._probe is not None:
+            ready, _ = ray.wait([self._probe], timeout=0)
+            if not ready:
+                return True  # not answered yet (or not placed yet): nothing is known to be wrong
+            try:
+                ray.get(self._probe)
+            except RayError:
+                return False
+        self._probe = self._runner.ping.remote()
+        return True
 
     def lose(self) -> None:
         ray.kill(self._runner, no_restart=True)
@@ -193,10 +207,9 @@ class RemoteRun:
             return Ended(self._ended(lost=_first_line(error), runner_died=True))
 
     def _ended(self, *, cancelled: bool = False, lost: str | None = None, runner_died: bool = False) -> RunResult:
-        return RunResult(
-            returncode=None, signal=None, stdout=b"", stderr=b"", stdout_truncated=False, stderr_truncated=False,
-            timed_out=False, cancelled=cancelled, duration_sec=time.monotonic() - self._began, spawn_error=None,
-            pid=None, pool=self._pool, node=self._node, lost=lost, runner_died=runner_died,
+        return RunResult.no_process(
+            time.monotonic() - self._began,
+            cancelled=cancelled, pool=self._pool, node=self._node, lost=lost, runner_died=runner_died,
         )
 
 

@@ -71,6 +71,10 @@ class RetriedAttempt(BaseModel):
     message: str
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class CallOutcome(BaseModel):
     """The answer to one tool call, whatever happened to it."""
 
@@ -91,9 +95,10 @@ class CallOutcome(BaseModel):
     # How often the call was handed to its tool: more than once when a transient failure was retried.
     attempts: int = 1
     retried: list[RetriedAttempt] = Field(default_factory=list)  # how each earlier attempt ended, oldest first
-    # Where the process ran: the scanner pool and its Ray node; both None for a run on this machine.
-    pool: str | None = None
-    node: str | None = None
+    # Where the process ran: the scanner pool and its Ray node. A run on this machine has neither, and
+    # its answer does not mention them.
+    pool: str | None = Field(default=None, exclude_if=_absent)
+    node: str | None = Field(default=None, exclude_if=_absent)
     # The tool's own output as captured (within the byte cap). Kept for the scan store, never sent:
     # `exclude` leaves it out of every dump, the wire envelope and its schema included.
     raw_output: str | None = Field(default=None, exclude=True)

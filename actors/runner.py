@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from actors.containment import RunProcesses
 
@@ -111,6 +111,15 @@ class RunResult:
     refused: str | None = None
     lost: str | None = None
     runner_died: bool = False
+
+    @classmethod
+    def no_process(cls, duration_sec: float = 0.0, **why: Any) -> RunResult:
+        """A result no process of ours produced: `why` (cancelled, spawn_error, refused, lost...) says what happened."""
+        empty: dict[str, Any] = {
+            "returncode": None, "signal": None, "stdout": b"", "stderr": b"", "stdout_truncated": False,
+            "stderr_truncated": False, "timed_out": False, "cancelled": False, "spawn_error": None, "pid": None,
+        }
+        return cls(duration_sec=duration_sec, **{**empty, **why})
 
 
 class Run(Protocol):
@@ -427,19 +436,8 @@ class ProcessRun:
 def _not_run(
     started: float, *, cancelled: bool = False, spawn_error: str | None = None, spawn_errno: int | None = None
 ) -> RunResult:
-    return RunResult(
-        returncode=None,
-        signal=None,
-        stdout=b"",
-        stderr=b"",
-        stdout_truncated=False,
-        stderr_truncated=False,
-        timed_out=False,
-        cancelled=cancelled,
-        duration_sec=time.monotonic() - started,
-        spawn_error=spawn_error,
-        pid=None,
-        spawn_errno=spawn_errno,
+    return RunResult.no_process(
+        time.monotonic() - started, cancelled=cancelled, spawn_error=spawn_error, spawn_errno=spawn_errno
     )
 
 

@@ -155,7 +155,7 @@ class ScannerNode:
             if run.pid is not None:
                 self._watch(job.key, run)
                 yield Spawned(self.node)
-            threading.Thread(target=lambda: lines.put(run.run()), name=f"run-{job.key}", daemon=True).start()
+            threading.Thread(target=_supervise, args=(run, lines), name=f"run-{job.key}", daemon=True).start()
             yield from self._relay(lines)
         finally:
             with self._lock:
@@ -208,11 +208,16 @@ class ScannerNode:
             self._watchdog.watch(key, run.pid, ticks, run.home)
 
     def _not_run(self, *, refused: str) -> RunResult:
-        return RunResult(
-            returncode=None, signal=None, stdout=b"", stderr=b"", stdout_truncated=False, stderr_truncated=False,
-            timed_out=False, cancelled=False, duration_sec=0.0, spawn_error=None, pid=None,
-            pool=self.pool, node=self.node, refused=refused,
-        )
+        return RunResult.no_process(pool=self.pool, node=self.node, refused=refused)
+
+
+def _supervise(run: ProcessRun, events: queue.SimpleQueue[str | RunResult]) -> None:
+    """The run's own thread: supervise it to the end, and put how it ended after its last line."""
+    try:
+        result = run.run()
+    except Exception as exc:  # noqa: BLE001 - the front must get an end whatever happens here
+        result = RunResult.no_process(spawn_error=f"the runner failed: {exc}")
+    events.put(result)
 
 
 def _pinned(resolved: Sequence[str]) -> Resolver:

@@ -208,10 +208,12 @@ class ToolActor(pykka.ThreadingActor):
             case Finished(call_id, outcome, verdict, runner_lost):
                 self._finish(call_id, outcome, verdict)
                 if runner_lost:
-                    self._runner_lost(outcome)
+                    self._runner_lost(outcome.error.message if outcome.error is not None else "the runner was lost")
             case Cancel(call_id):
                 self._cancel(call_id)
             case Ping(reply):
+                if not self.launch.alive():  # an idle runner's loss is noticed here, not by the next call
+                    self._runner_lost(f"the runner of pool {self.launch.pool} is gone")
                 reply.resolve(self.clock())
             case ForceBreaker(state):
                 self._breaker_moved(self.breaker.force(state, "operator"))
@@ -397,9 +399,8 @@ class ToolActor(pykka.ThreadingActor):
 
         return on_line
 
-    def _runner_lost(self, lost: CallOutcome) -> None:
+    def _runner_lost(self, message: str) -> None:
         """The pool's runner is gone, and every run it held with it: answer them, then die so it is restarted."""
-        message = lost.error.message if lost.error is not None else "the runner was lost"
         for entry in self._take_running():
             self._answer(entry.call, entry.call.failure(ErrorType.NODE_LOST, message, retry_after_sec=1.0), ran=True)
         raise RunnerLost(message)
@@ -437,19 +438,8 @@ class ToolActor(pykka.ThreadingActor):
         self._report_run(Finished(call.call_id, outcome, verdict, lost), call)
 
     def _fail_without_running(self, call: Call, fault: Fault) -> None:
-        result = RunResult(
-            returncode=fault.exit_code,
-            signal=None,
-            stdout=b"",
-            stderr=f"injected failure ({fault.describe()})\n".encode(),
-            stdout_truncated=False,
-            stderr_truncated=False,
-            timed_out=False,
-            cancelled=False,
-            duration_sec=0.0,
-            spawn_error=None,
-            pid=None,
-        )
+        stderr = f"injected failure ({fault.describe()})\n".encode()
+        result = RunResult.no_process(returncode=fault.exit_code, stderr=stderr, pool=self.launch.pool)
         outcome, verdict = outcome_from_run(self.spec, call.call_id, call.prepared, result)
         self._report_run(Finished(call.call_id, outcome, verdict), call)
 

@@ -143,10 +143,15 @@ class Runtime:
         collectors = [ScanStoreCollector(self._scan_store_status), ConfigCollector(lambda: self.config)]
         # With `[cluster] engine = "ray"`, a Ray cluster whose pools run the processes; else none.
         self.cluster = _join_cluster(settings.cluster)
-        self.supervisor = Supervisor(
-            settings, self.specs, on_escalate=self._escalate, collectors=collectors,
-            placement=self.cluster.place if self.cluster is not None else place_here,
-        )
+        try:
+            self.supervisor = Supervisor(
+                settings, self.specs, on_escalate=self._escalate, collectors=collectors,
+                placement=self.cluster.place if self.cluster is not None else place_here,
+            )
+        except BaseException:
+            if self.cluster is not None:
+                self.cluster.close()
+            raise
         # Every call from admission to answer, each attempt handed to the supervisor, transient failures retried.
         self.retries = Retrier(
             self.supervisor.submit, on_retry=self.supervisor.record_retry, on_refused=self.supervisor.record_refusal
@@ -623,7 +628,9 @@ class Runtime:
         except InvalidCall as exc:
             return self._refused(tool, call_id, caller, arguments, span, ErrorType.VALIDATION, str(exc))
         if unavailable is not None:
-            return self._refused(tool, call_id, caller, arguments, span, ErrorType.NODE_LOST, unavailable)
+            return self._refused(
+                tool, call_id, caller, arguments, span, ErrorType.NODE_LOST, unavailable, counted_as=prepared.slot
+            )
         try:
             scan = self.scans.open(
                 caller, tool, call_id, arguments,
@@ -663,9 +670,12 @@ class Runtime:
         span: CallSpan,
         error_type: ErrorType,
         message: str,
+        *,
+        counted_as: str | None = None,
     ) -> tuple[str, str | None, CallOutcome]:
-        """A call answered before it reached any actor: counted, audited, traced and stored as a finished scan."""
-        self.supervisor.record_refusal(tool, error_type)
+        """A call answered before it reached any actor: counted (under the tool, or the slot `counted_as` once a
+        pool was chosen), audited, traced and stored as a finished scan."""
+        self.supervisor.record_refusal(counted_as or tool, error_type)
         refused = CallOutcome.failure(tool, call_id, error_type, message)
         refused_scan: str | None = None
         try:
