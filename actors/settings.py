@@ -10,12 +10,22 @@ Unknown keys are refused: a typo is an error that names the key.
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _strict_networks(value: object) -> object:
+    if isinstance(value, (list, tuple)):
+        return tuple(ipaddress.ip_network(v, strict=True) if isinstance(v, str) else v for v in value)
+    return value
+
+
+Networks = Annotated[tuple[IPNetwork, ...], BeforeValidator(_strict_networks)]
+"""Networks written as text: "10.0.0.0/8" is one, "10.0.0.1/8" (host bits set) is refused."""
 
 
 MAX_CONCURRENCY = 64
@@ -29,7 +39,7 @@ class Strict(BaseModel):
 class PolicySettings(Strict):
     """Which targets exist at all, as far as labrecon is concerned."""
 
-    allowed_networks: tuple[IPNetwork, ...] = (
+    allowed_networks: Networks = (
         ipaddress.IPv4Network("10.0.0.0/8"),
         ipaddress.IPv4Network("172.16.0.0/12"),
         ipaddress.IPv4Network("192.168.0.0/16"),
@@ -44,13 +54,6 @@ class PolicySettings(Strict):
     dns_timeout_sec: float = Field(default=2.0, gt=0, le=60)
     # Look-ups running at once; more wait in line within their own deadline.
     dns_concurrency: int = Field(default=8, ge=1, le=256)
-
-    @field_validator("allowed_networks", mode="before")
-    @classmethod
-    def _strict_networks(cls, value: object) -> object:
-        if isinstance(value, (list, tuple)):
-            return tuple(ipaddress.ip_network(v, strict=True) if isinstance(v, str) else v for v in value)
-        return value
 
     @field_validator("allowed_domains")
     @classmethod

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -44,7 +43,7 @@ from pydantic_settings import (
 )
 
 from actors.api import local_user
-from actors.settings import MAX_CONCURRENCY, IPNetwork, PolicySettings, Strict, ToolSettings
+from actors.settings import MAX_CONCURRENCY, IPNetwork, Networks, PolicySettings, Strict, ToolSettings
 from actors.tools import TOOL_SPECS
 
 CONFIG_ENV = "LABRECON_CONFIG"
@@ -130,17 +129,10 @@ class PoolSettings(Strict):
     """One `[[cluster.pools]]` entry: the lab networks a group of Ray nodes scans, and how many runs at once."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
-    networks: tuple[IPNetwork, ...] = Field(min_length=1)
+    networks: Networks = Field(min_length=1)
     resource: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
     # Runs at once per tool on this pool; a tool not named keeps its own `concurrency`.
     concurrency: dict[str, Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)]] = Field(default_factory=dict)
-
-    @field_validator("networks", mode="before")
-    @classmethod
-    def _strict_networks(cls, value: object) -> object:
-        if isinstance(value, (list, tuple)):
-            return tuple(ipaddress.ip_network(v, strict=True) if isinstance(v, str) else v for v in value)
-        return value
 
 
 class ClusterSettings(Strict):
