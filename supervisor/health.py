@@ -2,9 +2,10 @@
 
 `live` answers "should this process be restarted?" — true whenever the
 supervisor answers at all. `ready` answers "should traffic come here?" —
-true while at least one tool serves and the system is not out of memory or
-disk. Everything else (a tool failed, a breaker open, a binary missing, CPU
-high, a tool's installation with a problem its spec names) makes the runtime
+true while at least one tool serves (with scanner pools: on a pool with a live
+node) and the system is not out of memory or disk. Everything else (a tool
+failed, a breaker open, a binary missing, CPU high, a tool's installation with
+a problem its spec names, a scanner pool without a live node) makes the runtime
 `degraded`: still worth talking to, but an operator should look. Binary
 versions are probed once, in the background, so start-up never waits on three
 subprocesses; installation problems come from the settings, logged once at start.
@@ -24,7 +25,7 @@ from actors.probe import probe_binary
 from actors.runner import ProcessRun
 from actors.tools.base import ToolSpec
 from supervisor.config import HealthSettings, Settings
-from supervisor.status import CheckResult, HealthStatus, ToolStatus
+from supervisor.status import CheckResult, ClusterStatus, HealthStatus, ToolStatus
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,36 @@ def installation_problems(settings: Settings, specs: Mapping[str, ToolSpec]) -> 
     return {name: spec.installation_problems(tools[name]) for name, spec in specs.items()}
 
 
+def pool_checks(cluster: ClusterStatus) -> list[CheckResult]:
+    """One check per scanner pool: failing (not critical) while no node of it is alive, as its calls are
+    refused, or while a node's runner found no version of its tool (pure)."""
+    checks = []
+    for pool in cluster.pools:
+        nodes = sum(node.alive for node in pool.nodes)
+        # A runner that found no version of its tool: the binary is missing on that node, or broken.
+        silent = sorted(
+            {tool for node in pool.nodes if node.alive for tool, version in node.tools.items() if not version}
+        )
+        if not pool.live:
+            detail = f"pool {pool.name} has no live node (none advertising {pool.resource}); its calls get node_lost"
+        else:
+            detail = f"{nodes} live node{'' if nodes == 1 else 's'}"
+            if silent:
+                detail += f"; no version from {', '.join(silent)} on a node (binary missing?)"
+        data = {"live": pool.live, "nodes": nodes, "resource": pool.resource, "no_version": silent}
+        ok = pool.live and not silent
+        checks.append(CheckResult(name=f"pool:{pool.name}", ok=ok, critical=False, detail=detail, data=data))
+    return checks
+
+
+def verdict(checks: list[CheckResult]) -> HealthStatus:
+    """Ready while every critical check passes; healthy only while every check does (pure)."""
+    ready = all(c.ok for c in checks if c.critical)
+    if all(c.ok for c in checks):
+        return HealthStatus(live=True, ready=ready, status="healthy", checks=checks)
+    return HealthStatus(live=True, ready=ready, status="degraded" if ready else "unhealthy", checks=checks)
+
+
 class HealthChecker:
     def __init__(self, settings: Settings, specs: Mapping[str, ToolSpec]) -> None:
         self.thresholds = settings.health
@@ -99,7 +130,8 @@ class HealthChecker:
             old, self.binaries = self.binaries, BinaryProbe(queries)
             old.close()
 
-    def evaluate(self, tools: dict[str, ToolStatus]) -> HealthStatus:
+    def evaluate(self, tools: dict[str, ToolStatus], cluster: ClusterStatus | None = None) -> HealthStatus:
+        """The verdict on `tools` (each slot, with pools one per tool and pool) and, given `cluster`, its pools."""
         t = self.thresholds
         checks = [self._system(t), self._process_check(t)]
         for name, info in self.binaries.results.items():
@@ -118,13 +150,18 @@ class HealthChecker:
             checks.append(CheckResult(name=f"actor:{name}", ok=ok, critical=False, detail=detail))
             breaker_ok = tool.breaker.state == "closed"
             checks.append(CheckResult(name=f"breaker:{name}", ok=breaker_ok, critical=False, detail=tool.breaker.state))
-        serving = any(tool.state == "running" for tool in tools.values())
+        if cluster is not None:
+            checks += pool_checks(cluster)
+        live_pools = {pool.name for pool in cluster.pools if pool.live} if cluster is not None else set()
+        # A slot serves when its actor runs and, on a pool, a node of that pool is alive.
+        serving = any(
+            tool.state == "running" and (tool.pool is None or tool.pool in live_pools) for tool in tools.values()
+        )
         serving_detail = "at least one tool serving" if serving else "no tool is serving"
+        if not serving and cluster is not None and not live_pools:
+            serving_detail += " (no scanner pool has a live node)"
         checks.append(CheckResult(name="tools", ok=serving, detail=serving_detail))
-        ready = all(c.ok for c in checks if c.critical)
-        if all(c.ok for c in checks):
-            return HealthStatus(live=True, ready=ready, status="healthy", checks=checks)
-        return HealthStatus(live=True, ready=ready, status="degraded" if ready else "unhealthy", checks=checks)
+        return verdict(checks)
 
     def _system(self, t: HealthSettings) -> CheckResult:
         cpu = psutil.cpu_percent(interval=None)

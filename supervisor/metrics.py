@@ -1,11 +1,12 @@
 """Prometheus metrics for one runtime: a projection of the call ledger, updated as it changes, and
-collectors that read numbers with another owner (the scan store's, the config's) when scraped.
+collectors that read numbers with another owner (the scan store's, the config's, the cluster's) when scraped.
 
 Each runtime owns its registry (never the process-global one), so two
 embedded runtimes, or a test's runtime beside the daemon's, never mix their
-numbers. Labels come from bounded sets only — tool names, outcomes, breaker
-states, restart and retry reasons — never a target or an argument. The duration
-histogram's buckets span 10 ms to an hour because a scan can be either.
+numbers. Labels come from bounded sets only — tool names, pool names from the
+config, outcomes, breaker states, restart and retry reasons — never a target or
+an argument. The duration histogram's buckets span 10 ms to an hour because a
+scan can be either.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from prometheus_client.registry import Collector
 
 from actors.breaker import BreakerState
 from actors.results import ErrorType
+from supervisor.pools import NO_POOL, metric_labels
 from supervisor.retries import RetryReason
-from supervisor.status import ConfigStatus, ScanStoreStatus
+from supervisor.status import ClusterStatus, ConfigStatus, ScanStoreStatus
 
 T = TypeVar("T")
 
@@ -30,69 +32,80 @@ RESTART_REASONS = ("crash", "hang", "operator")
 
 
 class Metrics:
-    """The ledger's observer (`supervisor.ledger.LedgerObserver`): it counts nothing of its own."""
+    """The ledger's observer (`supervisor.ledger.LedgerObserver`): it counts nothing of its own.
+
+    The ledger keeps numbers per name: a tool ("nmap"), or a tool on a pool ("nmap@dmz"). Each is
+    served with a `tool` label (the tool's own name) and a `pool` label (`supervisor.pools.metric_labels`).
+    """
 
     def __init__(self, tools: Iterable[str], version: str, collectors: Iterable[Collector] = ()) -> None:
-        tools = list(tools)
+        self._labels = metric_labels(tools)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.calls = Counter(
             "labrecon_tool_calls",
             "Tool calls answered, by outcome; a retried call counts each attempt's answer.",
-            ["tool", "outcome"],
+            ["tool", "pool", "outcome"],
             registry=r,
         )
         self.retries = Counter(
             "labrecon_call_retries",
             "Calls tried again after a transient failure, by reason.",
-            ["tool", "reason"],
+            ["tool", "pool", "reason"],
             registry=r,
         )
         self.duration = Histogram(
             "labrecon_tool_call_duration_seconds",
             "Time from admission to answer of calls that ran a process.",
-            ["tool"],
+            ["tool", "pool"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("labrecon_tool_in_flight", "Calls running now.", ["tool"], registry=r)
+        self.in_flight = Gauge("labrecon_tool_in_flight", "Calls running now.", ["tool", "pool"], registry=r)
         self.queue_depth = Gauge(
-            "labrecon_tool_queue_depth", "Calls admitted and waiting for a slot.", ["tool"], registry=r
+            "labrecon_tool_queue_depth", "Calls admitted and waiting for a slot.", ["tool", "pool"], registry=r
         )
         self.breaker = Gauge(
-            "labrecon_breaker_state", "1 for the breaker's current state.", ["tool", "state"], registry=r
+            "labrecon_breaker_state", "1 for the breaker's current state.", ["tool", "pool", "state"], registry=r
         )
         self.restarts = Counter(
-            "labrecon_actor_restarts", "Tool actor restarts, by reason.", ["tool", "reason"], registry=r
+            "labrecon_actor_restarts", "Tool actor restarts, by reason.", ["tool", "pool", "reason"], registry=r
         )
         self.restart_seconds = Histogram(
             "labrecon_actor_restart_seconds",
             "From a tool actor's death being seen to its successor reading its mailbox.",
-            ["tool"],
+            ["tool", "pool"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
         self.tool_up = Gauge(
-            "labrecon_tool_up", "1 when the tool's actor is serving, 0 when restarting or failed.", ["tool"], registry=r
+            "labrecon_tool_up",
+            "1 when the tool's actor is serving, 0 when restarting or failed.",
+            ["tool", "pool"],
+            registry=r,
         )
         Info("labrecon_build", "labrecon build information.", registry=r).info({"version": version})
         for collector in collectors:  # numbers others own, read when scraped
             r.register(collector)
         # Children looked up once: every call touches these, and labels() takes a lock each time.
-        self._call_counters = {tool: {o: self.calls.labels(tool, o) for o in OUTCOMES} for tool in tools}
-        self._durations = {tool: self.duration.labels(tool) for tool in tools}
-        self._load_gauges = {tool: (self.in_flight.labels(tool), self.queue_depth.labels(tool)) for tool in tools}
-        for tool in tools:
-            for outcome in OUTCOMES:
-                self.calls.labels(tool, outcome)
+        labels = self._labels
+        self._call_counters = {
+            name: {o: self.calls.labels(*labels[name], o) for o in OUTCOMES} for name in labels
+        }
+        self._durations = {name: self.duration.labels(*labels[name]) for name in labels}
+        self._load_gauges = {
+            name: (self.in_flight.labels(*labels[name]), self.queue_depth.labels(*labels[name])) for name in labels
+        }
+        for name, (tool, pool) in labels.items():
             for reason in RESTART_REASONS:
-                self.restarts.labels(tool, reason)
+                self.restarts.labels(tool, pool, reason)
             for retry_reason in RetryReason:
-                self.retries.labels(tool, retry_reason.value)
-            self.in_flight.labels(tool).set(0)
-            self.queue_depth.labels(tool).set(0)
-            self.tool_up.labels(tool).set(1)
-            self.breaker_changed(tool, BreakerState.CLOSED.value)
+                self.retries.labels(tool, pool, retry_reason.value)
+            self.in_flight.labels(tool, pool).set(0)
+            self.queue_depth.labels(tool, pool).set(0)
+            if pool != NO_POOL:  # a tool's calls refused before a pool was chosen: no actor, no breaker
+                self.tool_up.labels(tool, pool).set(1)
+                self.breaker_changed(name, BreakerState.CLOSED.value)
 
     def call_counted(self, tool: str, outcome: str, duration_sec: float, ran: bool) -> None:
         self._call_counters[tool][outcome].inc()
@@ -106,19 +119,19 @@ class Metrics:
 
     def breaker_changed(self, tool: str, state: str) -> None:
         for s in BreakerState:
-            self.breaker.labels(tool, s.value).set(1 if s.value == state else 0)
+            self.breaker.labels(*self._labels[tool], s.value).set(1 if s.value == state else 0)
 
     def serving_changed(self, tool: str, serving: bool) -> None:
-        self.tool_up.labels(tool).set(1 if serving else 0)
+        self.tool_up.labels(*self._labels[tool]).set(1 if serving else 0)
 
     def restart_counted(self, tool: str, reason: str) -> None:
-        self.restarts.labels(tool, reason).inc()
+        self.restarts.labels(*self._labels[tool], reason).inc()
 
     def restart_timed(self, tool: str, seconds: float) -> None:
-        self.restart_seconds.labels(tool).observe(seconds)
+        self.restart_seconds.labels(*self._labels[tool]).observe(seconds)
 
     def retry_counted(self, tool: str, reason: str) -> None:
-        self.retries.labels(tool, reason).inc()
+        self.retries.labels(*self._labels[tool], reason).inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
@@ -175,3 +188,16 @@ class ConfigCollector(ReadAtScrape[ConfigStatus]):
             reloads.add_metric(["refused"], config.refused)
             loaded.add_metric([], config.loaded_at)
         yield from (reloads, loaded)
+
+
+class PoolNodesCollector(ReadAtScrape[ClusterStatus]):
+    """Live nodes per scanner pool, from the cluster's watcher, which owns what is known of the nodes."""
+
+    def _families(self, cluster: ClusterStatus | None) -> Iterator[Metric]:
+        nodes = GaugeMetricFamily(
+            "labrecon_pool_nodes", "Live Ray nodes advertising each scanner pool's resource.", labels=["pool"]
+        )
+        if cluster is not None:
+            for pool in cluster.pools:
+                nodes.add_metric([pool.name], sum(node.alive for node in pool.nodes))
+        yield nodes

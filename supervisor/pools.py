@@ -12,22 +12,43 @@ actors, concurrency, queue and breaker.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from actors.prepare import slot_name, split_slot_name
 from actors.results import InvalidCall
 from actors.settings import IPNetwork, ToolSettings
 from supervisor.config import PoolSettings
 
-__all__ = ["LOCAL", "describe", "pool_label", "pool_settings", "route", "slot_name", "split_slot_name"]
+__all__ = [
+    "LOCAL", "NO_POOL", "describe", "metric_labels", "pool_label", "pool_settings", "route", "slot_name",
+    "split_slot_name",
+]
 
 LOCAL = "local"
 """The pool label of calls that run on this machine."""
+
+NO_POOL = "none"
+"""The pool label of a tool's calls refused before a pool was chosen (a daemon with pools)."""
 
 
 def pool_label(name: str) -> str:
     """The bounded `pool` label of a slot: its pool's name, or "local"."""
     return split_slot_name(name)[1] or LOCAL
+
+
+def metric_labels(names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """The (tool, pool) labels of each name the numbers are kept under.
+
+    Without pools every name is a tool that runs here ("local"). With pools the slots are "nmap@dmz"
+    and a bare tool name only counts calls refused before a pool was chosen ("none").
+    """
+    names = list(names)
+    pooled = any(split_slot_name(name)[1] is not None for name in names)
+    labels = {}
+    for name in names:
+        tool, pool = split_slot_name(name)
+        labels[name] = (tool, pool if pool is not None else NO_POOL if pooled else LOCAL)
+    return labels
 
 
 def pool_settings(tool: str, settings: ToolSettings, pool: PoolSettings | None) -> ToolSettings:

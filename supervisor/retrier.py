@@ -78,8 +78,9 @@ class Retrier:
         on_refused: Callable[[str, ErrorType], None],
         spread: Callable[[], float] = lambda: _RANDOM.uniform(-1.0, 1.0),
     ) -> None:
-        """`submit` hands an attempt to its tool; `on_retry(tool, reason)` counts a retry, and
-        `on_refused(tool, error_type)` a call answered here; `spread` draws from [-1, 1] for the jitter."""
+        """`submit` hands an attempt to its tool; `on_retry(slot, reason)` counts a retry, and
+        `on_refused(slot, error_type)` a call answered here (the slot its attempts go to); `spread` draws from
+        [-1, 1] for the jitter."""
         self._submit = submit
         self._on_retry = on_retry
         self._on_refused = on_refused
@@ -148,7 +149,7 @@ class Retrier:
                 call.timer, call.answered = None, True
             retry, stopped = None, None
         if retry is not None:
-            self._on_retry(call.tool, retry.reason.value)
+            self._on_retry(_counted_as(call), retry.reason.value)
             return
         if stopped is not None:  # it would have been tried again, but was cancelled meanwhile
             outcome = outcome.model_copy(update={"error": CallError(error_type=ErrorType.CANCELLED, message=stopped)})
@@ -186,7 +187,7 @@ class Retrier:
                 call.answered = True
         assert last is not None
         outcome = with_retries(last.failure(ErrorType.INTERNAL, "the call could not be tried again"), *_so_far(call))
-        call.reply.resolve(outcome, before=lambda _answer: self._on_refused(call.tool, ErrorType.INTERNAL))
+        call.reply.resolve(outcome, before=lambda _answer: self._on_refused(_counted_as(call), ErrorType.INTERNAL))
 
     def _answer_if_waiting(
         self, call: _RetryingCall, message: str, *, cancel: bool = False, error_type: ErrorType = ErrorType.CANCELLED
@@ -202,12 +203,17 @@ class Retrier:
             call.answered = True
         assert call.current is not None
         answer = with_retries(call.current.failure(error_type, message), *_so_far(call))
-        return call.reply.resolve(answer, before=lambda _answer: self._on_refused(call.tool, error_type))
+        return call.reply.resolve(answer, before=lambda _answer: self._on_refused(_counted_as(call), error_type))
 
     def _forget(self, call_id: str, call: _RetryingCall) -> None:
         with self._lock:
             if self._calls.get(call_id) is call:
                 del self._calls[call_id]
+
+
+def _counted_as(call: _RetryingCall) -> str:
+    """Where the call's numbers are kept: the slot its attempts go to ("nmap", or "nmap@dmz" on a pool)."""
+    return call.current.prepared.slot if call.current is not None else call.tool
 
 
 def _so_far(call: _RetryingCall) -> tuple[int, list[RetriedAttempt]]:

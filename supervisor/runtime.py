@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from actors.api import Caller, ProgressSink, StartedScan, ToolInfo, UnknownTool
@@ -49,8 +50,8 @@ from supervisor.config import (
     load_settings,
     settings_from,
 )
-from supervisor.metrics import ConfigCollector, ScanStoreCollector
-from supervisor.pools import route
+from supervisor.metrics import ConfigCollector, PoolNodesCollector, ScanStoreCollector
+from supervisor.pools import route, split_slot_name
 from supervisor.reload_plan import ReloadPlan, plan_reload
 from supervisor.restarter import place_here
 from supervisor.retrier import Retrier
@@ -58,7 +59,7 @@ from supervisor.scans.service import LiveScan, Scans
 from supervisor.scans.store import ScanStore, StoreClosed
 from supervisor.scope import with_scope
 from supervisor.slots import disabled_in_config
-from supervisor.status import ConfigStatus, ReloadAttempt, ScanStoreStatus, Status
+from supervisor.status import ClusterStatus, ConfigStatus, ReloadAttempt, ScanStoreStatus, Status
 from supervisor.supervisor import Supervisor
 from supervisor.tool_changes import ToolChange
 from supervisor.tracing import NO_SPAN, CallSpan, CallTracer, take_handed_over, tracer_for
@@ -140,13 +141,18 @@ class Runtime:
         )
         self._settle_interrupted()
         self.scans.start_sweeping()
-        collectors = [ScanStoreCollector(self._scan_store_status), ConfigCollector(lambda: self.config)]
+        collectors: list[Collector] = [
+            ScanStoreCollector(self._scan_store_status), ConfigCollector(lambda: self.config)
+        ]
         # With `[cluster] engine = "ray"`, a Ray cluster whose pools run the processes; else none.
         self.cluster = _join_cluster(settings.cluster)
+        if self.cluster is not None:
+            collectors.append(PoolNodesCollector(self._cluster_status))
         try:
             self.supervisor = Supervisor(
                 settings, self.specs, on_escalate=self._escalate, collectors=collectors,
                 placement=self.cluster.place if self.cluster is not None else place_here,
+                cluster=self._cluster_status if self.cluster is not None else None,
             )
         except BaseException:
             if self.cluster is not None:
@@ -363,6 +369,11 @@ class Runtime:
         scans = self._scan_store_status()
         return self.supervisor.status().model_copy(update={"scans": scans, "config": self.config})
 
+    def _cluster_status(self) -> ClusterStatus:
+        """The scanner pools and their nodes as the cluster's watcher last saw them (never waits on Ray)."""
+        assert self.cluster is not None
+        return ClusterStatus.model_validate(self.cluster.view.as_dict())
+
     # --- live configuration ---------------------------------------------------------
 
     def reload(self, config: ConfigLike | None = None, *, by: str = "operator") -> ReloadAttempt:
@@ -535,6 +546,12 @@ class Runtime:
                 raise InvalidCall(_first_error(exc), field="fault") from None
         if fault.tool not in self.specs:
             raise UnknownTool(fault.tool, sorted(self.specs))
+        pools = [pool.name for pool in self.settings.cluster.pools]
+        if fault.pool is not None and fault.pool not in pools:
+            known = ", ".join(pools) if pools else "none (every tool runs here)"
+            raise InvalidCall(f"no scanner pool is named {fault.pool!r}; pools: {known}", field="pool")
+        if fault.kind == "runner_lost" and not pools:
+            raise InvalidCall("runner_lost needs scanner pools: every tool runs here, no runner to lose", field="kind")
         return self.supervisor.inject(fault)
 
     def faults(self) -> list[dict[str, Any]]:
@@ -556,9 +573,14 @@ class Runtime:
         return self._control(f"breaker_{state}", tool)
 
     def _control(self, action: str, tool: str) -> str:
+        """`action` on a tool (on each of its pools), or on one pool's slot of it ("nmap@dmz")."""
         self._check_running()
-        if tool not in self.specs:
+        name, pool = split_slot_name(tool)
+        if name not in self.specs:
             raise UnknownTool(tool, sorted(self.specs))
+        if pool is not None and tool not in self.supervisor.slots:  # a pool the tool is not served on
+            slots = [slot for slot in self.supervisor.slots if split_slot_name(slot)[0] == name]
+            raise UnknownTool(tool, sorted({name, *slots}))
         return self.supervisor.control(action, tool)
 
     # --- internals --------------------------------------------------------------
@@ -673,8 +695,8 @@ class Runtime:
         *,
         counted_as: str | None = None,
     ) -> tuple[str, str | None, CallOutcome]:
-        """A call answered before it reached any actor: counted (under the tool, or the slot `counted_as` once a
-        pool was chosen), audited, traced and stored as a finished scan."""
+        """A call answered before it reached any actor: counted (under the tool, or `counted_as`: the slot of
+        the pool it was routed to), audited, traced and stored as a finished scan."""
         self.supervisor.record_refusal(counted_as or tool, error_type)
         refused = CallOutcome.failure(tool, call_id, error_type, message)
         refused_scan: str | None = None

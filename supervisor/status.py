@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
+
+from actors.prepare import split_slot_name
 
 ToolState = Literal["running", "restarting", "failed", "disabled", "stopped"]
 
@@ -21,7 +23,7 @@ class BreakerStatus(BaseModel):
 
 
 class ToolStatus(BaseModel):
-    name: str
+    name: str  # the slot: the tool ("nmap"), or the tool on a scanner pool ("nmap@dmz")
     state: ToolState
     incarnation: int
     restarts: int
@@ -42,6 +44,18 @@ class ToolStatus(BaseModel):
     # Death seen -> the next incarnation reading its mailbox, over recent restarts.
     restart_p50_sec: float | None = None
     restart_p99_sec: float | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def tool(self) -> str:
+        """The tool itself: "nmap" for the slot "nmap@dmz"."""
+        return split_slot_name(self.name)[0]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def pool(self) -> str | None:
+        """The scanner pool the slot runs on; None for a tool that runs here."""
+        return split_slot_name(self.name)[1]
 
 
 class RuntimeInfo(BaseModel):
@@ -99,6 +113,34 @@ class ConfigStatus(BaseModel):
     needs_restart: list[str] = Field(default_factory=list)  # keys the file changed that wait for a restart
 
 
+class NodeStatus(BaseModel):
+    """A Ray node that advertises a pool's resource, as the cluster's watcher last saw it."""
+
+    node_id: str
+    address: str
+    alive: bool
+    tools: dict[str, str | None] = Field(default_factory=dict)  # tool -> the version its runner there found
+    running: int = 0  # processes the runners there run now
+    load: list[float] | None = None  # the node's load average over 1, 5 and 15 minutes
+
+
+class PoolStatus(BaseModel):
+    name: str
+    resource: str  # the Ray custom resource its nodes advertise
+    networks: list[str]
+    live: bool  # at least one node is alive; a pool that is not refuses its calls (node_lost)
+    nodes: list[NodeStatus] = Field(default_factory=list)
+
+
+class ClusterStatus(BaseModel):
+    """The scanner pools of a daemon with `[cluster] engine = "ray"` (`supervisor.cluster.ClusterView`)."""
+
+    engine: Literal["ray"] = "ray"
+    address: str
+    checked_at: float  # Unix time of the watcher's last look
+    pools: list[PoolStatus] = Field(default_factory=list)
+
+
 class Status(BaseModel):
     runtime: RuntimeInfo
     tools: dict[str, ToolStatus]
@@ -107,3 +149,4 @@ class Status(BaseModel):
     sessions: dict[str, int] = Field(default_factory=dict)
     scans: ScanStoreStatus | None = None  # filled by the runtime, which owns the store
     config: ConfigStatus | None = None  # filled by the runtime, which owns the config in force
+    cluster: ClusterStatus | None = None  # the scanner pools; None when every tool runs here

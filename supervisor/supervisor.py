@@ -21,10 +21,11 @@ from supervisor.config import FaultSettings, Settings
 from supervisor.faults import FaultPlan
 from supervisor.health import HealthChecker
 from supervisor.messages import ChangeTools, Control, GetMetrics, GetStatus, Refused, Retried
+from supervisor.pools import slot_name
 from supervisor.restarter import Placement, place_here
 from supervisor.shutdown import shut_down
 from supervisor.slots import Refusal, build_slots, refusal_outcome, slots_of
-from supervisor.status import Status
+from supervisor.status import ClusterStatus, Status
 from supervisor.supervisor_actor import SupervisorActor
 from supervisor.tool_changes import ToolChange
 
@@ -44,16 +45,18 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         collectors: Iterable[Collector] = (),
         placement: Placement = place_here,
+        cluster: Callable[[], ClusterStatus] | None = None,
     ) -> None:
         """`collectors` add numbers others own to the metrics (read when scraped, never copied); `placement`
-        says where each slot's incarnations run their processes."""
+        says where each slot's incarnations run their processes; `cluster` reads the scanner pools' nodes
+        for status and health (never waiting on the cluster)."""
         self.plan = FaultPlan(settings.faults)
         self.slots = build_slots(settings, specs, clock)  # shared with the actor; thread-safe
         self.stash_limit = settings.supervisor.stash_limit
         self.health = HealthChecker(settings, serving_specs(settings, specs))
         self.ref = SupervisorActor.start(
             settings, specs, self.slots, self.plan, self.health, on_escalate=on_escalate, clock=clock,
-            collectors=collectors, placement=placement,
+            collectors=collectors, placement=placement, cluster=cluster,
         )
 
     # --- calls --------------------------------------------------------------------
@@ -121,8 +124,11 @@ class Supervisor:
         self.ref.ask(ChangeTools(tuple(changes), settings, specs), block=True, timeout=timeout)
 
     def inject(self, fault: FaultSettings) -> int:
+        """Add a fault rule for a tool, or for the tool on one pool; KeyError when nothing serves that."""
         if not slots_of(self.slots, fault.tool):
             raise KeyError(fault.tool)
+        if fault.pool is not None and slot_name(fault.tool, fault.pool) not in self.slots:
+            raise KeyError(slot_name(fault.tool, fault.pool))
         return self.plan.add(fault)
 
     def clear_faults(self, rule_id: int | None = None, tool: str | None = None) -> int:

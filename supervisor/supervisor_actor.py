@@ -45,7 +45,7 @@ from supervisor.metrics import Metrics
 from supervisor.restarter import Placement, Restarter, place_here
 from supervisor.shutdown import answer_what_is_left, stop_serving
 from supervisor.slots import ToolSlot
-from supervisor.status import BreakerStatus, RuntimeInfo, Status, ToolStatus
+from supervisor.status import BreakerStatus, ClusterStatus, RuntimeInfo, Status, ToolStatus
 from supervisor.tool_changes import ToolChange, ToolChanger
 from supervisor.version import VERSION
 
@@ -65,9 +65,11 @@ class SupervisorActor(pykka.ThreadingActor):
         clock: Callable[[], float] = time.monotonic,
         collectors: Iterable[Collector] = (),
         placement: Placement = place_here,
+        cluster: Callable[[], ClusterStatus] | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
+        self.cluster = cluster  # the scanner pools' nodes as last seen; None when every tool runs here
         self.slots = slots
         self.plan = plan
         self.health = health
@@ -191,6 +193,7 @@ class SupervisorActor(pykka.ThreadingActor):
         raise ValueError(f"unknown control action {action!r}")
 
     def _status(self) -> Status:
+        cluster = self.cluster() if self.cluster is not None else None
         tools = {}
         for name, slot in self.slots.items():
             numbers = self.ledger.numbers(name)
@@ -229,5 +232,6 @@ class SupervisorActor(pykka.ThreadingActor):
             ),
             tools=tools,
             faults=self.plan.list(),
-            health=self.health.evaluate(tools),
+            health=self.health.evaluate(tools, cluster),
+            cluster=cluster,
         )

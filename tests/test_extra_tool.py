@@ -66,8 +66,8 @@ def test_a_registered_tool_is_listed_called_counted_and_checked_over_mcp(make_ru
     probed = wait_until(lambda: binary_check(runtime, "hello"))
     assert probed is not None and probed.detail == HELLO_VERSION
     metrics = runtime.metrics_text()
-    assert 'labrecon_tool_calls_total{outcome="ok",tool="hello"} 1.0' in metrics
-    assert 'labrecon_tool_up{tool="hello"} 1.0' in metrics
+    assert 'labrecon_tool_calls_total{outcome="ok",pool="local",tool="hello"} 1.0' in metrics
+    assert 'labrecon_tool_up{pool="local",tool="hello"} 1.0' in metrics
 
 
 def write_config(path: Path, text: str) -> Path:

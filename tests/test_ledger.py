@@ -204,15 +204,15 @@ def test_the_prometheus_metrics_mirror_the_ledger():
         assert match, f"{name}{{{selector}}} missing"
         return float(match.group(1))
 
-    assert sample("labrecon_tool_in_flight", tool="nmap") == ledger.numbers("nmap").in_flight == 1
-    assert sample("labrecon_tool_queue_depth", tool="nmap") == ledger.numbers("nmap").queued == 1
-    assert sample("labrecon_tool_calls_total", outcome="ok", tool="nmap") == 1
-    assert sample("labrecon_tool_call_duration_seconds_count", tool="nmap") == 1
-    assert sample("labrecon_tool_calls_total", outcome="validation", tool="masscan") == 1
-    assert sample("labrecon_breaker_state", state="half_open", tool="masscan") == 1
-    assert sample("labrecon_breaker_state", state="closed", tool="masscan") == 0
-    assert sample("labrecon_actor_restarts_total", reason="operator", tool="masscan") == 1
-    assert sample("labrecon_tool_up", tool="masscan") == 0
-    assert sample("labrecon_tool_up", tool="nmap") == 1
-    assert sample("labrecon_call_retries_total", reason="spawn_error", tool="nmap") == 1
-    assert sample("labrecon_call_retries_total", reason="actor_restarted", tool="nmap") == 0
+    assert sample("labrecon_tool_in_flight", pool="local", tool="nmap") == ledger.numbers("nmap").in_flight == 1
+    assert sample("labrecon_tool_queue_depth", pool="local", tool="nmap") == ledger.numbers("nmap").queued == 1
+    assert sample("labrecon_tool_calls_total", outcome="ok", pool="local", tool="nmap") == 1
+    assert sample("labrecon_tool_call_duration_seconds_count", pool="local", tool="nmap") == 1
+    assert sample("labrecon_tool_calls_total", outcome="validation", pool="local", tool="masscan") == 1
+    assert sample("labrecon_breaker_state", state="half_open", pool="local", tool="masscan") == 1
+    assert sample("labrecon_breaker_state", state="closed", pool="local", tool="masscan") == 0
+    assert sample("labrecon_actor_restarts_total", reason="operator", pool="local", tool="masscan") == 1
+    assert sample("labrecon_tool_up", pool="local", tool="masscan") == 0
+    assert sample("labrecon_tool_up", pool="local", tool="nmap") == 1
+    assert sample("labrecon_call_retries_total", reason="spawn_error", pool="local", tool="nmap") == 1
+    assert sample("labrecon_call_retries_total", reason="actor_restarted", pool="local", tool="nmap") == 0

@@ -129,7 +129,7 @@ def test_metrics_are_prometheus_text(client):
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"] == METRICS_CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
-    assert 'labrecon_tool_calls_total{outcome="ok",tool="nmap"} 0.0' in response.text
+    assert 'labrecon_tool_calls_total{outcome="ok",pool="local",tool="nmap"} 0.0' in response.text
     assert "# TYPE labrecon_tool_in_flight gauge" in response.text
 
 

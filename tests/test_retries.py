@@ -109,7 +109,7 @@ def sample(runtime, name: str, **labels: str) -> float:
 
 
 def retries(runtime, reason: str, tool: str = "nmap") -> float:
-    return sample(runtime, "labrecon_call_retries_total", reason=reason, tool=tool)
+    return sample(runtime, "labrecon_call_retries_total", reason=reason, pool="local", tool=tool)
 
 
 def test_a_call_whose_actor_crashes_is_tried_again_and_says_so(make_runtime, tmp_path):
@@ -131,8 +131,8 @@ def test_a_call_whose_actor_crashes_is_tried_again_and_says_so(make_runtime, tmp
     # The metrics count the retry, and each attempt's answer.
     assert retries(runtime, "actor_restarted") == 1 and retries(runtime, "spawn_error") == 0
     assert runtime.status().tools["nmap"].retries == {"actor_restarted": 1}
-    assert sample(runtime, "labrecon_tool_calls_total", outcome="actor_restarted", tool="nmap") == 1
-    assert sample(runtime, "labrecon_tool_calls_total", outcome="ok", tool="nmap") == 1
+    assert sample(runtime, "labrecon_tool_calls_total", outcome="actor_restarted", pool="local", tool="nmap") == 1
+    assert sample(runtime, "labrecon_tool_calls_total", outcome="ok", pool="local", tool="nmap") == 1
     # The scan store keeps the answer as it was given.
     stored = runtime.scans.outcome(Caller.local(), scan_id)
     assert stored is not None and stored.attempts == 2 and stored.retried == outcome.retried
@@ -151,7 +151,7 @@ def test_a_call_that_crashes_its_actor_again_gets_the_second_actor_restarted(mak
     assert outcome.error_type is ErrorType.ACTOR_RESTARTED
     assert outcome.attempts == 2 and [r.error_type for r in outcome.retried] == [ErrorType.ACTOR_RESTARTED]
     assert retries(runtime, "actor_restarted") == 1
-    assert sample(runtime, "labrecon_tool_calls_total", outcome="actor_restarted", tool="nmap") == 2
+    assert sample(runtime, "labrecon_tool_calls_total", outcome="actor_restarted", pool="local", tool="nmap") == 2
     assert runtime.call("nmap", NMAP, timeout=30).ok  # the faults are spent; the tool serves
 
 
@@ -226,7 +226,7 @@ def test_cancelling_a_call_waiting_to_be_retried_answers_it_at_once_and_runs_not
         outcome = call.result(10)  # well before the half-minute wait would be over
     assert outcome.error_type is ErrorType.CANCELLED and "waited to be tried again" in outcome.error.message
     assert outcome.attempts == 1 and [r.error_type for r in outcome.retried] == [ErrorType.ACTOR_RESTARTED]
-    assert sample(runtime, "labrecon_tool_calls_total", outcome="cancelled", tool="nmap") == 1
+    assert sample(runtime, "labrecon_tool_calls_total", outcome="cancelled", pool="local", tool="nmap") == 1
     nmap = runtime.status().tools["nmap"]
     assert (nmap.in_flight, nmap.queued, nmap.stashed) == (0, 0, 0)
     assert not runtime.cancel("waiting")

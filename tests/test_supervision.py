@@ -124,17 +124,17 @@ def test_metrics_and_status_match_a_known_workload(make_runtime):
         assert match, f"{name}{{{selector}}} missing"
         return float(match.group(1))
 
-    assert sample("labrecon_tool_calls_total", outcome="ok", tool="nmap") == 3
-    assert sample("labrecon_tool_calls_total", outcome="validation", tool="nmap") == 1
-    assert sample("labrecon_tool_calls_total", outcome="execution", tool="gobuster") == 1
-    assert sample("labrecon_tool_calls_total", outcome="actor_restarted", tool="masscan") == 1
-    assert sample("labrecon_tool_calls_total", outcome="ok", tool="masscan") == 2
-    assert sample("labrecon_call_retries_total", reason="actor_restarted", tool="masscan") == 1
-    assert sample("labrecon_call_retries_total", reason="actor_restarted", tool="nmap") == 0
-    assert sample("labrecon_tool_call_duration_seconds_count", tool="nmap") == 3
-    assert sample("labrecon_actor_restarts_total", reason="crash", tool="masscan") == 1
-    assert sample("labrecon_tool_in_flight", tool="nmap") == 0
-    assert sample("labrecon_breaker_state", state="closed", tool="gobuster") == 1
+    assert sample("labrecon_tool_calls_total", outcome="ok", pool="local", tool="nmap") == 3
+    assert sample("labrecon_tool_calls_total", outcome="validation", pool="local", tool="nmap") == 1
+    assert sample("labrecon_tool_calls_total", outcome="execution", pool="local", tool="gobuster") == 1
+    assert sample("labrecon_tool_calls_total", outcome="actor_restarted", pool="local", tool="masscan") == 1
+    assert sample("labrecon_tool_calls_total", outcome="ok", pool="local", tool="masscan") == 2
+    assert sample("labrecon_call_retries_total", reason="actor_restarted", pool="local", tool="masscan") == 1
+    assert sample("labrecon_call_retries_total", reason="actor_restarted", pool="local", tool="nmap") == 0
+    assert sample("labrecon_tool_call_duration_seconds_count", pool="local", tool="nmap") == 3
+    assert sample("labrecon_actor_restarts_total", reason="crash", pool="local", tool="masscan") == 1
+    assert sample("labrecon_tool_in_flight", pool="local", tool="nmap") == 0
+    assert sample("labrecon_breaker_state", state="closed", pool="local", tool="gobuster") == 1
     assert "labrecon_build_info{" in text
     assert "10.0.0.5" not in text and "8.8.8.8" not in text
 

@@ -46,6 +46,7 @@ TOKEN_ENV = "LABRECON_AUTH__TOKEN"
 FAULT_KINDS = get_args(FaultSettings.model_fields["kind"].annotation)
 SCAN_STATUSES = ("working", "completed", "failed", "cancelled")
 MAX_PAGE = 200  # what the daemon serves at most per page
+SLOT_HELP = "tool name, e.g. nmap (on every scanner pool), or a tool on one pool, e.g. nmap@dmz"
 
 
 def register(subparsers: Any) -> None:
@@ -73,6 +74,7 @@ def register(subparsers: Any) -> None:
     inject = actions.add_parser("inject", help="add a fault rule (same fields as [[faults]] in the config)")
     _connection_options(inject)
     inject.add_argument("--tool", required=True, help="the tool whose calls get the fault")
+    inject.add_argument("--pool", metavar="NAME", help="only the tool's calls on this scanner pool")
     inject.add_argument("--kind", required=True, choices=FAULT_KINDS, help="what goes wrong")
     trigger = inject.add_mutually_exclusive_group()
     trigger.add_argument("--count", type=int, metavar="N", help="hit the next N calls")
@@ -100,11 +102,11 @@ def register(subparsers: Any) -> None:
     ):
         parser = tool_actions.add_parser(action, help=text)
         _connection_options(parser)
-        parser.add_argument("name", help="tool name, e.g. nmap")
+        parser.add_argument("name", help=SLOT_HELP)
         parser.set_defaults(handler=cmd_tools_control, action=action)
     breaker = tool_actions.add_parser("breaker", help="force a tool's circuit breaker open or closed")
     _connection_options(breaker)
-    breaker.add_argument("name", help="tool name, e.g. nmap")
+    breaker.add_argument("name", help=SLOT_HELP)
     breaker.add_argument("state", choices=["open", "closed"])
     breaker.set_defaults(handler=cmd_tools_control, action="breaker")
     disable = tool_actions.add_parser(
@@ -241,6 +243,7 @@ def cmd_faults_inject(args: argparse.Namespace) -> int:
     def run(client: OpsClient) -> int:
         answer = client.inject(
             tool=args.tool,
+            pool=args.pool,
             kind=args.kind,
             count=args.count,
             every=args.every,

@@ -182,6 +182,11 @@ def ops_routes(runtime: OpsRuntime, sessions: SessionCounts | None = None) -> li
         # Anyone may ask whether the daemon is ready; only an operator learns why not.
         if "verbose" in request.query_params and _is_operator(request):
             body["checks"] = [check.model_dump(mode="json", exclude={"data"}) for check in health.checks]
+            if status.cluster is not None:
+                body["pools"] = [
+                    {"name": pool.name, "live": pool.live, "nodes": sum(node.alive for node in pool.nodes)}
+                    for pool in status.cluster.pools
+                ]
         return JSONResponse(body, status_code=200 if health.ready else 503)
 
     async def healthz(request: Request) -> Response:

@@ -14,7 +14,17 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from supervisor.status import CheckResult, ConfigStatus, ReloadAttempt, ScanStoreStatus, Status, ToolStatus
+from supervisor.status import (
+    CheckResult,
+    ClusterStatus,
+    ConfigStatus,
+    NodeStatus,
+    PoolStatus,
+    ReloadAttempt,
+    ScanStoreStatus,
+    Status,
+    ToolStatus,
+)
 
 __all__ = [
     "describe_fault",
@@ -63,15 +73,14 @@ def render_status(status: Status, *, color: bool = False) -> str:
     if status.config is not None:
         lines += _config_lines(status.config, paint)
     lines.append("")
-    lines += _table(
-        ("TOOL", "STATE", "BREAKER", "IN-FLIGHT", "QUEUED", "P50", "P95", "OK", "FAILED", "RESTARTS", "LAST RESTART"),
-        [_tool_row(tool) for tool in status.tools.values()],
-        paint,
-    ) if status.tools else ["no tools enabled"]
+    lines += _tool_table(list(status.tools.values()), paint) if status.tools else ["no tools enabled"]
     disabled = [tool for tool in status.tools.values() if tool.state == "disabled"]
     if disabled:
         lines.append("")
         lines += [_disabled_line(tool) for tool in disabled]
+    if status.cluster is not None:
+        lines.append("")
+        lines += _cluster_lines(status.cluster, paint)
     lines.append("")
     lines += _table(("CHECK", "RESULT", "DETAIL"), [_check_row(check) for check in health.checks], paint)
     if status.faults:
@@ -149,9 +158,9 @@ def render_scan(scan: Mapping[str, Any], *, color: bool = False) -> str:
 
 
 def describe_fault(rule: Mapping[str, Any]) -> str:
-    """One line for one rule: `fault 3: nmap crash, next 2`."""
+    """One line for one rule: `fault 3: nmap crash, next 2` (`nmap@dmz` for a rule on one pool)."""
     detail = _fault_detail(rule)
-    text = f"fault {rule.get('id', '?')}: {rule.get('tool', '?')} {rule.get('kind', '?')}, {_trigger(rule)}"
+    text = f"fault {rule.get('id', '?')}: {_fault_tool(rule)} {rule.get('kind', '?')}, {_trigger(rule)}"
     return text + (f", {detail}" if detail != "-" else "")
 
 
@@ -172,6 +181,55 @@ def format_duration(seconds: float | None) -> str:
 
 
 # --- rows -----------------------------------------------------------------------------------
+
+
+_TOOL_COLUMNS = ("STATE", "BREAKER", "IN-FLIGHT", "QUEUED", "P50", "P95", "OK", "FAILED", "RESTARTS", "LAST RESTART")
+
+
+def _tool_table(tools: list[ToolStatus], paint: Any) -> list[str]:
+    """One row per slot; with scanner pools, the pool in a column of its own and the rows pool by pool."""
+    if all(tool.pool is None for tool in tools):
+        return _table(("TOOL", *_TOOL_COLUMNS), [_tool_row(tool) for tool in tools], paint)
+    by_pool = sorted(tools, key=lambda tool: tool.pool or "")  # stable: the tools' own order within a pool
+    rows = [[(tool.tool, "bold"), (tool.pool or "-", None), *_tool_row(tool)[1:]] for tool in by_pool]
+    return _table(("TOOL", "POOL", *_TOOL_COLUMNS), rows, paint)
+
+
+def _cluster_lines(cluster: ClusterStatus, paint: Any) -> list[str]:
+    """The scanner pools (live or not, their nodes), then each live node with its runners' tools and load."""
+    lines = [_safe(f"cluster: ray at {cluster.address}, nodes as seen {_stamp(cluster.checked_at)}")]
+    pools = [
+        [
+            (pool.name, "bold"),
+            ("yes", "green") if pool.live else ("NO", "red"),
+            (str(sum(node.alive for node in pool.nodes)), None),
+            (pool.resource, None),
+            (", ".join(pool.networks), None),
+        ]
+        for pool in cluster.pools
+    ]
+    lines += _table(("POOL", "LIVE", "NODES", "RESOURCE", "NETWORKS"), pools, paint)
+    nodes = [_node_row(pool, node) for pool in cluster.pools for node in pool.nodes if node.alive]
+    lines.append("")
+    if nodes:
+        lines += _table(("POOL", "NODE", "ADDRESS", "RUNNING", "LOAD", "TOOLS"), nodes, paint)
+    else:
+        lines.append(paint("no live node in any pool", "red"))
+    return lines
+
+
+def _node_row(pool: PoolStatus, node: NodeStatus) -> list[Cell]:
+    load = " ".join(f"{value:.2f}" for value in node.load) if node.load else "-"
+    tools = ", ".join(f"{tool} {' '.join((version or '?').split())}" for tool, version in sorted(node.tools.items()))
+    return [
+        (pool.name, None),
+        (node.node_id, None),
+        (node.address, None),
+        (str(node.running), None),
+        (load, None),
+        (tools or "-", None),  # free text last
+    ]
+
 
 
 def _tool_row(tool: ToolStatus) -> list[Cell]:
@@ -294,7 +352,7 @@ def _fault_table(rules: Sequence[Mapping[str, Any]], paint: Any) -> list[str]:
         rows.append(
             [
                 (str(rule.get("id", "?")), None),
-                (str(rule.get("tool", "?")), None),
+                (_fault_tool(rule), None),
                 (str(rule.get("kind", "?")), "yellow" if active else "dim"),
                 (_trigger(rule), None),
                 (_fault_detail(rule), None),
@@ -303,6 +361,12 @@ def _fault_table(rules: Sequence[Mapping[str, Any]], paint: Any) -> list[str]:
             ]
         )
     return _table(("FAULT", "TOOL", "KIND", "TRIGGER", "DETAIL", "FIRED/SEEN", "ACTIVE"), rows, paint)
+
+
+def _fault_tool(rule: Mapping[str, Any]) -> str:
+    """The tool a rule hits, on its pool when it names one: "nmap", "nmap@dmz"."""
+    tool = str(rule.get("tool", "?"))
+    return f"{tool}@{rule['pool']}" if rule.get("pool") else tool
 
 
 def _trigger(rule: Mapping[str, Any]) -> str:
