@@ -366,6 +366,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"faults[{index}].tool: unknown tool {fault.tool!r}")
             if fault.pool is not None and fault.pool not in pools:
                 raise ValueError(f"faults[{index}].pool: no pool is named {fault.pool!r}")
+            if fault.kind == "runner_lost" and not pools:
+                raise ValueError(f"faults[{index}].kind: runner_lost needs scanner pools ([[cluster.pools]])")
         return self
 
     @model_validator(mode="after")

@@ -107,6 +107,11 @@ def verdict(checks: list[CheckResult]) -> HealthStatus:
     return HealthStatus(live=True, ready=ready, status="degraded" if ready else "unhealthy", checks=checks)
 
 
+def _local_queries(settings: Settings, specs: Mapping[str, ToolSpec]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The binaries this machine runs: none with scanner pools, whose nodes' runners report their own."""
+    return {} if settings.cluster.pools else version_queries(settings, specs)
+
+
 class HealthChecker:
     def __init__(self, settings: Settings, specs: Mapping[str, ToolSpec]) -> None:
         self.thresholds = settings.health
@@ -114,7 +119,7 @@ class HealthChecker:
         for name, problems in self.problems.items():
             for problem in problems:
                 logger.warning("%s: %s", name, problem)
-        self.binaries = BinaryProbe(version_queries(settings, specs))
+        self.binaries = BinaryProbe(_local_queries(settings, specs))
         self._process = psutil.Process()
         psutil.cpu_percent(interval=None)  # primes the counter so the first reading means something
 
@@ -125,7 +130,7 @@ class HealthChecker:
         """After a reload: new thresholds, and the serving tools' binaries probed anew (on the supervisor's thread)."""
         self.thresholds = settings.health
         self.problems = installation_problems(settings, specs)
-        queries = version_queries(settings, specs)
+        queries = _local_queries(settings, specs)
         if queries != self.binaries.queries:
             old, self.binaries = self.binaries, BinaryProbe(queries)
             old.close()
