@@ -150,17 +150,21 @@ class ScannerNode:
                 self._cancelled.discard(job.key)
                 run.cancel()
             self._runs[job.key] = run
+        supervised = False  # whether a thread runs the run: a spawned process is ended only by its run
         try:
             run.spawn()
             if run.pid is not None:
                 self._watch(job.key, run)
                 yield Spawned(self.node)
             threading.Thread(target=lambda: lines.put(run.run()), name=f"run-{job.key}", daemon=True).start()
+            supervised = True
             yield from self._relay(lines)
         finally:
             with self._lock:
                 self._runs.pop(job.key, None)
             run.cancel()  # the front stopped listening: the process ends with the stream
+            if not supervised:
+                run.run()  # dropped right after its spawn: end its process group here
             self._watchdog.forget(job.key)
 
     def _relay(self, lines: queue.SimpleQueue[str | RunResult]) -> Iterator[Lines | Ended]:
@@ -228,10 +232,15 @@ def _pinned(resolved: Sequence[str]) -> Resolver:
 
 
 def _node_id() -> str:
-    """The Ray node this runner is on; the host name outside Ray."""
+    """The Ray node this runner is on; the host name outside Ray.
+
+    Ray's runtime context joins a cluster when asked outside one (whichever its files name), so it is
+    asked only where Ray is already running.
+    """
     try:
         import ray
-
-        return str(ray.get_runtime_context().get_node_id())
-    except Exception:  # noqa: BLE001 - outside a Ray worker there is no node id
+    except ImportError:
         return socket.gethostname()
+    if not ray.is_initialized():
+        return socket.gethostname()
+    return str(ray.get_runtime_context().get_node_id())
