@@ -17,6 +17,7 @@ import pytest
 from actors.policy import TargetPolicy
 from actors.prepare import PreparedCall, prepare_call, slot_name, split_slot_name
 from actors.results import InvalidCall
+from actors.runner import RunResult
 from actors.scanner_node import MAX_LINES_PER_BATCH, Ended, Lines, RemoteJob, ScannerNode, Spawned, recheck
 from actors.tools import TOOL_SPECS
 from supervisor.config import ConfigError, PoolSettings, Settings, settings_from
@@ -261,6 +262,12 @@ def run_job(node: ScannerNode, prepared: PreparedCall, key: str = "nmap-1") -> l
     return list(node.run(RemoteJob(key, prepared)))
 
 
+def end_of(events: list[Spawned | Lines | Ended]) -> RunResult:
+    """The result a run's stream ended with."""
+    assert isinstance(events[-1], Ended), events
+    return events[-1].result
+
+
 def lines_of(events: list[Any]) -> list[str]:
     return [line for event in events if isinstance(event, Lines) for line in event.lines]
 
@@ -299,7 +306,7 @@ def test_a_node_takes_a_reloads_settings_for_later_calls(node_and_settings):
     (refused,) = run_job(node, longer)
     assert isinstance(refused, Ended) and "above the maximum of 3600" in (refused.result.refused or "")
     node.configure(raised, settings.policy)
-    assert run_job(node, longer, key="nmap-2")[-1].result.returncode == 0
+    assert end_of(run_job(node, longer, key="nmap-2")).returncode == 0
     assert len(scan_calls(settings.tools.nmap.binary)) == 1
 
 
@@ -308,7 +315,12 @@ def test_cancel_ends_a_running_process_and_its_run(node_and_settings):
     nmap = install_fake(Path(settings.tools.nmap.binary).parent, "nmap", mode="hang")
     events: queue.SimpleQueue[Any] = queue.SimpleQueue()
     stream = node.run(RemoteJob("nmap-7", prepared_for(settings, {"target": "10.2.0.5"})))
-    reader = threading.Thread(target=lambda: [events.put(event) for event in stream], daemon=True)
+
+    def read() -> None:
+        for event in stream:
+            events.put(event)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     assert isinstance(events.get(timeout=HANG_GUARD_SEC), Spawned)
     (call,) = wait_until(lambda: scan_calls(nmap), timeout=HANG_GUARD_SEC, what="the fake to start")
@@ -330,7 +342,7 @@ def test_a_call_cancelled_before_it_reached_the_node_never_spawns(node_and_setti
     assert isinstance(events[-1], Ended) and events[-1].result.cancelled
     assert read_calls(settings.tools.nmap.binary) == []
     # The cancel was for that run only: the next run of the node goes ahead.
-    assert run_job(node, prepared_for(settings, {"target": "10.2.0.5"}), key="nmap-4")[-1].result.returncode == 0
+    assert end_of(run_job(node, prepared_for(settings, {"target": "10.2.0.5"}), key="nmap-4")).returncode == 0
 
 
 def test_a_front_that_stops_listening_ends_the_process(node_and_settings):
