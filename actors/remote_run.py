@@ -15,12 +15,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import ray
-from ray.exceptions import RayError, TaskCancelledError
-
 from actors.faults import Shaping
 from actors.launch import LineSink
 from actors.prepare import PreparedCall
+from actors.ray_import import ray
 from actors.runner import RunRequest, RunResult
 from actors.scanner_node import Ended, Lines, NodeReport, RemoteJob, ScannerNode, Spawned
 from actors.settings import MAX_CONCURRENCY, IPNetwork, PolicySettings, ToolSettings
@@ -80,7 +78,7 @@ class RemoteLaunch:
                 return True  # not answered yet (or not placed yet): nothing is known to be wrong
             try:
                 ray.get(self._probe)
-            except RayError:
+            except ray.exceptions.RayError:
                 return False
         self._probe = self._runner.ping.remote()
         return True
@@ -100,7 +98,7 @@ def reports_of(launches: Sequence[RemoteLaunch], *, timeout: float) -> list[Node
     for ref in ready:
         try:
             reports.append(ray.get(ref))
-        except RayError:
+        except ray.exceptions.RayError:
             continue  # a runner that died: its node's view comes from Ray's own list
     return reports
 
@@ -197,11 +195,11 @@ class RemoteRun:
                 return None
             event: Spawned | Lines | Ended = ray.get(next(self._stream))
             return event
-        except TaskCancelledError:
+        except ray.exceptions.TaskCancelledError:
             return Ended(self._ended(cancelled=True))
         except StopIteration:
             return Ended(self._ended(lost="the runner ended the run without its result", runner_died=True))
-        except RayError as error:
+        except ray.exceptions.RayError as error:
             if self._cancel_event.is_set() and not self._started:
                 return Ended(self._ended(cancelled=True))
             return Ended(self._ended(lost=_first_line(error), runner_died=True))

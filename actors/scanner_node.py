@@ -18,6 +18,7 @@ import ipaddress
 import os
 import queue
 import socket
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -150,17 +151,21 @@ class ScannerNode:
                 self._cancelled.discard(job.key)
                 run.cancel()
             self._runs[job.key] = run
+        supervised = False  # whether a thread runs the run: a spawned process is ended only by its run
         try:
             run.spawn()
             if run.pid is not None:
                 self._watch(job.key, run)
                 yield Spawned(self.node)
             threading.Thread(target=_supervise, args=(run, lines), name=f"run-{job.key}", daemon=True).start()
+            supervised = True
             yield from self._relay(lines)
         finally:
             with self._lock:
                 self._runs.pop(job.key, None)
             run.cancel()  # the front stopped listening: the process ends with the stream
+            if not supervised:
+                run.run()  # dropped right after its spawn: end its process group here
             self._watchdog.forget(job.key)
 
     def _relay(self, lines: queue.SimpleQueue[str | RunResult]) -> Iterator[Lines | Ended]:
@@ -233,10 +238,12 @@ def _pinned(resolved: Sequence[str]) -> Resolver:
 
 
 def _node_id() -> str:
-    """The Ray node this runner is on; the host name outside Ray."""
-    try:
-        import ray
+    """The Ray node this runner is on; the host name outside Ray.
 
-        return str(ray.get_runtime_context().get_node_id())
-    except Exception:  # noqa: BLE001 - outside a Ray worker there is no node id
+    Ray's runtime context joins a cluster when asked outside one (whichever its files name), so it is
+    asked only where Ray is already running.
+    """
+    ray = sys.modules.get("ray")  # in a Ray worker, Ray is imported already; elsewhere it is not asked
+    if ray is None or not ray.is_initialized():
         return socket.gethostname()
+    return str(ray.get_runtime_context().get_node_id())

@@ -64,6 +64,7 @@ class Call:
             target=self.prepared.target,
             resolved_targets=list(self.prepared.resolved_targets),
             argv=list(self.prepared.argv),
+            pool=self.prepared.pool,
         )
 
 

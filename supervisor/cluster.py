@@ -12,7 +12,6 @@ without a live node refuses its calls at once.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.launch import LAUNCH_HERE, Launch
+from actors.ray_import import ray
 from actors.remote_run import RemoteLaunch, reports_of
 from actors.scanner_node import NodeReport
 from actors.settings import PolicySettings
@@ -99,11 +99,6 @@ class Cluster:
     @classmethod
     def connect(cls, settings: ClusterSettings) -> Cluster:
         """Join the cluster `[cluster] address` names (or start one in-process for "local"), then watch it."""
-        try:
-            import ray
-        except ImportError:
-            raise ConfigError('cluster.engine = "ray" needs Ray: pip install "labrecon[ray]"') from None
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = None if settings.address == "local" else settings.address
         local = {pool.resource: 1000.0 for pool in settings.pools} if address is None else None
         try:
@@ -152,8 +147,6 @@ class Cluster:
         The nodes are published first: a pool that lost its last node refuses calls without waiting for
         runners that may not answer.
         """
-        import ray
-
         nodes = ray.nodes()
         self._publish(nodes, self._reports)
         with self._runners_lock:
@@ -175,8 +168,6 @@ class Cluster:
 
     def close(self) -> None:
         """Stop watching and leave the cluster (the runners have been closed by their incarnations)."""
-        import ray
-
         self._closed.set()
         self._thread.join(10.0)
         ray.shutdown()

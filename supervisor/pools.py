@@ -65,22 +65,27 @@ def route(resolved: Sequence[str], pools: Sequence[PoolSettings]) -> PoolSetting
     if not pools:
         return None
     targets = [ipaddress.ip_network(text, strict=False) for text in resolved]
-    holders = {pool.name: pool for pool in pools for target in targets if _holds(pool, target)}
-    homeless = [target for target in targets if not any(_holds(pool, target) for pool in pools)]
-    if homeless:
-        raise InvalidCall(f"{homeless[0]} is in no scanner pool; pools: {describe(pools)}", field="target")
-    if len(holders) > 1:
+    # A network reaching into two pools spans them, even when it lies inside neither.
+    touched = {pool.name: pool for pool in pools for target in targets if _touches(pool, target)}
+    if len(touched) > 1:
         raise InvalidCall(
-            f"the target spans the pools {' and '.join(sorted(holders))}; scan each pool's part "
+            f"the target spans the pools {' and '.join(sorted(touched))}; scan each pool's part "
             f"in its own call (pools: {describe(pools)})",
             field="target",
         )
-    return next(iter(holders.values()))
+    homeless = [target for target in targets if not any(_holds(pool, target) for pool in pools)]
+    if homeless:
+        raise InvalidCall(f"{homeless[0]} is in no scanner pool; pools: {describe(pools)}", field="target")
+    return next(iter(touched.values()))
 
 
 def describe(pools: Sequence[PoolSettings]) -> str:
     """Each pool with its networks, for messages: "dmz (10.20.0.0/16), ot (10.30.0.0/16)"."""
     return ", ".join(f"{pool.name} ({', '.join(str(n) for n in pool.networks)})" for pool in pools)
+
+
+def _touches(pool: PoolSettings, target: IPNetwork) -> bool:
+    return any(target.version == network.version and target.overlaps(network) for network in pool.networks)
 
 
 def _holds(pool: PoolSettings, target: IPNetwork) -> bool:

@@ -766,8 +766,12 @@ def _join_cluster(settings: ClusterSettings) -> Cluster | None:
     """The Ray cluster `[cluster]` names, joined; None when processes run here."""
     if settings.engine != "ray":
         return None
-    from supervisor.cluster import Cluster  # imports Ray: only a daemon that uses it pays for it
-
+    try:
+        from supervisor.cluster import Cluster  # imports Ray: only a daemon that uses it pays for it
+    except ModuleNotFoundError as missing:
+        if missing.name != "ray":
+            raise
+        raise ConfigError('cluster.engine = "ray" needs Ray: pip install "labrecon[ray]"') from None
     return Cluster.connect(settings)
 
 

@@ -1,0 +1,380 @@
+"""Scanner pools without Ray: the `[cluster]` config, routing by resolved targets, a pool's settings,
+the scanner node's own check of every call, and a `ScannerNode` driven in-process on a fake scanner."""
+
+from __future__ import annotations
+
+import ipaddress
+import queue
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.policy import TargetPolicy
+from actors.prepare import PreparedCall, prepare_call, slot_name, split_slot_name
+from actors.results import InvalidCall
+from actors.runner import RunResult
+from actors.scanner_node import MAX_LINES_PER_BATCH, Ended, Lines, RemoteJob, ScannerNode, Spawned, recheck
+from actors.tools import TOOL_SPECS
+from supervisor.config import ConfigError, PoolSettings, Settings, settings_from
+from supervisor.pools import pool_label, pool_settings, route
+from tests.fakes.install import install_fake, read_calls
+from tests.helpers import process_alive, wait_until
+from tests.runtimes import fake_config, scan_calls
+
+POOL_A = {"name": "a", "networks": ["10.1.0.0/16", "10.3.0.0/25"], "resource": "labrecon_a"}
+POOL_B = {"name": "b", "networks": ["10.2.0.0/16", "10.3.0.128/25"], "resource": "labrecon_b"}
+B_NETWORKS = [ipaddress.ip_network(text) for text in POOL_B["networks"]]
+HANG_GUARD_SEC = 30.0
+
+
+def pools_settings(tmp_path: Path, *pools: dict[str, Any], **sections: Any) -> Settings:
+    """Settings on fakes in `tmp_path` with `pools` (a and b by default) on a Ray cluster."""
+    config = fake_config(tmp_path, **sections)
+    config["cluster"] = {"engine": "ray", "address": "127.0.0.1:1", "pools": list(pools or (POOL_A, POOL_B))}
+    return settings_from(config)
+
+
+def pools(*entries: dict[str, Any]) -> tuple[PoolSettings, ...]:
+    return tuple(PoolSettings.model_validate(entry) for entry in entries)
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def test_without_a_cluster_section_processes_run_here_and_no_pool_exists(tmp_path):
+    settings = settings_from(fake_config(tmp_path))
+    assert settings.cluster.engine == "local" and settings.cluster.pools == ()
+
+
+def test_pools_are_read_with_their_networks_resource_and_concurrency(tmp_path):
+    settings = pools_settings(tmp_path, POOL_A, {**POOL_B, "concurrency": {"nmap": 4, "masscan": 1}})
+    a, b = settings.cluster.pools
+    assert (a.name, a.resource, [str(n) for n in a.networks]) == ("a", "labrecon_a", POOL_A["networks"])
+    assert b.concurrency == {"nmap": 4, "masscan": 1} and a.concurrency == {}
+
+
+@pytest.mark.parametrize(
+    ("cluster", "named"),
+    [
+        ({"engine": "local", "pools": [POOL_A]}, 'engine = "ray"'),
+        ({"engine": "ray", "pools": [POOL_A, {**POOL_B, "name": "a"}]}, "'a' is used twice"),
+        ({"engine": "ray", "pools": [POOL_A, {**POOL_B, "networks": ["10.1.128.0/24"]}]}, "overlaps 10.1.0.0/16"),
+        ({"engine": "ray", "pools": [POOL_A, {**POOL_B, "networks": ["10.0.0.0/8"]}]}, "of pool 'a'"),
+        ({"engine": "ray", "pools": [{**POOL_A, "networks": []}]}, "networks"),
+        ({"engine": "ray", "pools": [{**POOL_A, "networks": ["10.1.0.1/16"]}]}, "networks"),
+        ({"engine": "ray", "pools": [{**POOL_A, "name": "Pool A"}]}, "name"),
+        ({"engine": "ray", "pools": [{**POOL_A, "resource": "labrecon a"}]}, "resource"),
+        ({"engine": "ray", "pools": [{**POOL_A, "concurrency": {"nmap": 0}}]}, "concurrency"),
+        ({"engine": "ray", "pools": [{**POOL_A, "concurrency": {"nikto": 2}}]}, "unknown tool 'nikto'"),
+        ({"engine": "ray", "pools": [{**POOL_A, "networks": ["192.0.2.0/24"]}]}, "not inside [policy] allowed"),
+        ({"engine": "ray", "pools": [{**POOL_A, "size": 3}]}, "size"),
+        ({"engine": "spark"}, "engine"),
+    ],
+)
+def test_a_cluster_section_that_cannot_work_is_refused_naming_the_key(tmp_path, cluster, named):
+    config = fake_config(tmp_path)
+    config["cluster"] = {"address": "127.0.0.1:1", **cluster}
+    with pytest.raises(ConfigError) as refused:
+        settings_from(config)
+    assert named in str(refused.value) and "cluster" in str(refused.value)
+
+
+def test_a_pool_network_must_stay_inside_the_policy(tmp_path):
+    with pytest.raises(ConfigError, match=r"cluster\.pools\[1\]\.networks: 10\.2\.0\.0/16 is not inside"):
+        pools_settings(tmp_path, policy={"allowed_networks": ["10.1.0.0/16", "10.3.0.0/24"]})
+
+
+def test_a_fault_names_a_pool_that_exists(tmp_path):
+    fault = {"tool": "nmap", "kind": "runner_lost", "pool": "c", "count": 1}
+    with pytest.raises(ConfigError, match="no pool is named 'c'"):
+        pools_settings(tmp_path, faults=[fault])
+    assert pools_settings(tmp_path, faults=[{**fault, "pool": "b"}]).faults[0].pool == "b"
+
+
+# --- routing ------------------------------------------------------------------------------------
+
+
+def test_without_pools_every_call_runs_here():
+    assert route(["10.1.0.5"], ()) is None
+
+
+@pytest.mark.parametrize(
+    ("resolved", "pool"),
+    [
+        (["10.1.0.5"], "a"),
+        (["10.2.255.254"], "b"),
+        (["10.1.4.0/24"], "a"),
+        (["10.3.0.0/25"], "a"),
+        (["10.3.0.128/26"], "b"),
+        (["10.2.0.5", "10.3.0.200"], "b"),  # a name resolving to several addresses, all in b's networks
+    ],
+)
+def test_a_call_goes_to_the_one_pool_holding_every_resolved_target(resolved, pool):
+    chosen = route(resolved, pools(POOL_A, POOL_B))
+    assert chosen is not None and chosen.name == pool
+
+
+@pytest.mark.parametrize(
+    "resolved", [["10.3.0.0/24"], ["10.0.0.0/14"], ["10.1.0.5", "10.2.0.5"], ["10.1.0.5", "10.3.0.129"]]
+)
+def test_a_call_spanning_pools_is_refused_naming_them(resolved):
+    with pytest.raises(InvalidCall) as refused:
+        route(resolved, pools(POOL_A, POOL_B))
+    message = str(refused.value)
+    assert "spans the pools a and b" in message
+    assert "a (10.1.0.0/16, 10.3.0.0/25), b (10.2.0.0/16, 10.3.0.128/25)" in message
+    assert refused.value.field == "target"
+
+
+@pytest.mark.parametrize(
+    ("resolved", "homeless"),
+    [(["10.9.0.5"], "10.9.0.5/32"), (["10.1.0.5", "10.9.0.0/24"], "10.9.0.0/24"), (["10.0.0.0/15"], "10.0.0.0/15")],
+)
+def test_a_call_with_a_target_in_no_pool_is_refused_naming_the_pools(resolved, homeless):
+    with pytest.raises(InvalidCall) as refused:
+        route(resolved, pools(POOL_A, POOL_B))
+    assert "is in no scanner pool; pools: a (10.1.0.0/16, 10.3.0.0/25), b (" in str(refused.value)
+    assert str(refused.value).startswith(homeless)
+
+
+def test_a_network_reaching_past_its_pool_is_in_no_pool():
+    with pytest.raises(InvalidCall, match=r"10\.3\.0\.0/24 is in no scanner pool"):
+        route(["10.3.0.0/24"], pools(POOL_A))
+
+
+def test_slot_names_say_the_tool_and_its_pool():
+    assert slot_name("nmap", "dmz") == "nmap@dmz" and slot_name("nmap", None) == "nmap"
+    assert split_slot_name("nmap@dmz") == ("nmap", "dmz") and split_slot_name("nmap") == ("nmap", None)
+    assert pool_label("nmap@dmz") == "dmz" and pool_label("nmap") == "local"
+
+
+def test_a_pools_concurrency_for_a_tool_replaces_the_tools_own(tmp_path):
+    settings = pools_settings(tmp_path, POOL_A, {**POOL_B, "concurrency": {"nmap": 5}})
+    a, b = settings.cluster.pools
+    nmap = settings.tools.nmap
+    assert pool_settings("nmap", nmap, b).concurrency == 5
+    assert pool_settings("nmap", nmap, b).model_copy(update={"concurrency": nmap.concurrency}) == nmap
+    assert pool_settings("nmap", nmap, a) is nmap and pool_settings("nmap", nmap, None) is nmap
+    assert pool_settings("masscan", settings.tools.masscan, b) is settings.tools.masscan
+
+
+# --- the scanner node's check -------------------------------------------------------------------
+
+
+def prepared_for(settings: Settings, arguments: dict[str, Any], pool: str = "b", tool: str = "nmap") -> PreparedCall:
+    """The call as an honest front prepares it, routed to `pool`."""
+    policy = TargetPolicy(settings.policy)
+    prepared = prepare_call(TOOL_SPECS[tool], arguments, settings=getattr(settings.tools, tool), policy=policy)
+    return replace(prepared, pool=pool)
+
+
+def node_check(settings: Settings, prepared: PreparedCall, networks=B_NETWORKS) -> PreparedCall:
+    return recheck(prepared, settings=settings.tools.nmap, policy=settings.policy, networks=networks)
+
+
+def test_the_node_accepts_the_call_the_front_prepared(tmp_path):
+    settings = pools_settings(tmp_path)
+    sent = prepared_for(settings, {"target": "10.2.0.5", "ports": "22,80", "timeout_sec": 30})
+    again = node_check(settings, sent)
+    assert (again.argv, again.resolved_targets, again.timeout_sec) == (sent.argv, sent.resolved_targets, 30.0)
+
+
+def test_the_node_pins_names_to_the_addresses_sent_and_asks_no_dns(tmp_path):
+    asked: list[str] = []
+
+    def resolver(name: str) -> list[Any]:
+        asked.append(name)
+        return [ipaddress.ip_address("10.2.0.9")]
+
+    settings = pools_settings(tmp_path, policy={"dns": True})
+    front = TargetPolicy(settings.policy, resolver=resolver)
+    sent = replace(prepare_call(TOOL_SPECS["nmap"], {"target": "db.lab.internal"}, settings=settings.tools.nmap,
+                                policy=front), pool="b")
+    assert asked == ["db.lab.internal"]
+    assert node_check(settings, sent).resolved_targets == ("10.2.0.9",)
+    assert asked == ["db.lab.internal"]  # the node asked nobody
+    # A name pinned to addresses outside the node's pool is refused all the same.
+    with pytest.raises(InvalidCall, match=r"10\.1\.0\.9/32 is not in this node's pool"):
+        node_check(settings, replace(sent, resolved_targets=("10.1.0.9",), argv=(*sent.argv[:-1], "10.1.0.9")))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "refusal"),
+    [
+        # A target the policy refuses, with the argv built for it.
+        (lambda s: retarget(s, "8.8.8.8"), "8.8.8.8 is not inside an allowed network"),
+        # A target in the policy but in the other pool.
+        (lambda s: retarget(s, "10.1.0.5"), "10.1.0.5/32 is not in this node's pool"),
+        # An option the grammar forbids, slipped into the argv.
+        (lambda s: replace(s, argv=(*s.argv[:-1], "-iL", "/etc/passwd", s.argv[-1])), "not the one the tool's grammar"),
+        # The forbidden option in the arguments themselves, with the argv to match.
+        (lambda s: replace(s, arguments={**s.arguments, "extra_args": "-iL /etc/passwd"}), "-iL"),
+        # Another binary than the configured one.
+        (lambda s: replace(s, argv=("/bin/sh", *s.argv[1:])), "not the one the tool's grammar"),
+        # An argv that differs from what the arguments build (other ports).
+        (lambda s: replace(s, arguments={**s.arguments, "ports": "1-65535"}), "not the one the tool's grammar"),
+        # Addresses that are not what the target resolves to.
+        (lambda s: replace(s, resolved_targets=("10.2.0.6",)), "the addresses sent are not"),
+        # A longer time limit than the call's.
+        (lambda s: replace(s, timeout_sec=3000.0), "the time limit sent is not the call's"),
+        # A time limit above the configured maximum, asked for in the arguments.
+        (lambda s: replace(s, arguments={**s.arguments, "timeout_sec": 99999}, timeout_sec=99999.0), "above the max"),
+        # A tool the node does not know.
+        (lambda s: replace(s, tool="nc"), "no tool named 'nc'"),
+    ],
+)
+def test_the_node_refuses_a_call_that_is_not_the_one_its_arguments_make(tmp_path, tamper, refusal):
+    settings = pools_settings(tmp_path)
+    sent = prepared_for(settings, {"target": "10.2.0.5", "ports": "22"})
+    with pytest.raises(InvalidCall) as refused:
+        node_check(settings, tamper(sent))
+    assert refusal in str(refused.value)
+
+
+def retarget(prepared: PreparedCall, target: str) -> PreparedCall:
+    """`prepared` aimed at `target` throughout, as a front that skipped its checks would build it."""
+    return replace(
+        prepared,
+        target=target,
+        resolved_targets=(target,),
+        argv=(*prepared.argv[:-1], target),
+        arguments={**prepared.arguments, "target": target},
+    )
+
+
+# --- a ScannerNode in-process -------------------------------------------------------------------
+
+
+@pytest.fixture
+def node_and_settings(tmp_path) -> Iterator[tuple[ScannerNode, Settings]]:
+    settings = pools_settings(tmp_path)
+    yield ScannerNode("b", B_NETWORKS, "nmap", settings.tools.nmap, settings.policy), settings
+    # Outside a Ray worker a node names itself by its host, and never starts or joins a cluster to ask Ray.
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def run_job(node: ScannerNode, prepared: PreparedCall, key: str = "nmap-1") -> list[Spawned | Lines | Ended]:
+    return list(node.run(RemoteJob(key, prepared)))
+
+
+def end_of(events: list[Spawned | Lines | Ended]) -> RunResult:
+    """The result a run's stream ended with."""
+    assert isinstance(events[-1], Ended), events
+    return events[-1].result
+
+
+def lines_of(events: list[Any]) -> list[str]:
+    return [line for event in events if isinstance(event, Lines) for line in event.lines]
+
+
+def test_a_node_runs_a_checked_call_and_streams_its_spawn_lines_and_end(node_and_settings):
+    node, settings = node_and_settings
+    events = run_job(node, prepared_for(settings, {"target": "10.2.0.5", "ports": "22"}))
+    assert isinstance(events[0], Spawned) and events[0].node == node.node
+    assert isinstance(events[-1], Ended) and all(isinstance(e, Lines) for e in events[1:-1])
+    result = events[-1].result
+    assert result.returncode == 0 and not result.cancelled and result.refused is None
+    assert (result.pool, result.node, result.pid) == ("b", node.node, None)  # a pid means nothing to the front
+    assert b"10.2.0.5" in result.stdout
+    assert lines_of(events) == [line for line in result.stdout.decode().splitlines() if line]
+    (call,) = scan_calls(settings.tools.nmap.binary)
+    assert call["argv"][-1] == "10.2.0.5" and call["exit_code"] == 0
+    assert node.describe().running == 0
+
+
+def test_a_node_that_refuses_spawns_nothing_and_says_why(node_and_settings):
+    node, settings = node_and_settings
+    sent = prepared_for(settings, {"target": "10.2.0.5"})
+    events = run_job(node, retarget(sent, "10.1.0.5"))
+    assert len(events) == 1 and isinstance(events[0], Ended)
+    result = events[0].result
+    assert result.refused is not None and "is not in this node's pool" in result.refused
+    assert (result.returncode, result.pool, result.node) == (None, "b", node.node)
+    assert read_calls(settings.tools.nmap.binary) == []
+
+
+def test_a_node_takes_a_reloads_settings_for_later_calls(node_and_settings):
+    node, settings = node_and_settings
+    longer = prepared_for(settings, {"target": "10.2.0.5", "timeout_sec": 30})
+    raised = settings.tools.nmap.model_copy(update={"max_timeout_sec": 7200.0})
+    longer = replace(longer, arguments={**longer.arguments, "timeout_sec": 5000}, timeout_sec=5000.0)
+    (refused,) = run_job(node, longer)
+    assert isinstance(refused, Ended) and "above the maximum of 3600" in (refused.result.refused or "")
+    node.configure(raised, settings.policy)
+    assert end_of(run_job(node, longer, key="nmap-2")).returncode == 0
+    assert len(scan_calls(settings.tools.nmap.binary)) == 1
+
+
+def test_cancel_ends_a_running_process_and_its_run(node_and_settings):
+    node, settings = node_and_settings
+    nmap = install_fake(Path(settings.tools.nmap.binary).parent, "nmap", mode="hang")
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    stream = node.run(RemoteJob("nmap-7", prepared_for(settings, {"target": "10.2.0.5"})))
+
+    def read() -> None:
+        for event in stream:
+            events.put(event)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert isinstance(events.get(timeout=HANG_GUARD_SEC), Spawned)
+    (call,) = wait_until(lambda: scan_calls(nmap), timeout=HANG_GUARD_SEC, what="the fake to start")
+    assert node.describe().running == 1
+    node.cancel("nmap-7")
+    reader.join(HANG_GUARD_SEC)
+    assert not reader.is_alive()
+    *_, ended = [events.get_nowait() for _ in range(events.qsize())]
+    assert isinstance(ended, Ended) and ended.result.cancelled
+    wait_until(lambda: not process_alive(call["pid"]), timeout=HANG_GUARD_SEC, what="the fake to be gone")
+    assert node.describe().running == 0
+
+
+def test_a_call_cancelled_before_it_reached_the_node_never_spawns(node_and_settings):
+    node, settings = node_and_settings
+    node.cancel("nmap-3")
+    events = run_job(node, prepared_for(settings, {"target": "10.2.0.5"}), key="nmap-3")
+    assert not any(isinstance(event, Spawned) for event in events)
+    assert isinstance(events[-1], Ended) and events[-1].result.cancelled
+    assert read_calls(settings.tools.nmap.binary) == []
+    # The cancel was for that run only: the next run of the node goes ahead.
+    assert end_of(run_job(node, prepared_for(settings, {"target": "10.2.0.5"}), key="nmap-4")).returncode == 0
+
+
+def test_a_front_that_stops_listening_ends_the_process(node_and_settings):
+    node, settings = node_and_settings
+    install_fake(Path(settings.tools.nmap.binary).parent, "nmap", mode="hang")
+    stream = node.run(RemoteJob("nmap-5", prepared_for(settings, {"target": "10.2.0.5"})))
+    assert isinstance(next(stream), Spawned)
+    (call,) = wait_until(lambda: scan_calls(settings.tools.nmap.binary), timeout=HANG_GUARD_SEC)
+    stream.close()  # as Ray does when the caller's stream is dropped
+    wait_until(lambda: not process_alive(call["pid"]), timeout=HANG_GUARD_SEC, what="the fake to be gone")
+    assert node.describe().running == 0
+
+
+def test_lines_printed_while_the_front_is_busy_come_back_together_in_bounded_batches(node_and_settings, tmp_path):
+    node, settings = node_and_settings
+    ports = list(range(1, 2 * MAX_LINES_PER_BATCH + 40))
+    release = tmp_path / "release"
+    install_fake(Path(settings.tools.nmap.binary).parent, "nmap", mode="block", release_file=str(release), ports=ports)
+    stream = node.run(RemoteJob("nmap-9", prepared_for(settings, {"target": "10.2.0.5", "ports": "1-1000"})))
+    assert isinstance(next(stream), Spawned)
+    first = next(stream)  # the opening lines; the front is now busy with them
+    assert isinstance(first, Lines)
+    release.touch()
+    # The run is over once its thread has handed on every line and the result, none of them read yet.
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "run-nmap-9"], timeout=HANG_GUARD_SEC)
+    rest = list(stream)
+    assert isinstance(rest[-1], Ended) and rest[-1].result.returncode == 0
+    batches = [event.lines for event in rest[:-1]]
+    printed = [line for line in rest[-1].result.stdout.decode().splitlines() if line]
+    assert list(first.lines) + [line for batch in batches for line in batch] == printed
+    waiting = len(printed) - len(first.lines)
+    assert waiting > 2 * MAX_LINES_PER_BATCH
+    assert [len(batch) for batch in batches] == [MAX_LINES_PER_BATCH] * (waiting // MAX_LINES_PER_BATCH) + (
+        [waiting % MAX_LINES_PER_BATCH] if waiting % MAX_LINES_PER_BATCH else []
+    )
