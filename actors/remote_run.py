@@ -10,9 +10,10 @@ node that went away or a runner no node could take within the placement time is 
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from actors.faults import Shaping
@@ -43,13 +44,17 @@ class RemoteLaunch:
         settings: ToolSettings,
         policy: PolicySettings,
         placement_timeout_sec: float,
+        live: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`live` says whether a node of the pool was alive at the last look: a call waits for none that is not."""
         self.pool: str | None = pool  # as `Launch` has it; never None here
         self._pool = pool
+        self._live = live
         self.tool = tool
         self.placement_timeout_sec = placement_timeout_sec
         self._policy = policy
         self._probe: ray.ObjectRef | None = None  # the last question to the runner whether it lives
+        self._report: ray.ObjectRef | None = None  # the last question for its report
         self._keys = itertools.count(1)
         # Ray's handle types do not follow the methods of the class it hosts.
         self._runner: Any = _ScannerNodeActor.options(
@@ -60,15 +65,21 @@ class RemoteLaunch:
         self, prepared: PreparedCall, request: RunRequest, on_line: LineSink | None, shaping: Shaping | None
     ) -> RemoteRun:
         job = RemoteJob(f"{prepared.tool}-{next(self._keys)}", prepared, shaping)
-        return RemoteRun(self._runner, job, request, on_line, pool=self._pool, placement_sec=self.placement_timeout_sec)
+        placement_sec = self.placement_timeout_sec if self._live() else 0.0
+        return RemoteRun(self._runner, job, request, on_line, pool=self._pool, placement_sec=placement_sec)
 
     def configure(self, settings: ToolSettings, policy: PolicySettings | None) -> None:
         self._policy = policy or self._policy
         self._runner.configure.remote(settings, self._policy)
 
     def describe(self) -> ray.ObjectRef:
-        """Ask the runner for its `NodeReport` (its node, tool version and load); `reports_of` collects them."""
-        return self._runner.describe.remote()
+        """Ask the runner for its `NodeReport` (its node, tool version and load); `reports_of` collects them.
+
+        A question not yet answered (a runner not placed yet) is asked again, not a second time.
+        """
+        if self._report is None or ray.wait([self._report], timeout=0)[0]:
+            self._report = self._runner.describe.remote()
+        return self._report
 
     def alive(self) -> bool:
         """False once a ping to the runner failed; each call looks at the last ping and sends the next."""
@@ -163,6 +174,9 @@ class RemoteRun:
             if self._cancel_event.is_set():
                 self._result = self._ended(cancelled=True)
                 return
+            if not self._placement_sec:
+                self._result = self._ended(lost=f"pool {self._pool} has no live node; retry later")
+                return
             self._stream = self._runner.run.options(num_returns="streaming").remote(self._job)
         first = self._next(self._placement_sec)
         if first is None:
@@ -199,22 +213,31 @@ class RemoteRun:
             return Ended(self._ended(cancelled=True))
         except StopIteration:
             return Ended(self._ended(lost="the runner ended the run without its result", runner_died=True))
-        except ray.exceptions.RayError as error:
+        except RUNNER_GONE as error:
             if self._cancel_event.is_set() and not self._started:
                 return Ended(self._ended(cancelled=True))
-            return Ended(self._ended(lost=_first_line(error), runner_died=True))
+            return Ended(self._ended(lost=_cause(error), runner_died=True))
+        except ray.exceptions.RayError as error:  # our code failed on the node: the runner lives on
+            return Ended(self._ended(spawn_error=f"the scanner node failed: {_cause(error)}"))
 
-    def _ended(self, *, cancelled: bool = False, lost: str | None = None, runner_died: bool = False) -> RunResult:
-        return RunResult.no_process(
-            time.monotonic() - self._began,
-            cancelled=cancelled, pool=self._pool, node=self._node, lost=lost, runner_died=runner_died,
-        )
+    def _ended(self, **why: Any) -> RunResult:
+        return RunResult.no_process(time.monotonic() - self._began, pool=self._pool, node=self._node, **why)
 
 
-def _first_line(error: Exception) -> str:
-    """What Ray says went wrong, in one line (its messages run to a page)."""
-    text = str(error).strip()
-    for line in text.splitlines():
-        if "died" in line.lower() or "node" in line.lower():
-            return f"{type(error).__name__}: {line.strip()}"[:300]
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+RUNNER_GONE = (
+    ray.exceptions.RayActorError,  # the runner died, or its node did
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.OwnerDiedError,
+)
+"""What Ray raises when the runner, its worker or its node is gone; any other Ray error is the node's code failing."""
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _cause(error: Exception) -> str:
+    """What went wrong, in a line a client can read: Ray's messages run to a page, with colours and reprs."""
+    lines = [_ANSI.sub("", line).strip() for line in str(error).splitlines()]
+    telling = [line for line in lines if "died" in line.lower() or "node" in line.lower()] or lines or [""]
+    return f"{type(error).__name__}: {telling[0]}"[:300]

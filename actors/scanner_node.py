@@ -20,6 +20,7 @@ import queue
 import socket
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -36,6 +37,8 @@ from actors.watchdog import Watchdog
 
 __all__ = ["Ended", "Lines", "NodeReport", "RemoteJob", "ScannerNode", "Spawned", "recheck"]
 
+# Cancels remembered for runs that have not arrived; older ones are for runs that never will.
+MAX_EARLY_CANCELS = 1024
 # Lines printed while the previous batch was on its way go back together: one message, not one each.
 MAX_LINES_PER_BATCH = 256
 
@@ -115,26 +118,28 @@ class ScannerNode:
         self.networks = tuple(networks)
         self.tool = tool
         self._lock = threading.Lock()
-        self._settings = settings
-        self._policy = policy
+        self._config = (_here(settings), policy)
+        self._previous: tuple[ToolSettings, PolicySettings] | None = None  # the config before the last reload
         self._runs: dict[str, ProcessRun] = {}
-        self._cancelled: set[str] = set()  # cancelled before their run arrived
+        self._cancelled: OrderedDict[str, None] = OrderedDict()  # cancelled before their run arrived
         self._watchdog = Watchdog()  # ends this runner's process groups if its worker dies
+        self._probe_lock = threading.Lock()
         self._versions: dict[str, str | None] = {}  # binary -> what it said its version is
         self.node = _node_id()
 
     def configure(self, settings: ToolSettings, policy: PolicySettings) -> None:
-        """The front's config after a reload: later calls are checked and bounded by it."""
+        """The front's config after a reload: later calls are checked and bounded by it.
+
+        The config before stays good for calls the front admitted under it and sends on after the reload.
+        """
         with self._lock:
-            self._settings, self._policy = settings, policy
+            self._previous, self._config = self._config, (_here(settings), policy)
 
     def run(self, job: RemoteJob) -> Iterator[Spawned | Lines | Ended]:
-        with self._lock:
-            settings, policy = self._settings, self._policy
         try:
-            prepared = recheck(job.prepared, settings=settings, policy=policy, networks=self.networks)
-        except InvalidCall as refused:
-            yield Ended(self._not_run(refused=str(refused)))
+            prepared, settings = self._checked(job.prepared)
+        except Exception as refused:  # noqa: BLE001 - whatever the check could not digest is refused, never run
+            yield Ended(self._not_run(refused=str(refused) or type(refused).__name__))
             return
         request = RunRequest(
             argv=prepared.argv,
@@ -147,8 +152,7 @@ class ScannerNode:
         lines: queue.SimpleQueue[str | RunResult] = queue.SimpleQueue()
         run = ProcessRun(request if job.shaping is None else job.shaping.apply(request), on_line=lines.put)
         with self._lock:
-            if job.key in self._cancelled:
-                self._cancelled.discard(job.key)
+            if self._cancelled.pop(job.key, False) is None:
                 run.cancel()
             self._runs[job.key] = run
         supervised = False  # whether a thread runs the run: a spawned process is ended only by its run
@@ -184,23 +188,40 @@ class ScannerNode:
                 yield Ended(replace(item, pid=None, pool=self.pool, node=self.node))
                 return
 
+    def _checked(self, prepared: PreparedCall) -> tuple[PreparedCall, ToolSettings]:
+        """The call prepared again under this node's config, or under the one before the last reload."""
+        if prepared.tool != self.tool:
+            raise InvalidCall(f"this runner runs {self.tool}, not {prepared.tool}", field="tool")
+        with self._lock:
+            configs = [self._config] if self._previous is None else [self._config, self._previous]
+        refusal: InvalidCall | None = None
+        for settings, policy in configs:
+            try:
+                return recheck(prepared, settings=settings, policy=policy, networks=self.networks), settings
+            except InvalidCall as refused:
+                refusal = refusal or refused  # the current config's reason is the one told
+        assert refusal is not None
+        raise refusal
+
     def cancel(self, key: str) -> None:
         """Stop run `key`; one that has not arrived yet will not spawn."""
         with self._lock:
             run = self._runs.get(key)
             if run is None:
-                self._cancelled.add(key)
+                self._cancelled[key] = None
+                if len(self._cancelled) > MAX_EARLY_CANCELS:  # cancels for runs that never came
+                    self._cancelled.popitem(last=False)
                 return
         run.cancel()
 
     def describe(self) -> NodeReport:
         with self._lock:
-            settings, running = self._settings, len(self._runs)
-        if settings.binary not in self._versions:  # asked once per binary: a report comes every second
-            self._versions[settings.binary] = probe_binary(settings.binary, TOOL_SPECS[self.tool].version_argv).get(
-                "version"
-            )
-        version = self._versions[settings.binary]
+            settings, running = self._config[0], len(self._runs)
+        with self._probe_lock:  # asked once per binary: a report comes every second
+            if settings.binary not in self._versions:
+                probe = probe_binary(settings.binary, TOOL_SPECS[self.tool].version_argv)
+                self._versions[settings.binary] = probe.get("version")
+            version = self._versions[settings.binary]
         return NodeReport(self.node, socket.gethostname(), self.tool, version, running, os.getloadavg())
 
     def ping(self) -> str:
@@ -223,6 +244,11 @@ def _supervise(run: ProcessRun, events: queue.SimpleQueue[str | RunResult]) -> N
     except Exception as exc:  # noqa: BLE001 - the front must get an end whatever happens here
         result = RunResult.no_process(spawn_error=f"the runner failed: {exc}")
     events.put(result)
+
+
+def _here(settings: ToolSettings) -> ToolSettings:
+    """The front's settings as this node reads them: what they find on disk (nmap's data) is found here."""
+    return type(settings).model_validate(settings.model_dump())
 
 
 def _pinned(resolved: Sequence[str]) -> Resolver:

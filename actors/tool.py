@@ -253,8 +253,8 @@ class ToolActor(pykka.ThreadingActor):
                 message = f"{self.name} crashed before the call started ({reason})"
                 call.reply.resolve(call.failure(ErrorType.ACTOR_RESTARTED, message))
         self._close(wait=False)
-        self.launch.close()
         self._tell_parent(ActorCrashed(self.name, self.incarnation, reason))
+        self._release_launch()
 
     def on_stop(self) -> None:
         """Stopped: end every process first, then answer what is left as cancelled.
@@ -264,7 +264,7 @@ class ToolActor(pykka.ThreadingActor):
         running = self._take_running()
         queued = self._take_queued()
         self._close(wait=True)  # runner threads return once their process groups are gone
-        self.launch.close()
+        self._release_launch()
         if self.retired.is_set():
             return
         for entry in running:
@@ -273,6 +273,12 @@ class ToolActor(pykka.ThreadingActor):
         for call in queued:
             outcome = call.failure(ErrorType.CANCELLED, f"{self.name} stopped before the call started")
             self._answer(call, outcome, ran=False)
+
+    def _release_launch(self) -> None:
+        try:
+            self.launch.close()
+        except Exception:  # a runner that cannot be released is its cluster's to reap
+            logger.exception("%s could not release its runner", self.name)
 
     def _take_running(self) -> list[_Running]:
         taken = list(self.running.values())

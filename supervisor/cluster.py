@@ -30,6 +30,8 @@ __all__ = ["Cluster", "ClusterView", "NodeView", "PoolView"]
 
 logger = logging.getLogger(__name__)
 
+# A view not renewed for this many watch intervals (plus a few seconds) counts no node as live.
+_STALE_AFTER_INTERVALS = 3
 # How long a runner may take to report on itself before the watcher moves on.
 _REPORT_TIMEOUT_SEC = 2.0
 
@@ -124,6 +126,7 @@ class Cluster:
         launch = RemoteLaunch(
             pool=pool.name, networks=pool.networks, resource=pool.resource, tool=slot.spec.name,
             settings=slot.settings, policy=policy, placement_timeout_sec=self.settings.placement_timeout_sec,
+            live=lambda: self.live(pool.name),
         )
         with self._runners_lock:
             self._runners[slot.name] = launch
@@ -136,8 +139,13 @@ class Cluster:
         return self._view
 
     def live(self, pool: str) -> bool:
-        """Whether a node of `pool` was alive at the last look."""
+        """Whether a node of `pool` was alive at the last look, and that look is recent.
+
+        A view the watcher could not renew (the head is unreachable) says nothing about the nodes now.
+        """
         view = self._view.pools.get(pool)
+        if time.time() - self._view.checked_at > _STALE_AFTER_INTERVALS * self.settings.watch_interval_sec + 5.0:
+            return False
         return view is not None and view.live
 
     def refresh(self) -> ClusterView:

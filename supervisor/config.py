@@ -139,7 +139,7 @@ class ClusterSettings(Strict):
     """`[cluster]`: where processes run. "local" (the default) runs them here; "ray" runs them on pools."""
 
     engine: Literal["local", "ray"] = "local"
-    # What ray.init() is given: "auto", "HOST:PORT", "ray://HOST:10001", or "local" for an in-process cluster.
+    # What ray.init() is given: "auto", the head's "HOST:PORT", or "local" for an in-process cluster.
     address: str = "auto"
     namespace: str = Field(default="labrecon", min_length=1)
     # How long a call waits for a node of its pool to take it (a runner being placed after a restart).
@@ -147,6 +147,13 @@ class ClusterSettings(Strict):
     # How often the nodes of each pool are looked at; a pool without a live node refuses calls.
     watch_interval_sec: float = Field(default=1.0, gt=0, le=60)
     pools: tuple[PoolSettings, ...] = ()
+
+    @field_validator("address")
+    @classmethod
+    def _not_ray_client(cls, value: str) -> str:
+        if value.startswith("ray://"):
+            raise ValueError("Ray Client (ray://) cannot stream a run's progress: give the head's HOST:PORT")
+        return value
 
     @model_validator(mode="after")
     def _pools_apart(self) -> ClusterSettings:

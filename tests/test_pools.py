@@ -18,7 +18,16 @@ from actors.policy import TargetPolicy
 from actors.prepare import PreparedCall, prepare_call, slot_name, split_slot_name
 from actors.results import InvalidCall
 from actors.runner import RunResult
-from actors.scanner_node import MAX_LINES_PER_BATCH, Ended, Lines, RemoteJob, ScannerNode, Spawned, recheck
+from actors.scanner_node import (
+    MAX_EARLY_CANCELS,
+    MAX_LINES_PER_BATCH,
+    Ended,
+    Lines,
+    RemoteJob,
+    ScannerNode,
+    Spawned,
+    recheck,
+)
 from actors.tools import TOOL_SPECS
 from supervisor.config import ConfigError, PoolSettings, Settings, settings_from
 from supervisor.pools import pool_label, pool_settings, route
@@ -74,6 +83,7 @@ def test_pools_are_read_with_their_networks_resource_and_concurrency(tmp_path):
         ({"engine": "ray", "pools": [{**POOL_A, "networks": ["192.0.2.0/24"]}]}, "not inside [policy] allowed"),
         ({"engine": "ray", "pools": [{**POOL_A, "size": 3}]}, "size"),
         ({"engine": "spark"}, "engine"),
+        ({"engine": "ray", "address": "ray://127.0.0.1:10001", "pools": [POOL_A]}, "ray://"),
     ],
 )
 def test_a_cluster_section_that_cannot_work_is_refused_naming_the_key(tmp_path, cluster, named):
@@ -87,6 +97,25 @@ def test_a_cluster_section_that_cannot_work_is_refused_naming_the_key(tmp_path, 
 def test_a_pool_network_must_stay_inside_the_policy(tmp_path):
     with pytest.raises(ConfigError, match=r"cluster\.pools\[1\]\.networks: 10\.2\.0\.0/16 is not inside"):
         pools_settings(tmp_path, policy={"allowed_networks": ["10.1.0.0/16", "10.3.0.0/24"]})
+
+
+def test_a_runner_lost_fault_needs_pools(tmp_path):
+    config = fake_config(tmp_path)
+    config["faults"] = [{"tool": "nmap", "kind": "runner_lost", "count": 1}]
+    with pytest.raises(ConfigError, match="runner_lost needs scanner pools"):
+        settings_from(config)
+
+
+def test_a_call_for_a_pool_without_a_live_node_is_lost_at_once_and_sends_nothing(tmp_path):
+    from actors.remote_run import RemoteRun  # imports Ray, which joins no cluster by itself
+    from actors.runner import RunRequest
+
+    settings = pools_settings(tmp_path)
+    prepared = prepared_for(settings, {"target": "10.2.0.5"})
+    request = RunRequest(argv=prepared.argv, timeout_sec=prepared.timeout_sec)
+    result = RemoteRun(None, RemoteJob("nmap-1", prepared), request, None, pool="b", placement_sec=0.0).run()
+    assert result.lost == "pool b has no live node; retry later" and not result.runner_died
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
 def test_a_fault_names_a_pool_that_exists(tmp_path):
@@ -308,6 +337,52 @@ def test_a_node_takes_a_reloads_settings_for_later_calls(node_and_settings):
     node.configure(raised, settings.policy)
     assert end_of(run_job(node, longer, key="nmap-2")).returncode == 0
     assert len(scan_calls(settings.tools.nmap.binary)) == 1
+
+
+def test_a_call_admitted_before_a_reload_still_runs_after_it_but_not_after_two(node_and_settings):
+    """The front sends on calls it admitted under the config before a reload; the node checks them under that one."""
+    node, settings = node_and_settings
+    admitted = prepared_for(settings, {"target": "10.2.0.5"})  # its time limit is the default in force: 600 s
+    tools = settings.tools.nmap
+    node.configure(tools.model_copy(update={"timeout_sec": 900.0}), settings.policy)
+    assert end_of(run_job(node, admitted)).returncode == 0
+    node.configure(tools.model_copy(update={"timeout_sec": 1200.0}), settings.policy)
+    refused = end_of(run_job(node, admitted, key="nmap-2"))
+    assert refused.refused is not None and "time limit" in refused.refused
+    assert len(scan_calls(settings.tools.nmap.binary)) == 1
+
+
+def test_a_node_reads_nmaps_data_where_it_runs_not_where_the_front_found_it(node_and_settings, tmp_path):
+    node, settings = node_and_settings
+    front = settings.tools.nmap.model_copy()
+    object.__setattr__(front, "_data", replace(front.data, directory=str(tmp_path / "only-on-the-front")))
+    node.configure(front, settings.policy)
+    assert end_of(run_job(node, prepared_for(settings, {"target": "10.2.0.5"}))).returncode == 0
+    (call,) = scan_calls(settings.tools.nmap.binary)
+    assert call["env"]["NMAPDIR"] == settings.tools.nmap.data.directory != front.data.directory
+
+
+@pytest.mark.parametrize(
+    ("tamper", "refusal"),
+    [
+        (lambda p: replace(p, tool="gobuster"), "this runner runs nmap, not gobuster"),
+        (lambda p: replace(p, argv=None), ""),  # a call the check cannot digest is refused, not a lost runner
+        (lambda p: replace(p, arguments=None), ""),
+    ],
+)
+def test_a_call_the_node_cannot_check_is_refused_and_spawns_nothing(node_and_settings, tamper, refusal):
+    node, settings = node_and_settings
+    result = end_of(run_job(node, tamper(prepared_for(settings, {"target": "10.2.0.5"}))))
+    assert result.refused is not None and refusal in result.refused and not result.runner_died
+    assert read_calls(settings.tools.nmap.binary) == []
+
+
+def test_cancels_for_runs_that_never_come_are_not_kept_forever(node_and_settings):
+    node, settings = node_and_settings
+    for number in range(MAX_EARLY_CANCELS + 1):
+        node.cancel(f"nmap-never-{number}")
+    assert end_of(run_job(node, prepared_for(settings, {"target": "10.2.0.5"}), key="nmap-never-0")).returncode == 0
+    assert end_of(run_job(node, prepared_for(settings, {"target": "10.2.0.5"}), key="nmap-never-1")).cancelled
 
 
 def test_cancel_ends_a_running_process_and_its_run(node_and_settings):
