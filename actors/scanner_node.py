@@ -9,7 +9,8 @@ TERM then KILL), and a watchdog process ends them if this runner's worker dies.
 
 Ray hosts one `ScannerNode` per tool and pool incarnation (`actors.remote_run`); it imports no Ray
 itself but for naming its node. Each `run` streams `Spawned` (or nothing, when the node refuses),
-`Lines` as the tool prints, and one `Ended`; `cancel` may come at any time from another thread.
+`Lines` as the tool prints those that report progress, and one `Ended`; `cancel` may come at any
+time from another thread. A spawned process is supervised to its end even if the stream is dropped.
 """
 
 from __future__ import annotations
@@ -144,7 +145,13 @@ class ScannerNode:
             env=TOOL_SPECS[prepared.tool].run_environment(settings),
         )
         lines: queue.SimpleQueue[str | RunResult] = queue.SimpleQueue()
-        run = ProcessRun(request if job.shaping is None else job.shaping.apply(request), on_line=lines.put)
+        progress_of = TOOL_SPECS[prepared.tool].progress
+
+        def on_line(line: str) -> None:
+            if progress_of(line) is not None:  # the front reads a line only for the progress it reports
+                lines.put(line)
+
+        run = ProcessRun(request if job.shaping is None else job.shaping.apply(request), on_line=on_line)
         with self._lock:
             if job.key in self._cancelled:
                 self._cancelled.discard(job.key)
@@ -154,8 +161,10 @@ class ScannerNode:
             run.spawn()
             if run.pid is not None:
                 self._watch(job.key, run)
-                yield Spawned(self.node)
+            # Supervised from now on, whatever becomes of the stream; the spawn's report overlaps the run.
             threading.Thread(target=lambda: lines.put(run.run()), name=f"run-{job.key}", daemon=True).start()
+            if run.pid is not None:
+                yield Spawned(self.node)
             yield from self._relay(lines)
         finally:
             with self._lock:
@@ -228,10 +237,11 @@ def _pinned(resolved: Sequence[str]) -> Resolver:
 
 
 def _node_id() -> str:
-    """The Ray node this runner is on; the host name outside Ray."""
+    """The Ray node this runner is on; the host name outside Ray (asking Ray there would start it)."""
     try:
         import ray
-
-        return str(ray.get_runtime_context().get_node_id())
-    except Exception:  # noqa: BLE001 - outside a Ray worker there is no node id
+    except ImportError:
         return socket.gethostname()
+    if not ray.is_initialized():
+        return socket.gethostname()
+    return str(ray.get_runtime_context().get_node_id())
