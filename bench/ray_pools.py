@@ -11,8 +11,10 @@ the embedding API (`Runtime.acall`): one runs it here (`[cluster] engine = "loca
 the pool that holds the target's network (`engine = "ray"`). After a warm-up, blocks of calls
 alternate between the two (the first to go swaps every round) so machine noise hits both alike:
 sequential (one caller) and 8-way (8 callers, concurrency 8 on both). Figures: p50 and p99 of each,
-what Ray adds (ms) and the ratio; then the idle memory of labrecon's process (before Ray was
-imported, and once joined to the cluster) beside Ray's own processes (RSS and PSS, by kind).
+what Ray adds (ms) and the ratio, and the CPU per call of every process involved; then the idle
+memory of labrecon's process (before Ray was imported, and once joined to the cluster) beside Ray's
+own processes (RSS and PSS, by kind and by node). Ray's dashboard is off, but Ray still starts its
+minimal head and agents: they are counted.
 Everything it started is stopped, and no Ray process of this namespace may be left.
 """
 
@@ -42,7 +44,12 @@ from tests.cluster.local_cluster import LocalCluster, inside_loopback_namespace,
 
 HOW_TO_RUN = "unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/ray_pools.py'"
 CALL = {"target": "10.0.0.5", "ports": "22"}
-POOL = {"name": "lab", "networks": ["10.0.0.0/24"], "resource": "labrecon_lab", "concurrency": {"nmap": 8}}
+POOL: dict[str, Any] = {
+    "name": "lab",
+    "networks": ["10.0.0.0/24"],
+    "resource": "labrecon_lab",
+    "concurrency": {"nmap": 8},
+}
 WIDTH = 8  # callers in the concurrent series
 WARM_UP_CALLS = 100
 IDLE_SEC = 3.0  # how long both stay idle before their memory is read
@@ -67,11 +74,16 @@ def config(nmap: str, cluster: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class Series:
-    """One runtime's latencies in one series, and what went wrong."""
+    """One runtime's latencies in one series, the CPU its blocks took, and what went wrong."""
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.cpu = 0.0  # seconds, every process of the run (this one, Ray's, the fakes they ran)
         self.failures: list[str] = []
+
+    @property
+    def cpu_per_call(self) -> float:
+        return self.cpu / len(self.latencies)
 
     async def call(self, runtime: Runtime) -> None:
         started = time.perf_counter()
@@ -92,14 +104,30 @@ async def concurrent(runtime: Runtime, series: Series, calls: int) -> None:
     await asyncio.gather(*(sequential(runtime, series, count) for count in per_caller))
 
 
-async def alternate(runtimes: dict[str, Runtime], shape: Any, rounds: int, block: int) -> dict[str, Series]:
-    """`rounds` blocks of `block` calls on each runtime in turn, the first to go swapping every round."""
+async def alternate(
+    runtimes: dict[str, Runtime], shape: Any, rounds: int, block: int, processes: list[psutil.Process]
+) -> dict[str, Series]:
+    """`rounds` blocks of `block` calls on each runtime in turn, the first to go swapping every round.
+
+    Each block's CPU is what `processes` (this one and Ray's, with the children they reaped) spent in it.
+    """
     series = {name: Series() for name in runtimes}
     names = list(runtimes)
     for index in range(rounds):
         for name in names if index % 2 == 0 else names[::-1]:
+            before = cpu_seconds(processes)
             await shape(runtimes[name], series[name], block)
+            series[name].cpu += cpu_seconds(processes) - before
     return series
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 # --- memory ------------------------------------------------------------------------------------
@@ -111,16 +139,15 @@ def kind_of(cmdline: list[str]) -> str:
     for marker, kind in (
         ("gcs_server", "gcs_server"),
         ("raylet", "raylet"),
-        ("dashboard/agent.py", "dashboard agent"),
-        ("runtime_env/agent", "runtime env agent"),
         ("log_monitor.py", "log monitor"),
         ("autoscaler/_private/monitor.py", "autoscaler monitor"),
-        ("dashboard/dashboard.py", "dashboard"),
     ):
         if marker in text:
             return kind
-    if cmdline and cmdline[0].startswith("ray::"):
-        return f"worker {cmdline[0]}"
+    if "dashboard/dashboard.py" in text:  # without the dashboard, Ray still starts its head, "--minimal"
+        return "dashboard head" + (" (minimal)" if "--minimal" in text else "")
+    if cmdline and cmdline[0].startswith("ray::"):  # a worker (IDLE, or the actor it hosts) or an agent
+        return cmdline[0]
     if "default_worker.py" in text:
         return "worker (starting)"
     return "other: " + text[:60]
@@ -132,17 +159,26 @@ def memory_of(process: psutil.Process) -> tuple[int, int]:
     return int(full.rss), int(getattr(full, "pss", full.rss))
 
 
-def ray_memory() -> dict[str, tuple[int, int, int]]:
-    """Ray's processes in this namespace by kind: how many, their RSS and PSS together."""
-    kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+def ray_memory(cluster: LocalCluster) -> dict[str, dict[str, tuple[int, int, int]]]:
+    """Ray's processes in this namespace by kind, and by node: how many, their RSS and PSS together.
+
+    A process belongs to the node whose raylet it descends from; the rest (GCS, dashboard, monitors) to the head.
+    """
+    raylets = {node.all_processes["raylet"][0].process.pid: name for name, node in cluster.nodes.items()}
+    totals: dict[str, dict[str, list[int]]] = {
+        "kind": defaultdict(lambda: [0, 0, 0]),
+        "node": defaultdict(lambda: [0, 0, 0]),
+    }
     for process in ray_processes():
         with contextlib.suppress(psutil.Error):
             rss, pss = memory_of(process)
-            entry = kinds[kind_of(process.cmdline())]
-            entry[0] += 1
-            entry[1] += rss
-            entry[2] += pss
-    return {kind: (count, rss, pss) for kind, (count, rss, pss) in sorted(kinds.items())}
+            lineage = [process.pid, *(parent.pid for parent in process.parents())]
+            node = next((raylets[pid] for pid in lineage if pid in raylets), "head")
+            for entry in (totals["kind"][kind_of(process.cmdline())], totals["node"][node]):
+                entry[0] += 1
+                entry[1] += rss
+                entry[2] += pss
+    return {by: {key: (n, rss, pss) for key, (n, rss, pss) in sorted(found.items())} for by, found in totals.items()}
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -206,11 +242,12 @@ async def measure(args: argparse.Namespace, work: Path) -> list[str]:
         await warm_up(runtimes)
         await asyncio.sleep(IDLE_SEC)
         joined = memory_of(myself)
-        ray_idle = ray_memory()
+        ray_idle = ray_memory(cluster)
 
+        processes = [myself, *ray_processes()]
         figures = {
-            "sequential": await alternate(runtimes, sequential, args.rounds, args.block),
-            f"{WIDTH}-way": await alternate(runtimes, concurrent, args.rounds, args.block * WIDTH),
+            "sequential": await alternate(runtimes, sequential, args.rounds, args.block, processes),
+            f"{WIDTH}-way": await alternate(runtimes, concurrent, args.rounds, args.block * WIDTH, processes),
         }
     spent = time.perf_counter() - began
     return lines_of(args, figures, alone, joined, ray_idle, left, spent)
@@ -221,7 +258,7 @@ def lines_of(
     figures: dict[str, dict[str, Series]],
     alone: tuple[int, int],
     joined: tuple[int, int],
-    ray_idle: dict[str, tuple[int, int, int]],
+    ray_idle: dict[str, dict[str, tuple[int, int, int]]],
     left: list[str],
     spent: float,
 ) -> list[str]:
@@ -237,7 +274,7 @@ def lines_of(
         f"added by Ray at p50, sequential: {added:+.2f} ms (target <= {TARGET_ADDED_P50_MS:g} ms: {verdict})",
         "",
         f"{'series':<11} {'local p50':>9} {'p99':>7} {'ray p50':>8} {'p99':>7} {'added p50':>9} {'p99':>7}"
-        f" {'ratio p50':>9} {'p99':>6}",
+        f" {'ratio p50':>9} {'p99':>6}   CPU ms/call: {'local':>5} {'ray':>5}",
     ]
     for name, pair in figures.items():
         here, there = pair["local"].latencies, pair["ray"].latencies
@@ -247,17 +284,21 @@ def lines_of(
             f"{name:<11} {p50[0] * MS:>9.2f} {p99[0] * MS:>7.2f} {p50[1] * MS:>8.2f} {p99[1] * MS:>7.2f}"
             f" {(p50[1] - p50[0]) * MS:>+9.2f} {(p99[1] - p99[0]) * MS:>+7.2f}"
             f" {p50[1] / p50[0]:>8.2f}x {p99[1] / p99[0]:>5.2f}x"
+            f"   {'':>12} {pair['local'].cpu_per_call * MS:>5.2f} {pair['ray'].cpu_per_call * MS:>5.2f}"
         )
+    lines.append("(CPU: this process, Ray's processes and the fakes they ran, over each runtime's blocks)")
     lines += [
         "",
         f"idle memory after warm-up (MiB)   {'procs':>5} {'RSS':>7} {'PSS':>7}",
         f"{'labrecon, before Ray is imported':<33} {1:>5} {alone[0] / MIB:>7.1f} {alone[1] / MIB:>7.1f}",
         f"{'labrecon, joined to the cluster':<33} {1:>5} {joined[0] / MIB:>7.1f} {joined[1] / MIB:>7.1f}",
     ]
-    for kind, (count, rss, pss) in ray_idle.items():
-        lines.append(f"  ray {kind[:27]:<28} {count:>5} {rss / MIB:>7.1f} {pss / MIB:>7.1f}")
-    total = [sum(entry[i] for entry in ray_idle.values()) for i in range(3)]
-    lines.append(f"{'ray, all (head + pool node)':<33} {total[0]:>5} {total[1] / MIB:>7.1f} {total[2] / MIB:>7.1f}")
+    for kind, (count, rss, pss) in ray_idle["kind"].items():
+        lines.append(f"  {kind[:31]:<32} {count:>5} {rss / MIB:>7.1f} {pss / MIB:>7.1f}")
+    for node, (count, rss, pss) in ray_idle["node"].items():
+        lines.append(f"{'ray, ' + node + ' node':<33} {count:>5} {rss / MIB:>7.1f} {pss / MIB:>7.1f}")
+    total = [sum(entry[i] for entry in ray_idle["node"].values()) for i in range(3)]
+    lines.append(f"{'ray, all':<33} {total[0]:>5} {total[1] / MIB:>7.1f} {total[2] / MIB:>7.1f}")
     failures = [message for pair in figures.values() for s in pair.values() for message in s.failures]
     lines.append("")
     lines.append(f"failed calls: {len(failures)}" + "".join(f"\n  {m}" for m in sorted(set(failures))[:5]))
