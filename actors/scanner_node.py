@@ -9,7 +9,8 @@ TERM then KILL), and a watchdog process ends them if this runner's worker dies.
 
 Ray hosts one `ScannerNode` per tool and pool incarnation (`actors.remote_run`); it imports no Ray
 itself but for naming its node. Each `run` streams `Spawned` (or nothing, when the node refuses),
-`Lines` as the tool prints, and one `Ended`; `cancel` may come at any time from another thread.
+`Lines` as the tool prints those that report progress, and one `Ended`; `cancel` may come at any
+time from another thread. A spawned process is supervised to its end even if the stream is dropped.
 """
 
 from __future__ import annotations
@@ -150,26 +151,30 @@ class ScannerNode:
             env=TOOL_SPECS[prepared.tool].run_environment(settings),
         )
         lines: queue.SimpleQueue[str | RunResult] = queue.SimpleQueue()
-        run = ProcessRun(request if job.shaping is None else job.shaping.apply(request), on_line=lines.put)
+        progress_of = TOOL_SPECS[prepared.tool].progress
+
+        def on_line(line: str) -> None:
+            if progress_of(line) is not None:  # the front reads a line only for the progress it reports
+                lines.put(line)
+
+        run = ProcessRun(request if job.shaping is None else job.shaping.apply(request), on_line=on_line)
         with self._lock:
             if self._cancelled.pop(job.key, False) is None:
                 run.cancel()
             self._runs[job.key] = run
-        supervised = False  # whether a thread runs the run: a spawned process is ended only by its run
         try:
             run.spawn()
             if run.pid is not None:
                 self._watch(job.key, run)
-                yield Spawned(self.node)
+            # Supervised from now on, whatever becomes of the stream; the spawn's report overlaps the run.
             threading.Thread(target=_supervise, args=(run, lines), name=f"run-{job.key}", daemon=True).start()
-            supervised = True
+            if run.pid is not None:
+                yield Spawned(self.node)
             yield from self._relay(lines)
         finally:
             with self._lock:
                 self._runs.pop(job.key, None)
             run.cancel()  # the front stopped listening: the process ends with the stream
-            if not supervised:
-                run.run()  # dropped right after its spawn: end its process group here
             self._watchdog.forget(job.key)
 
     def _relay(self, lines: queue.SimpleQueue[str | RunResult]) -> Iterator[Lines | Ended]:
