@@ -53,6 +53,7 @@ class RemoteLaunch:
         self.tool = tool
         self.placement_timeout_sec = placement_timeout_sec
         self._policy = policy
+        self._generation = 0  # configs sent after the first; each job names the one it needs
         self._probe: ray.ObjectRef | None = None  # the last question to the runner whether it lives
         self._report: ray.ObjectRef | None = None  # the last question for its report
         self._keys = itertools.count(1)
@@ -64,13 +65,14 @@ class RemoteLaunch:
     def __call__(
         self, prepared: PreparedCall, request: RunRequest, on_line: LineSink | None, shaping: Shaping | None
     ) -> RemoteRun:
-        job = RemoteJob(f"{prepared.tool}-{next(self._keys)}", prepared, shaping)
+        job = RemoteJob(f"{prepared.tool}-{next(self._keys)}", prepared, shaping, config=self._generation)
         placement_sec = self.placement_timeout_sec if self._live() else 0.0
         return RemoteRun(self._runner, job, request, on_line, pool=self._pool, placement_sec=placement_sec)
 
     def configure(self, settings: ToolSettings, policy: PolicySettings | None) -> None:
         self._policy = policy or self._policy
-        self._runner.configure.remote(settings, self._policy)
+        self._generation += 1
+        self._runner.configure.remote(settings, self._policy, self._generation)
 
     def describe(self) -> ray.ObjectRef:
         """Ask the runner for its `NodeReport` (its node, tool version and load); `reports_of` collects them.

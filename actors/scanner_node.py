@@ -38,6 +38,8 @@ from actors.watchdog import Watchdog
 
 __all__ = ["Ended", "Lines", "NodeReport", "RemoteJob", "ScannerNode", "Spawned", "recheck"]
 
+# How long a job waits for the config the front sent before it (Ray may deliver the two out of order).
+CONFIG_WAIT_SEC = 10.0
 # Cancels remembered for runs that have not arrived; older ones are for runs that never will.
 MAX_EARLY_CANCELS = 1024
 # Lines printed while the previous batch was on its way go back together: one message, not one each.
@@ -51,6 +53,8 @@ class RemoteJob:
     key: str
     prepared: PreparedCall
     shaping: Shaping | None = None
+    # How many configs the front had sent this runner when it sent the job: the job waits for that one.
+    config: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ class ScannerNode:
         self.networks = tuple(networks)
         self.tool = tool
         self._lock = threading.Lock()
+        self._configured = threading.Condition(self._lock)  # a new config arrived
+        self._generation = 0  # how many configs the front has sent after the first
         self._config = (_here(settings), policy)
         self._previous: tuple[ToolSettings, PolicySettings] | None = None  # the config before the last reload
         self._runs: dict[str, ProcessRun] = {}
@@ -128,17 +134,21 @@ class ScannerNode:
         self._versions: dict[str, str | None] = {}  # binary -> what it said its version is
         self.node = _node_id()
 
-    def configure(self, settings: ToolSettings, policy: PolicySettings) -> None:
+    def configure(self, settings: ToolSettings, policy: PolicySettings, generation: int) -> None:
         """The front's config after a reload: later calls are checked and bounded by it.
 
         The config before stays good for calls the front admitted under it and sends on after the reload.
         """
+        config = (_here(settings), policy)
         with self._lock:
-            self._previous, self._config = self._config, (_here(settings), policy)
+            if generation <= self._generation:
+                return  # an older config, overtaken on its way here
+            self._previous, self._config, self._generation = self._config, config, generation
+            self._configured.notify_all()
 
     def run(self, job: RemoteJob) -> Iterator[Spawned | Lines | Ended]:
         try:
-            prepared, settings = self._checked(job.prepared)
+            prepared, settings = self._checked(job)
         except Exception as refused:  # noqa: BLE001 - whatever the check could not digest is refused, never run
             yield Ended(self._not_run(refused=str(refused) or type(refused).__name__))
             return
@@ -193,11 +203,17 @@ class ScannerNode:
                 yield Ended(replace(item, pid=None, pool=self.pool, node=self.node))
                 return
 
-    def _checked(self, prepared: PreparedCall) -> tuple[PreparedCall, ToolSettings]:
-        """The call prepared again under this node's config, or under the one before the last reload."""
+    def _checked(self, job: RemoteJob) -> tuple[PreparedCall, ToolSettings]:
+        """The call prepared again under this node's config, or under the one before the last reload.
+
+        Ray may run a job before the config the front sent ahead of it: the job waits for that config.
+        """
+        prepared = job.prepared
         if prepared.tool != self.tool:
             raise InvalidCall(f"this runner runs {self.tool}, not {prepared.tool}", field="tool")
         with self._lock:
+            if not self._configured.wait_for(lambda: self._generation >= job.config, CONFIG_WAIT_SEC):
+                raise InvalidCall("the config the call was sent under has not reached this node")
             configs = [self._config] if self._previous is None else [self._config, self._previous]
         refusal: InvalidCall | None = None
         for settings, policy in configs:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
 import sys
 import tempfile
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.fast_fakes import install_fast_fakes
 from bench.report import percentile, report
 from supervisor import Runtime
-from tests.cluster.local_cluster import LocalCluster, inside_loopback_namespace, ray_processes
+from tests.cluster.local_cluster import LocalCluster, environment, inside_loopback_namespace, ray_processes
 
 HOW_TO_RUN = "unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/ray_pools.py'"
 CALL = {"target": "10.0.0.5", "ports": "22"}
@@ -189,16 +188,10 @@ def ray_environment(work: Path) -> Iterator[Path]:
     """Ray's files in a short temp dir of their own (its socket paths must stay short); no usage stats."""
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))
     (temp_dir / "ray").mkdir()
-    before = {name: os.environ.get(name) for name in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update(RAY_TMPDIR=str(temp_dir), RAY_USAGE_STATS_ENABLED="0")
     try:
-        yield temp_dir
+        with environment(RAY_TMPDIR=str(temp_dir), RAY_USAGE_STATS_ENABLED="0"):
+            yield temp_dir
     finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

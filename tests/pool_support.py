@@ -11,12 +11,14 @@ import contextlib
 import itertools
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors.launch import LAUNCH_HERE, Launch
+from actors.prepare import PreparedCall
 from actors.settings import PolicySettings
 from supervisor import runtime as runtime_module
 from supervisor.config import ClusterSettings
@@ -105,3 +107,14 @@ def pooled_runtimes(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
             return runtime, clusters[-1]
 
         yield start
+
+
+def retarget(prepared: PreparedCall, target: str) -> PreparedCall:
+    """`prepared` aimed at `target` throughout, as a front that skipped its checks would build it."""
+    return replace(
+        prepared,
+        target=target,
+        resolved_targets=(target,),
+        argv=(*prepared.argv[:-1], target),
+        arguments={**prepared.arguments, "target": target},
+    )

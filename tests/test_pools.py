@@ -34,6 +34,7 @@ from supervisor.config import ConfigError, PoolSettings, Settings, settings_from
 from supervisor.pools import pool_label, pool_settings, route
 from tests.fakes.install import install_fake, read_calls
 from tests.helpers import process_alive, wait_until
+from tests.pool_support import retarget
 from tests.runtimes import fake_config, scan_calls
 
 POOL_A = {"name": "a", "networks": ["10.1.0.0/16", "10.3.0.0/25"], "resource": "labrecon_a"}
@@ -266,17 +267,6 @@ def test_the_node_refuses_a_call_that_is_not_the_one_its_arguments_make(tmp_path
     assert refusal in str(refused.value)
 
 
-def retarget(prepared: PreparedCall, target: str) -> PreparedCall:
-    """`prepared` aimed at `target` throughout, as a front that skipped its checks would build it."""
-    return replace(
-        prepared,
-        target=target,
-        resolved_targets=(target,),
-        argv=(*prepared.argv[:-1], target),
-        arguments={**prepared.arguments, "target": target},
-    )
-
-
 # --- a ScannerNode in-process -------------------------------------------------------------------
 
 
@@ -337,7 +327,7 @@ def test_a_node_takes_a_reloads_settings_for_later_calls(node_and_settings):
     longer = replace(longer, arguments={**longer.arguments, "timeout_sec": 5000}, timeout_sec=5000.0)
     (refused,) = run_job(node, longer)
     assert isinstance(refused, Ended) and "above the maximum of 3600" in (refused.result.refused or "")
-    node.configure(raised, settings.policy)
+    node.configure(raised, settings.policy, 1)
     assert end_of(run_job(node, longer, key="nmap-2")).returncode == 0
     assert len(scan_calls(settings.tools.nmap.binary)) == 1
 
@@ -347,19 +337,33 @@ def test_a_call_admitted_before_a_reload_still_runs_after_it_but_not_after_two(n
     node, settings = node_and_settings
     admitted = prepared_for(settings, {"target": "10.2.0.5"})  # its time limit is the default in force: 600 s
     tools = settings.tools.nmap
-    node.configure(tools.model_copy(update={"timeout_sec": 900.0}), settings.policy)
+    node.configure(tools.model_copy(update={"timeout_sec": 900.0}), settings.policy, 1)
     assert end_of(run_job(node, admitted)).returncode == 0
-    node.configure(tools.model_copy(update={"timeout_sec": 1200.0}), settings.policy)
+    node.configure(tools.model_copy(update={"timeout_sec": 1200.0}), settings.policy, 2)
     refused = end_of(run_job(node, admitted, key="nmap-2"))
     assert refused.refused is not None and "time limit" in refused.refused
     assert len(scan_calls(settings.tools.nmap.binary)) == 1
+
+
+def test_a_job_sent_after_a_reload_waits_for_that_reloads_config_however_ray_orders_them(node_and_settings):
+    node, settings = node_and_settings
+    raised = settings.tools.nmap.model_copy(update={"max_timeout_sec": 7200.0})
+    longer = prepared_for(settings, {"target": "10.2.0.5", "timeout_sec": 30})
+    longer = replace(longer, arguments={**longer.arguments, "timeout_sec": 5000}, timeout_sec=5000.0)
+    events: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+    job = threading.Thread(target=lambda: events.put(list(node.run(RemoteJob("nmap-1", longer, config=1)))))
+    job.start()  # it arrives first, and waits for the config sent ahead of it
+    node.configure(raised, settings.policy, 1)
+    assert end_of(events.get(timeout=HANG_GUARD_SEC)).returncode == 0
+    node.configure(settings.tools.nmap, settings.policy, 1)  # a config overtaken on its way is ignored
+    assert end_of(run_job(node, replace(longer), key="nmap-2")).returncode == 0
 
 
 def test_a_node_reads_nmaps_data_where_it_runs_not_where_the_front_found_it(node_and_settings, tmp_path):
     node, settings = node_and_settings
     front = settings.tools.nmap.model_copy()
     object.__setattr__(front, "_data", replace(front.data, directory=str(tmp_path / "only-on-the-front")))
-    node.configure(front, settings.policy)
+    node.configure(front, settings.policy, 1)
     assert end_of(run_job(node, prepared_for(settings, {"target": "10.2.0.5"}))).returncode == 0
     (call,) = scan_calls(settings.tools.nmap.binary)
     assert call["env"]["NMAPDIR"] == settings.tools.nmap.data.directory != front.data.directory

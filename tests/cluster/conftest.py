@@ -8,7 +8,6 @@ adds it back before it ends. Ray never starts outside such a namespace.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +17,13 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.cluster.local_cluster import SKIP_REASON, LocalCluster, inside_loopback_namespace, ray_processes
+from tests.cluster.local_cluster import (
+    SKIP_REASON,
+    LocalCluster,
+    environment,
+    inside_loopback_namespace,
+    ray_processes,
+)
 from tests.helpers import wait_until
 
 POOLS = {"a": "labrecon_a", "b": "labrecon_b"}
@@ -52,7 +57,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClust
             cleanup.callback(shutil.rmtree, temp_dir, ignore_errors=True)
         # RAY_TMPDIR keeps Ray's "current cluster" file (in its "ray") there too, rather than in the shared /tmp/ray.
         (temp_dir / "ray").mkdir()
-        cleanup.enter_context(_environment(RAY_TMPDIR=str(temp_dir), RAY_USAGE_STATS_ENABLED="0"))
+        cleanup.enter_context(environment(RAY_TMPDIR=str(temp_dir), RAY_USAGE_STATS_ENABLED="0"))
         cleanup.callback(_assert_no_ray_process_left)  # also after a start that failed half-way
         cluster = LocalCluster.start(temp_dir, POOLS)
         cleanup.callback(cluster.shutdown)
@@ -80,20 +85,6 @@ def ray_driver(ray_cluster: LocalCluster) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _assert_no_ray_process_left() -> None:

@@ -7,11 +7,13 @@ cluster started is gone once `LocalCluster.shutdown` and `ray_processes` agree.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.util
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,21 @@ HEAD = "head"
 SIOCGIFFLAGS, IFF_UP = 0x8913, 0x1
 _RAY_SPEC = importlib.util.find_spec("ray")  # where Ray lives, without importing it
 RAY_PACKAGE = (_RAY_SPEC.submodule_search_locations or [""])[0] if _RAY_SPEC else None
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """`values` set in this process's environment for the block, and put back as they were after it."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def inside_loopback_namespace() -> bool:

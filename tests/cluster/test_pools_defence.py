@@ -21,6 +21,7 @@ from actors.tool import Call
 from actors.tools import TOOL_SPECS
 from supervisor import Runtime
 from tests.cluster.pools_support import HANG_GUARD_SEC, IN_A, IN_B, nmap_of, nodes_ran_on, pool_runtime
+from tests.pool_support import retarget
 from tests.runtimes import scan_calls
 
 
@@ -43,17 +44,6 @@ def submit_unchecked(runtime: Runtime, prepared: PreparedCall) -> CallOutcome:
     reply: ThreadReply[CallOutcome] = ThreadReply()
     runtime.supervisor.submit(Call(call_id=uuid.uuid4().hex, prepared=prepared, reply=reply))
     return reply.wait(HANG_GUARD_SEC)
-
-
-def retarget(prepared: PreparedCall, target: str) -> PreparedCall:
-    """`prepared` aimed at `target` everywhere it is named."""
-    return replace(
-        prepared,
-        target=target,
-        resolved_targets=(target,),
-        argv=(*prepared.argv[:-1], target),
-        arguments={**prepared.arguments, "target": target},
-    )
 
 
 def test_the_hook_reaches_the_node_a_call_made_by_hand_as_the_front_makes_it_runs_on_pool_b(ray_cluster, runtime):
