@@ -182,7 +182,8 @@ class RemoteRun:
             self._stream = self._runner.run.options(num_returns="streaming").remote(self._job)
         first = self._next(self._placement_sec)
         if first is None:
-            ray.cancel(self._stream)
+            ray.cancel(self._stream)  # a job not started yet never starts
+            self._runner.cancel.remote(self._job.key)  # one that started as time ran out is stopped on the node
             within = f"{self._placement_sec:g}s"
             self._result = self._ended(lost=f"no node of pool {self._pool} took the call within {within}; retry later")
         elif isinstance(first, Spawned):

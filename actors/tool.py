@@ -207,9 +207,7 @@ class ToolActor(pykka.ThreadingActor):
             case Submit(call):
                 self._admit(call)
             case Finished(call_id, outcome, verdict, runner_lost):
-                self._finish(call_id, outcome, verdict)
-                if runner_lost:
-                    self._runner_lost(outcome.error.message if outcome.error is not None else "the runner was lost")
+                self._finish(call_id, outcome, verdict, runner_lost=runner_lost)
             case Cancel(call_id):
                 self._cancel(call_id)
             case Ping(reply):
@@ -460,12 +458,16 @@ class ToolActor(pykka.ThreadingActor):
             if self.parent is None:
                 call.reply.resolve(finished.outcome)
 
-    def _finish(self, call_id: str, outcome: CallOutcome, verdict: Verdict) -> None:
+    def _finish(self, call_id: str, outcome: CallOutcome, verdict: Verdict, *, runner_lost: bool = False) -> None:
+        """Answer a finished run and start what waits; a run that lost its runner starts nothing on it."""
         running = self.running.pop(call_id, None)
+        if running is not None:
+            self._judge(call_id, verdict)
+            self._answer(running.call, outcome, ran=True)
+        if runner_lost:  # the queue goes to the next incarnation's runner, not to this dead one
+            self._runner_lost(outcome.error.message if outcome.error is not None else "the runner was lost")
         if running is None:
             return  # answered already (cancelled while queued, or abandoned)
-        self._judge(call_id, verdict)
-        self._answer(running.call, outcome, ran=True)
         self._start_queued()
         self._maybe_drained()
 

@@ -115,3 +115,25 @@ def test_a_crash_fault_on_pool_a_restarts_pool_as_slot_only(ray_cluster, tmp_pat
         assert (b.restarts, b.incarnation, b.state) == (0, 1, "running"), b
         assert call(runtime, IN_B).ok
         assert nodes_ran_on(ray_cluster, nmap_of(runtime)) == ["b", "a", "b"]
+
+
+def test_a_call_queued_behind_a_lost_runner_runs_on_another_node_of_the_pool(ray_cluster, tmp_path):
+    """The queue is not started on the dead runner: it goes to the next one, placed on the node still there."""
+    ray_cluster.add_node("b2", "labrecon_b")
+    try:
+        with pool_runtime(tmp_path, ray_cluster, nmap={"concurrency": 1, "scenario": {"mode": "hang"}}) as runtime:
+            nmap = nmap_of(runtime)
+            with ThreadPoolExecutor(2) as callers:
+                first = callers.submit(call, runtime, "10.2.0.1")
+                (hung,) = wait_until(lambda: running(scan_calls(nmap)), HANG_GUARD_SEC, what="the first scan running")
+                queued = callers.submit(call, runtime, "10.2.0.2")
+                wait_until(lambda: runtime.status().tools["nmap@b"].queued == 1, HANG_GUARD_SEC, what="one queued")
+                set_scenario(nmap)  # scans from now on answer at once
+                ray_cluster.remove_node(ray_cluster.name_of(hung["ray_node"]) or "")
+                lost, moved = first.result(HANG_GUARD_SEC), queued.result(HANG_GUARD_SEC)
+        assert lost.error is not None and lost.error.error_type == "node_lost", lost.error
+        assert moved.ok, moved.error
+        assert moved.node is not None and moved.node != hung["ray_node"]["node_id"]
+    finally:
+        if "b2" in ray_cluster.nodes:
+            ray_cluster.remove_node("b2")
