@@ -9,14 +9,16 @@ without further judgement.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.policy import TargetPolicy
 from actors.results import InvalidCall
-from actors.settings import ToolSettings
+from actors.settings import PolicySettings, ToolSettings
 from actors.tools.base import ToolArguments, ToolSpec
 
 POOL_SEPARATOR = "@"
@@ -43,11 +45,23 @@ class PreparedCall:
     # The validated arguments, as JSON: what a scanner node prepares the call from again before it runs it.
     arguments: Mapping[str, Any] = field(default_factory=dict, compare=False)
     pool: str | None = None  # the scanner pool whose nodes run it; None: this machine
+    config: str = ""  # on a pool: `config_digest` of the settings and policy it was prepared under
 
     @property
     def slot(self) -> str:
         """What serves the call: the tool here, or the tool on its pool."""
         return slot_name(self.tool, self.pool)
+
+
+def config_digest(settings: ToolSettings, policy: PolicySettings) -> str:
+    """Names a tool's config and the policy as a call's checks read them (a pool's share of concurrency aside)."""
+    checked = [settings.model_dump(mode="json", exclude={"concurrency"}), policy.model_dump(mode="json")]
+    return hashlib.sha256(json.dumps(checked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def on_pool(prepared: PreparedCall, pool: str, settings: ToolSettings, policy: PolicySettings) -> PreparedCall:
+    """`prepared` sent to `pool`, stamped with the config it was prepared under, which its node checks it by."""
+    return replace(prepared, pool=pool, config=config_digest(settings, policy))
 
 
 def resolve_timeout(requested: float | None, settings: ToolSettings) -> float:

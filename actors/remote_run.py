@@ -65,7 +65,7 @@ class RemoteLaunch:
     def __call__(
         self, prepared: PreparedCall, request: RunRequest, on_line: LineSink | None, shaping: Shaping | None
     ) -> RemoteRun:
-        job = RemoteJob(f"{prepared.tool}-{next(self._keys)}", prepared, shaping, config=self._generation)
+        job = RemoteJob(f"{prepared.tool}-{next(self._keys)}", prepared, shaping, generation=self._generation)
         placement_sec = self.placement_timeout_sec if self._live() else 0.0
         return RemoteRun(self._runner, job, request, on_line, pool=self._pool, placement_sec=placement_sec)
 

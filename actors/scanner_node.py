@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from actors.containment import process_start_ticks
 from actors.faults import Shaping
 from actors.policy import Resolver, TargetPolicy
-from actors.prepare import PreparedCall, prepare_call
+from actors.prepare import PreparedCall, config_digest, prepare_call
 from actors.probe import probe_binary
 from actors.results import InvalidCall
 from actors.runner import ProcessRun, RunRequest, RunResult
@@ -40,6 +40,8 @@ __all__ = ["Ended", "Lines", "NodeReport", "RemoteJob", "ScannerNode", "Spawned"
 
 # How long a job waits for the config the front sent before it (Ray may deliver the two out of order).
 CONFIG_WAIT_SEC = 10.0
+# Configs a runner keeps for calls admitted before the reloads that replaced them.
+KEEP_CONFIGS = 8
 # Cancels remembered for runs that have not arrived; older ones are for runs that never will.
 MAX_EARLY_CANCELS = 1024
 # Lines printed while the previous batch was on its way go back together: one message, not one each.
@@ -54,7 +56,7 @@ class RemoteJob:
     prepared: PreparedCall
     shaping: Shaping | None = None
     # How many configs the front had sent this runner when it sent the job: the job waits for that one.
-    config: int = 0
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,10 @@ def recheck(
     settings: ToolSettings,
     policy: PolicySettings,
     networks: Sequence[IPNetwork],
+    as_sent: bool = True,
 ) -> PreparedCall:
-    """The call prepared again from its arguments; raises `InvalidCall` unless it is the call that was sent.
+    """The call prepared again from its arguments; raises `InvalidCall` unless it is the call that was sent
+    (`as_sent`: prepared under this same config), or, without `as_sent`, unless this config allows it.
 
     Pure: the target's names resolve only to the addresses the front sent, never through DNS.
     """
@@ -100,17 +104,21 @@ def recheck(
         raise InvalidCall(f"this node runs no tool named {prepared.tool!r}", field="tool")
     pinned = _pinned(prepared.resolved_targets)
     again = prepare_call(spec, prepared.arguments, settings=settings, policy=TargetPolicy(policy, resolver=pinned))
-    if again.argv != tuple(prepared.argv):
-        raise InvalidCall("the command line sent is not the one the tool's grammar builds from the call's arguments")
     if again.resolved_targets != tuple(prepared.resolved_targets):
         raise InvalidCall("the addresses sent are not those the target resolves to", field="target")
-    if again.timeout_sec != prepared.timeout_sec:
+    if as_sent and again.argv != tuple(prepared.argv):
+        raise InvalidCall("the command line sent is not the one the tool's grammar builds from the call's arguments")
+    if as_sent and again.timeout_sec != prepared.timeout_sec:
         raise InvalidCall("the time limit sent is not the call's", field="timeout_sec")
     for text in again.resolved_targets:
         target = ipaddress.ip_network(text, strict=False)
         if not any(target.version == n.version and target.subnet_of(n) for n in networks):  # type: ignore[arg-type]
             raise InvalidCall(f"{target} is not in this node's pool", field="target")
     return again
+
+
+class ConfigNotHere(RuntimeError):
+    """A job came before the config it was sent under, and that config did not follow in time."""
 
 
 class ScannerNode:
@@ -125,8 +133,9 @@ class ScannerNode:
         self._lock = threading.Lock()
         self._configured = threading.Condition(self._lock)  # a new config arrived
         self._generation = 0  # how many configs the front has sent after the first
-        self._config = (_here(settings), policy)
-        self._previous: tuple[ToolSettings, PolicySettings] | None = None  # the config before the last reload
+        # Each config the front sent, by its `config_digest`, newest last; calls are checked by the one they name.
+        self._configs: OrderedDict[str, tuple[ToolSettings, PolicySettings]] = OrderedDict()
+        self._current = self._remember(settings, policy)  # the digest of the config in force
         self._runs: dict[str, ProcessRun] = {}
         self._cancelled: OrderedDict[str, None] = OrderedDict()  # cancelled before their run arrived
         self._watchdog = Watchdog()  # ends this runner's process groups if its worker dies
@@ -135,20 +144,31 @@ class ScannerNode:
         self.node = _node_id()
 
     def configure(self, settings: ToolSettings, policy: PolicySettings, generation: int) -> None:
-        """The front's config after a reload: later calls are checked and bounded by it.
+        """The front's config after a reload (its `generation`-th): calls prepared under it are checked by it.
 
-        The config before stays good for calls the front admitted under it and sends on after the reload.
+        The configs before stay known for calls the front admitted under them and sends on after the reload.
         """
-        config = (_here(settings), policy)
         with self._lock:
             if generation <= self._generation:
                 return  # an older config, overtaken on its way here
-            self._previous, self._config, self._generation = self._config, config, generation
+            self._current, self._generation = self._remember(settings, policy), generation
             self._configured.notify_all()
+
+    def _remember(self, settings: ToolSettings, policy: PolicySettings) -> str:
+        """Keep a config by its digest (the newest `KEEP_CONFIGS`); returns the digest."""
+        digest = config_digest(settings, policy)
+        self._configs[digest] = (_here(settings), policy)
+        self._configs.move_to_end(digest)
+        while len(self._configs) > KEEP_CONFIGS:
+            self._configs.popitem(last=False)
+        return digest
 
     def run(self, job: RemoteJob) -> Iterator[Spawned | Lines | Ended]:
         try:
             prepared, settings = self._checked(job)
+        except ConfigNotHere as late:
+            yield Ended(RunResult.no_process(pool=self.pool, node=self.node, lost=str(late)))
+            return
         except Exception as refused:  # noqa: BLE001 - whatever the check could not digest is refused, never run
             yield Ended(self._not_run(refused=str(refused) or type(refused).__name__))
             return
@@ -204,7 +224,9 @@ class ScannerNode:
                 return
 
     def _checked(self, job: RemoteJob) -> tuple[PreparedCall, ToolSettings]:
-        """The call prepared again under this node's config, or under the one before the last reload.
+        """The call prepared again under the config it names, which must give exactly what was sent; a call
+        named a config this runner never had (it started after that reload) is prepared under the one in
+        force, and what that builds is what runs.
 
         Ray may run a job before the config the front sent ahead of it: the job waits for that config.
         """
@@ -212,17 +234,12 @@ class ScannerNode:
         if prepared.tool != self.tool:
             raise InvalidCall(f"this runner runs {self.tool}, not {prepared.tool}", field="tool")
         with self._lock:
-            if not self._configured.wait_for(lambda: self._generation >= job.config, CONFIG_WAIT_SEC):
-                raise InvalidCall("the config the call was sent under has not reached this node")
-            configs = [self._config] if self._previous is None else [self._config, self._previous]
-        refusal: InvalidCall | None = None
-        for settings, policy in configs:
-            try:
-                return recheck(prepared, settings=settings, policy=policy, networks=self.networks), settings
-            except InvalidCall as refused:
-                refusal = refusal or refused  # the current config's reason is the one told
-        assert refusal is not None
-        raise refusal
+            if not self._configured.wait_for(lambda: self._generation >= job.generation, CONFIG_WAIT_SEC):
+                raise ConfigNotHere("the config the call was sent under has not reached the node; retry")
+            named = self._configs.get(prepared.config)
+            settings, policy = named or self._configs[self._current]
+        again = recheck(prepared, settings=settings, policy=policy, networks=self.networks, as_sent=named is not None)
+        return again, settings
 
     def cancel(self, key: str) -> None:
         """Stop run `key`; one that has not arrived yet will not spawn."""
@@ -237,7 +254,7 @@ class ScannerNode:
 
     def describe(self) -> NodeReport:
         with self._lock:
-            settings, running = self._config[0], len(self._runs)
+            settings, running = self._configs[self._current][0], len(self._runs)
         with self._probe_lock:  # asked once per binary: a report comes every second
             if settings.binary not in self._versions:
                 probe = probe_binary(settings.binary, TOOL_SPECS[self.tool].version_argv)

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ from actors.containment import (
 )
 from actors.lookups import Lookups
 from actors.policy import Resolver, TargetPolicy
-from actors.prepare import PreparedCall, prepare_call
+from actors.prepare import PreparedCall, on_pool, prepare_call
 from actors.reply import AsyncReply, Reply, ThreadReply
 from actors.results import CallOutcome, ErrorType, InvalidCall
 from actors.tool import Call
@@ -725,9 +725,10 @@ class Runtime:
         """The call checked and built under `settings`, and routed to the pool that holds its targets, if any."""
         if not isinstance(arguments, Mapping | ToolArguments):
             raise InvalidCall("arguments must be an object", field="arguments")
-        prepared = prepare_call(spec, arguments, settings=getattr(settings.tools, spec.name), policy=policy)
+        tool_settings = getattr(settings.tools, spec.name)
+        prepared = prepare_call(spec, arguments, settings=tool_settings, policy=policy)
         pool = route(prepared.resolved_targets, settings.cluster.pools)
-        return prepared if pool is None else replace(prepared, pool=pool.name)
+        return prepared if pool is None else on_pool(prepared, pool.name, tool_settings, settings.policy)
 
     def _pool_unavailable(self, prepared: PreparedCall) -> str | None:
         """Why the call's pool cannot take it now (no live node), or None."""

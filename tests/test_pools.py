@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from actors.policy import TargetPolicy
-from actors.prepare import PreparedCall, prepare_call, slot_name, split_slot_name
+from actors.prepare import PreparedCall, on_pool, prepare_call, slot_name, split_slot_name
 from actors.results import InvalidCall
 from actors.runner import RunResult
 from actors.scanner_node import (
@@ -200,8 +200,9 @@ def test_a_pools_concurrency_for_a_tool_replaces_the_tools_own(tmp_path):
 def prepared_for(settings: Settings, arguments: dict[str, Any], pool: str = "b", tool: str = "nmap") -> PreparedCall:
     """The call as an honest front prepares it, routed to `pool`."""
     policy = TargetPolicy(settings.policy)
-    prepared = prepare_call(TOOL_SPECS[tool], arguments, settings=getattr(settings.tools, tool), policy=policy)
-    return replace(prepared, pool=pool)
+    tool_settings = getattr(settings.tools, tool)
+    prepared = prepare_call(TOOL_SPECS[tool], arguments, settings=tool_settings, policy=policy)
+    return on_pool(prepared, pool, tool_settings, settings.policy)
 
 
 def node_check(settings: Settings, prepared: PreparedCall, networks=B_NETWORKS) -> PreparedCall:
@@ -322,41 +323,64 @@ def test_a_node_that_refuses_spawns_nothing_and_says_why(node_and_settings):
 
 def test_a_node_takes_a_reloads_settings_for_later_calls(node_and_settings):
     node, settings = node_and_settings
-    longer = prepared_for(settings, {"target": "10.2.0.5", "timeout_sec": 30})
     raised = settings.tools.nmap.model_copy(update={"max_timeout_sec": 7200.0})
-    longer = replace(longer, arguments={**longer.arguments, "timeout_sec": 5000}, timeout_sec=5000.0)
-    (refused,) = run_job(node, longer)
+    after_reload = settings.model_copy(update={"tools": settings.tools.model_copy(update={"nmap": raised})})
+    longer = prepared_for(after_reload, {"target": "10.2.0.5", "timeout_sec": 5000})  # as the front admits it now
+    (refused,) = run_job(node, longer)  # before the node has that config, its own refuses the call
     assert isinstance(refused, Ended) and "above the maximum of 3600" in (refused.result.refused or "")
     node.configure(raised, settings.policy, 1)
     assert end_of(run_job(node, longer, key="nmap-2")).returncode == 0
     assert len(scan_calls(settings.tools.nmap.binary)) == 1
 
 
-def test_a_call_admitted_before_a_reload_still_runs_after_it_but_not_after_two(node_and_settings):
-    """The front sends on calls it admitted under the config before a reload; the node checks them under that one."""
+def test_a_call_admitted_before_reloads_is_checked_by_the_config_it_was_prepared_under(node_and_settings):
+    """The front sends on calls it admitted before a reload; the node checks each by the config it names."""
     node, settings = node_and_settings
     admitted = prepared_for(settings, {"target": "10.2.0.5"})  # its time limit is the default in force: 600 s
     tools = settings.tools.nmap
     node.configure(tools.model_copy(update={"timeout_sec": 900.0}), settings.policy, 1)
-    assert end_of(run_job(node, admitted)).returncode == 0
     node.configure(tools.model_copy(update={"timeout_sec": 1200.0}), settings.policy, 2)
-    refused = end_of(run_job(node, admitted, key="nmap-2"))
-    assert refused.refused is not None and "time limit" in refused.refused
-    assert len(scan_calls(settings.tools.nmap.binary)) == 1
+    assert end_of(run_job(node, admitted)).returncode == 0
+    tampered = replace(admitted, argv=(*admitted.argv[:-1], "-sS", admitted.argv[-1]))
+    assert "command line" in (end_of(run_job(node, tampered, key="nmap-2")).refused or "")
+    (call,) = scan_calls(settings.tools.nmap.binary)
+    assert call["argv"] == list(admitted.argv[1:])
+
+
+def test_a_call_naming_a_config_the_runner_never_had_runs_as_its_own_config_builds_it(node_and_settings):
+    """A runner started after a reload never had the config a handed-over call was admitted under: its own
+    config decides, and what that builds runs, never the command line sent."""
+    node, settings = node_and_settings
+    sent = replace(prepared_for(settings, {"target": "10.2.0.5", "ports": "22"}), config="an-older-config")
+    tampered = replace(sent, argv=(*sent.argv[:-1], "--script", "broadcast-dhcp-discover", sent.argv[-1]))
+    assert end_of(run_job(node, tampered)).returncode == 0
+    (call,) = scan_calls(settings.tools.nmap.binary)
+    assert call["argv"] == list(sent.argv[1:]) and "--script" not in call["argv"]
+    outside = replace(retarget(sent, "10.1.0.5"), config="an-older-config")
+    assert "is not in this node's pool" in (end_of(run_job(node, outside, key="nmap-2")).refused or "")
 
 
 def test_a_job_sent_after_a_reload_waits_for_that_reloads_config_however_ray_orders_them(node_and_settings):
     node, settings = node_and_settings
     raised = settings.tools.nmap.model_copy(update={"max_timeout_sec": 7200.0})
-    longer = prepared_for(settings, {"target": "10.2.0.5", "timeout_sec": 30})
-    longer = replace(longer, arguments={**longer.arguments, "timeout_sec": 5000}, timeout_sec=5000.0)
+    after_reload = settings.model_copy(update={"tools": settings.tools.model_copy(update={"nmap": raised})})
+    longer = prepared_for(after_reload, {"target": "10.2.0.5", "timeout_sec": 5000})
     events: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
-    job = threading.Thread(target=lambda: events.put(list(node.run(RemoteJob("nmap-1", longer, config=1)))))
+    job = threading.Thread(target=lambda: events.put(list(node.run(RemoteJob("nmap-1", longer, generation=1)))))
     job.start()  # it arrives first, and waits for the config sent ahead of it
     node.configure(raised, settings.policy, 1)
     assert end_of(events.get(timeout=HANG_GUARD_SEC)).returncode == 0
     node.configure(settings.tools.nmap, settings.policy, 1)  # a config overtaken on its way is ignored
     assert end_of(run_job(node, replace(longer), key="nmap-2")).returncode == 0
+
+
+def test_a_job_whose_config_never_comes_is_lost_not_refused(node_and_settings, monkeypatch):
+    node, settings = node_and_settings
+    monkeypatch.setattr("actors.scanner_node.CONFIG_WAIT_SEC", 0.05)
+    job = RemoteJob("nmap-1", prepared_for(settings, {"target": "10.2.0.5"}), generation=3)
+    result = end_of(list(node.run(job)))
+    assert result.lost is not None and "has not reached the node" in result.lost and result.refused is None
+    assert read_calls(settings.tools.nmap.binary) == []
 
 
 def test_a_node_reads_nmaps_data_where_it_runs_not_where_the_front_found_it(node_and_settings, tmp_path):

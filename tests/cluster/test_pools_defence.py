@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from actors.prepare import PreparedCall, prepare_call
+from actors.prepare import PreparedCall, on_pool, prepare_call
 from actors.reply import ThreadReply
 from actors.results import CallOutcome
 from actors.tool import Call
@@ -33,10 +33,9 @@ def runtime(ray_cluster, tmp_path_factory) -> Iterator[Runtime]:
 
 def honest(runtime: Runtime, **arguments: Any) -> PreparedCall:
     """What the front prepares for nmap on `arguments`, routed to pool b."""
-    prepared = prepare_call(
-        TOOL_SPECS["nmap"], {"target": IN_B, **arguments}, settings=runtime.settings.tools.nmap, policy=runtime.policy
-    )
-    return replace(prepared, pool="b")
+    nmap = runtime.settings.tools.nmap
+    prepared = prepare_call(TOOL_SPECS["nmap"], {"target": IN_B, **arguments}, settings=nmap, policy=runtime.policy)
+    return on_pool(prepared, "b", nmap, runtime.settings.policy)
 
 
 def submit_unchecked(runtime: Runtime, prepared: PreparedCall) -> CallOutcome:
