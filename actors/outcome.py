@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from actors.prepare import PreparedCall
-from actors.results import CallOutcome, ErrorType
+from actors.results import NODE_LOST_RETRY_SEC, CallOutcome, ErrorType
 from actors.runner import RunResult
 from actors.tools.base import ToolSpec
 
@@ -47,7 +47,8 @@ def outcome_from_run(
         return CallOutcome.failure(tool, call_id, ErrorType.VALIDATION, message, **fields), Verdict.NEUTRAL
     if run.lost is not None:
         message = f"the scanner node was lost: {run.lost}" if run.runner_died else run.lost
-        outcome = CallOutcome.failure(tool, call_id, ErrorType.NODE_LOST, message, retry_after_sec=1.0, **fields)
+        retry = NODE_LOST_RETRY_SEC
+        outcome = CallOutcome.failure(tool, call_id, ErrorType.NODE_LOST, message, retry_after_sec=retry, **fields)
         return outcome, Verdict.NEUTRAL
     if run.spawn_error is not None:
         message = f"could not start {prepared.argv[0]}: {run.spawn_error}"

@@ -47,6 +47,10 @@ RECOVERY: dict[ErrorType, str] = {
     ErrorType.INTERNAL: "An internal error occurred; retry once, then report it with the correlation id.",
 }
 
+NODE_LOST_RETRY_SEC = 1.0
+"""The retry hint of `node_lost`: a lost runner is restarted at once, a pool's node may take longer."""
+
+
 class CallError(BaseModel):
     """Why a call did not produce a usable result."""
 

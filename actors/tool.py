@@ -29,7 +29,7 @@ from actors.launch import LAUNCH_HERE, Launch
 from actors.outcome import Verdict, outcome_from_run
 from actors.prepare import PreparedCall
 from actors.reply import Reply
-from actors.results import CallOutcome, ErrorType
+from actors.results import NODE_LOST_RETRY_SEC, CallOutcome, ErrorType
 from actors.runner import Run, RunRequest, RunResult
 from actors.settings import MAX_CONCURRENCY, PolicySettings, ToolSettings
 from actors.tools.base import ToolSpec
@@ -407,7 +407,8 @@ class ToolActor(pykka.ThreadingActor):
     def _runner_lost(self, message: str) -> None:
         """The pool's runner is gone, and every run it held with it: answer them, then die so it is restarted."""
         for entry in self._take_running():
-            self._answer(entry.call, entry.call.failure(ErrorType.NODE_LOST, message, retry_after_sec=1.0), ran=True)
+            lost = entry.call.failure(ErrorType.NODE_LOST, message, retry_after_sec=NODE_LOST_RETRY_SEC)
+            self._answer(entry.call, lost, ran=True)
         raise RunnerLost(message)
 
     def _progress_edge(self, call: Call, run: Run, percent: float, what: str) -> None:

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.launch import LAUNCH_HERE, Launch
@@ -136,16 +136,16 @@ class Cluster:
 
     @property
     def view(self) -> ClusterView:
-        return self._view
+        """The last look at the nodes; one the watcher could not renew (the head unreachable) shows no node,
+        since it says nothing about the nodes now (`checked_at` says when they were last seen)."""
+        view = self._view
+        if time.time() - view.checked_at <= _STALE_AFTER_INTERVALS * self.settings.watch_interval_sec + 5.0:
+            return view
+        return replace(view, pools={name: replace(pool, nodes=()) for name, pool in view.pools.items()})
 
     def live(self, pool: str) -> bool:
-        """Whether a node of `pool` was alive at the last look, and that look is recent.
-
-        A view the watcher could not renew (the head is unreachable) says nothing about the nodes now.
-        """
-        view = self._view.pools.get(pool)
-        if time.time() - self._view.checked_at > _STALE_AFTER_INTERVALS * self.settings.watch_interval_sec + 5.0:
-            return False
+        """Whether a node of `pool` was alive at the last look, and that look is recent."""
+        view = self.view.pools.get(pool)
         return view is not None and view.live
 
     def refresh(self) -> ClusterView:

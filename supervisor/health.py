@@ -147,6 +147,10 @@ class HealthChecker:
             detail = "; ".join([info.get("version") or (missing if probed else "probing"), *problems])
             data = {**info, "problems": list(problems)}
             checks.append(CheckResult(name=f"binary:{name}", ok=ok, critical=False, detail=detail, data=data))
+        for name, problems in self.problems.items():  # with pools no binary is probed here, but calls are checked here
+            if problems and name not in self.binaries.results:
+                detail = "; ".join(problems)
+                checks.append(CheckResult(name=f"install:{name}", ok=False, critical=False, detail=detail, data={}))
         for name, tool in tools.items():
             # A tool an operator or the config took out of service is not a fault.
             ok = tool.state in ("running", "disabled")

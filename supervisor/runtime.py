@@ -33,9 +33,9 @@ from actors.containment import (
 )
 from actors.lookups import Lookups
 from actors.policy import Resolver, TargetPolicy
-from actors.prepare import PreparedCall, on_pool, prepare_call
+from actors.prepare import PreparedCall, on_pool, prepare_call, slot_name
 from actors.reply import AsyncReply, Reply, ThreadReply
-from actors.results import CallOutcome, ErrorType, InvalidCall
+from actors.results import NODE_LOST_RETRY_SEC, CallOutcome, ErrorType, InvalidCall
 from actors.tool import Call
 from actors.tools import TOOL_SPECS
 from actors.tools.base import ToolArguments, ToolSpec
@@ -651,7 +651,7 @@ class Runtime:
             return self._refused(tool, call_id, caller, arguments, span, ErrorType.VALIDATION, str(exc))
         if unavailable is not None:
             return self._refused(
-                tool, call_id, caller, arguments, span, ErrorType.NODE_LOST, unavailable, counted_as=prepared.slot
+                tool, call_id, caller, arguments, span, ErrorType.NODE_LOST, unavailable, pool=prepared.pool
             )
         try:
             scan = self.scans.open(
@@ -693,12 +693,13 @@ class Runtime:
         error_type: ErrorType,
         message: str,
         *,
-        counted_as: str | None = None,
+        pool: str | None = None,
     ) -> tuple[str, str | None, CallOutcome]:
-        """A call answered before it reached any actor: counted (under the tool, or `counted_as`: the slot of
-        the pool it was routed to), audited, traced and stored as a finished scan."""
-        self.supervisor.record_refusal(counted_as or tool, error_type)
-        refused = CallOutcome.failure(tool, call_id, error_type, message)
+        """A call answered before it reached any actor: counted (under the tool, or its slot on `pool` once
+        one was chosen), audited, traced and stored as a finished scan."""
+        self.supervisor.record_refusal(slot_name(tool, pool), error_type)
+        retry = NODE_LOST_RETRY_SEC if error_type is ErrorType.NODE_LOST else None
+        refused = CallOutcome.failure(tool, call_id, error_type, message, retry_after_sec=retry, pool=pool)
         refused_scan: str | None = None
         try:
             if self.audit is not None:

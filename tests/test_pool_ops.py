@@ -361,3 +361,11 @@ def test_health_verdicts_stay_as_they_were_for_checks_alone():
     )
     failing = [CheckResult(name="pool:a", ok=False, critical=False), CheckResult(name="tools", ok=False)]
     assert (verdict(failing).ready, verdict(failing).status) == (False, "unhealthy")
+
+
+def test_with_pools_what_the_fronts_checks_need_but_miss_is_still_a_failing_check(pooled, tmp_path):
+    """No binary is probed on the front, but calls are checked there: a missing nmap data directory shows."""
+    runtime, _ = pooled(tools={"nmap": {"datadir": str(tmp_path / "no-nmap-data")}})
+    checks = {check.name: check for check in runtime.status().health.checks}
+    assert not any(name.startswith("binary:") for name in checks)
+    assert not checks["install:nmap"].ok and "no-nmap-data" in checks["install:nmap"].detail

@@ -56,6 +56,7 @@ def test_losing_pool_bs_node_mid_call_answers_every_call_and_a_new_node_serves_t
         refused = call(runtime, IN_B)
         assert refused.error is not None and refused.error.error_type == "node_lost"
         assert "pool b has no live node" in refused.error.message and "labrecon_b" in refused.error.message
+        assert (refused.error.retry_after_sec, refused.pool) == (1.0, "b")
         assert len(scan_calls(nmap)) == scans_before
 
         # The supervisor restarted b's runner (Ray never does), and says why.
