@@ -149,10 +149,10 @@ class ScannerNode:
         The configs before stay known for calls the front admitted under them and sends on after the reload.
         """
         with self._lock:
-            if generation <= self._generation:
-                return  # an older config, overtaken on its way here
-            self._current, self._generation = self._remember(settings, policy), generation
-            self._configured.notify_all()
+            digest = self._remember(settings, policy)  # kept even when overtaken: calls may still name it
+            if generation > self._generation:
+                self._current, self._generation = digest, generation
+                self._configured.notify_all()
 
     def _remember(self, settings: ToolSettings, policy: PolicySettings) -> str:
         """Keep a config by its digest (the newest `KEEP_CONFIGS`); returns the digest."""

@@ -77,6 +77,7 @@ class ClusterView:
     address: str
     pools: Mapping[str, PoolView]
     checked_at: float  # wall-clock time of the reading
+    seen_at: float = 0.0  # the same, on the monotonic clock: how old the reading is
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -139,7 +140,7 @@ class Cluster:
         """The last look at the nodes; one the watcher could not renew (the head unreachable) shows no node,
         since it says nothing about the nodes now (`checked_at` says when they were last seen)."""
         view = self._view
-        if time.time() - view.checked_at <= _STALE_AFTER_INTERVALS * self.settings.watch_interval_sec + 5.0:
+        if time.monotonic() - view.seen_at <= _STALE_AFTER_INTERVALS * self.settings.watch_interval_sec + 5.0:
             return view
         return replace(view, pools={name: replace(pool, nodes=()) for name, pool in view.pools.items()})
 
@@ -164,7 +165,7 @@ class Cluster:
 
     def _publish(self, nodes: list[dict[str, Any]], reports: list[NodeReport]) -> ClusterView:
         pools = {name: _pool_view(pool, nodes, reports) for name, pool in self.pools.items()}
-        self._view = ClusterView(self.settings.address, pools, time.time())
+        self._view = ClusterView(self.settings.address, pools, time.time(), time.monotonic())
         return self._view
 
     def _watch(self) -> None:

@@ -374,6 +374,21 @@ def test_a_job_sent_after_a_reload_waits_for_that_reloads_config_however_ray_ord
     assert end_of(run_job(node, replace(longer), key="nmap-2")).returncode == 0
 
 
+def test_a_config_overtaken_on_its_way_is_still_known_to_the_calls_that_name_it(node_and_settings):
+    node, settings = node_and_settings
+    first = settings.tools.nmap.model_copy(update={"timeout_sec": 900.0})
+    second = settings.tools.nmap.model_copy(update={"timeout_sec": 1200.0})
+    node.configure(second, settings.policy, 2)
+    node.configure(first, settings.policy, 1)  # Ray delivered the two out of order
+    under_first = settings.model_copy(update={"tools": settings.tools.model_copy(update={"nmap": first})})
+    sent = prepared_for(under_first, {"target": "10.2.0.5"})
+    tampered = replace(sent, argv=(*sent.argv[:-1], "-sS", sent.argv[-1]))
+    assert "command line" in (end_of(run_job(node, tampered)).refused or "")  # checked as sent, under `first`
+    assert end_of(run_job(node, sent, key="nmap-2")).returncode == 0
+    (call,) = scan_calls(settings.tools.nmap.binary)
+    assert call["argv"] == list(sent.argv[1:])
+
+
 def test_a_job_whose_config_never_comes_is_lost_not_refused(node_and_settings, monkeypatch):
     node, settings = node_and_settings
     monkeypatch.setattr("actors.scanner_node.CONFIG_WAIT_SEC", 0.05)
