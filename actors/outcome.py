@@ -32,7 +32,7 @@ def outcome_from_run(
     fields: dict[str, Any] = {
         "target": prepared.target,
         "resolved_targets": list(prepared.resolved_targets),
-        "argv": list(prepared.argv),
+        "argv": list(run.argv or prepared.argv),  # a node runs what it built, which a reload may have changed
         "returncode": run.returncode,
         "duration_sec": round(run.duration_sec, 6),
         "timed_out": run.timed_out,

@@ -111,6 +111,7 @@ class RunResult:
     refused: str | None = None
     lost: str | None = None
     runner_died: bool = False
+    argv: tuple[str, ...] | None = None  # the command line a node built and ran, when it is a node's run
 
     @classmethod
     def no_process(cls, duration_sec: float = 0.0, **why: Any) -> RunResult:

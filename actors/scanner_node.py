@@ -200,15 +200,15 @@ class ScannerNode:
             threading.Thread(target=_supervise, args=(run, lines), name=f"run-{job.key}", daemon=True).start()
             if run.pid is not None:
                 yield Spawned(self.node)
-            yield from self._relay(lines)
+            yield from self._relay(lines, prepared.argv)
         finally:
             with self._lock:
                 self._runs.pop(job.key, None)
             run.cancel()  # the front stopped listening: the process ends with the stream
             self._watchdog.forget(job.key)
 
-    def _relay(self, lines: queue.SimpleQueue[str | RunResult]) -> Iterator[Lines | Ended]:
-        """The run's lines in batches as they come, then its end."""
+    def _relay(self, lines: queue.SimpleQueue[str | RunResult], argv: tuple[str, ...]) -> Iterator[Lines | Ended]:
+        """The run's lines in batches as they come, then its end, saying the command line the node built."""
         while True:
             batch: list[str] = []
             item = lines.get()
@@ -220,7 +220,7 @@ class ScannerNode:
             if batch:
                 yield Lines(tuple(batch))
             if isinstance(item, RunResult):
-                yield Ended(replace(item, pid=None, pool=self.pool, node=self.node))
+                yield Ended(replace(item, pid=None, pool=self.pool, node=self.node, argv=argv))
                 return
 
     def _checked(self, job: RemoteJob) -> tuple[PreparedCall, ToolSettings]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from actors.outcome import outcome_from_run
 from actors.policy import TargetPolicy
 from actors.prepare import PreparedCall, on_pool, prepare_call, slot_name, split_slot_name
 from actors.results import InvalidCall
@@ -353,9 +354,12 @@ def test_a_call_naming_a_config_the_runner_never_had_runs_as_its_own_config_buil
     node, settings = node_and_settings
     sent = replace(prepared_for(settings, {"target": "10.2.0.5", "ports": "22"}), config="an-older-config")
     tampered = replace(sent, argv=(*sent.argv[:-1], "--script", "broadcast-dhcp-discover", sent.argv[-1]))
-    assert end_of(run_job(node, tampered)).returncode == 0
+    result = end_of(run_job(node, tampered))
+    assert result.returncode == 0 and result.argv == sent.argv
     (call,) = scan_calls(settings.tools.nmap.binary)
     assert call["argv"] == list(sent.argv[1:]) and "--script" not in call["argv"]
+    # The answer (and with it the scan store and the audit line) says what ran, not what was sent.
+    assert outcome_from_run(TOOL_SPECS["nmap"], "call-1", tampered, result)[0].argv == list(sent.argv)
     outside = replace(retarget(sent, "10.1.0.5"), config="an-older-config")
     assert "is not in this node's pool" in (end_of(run_job(node, outside, key="nmap-2")).refused or "")
 
