@@ -54,6 +54,7 @@ class RemoteLaunch:
         self.placement_timeout_sec = placement_timeout_sec
         self._policy = policy
         self._generation = 0  # configs sent after the first; each job names the one it needs
+        self._lost = False  # killed by an injected fault: its incarnation is about to be restarted
         self._probe: ray.ObjectRef | None = None  # the last question to the runner whether it lives
         self._report: ray.ObjectRef | None = None  # the last question for its report
         self._keys = itertools.count(1)
@@ -66,8 +67,12 @@ class RemoteLaunch:
         self, prepared: PreparedCall, request: RunRequest, on_line: LineSink | None, shaping: Shaping | None
     ) -> RemoteRun:
         job = RemoteJob(f"{prepared.tool}-{next(self._keys)}", prepared, shaping, generation=self._generation)
-        placement_sec = self.placement_timeout_sec if self._live() else 0.0
-        return RemoteRun(self._runner, job, request, on_line, pool=self._pool, placement_sec=placement_sec)
+        run = RemoteRun(self._runner, job, request, on_line, pool=self._pool, placement_sec=self.placement_timeout_sec)
+        if self._lost:
+            run.lost_before_sent("the runner was lost (an injected runner_lost fault)", runner_died=True)
+        elif not self._live():
+            run.lost_before_sent(f"pool {self._pool} has no live node; retry later")
+        return run
 
     def configure(self, settings: ToolSettings, policy: PolicySettings | None) -> None:
         self._policy = policy or self._policy
@@ -97,6 +102,7 @@ class RemoteLaunch:
         return True
 
     def lose(self) -> None:
+        self._lost = True  # nothing more is sent to it: the job in hand could reach it before it dies
         ray.kill(self._runner, no_restart=True)
 
     def close(self) -> None:
@@ -167,6 +173,13 @@ class RemoteRun:
     def wait_cancelled(self, timeout: float) -> bool:
         return self._cancel_event.wait(timeout)
 
+    def lost_before_sent(self, why: str, *, runner_died: bool = False) -> None:
+        """End the run before its job is sent (no node of the pool is live, or the runner is gone)."""
+        with self._lock:
+            if not self._spawned:
+                self._spawned = True
+                self._result = self._ended(lost=why, runner_died=runner_died)
+
     def spawn(self) -> None:
         """Send the job, and wait until the node started the process, refused it, or none took it."""
         with self._lock:
@@ -175,9 +188,6 @@ class RemoteRun:
             self._spawned = True
             if self._cancel_event.is_set():
                 self._result = self._ended(cancelled=True)
-                return
-            if not self._placement_sec:
-                self._result = self._ended(lost=f"pool {self._pool} has no live node; retry later")
                 return
             self._stream = self._runner.run.options(num_returns="streaming").remote(self._job)
         first = self._next(self._placement_sec)

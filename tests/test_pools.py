@@ -109,15 +109,20 @@ def test_a_runner_lost_fault_needs_pools(tmp_path):
         settings_from(config)
 
 
-def test_a_call_for_a_pool_without_a_live_node_is_lost_at_once_and_sends_nothing(tmp_path):
+@pytest.mark.parametrize("runner_died", [False, True])
+def test_a_run_lost_before_its_job_is_sent_sends_nothing_and_says_why(tmp_path, runner_died):
     from actors.remote_run import RemoteRun  # imports Ray, which joins no cluster by itself
     from actors.runner import RunRequest
 
     settings = pools_settings(tmp_path)
     prepared = prepared_for(settings, {"target": "10.2.0.5"})
     request = RunRequest(argv=prepared.argv, timeout_sec=prepared.timeout_sec)
-    result = RemoteRun(None, RemoteJob("nmap-1", prepared), request, None, pool="b", placement_sec=0.0).run()
-    assert result.lost == "pool b has no live node; retry later" and not result.runner_died
+    # No runner at all: anything sent to it would fail the run with an AttributeError instead.
+    run = RemoteRun(None, RemoteJob("nmap-1", prepared), request, None, pool="b", placement_sec=10.0)
+    run.lost_before_sent("pool b has no live node; retry later", runner_died=runner_died)
+    result = run.run()
+    assert result.lost == "pool b has no live node; retry later" and result.runner_died is runner_died
+    assert not run.started and result.pool == "b"
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
