@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from actors.results import InvalidCall
-from actors.settings import IPAddress, IPNetwork, PolicySettings
+from actors.settings import IPAddress, IPNetwork, PolicySettings, within
 
 Resolver = Callable[[str], Sequence[IPAddress]]
 
@@ -114,7 +114,7 @@ class TargetPolicy:
         return any(address.version == n.version and address in n for n in self._networks)
 
     def allows_network(self, network: IPNetwork) -> bool:
-        return any(network.version == n.version and network.subnet_of(n) for n in self._networks)  # type: ignore[arg-type]
+        return within(network, self._networks)
 
     # -- forms ---------------------------------------------------------------
 

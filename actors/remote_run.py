@@ -50,7 +50,6 @@ class RemoteLaunch:
         self.pool: str | None = pool  # as `Launch` has it; never None here
         self._pool = pool
         self._live = live
-        self.tool = tool
         self.placement_timeout_sec = placement_timeout_sec
         self._policy = policy
         self._generation = 0  # configs sent after the first; each job names the one it needs

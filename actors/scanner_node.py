@@ -32,7 +32,7 @@ from actors.prepare import PreparedCall, config_digest, prepare_call
 from actors.probe import probe_binary
 from actors.results import InvalidCall
 from actors.runner import ProcessRun, RunRequest, RunResult
-from actors.settings import IPAddress, IPNetwork, PolicySettings, ToolSettings
+from actors.settings import IPAddress, IPNetwork, PolicySettings, ToolSettings, within
 from actors.tools import TOOL_SPECS
 from actors.watchdog import Watchdog
 
@@ -112,7 +112,7 @@ def recheck(
         raise InvalidCall("the time limit sent is not the call's", field="timeout_sec")
     for text in again.resolved_targets:
         target = ipaddress.ip_network(text, strict=False)
-        if not any(target.version == n.version and target.subnet_of(n) for n in networks):  # type: ignore[arg-type]
+        if not within(target, networks):
             raise InvalidCall(f"{target} is not in this node's pool", field="target")
     return again
 
@@ -170,7 +170,8 @@ class ScannerNode:
             yield Ended(RunResult.no_process(pool=self.pool, node=self.node, lost=str(late)))
             return
         except Exception as refused:  # noqa: BLE001 - whatever the check could not digest is refused, never run
-            yield Ended(self._not_run(refused=str(refused) or type(refused).__name__))
+            why = str(refused) or type(refused).__name__
+            yield Ended(RunResult.no_process(pool=self.pool, node=self.node, refused=why))
             return
         request = RunRequest(
             argv=prepared.argv,
@@ -270,9 +271,6 @@ class ScannerNode:
         ticks = process_start_ticks(run.pid)
         if ticks is not None:
             self._watchdog.watch(key, run.pid, ticks, run.home)
-
-    def _not_run(self, *, refused: str) -> RunResult:
-        return RunResult.no_process(pool=self.pool, node=self.node, refused=refused)
 
 
 def _supervise(run: ProcessRun, events: queue.SimpleQueue[str | RunResult]) -> None:

@@ -10,6 +10,7 @@ Unknown keys are refused: a typo is an error that names the key.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -22,6 +23,11 @@ def _strict_networks(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return tuple(ipaddress.ip_network(v, strict=True) if isinstance(v, str) else v for v in value)
     return value
+
+
+def within(network: IPNetwork, networks: Iterable[IPNetwork]) -> bool:
+    """Whether `network` (an address is its /32 or /128) lies wholly inside one of `networks`."""
+    return any(network.version == n.version and network.subnet_of(n) for n in networks)  # type: ignore[arg-type]
 
 
 Networks = Annotated[tuple[IPNetwork, ...], BeforeValidator(_strict_networks)]

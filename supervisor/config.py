@@ -43,7 +43,7 @@ from pydantic_settings import (
 )
 
 from actors.api import local_user
-from actors.settings import MAX_CONCURRENCY, IPNetwork, Networks, PolicySettings, Strict, ToolSettings
+from actors.settings import MAX_CONCURRENCY, IPNetwork, Networks, PolicySettings, Strict, ToolSettings, within
 from actors.tools import TOOL_SPECS
 
 CONFIG_ENV = "LABRECON_CONFIG"
@@ -383,7 +383,7 @@ class Settings(BaseSettings):
         allowed = self.policy.allowed_networks
         for index, pool in enumerate(self.cluster.pools):
             for network in pool.networks:
-                if not any(network.version == n.version and network.subnet_of(n) for n in allowed):  # type: ignore[arg-type]
+                if not within(network, allowed):
                     raise ValueError(
                         f"cluster.pools[{index}].networks: {network} is not inside [policy] allowed_networks"
                     )

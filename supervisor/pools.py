@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 from actors.prepare import slot_name, split_slot_name
 from actors.results import InvalidCall
-from actors.settings import IPNetwork, ToolSettings
+from actors.settings import IPNetwork, ToolSettings, within
 from supervisor.config import PoolSettings
 
 __all__ = [
@@ -89,4 +89,4 @@ def _touches(pool: PoolSettings, target: IPNetwork) -> bool:
 
 
 def _holds(pool: PoolSettings, target: IPNetwork) -> bool:
-    return any(target.version == network.version and target.subnet_of(network) for network in pool.networks)  # type: ignore[arg-type]
+    return within(target, pool.networks)
