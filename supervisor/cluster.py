@@ -5,17 +5,16 @@ supervisor's `Placement`: each incarnation of a pool slot gets a runner of its o
 any node advertising the pool's resource and never restarts (our supervisor does, with its own
 intensity and backoff). One watcher thread owns what is known of the nodes: every
 `watch_interval_sec` it reads the cluster's nodes and the runners' reports and publishes a new
-`ClusterView` in one assignment. Callers read the current view and never wait on Ray; a pool
+`ClusterStatus` (with when it was taken) in one assignment. Callers read the current view and never wait on Ray; a pool
 without a live node refuses its calls at once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.launch import LAUNCH_HERE, Launch
@@ -25,8 +24,9 @@ from actors.scanner_node import NodeReport
 from actors.settings import PolicySettings
 from supervisor.config import ClusterSettings, ConfigError, PoolSettings
 from supervisor.slots import ToolSlot
+from supervisor.status import ClusterStatus, NodeStatus, PoolStatus
 
-__all__ = ["Cluster", "ClusterView", "NodeView", "PoolView"]
+__all__ = ["Cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,56 +34,6 @@ logger = logging.getLogger(__name__)
 _STALE_AFTER_INTERVALS = 3
 # How long a runner may take to report on itself before the watcher moves on.
 _REPORT_TIMEOUT_SEC = 2.0
-
-
-@dataclass(frozen=True)
-class NodeView:
-    """One node advertising a pool's resource, as last seen."""
-
-    node_id: str
-    address: str
-    alive: bool
-    tools: Mapping[str, str | None] = field(default_factory=dict)  # tool -> the version its runner found
-    running: int = 0  # processes its runners are running now
-    load: tuple[float, float, float] | None = None  # the node's load average
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "node_id": self.node_id, "address": self.address, "alive": self.alive, "tools": dict(self.tools),
-            "running": self.running, "load": list(self.load) if self.load is not None else None,
-        }
-
-
-@dataclass(frozen=True)
-class PoolView:
-    name: str
-    resource: str
-    networks: tuple[str, ...]
-    nodes: tuple[NodeView, ...] = ()
-
-    @property
-    def live(self) -> bool:
-        return any(node.alive for node in self.nodes)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "resource": self.resource, "networks": list(self.networks), "live": self.live,
-            "nodes": [node.as_dict() for node in self.nodes],
-        }
-
-
-@dataclass(frozen=True)
-class ClusterView:
-    address: str
-    pools: Mapping[str, PoolView]
-    checked_at: float  # wall-clock time of the reading
-    seen_at: float = 0.0  # the same, on the monotonic clock: how old the reading is
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "engine": "ray", "address": self.address, "checked_at": self.checked_at,
-            "pools": [pool.as_dict() for pool in self.pools.values()],
-        }
 
 
 class Cluster:
@@ -95,7 +45,8 @@ class Cluster:
         self._runners: dict[str, RemoteLaunch] = {}  # slot name -> the launch of its newest incarnation
         self._runners_lock = threading.Lock()
         self._closed = threading.Event()
-        self._view = ClusterView(settings.address, {name: _empty(pool) for name, pool in self.pools.items()}, 0.0)
+        # The last look at the nodes, and when it was taken on the monotonic clock; never looked at: no node.
+        self._seen = (self._status([], []), -math.inf)
         self._reports: list[NodeReport] = []  # the runners' last reports; the watcher's
         self._thread = threading.Thread(target=self._watch, name="labrecon-cluster", daemon=True)
 
@@ -136,20 +87,20 @@ class Cluster:
     # --- the view of the nodes ---------------------------------------------------------
 
     @property
-    def view(self) -> ClusterView:
+    def view(self) -> ClusterStatus:
         """The last look at the nodes; one the watcher could not renew (the head unreachable) shows no node,
         since it says nothing about the nodes now (`checked_at` says when they were last seen)."""
-        view = self._view
-        if time.monotonic() - view.seen_at <= _STALE_AFTER_INTERVALS * self.settings.watch_interval_sec + 5.0:
+        view, seen_at = self._seen
+        if time.monotonic() - seen_at <= _STALE_AFTER_INTERVALS * self.settings.watch_interval_sec + 5.0:
             return view
-        return replace(view, pools={name: replace(pool, nodes=()) for name, pool in view.pools.items()})
+        gone = [pool.model_copy(update={"nodes": [], "live": False}) for pool in view.pools]
+        return view.model_copy(update={"pools": gone})
 
     def live(self, pool: str) -> bool:
         """Whether a node of `pool` was alive at the last look, and that look is recent."""
-        view = self.view.pools.get(pool)
-        return view is not None and view.live
+        return any(seen.name == pool and seen.live for seen in self.view.pools)
 
-    def refresh(self) -> ClusterView:
+    def refresh(self) -> ClusterStatus:
         """Read the nodes, publish which are alive, then ask the runners for their reports and publish
         those too (the watcher's thread, or the caller of `connect` before the watcher starts).
 
@@ -163,10 +114,13 @@ class Cluster:
         self._reports = reports_of(runners, timeout=_REPORT_TIMEOUT_SEC)
         return self._publish(nodes, self._reports)
 
-    def _publish(self, nodes: list[dict[str, Any]], reports: list[NodeReport]) -> ClusterView:
-        pools = {name: _pool_view(pool, nodes, reports) for name, pool in self.pools.items()}
-        self._view = ClusterView(self.settings.address, pools, time.time(), time.monotonic())
-        return self._view
+    def _publish(self, nodes: list[dict[str, Any]], reports: list[NodeReport]) -> ClusterStatus:
+        self._seen = (self._status(nodes, reports), time.monotonic())  # one assignment: readers see both or neither
+        return self._seen[0]
+
+    def _status(self, nodes: list[dict[str, Any]], reports: list[NodeReport]) -> ClusterStatus:
+        pools = [_pool_status(pool, nodes, reports) for pool in self.pools.values()]
+        return ClusterStatus(address=self.settings.address, checked_at=time.time(), pools=pools)
 
     def _watch(self) -> None:
         while not self._closed.wait(self.settings.watch_interval_sec):
@@ -182,11 +136,7 @@ class Cluster:
         ray.shutdown()
 
 
-def _empty(pool: PoolSettings) -> PoolView:
-    return PoolView(pool.name, pool.resource, tuple(str(n) for n in pool.networks))
-
-
-def _pool_view(pool: PoolSettings, nodes: list[dict[str, Any]], reports: list[NodeReport]) -> PoolView:
+def _pool_status(pool: PoolSettings, nodes: list[dict[str, Any]], reports: list[NodeReport]) -> PoolStatus:
     """The live nodes that advertise `pool`'s resource (Ray lists a dead node without its resources) (pure)."""
     views = []
     for node in nodes:
@@ -195,13 +145,14 @@ def _pool_view(pool: PoolSettings, nodes: list[dict[str, Any]], reports: list[No
         node_id = str(node.get("NodeID", ""))
         mine = [report for report in reports if report.node == node_id]
         views.append(
-            NodeView(
+            NodeStatus(
                 node_id=node_id,
                 address=str(node.get("NodeManagerAddress", "")),
                 alive=True,
                 tools={report.tool: report.version for report in mine},
                 running=sum(report.running for report in mine),
-                load=mine[0].load if mine else None,
+                load=list(mine[0].load) if mine else None,
             )
         )
-    return PoolView(pool.name, pool.resource, tuple(str(n) for n in pool.networks), tuple(views))
+    networks = [str(network) for network in pool.networks]
+    return PoolStatus(name=pool.name, resource=pool.resource, networks=networks, live=bool(views), nodes=views)

@@ -372,7 +372,7 @@ class Runtime:
     def _cluster_status(self) -> ClusterStatus:
         """The scanner pools and their nodes as the cluster's watcher last saw them (never waits on Ray)."""
         assert self.cluster is not None
-        return ClusterStatus.model_validate(self.cluster.view.as_dict())
+        return self.cluster.view
 
     # --- live configuration ---------------------------------------------------------
 

@@ -133,7 +133,7 @@ class PoolStatus(BaseModel):
 
 
 class ClusterStatus(BaseModel):
-    """The scanner pools of a daemon with `[cluster] engine = "ray"` (`supervisor.cluster.ClusterView`)."""
+    """The scanner pools of a daemon with `[cluster] engine = "ray"`, as the cluster's watcher last saw them."""
 
     engine: Literal["ray"] = "ray"
     address: str

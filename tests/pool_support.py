@@ -24,6 +24,7 @@ from supervisor import runtime as runtime_module
 from supervisor.config import ClusterSettings
 from supervisor.runtime import Runtime
 from supervisor.slots import ToolSlot
+from supervisor.status import ClusterStatus
 from tests.runtimes import fake_runtime
 
 POOLS = (
@@ -38,28 +39,13 @@ _node_ids = itertools.count(1)
 
 
 def node(*, tools: dict[str, str | None] | None = None, running: int = 0) -> dict[str, Any]:
-    """A live node as `ClusterView.as_dict()` lists it."""
+    """A live node as `NodeStatus` has it."""
     number = next(_node_ids)
     return {
         "node_id": f"{number:056x}", "address": f"127.0.0.{number % 200 + 2}", "alive": True,
         "tools": dict(tools or {"nmap": "Nmap version 7.94", "masscan": "Masscan version 1.3.2"}),
         "running": running, "load": [0.25, 0.5, 0.75],
     }
-
-
-class FakeView:
-    def __init__(self, cluster: FakeCluster) -> None:
-        self._cluster = cluster
-
-    def as_dict(self) -> dict[str, Any]:
-        pools = [
-            {
-                "name": pool.name, "resource": pool.resource, "networks": [str(n) for n in pool.networks],
-                "live": self._cluster.live(pool.name), "nodes": list(self._cluster.nodes[pool.name]),
-            }
-            for pool in self._cluster.settings.pools
-        ]
-        return {"engine": "ray", "address": self._cluster.settings.address, "checked_at": time.time(), "pools": pools}
 
 
 class FakeCluster:
@@ -75,8 +61,17 @@ class FakeCluster:
         return LAUNCH_HERE  # the pool's runs happen on this machine, with the fake scanners
 
     @property
-    def view(self) -> FakeView:
-        return FakeView(self)
+    def view(self) -> ClusterStatus:
+        pools = [
+            {
+                "name": pool.name, "resource": pool.resource, "networks": [str(n) for n in pool.networks],
+                "live": self.live(pool.name), "nodes": list(self.nodes[pool.name]),
+            }
+            for pool in self.settings.pools
+        ]
+        return ClusterStatus.model_validate(
+            {"address": self.settings.address, "checked_at": time.time(), "pools": pools}
+        )
 
     def live(self, pool: str) -> bool:
         return any(n["alive"] for n in self.nodes.get(pool, ()))
